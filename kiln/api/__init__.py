@@ -1,0 +1,1 @@
+"""The AWS Batch wire protocol: routes, shapes, error mapping and the ASGI app."""

@@ -1,0 +1,1 @@
+"""The domain: definitions, queues, environments, jobs, states, retries and scheduling."""

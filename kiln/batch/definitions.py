@@ -1,0 +1,161 @@
+"""Job definitions: revisions, ACTIVE/INACTIVE, and resolving a user's reference to one revision."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kiln.batch import pagination
+from kiln.batch.arns import parse_arn
+from kiln.batch.containers import check_container
+from kiln.batch.context import Context
+from kiln.batch.names import check_resource_name
+from kiln.batch.retry import check_retry_strategy
+from kiln.batch.tags import check_tags
+from kiln.errors import NotFoundError, ValidationError
+
+MAX_DESCRIBE = 100
+MAX_DEFINITION_BYTES = 24 * 1024
+_NAME_REVISION = re.compile(r"^(?P<name>[A-Za-z0-9_-]{1,128}):(?P<revision>\d+)$")
+_BARE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_timeout(ctx: Context, timeout: dict[str, Any] | None) -> None:
+    if timeout is None or timeout.get("attemptDurationSeconds") is None:
+        return
+    seconds = timeout["attemptDurationSeconds"]
+    floor = ctx.settings.min_timeout_seconds
+    if seconds < floor:
+        raise ValidationError(f"timeout.attemptDurationSeconds must be at least {floor} seconds (got {seconds})")
+
+
+def check_scheduling_priority(value: int | None, field: str) -> None:
+    if value is not None and not 0 <= value <= 9999:
+        raise ValidationError(f"{field} must be between 0 and 9999 (got {value})")
+
+
+def _check_platform(params: dict[str, Any]) -> None:
+    capabilities = params.get("platformCapabilities") or ["EC2"]
+    if params["type"] == "multinode" and "FARGATE" in capabilities:
+        raise ValidationError("Multi-node parallel job definitions cannot use the FARGATE platform")
+    container = params.get("containerProperties") or {}
+    if "FARGATE" in capabilities:
+        if container.get("vcpus") is not None or container.get("memory") is not None:
+            raise ValidationError("Fargate job definitions must give VCPU and MEMORY in resourceRequirements")
+        kinds = {item.get("type") for item in container.get("resourceRequirements") or []}
+        if not {"VCPU", "MEMORY"} <= kinds:
+            raise ValidationError("Fargate job definitions must give VCPU and MEMORY in resourceRequirements")
+        if "GPU" in kinds:
+            raise ValidationError("Fargate job definitions cannot request GPUs")
+        if not container.get("executionRoleArn"):
+            raise ValidationError("Fargate job definitions need containerProperties.executionRoleArn")
+
+
+def _check_body(ctx: Context, params: dict[str, Any]) -> None:
+    check_resource_name(params["jobDefinitionName"], "jobDefinitionName")
+    if params.get("ecsProperties") or params.get("eksProperties"):
+        raise ValidationError(
+            "Kiln runs containerProperties (and nodeProperties); ecsProperties/eksProperties are not supported"
+        )
+    if params["type"] == "container":
+        if params.get("nodeProperties"):
+            raise ValidationError("nodeProperties is only valid for type multinode")
+        if not params.get("containerProperties"):
+            raise ValidationError("A container job definition needs containerProperties")
+        check_container(params["containerProperties"])
+    elif not params.get("nodeProperties"):
+        raise ValidationError("A multinode job definition needs nodeProperties")
+    _check_platform(params)
+    check_retry_strategy(params.get("retryStrategy"))
+    check_timeout(ctx, params.get("timeout"))
+    check_scheduling_priority(params.get("schedulingPriority"), "schedulingPriority")
+    check_tags(params.get("tags"))
+    for key, value in (params.get("parameters") or {}).items():
+        if not isinstance(value, str):
+            raise ValidationError(f"parameters.{key} must be a string")
+
+
+def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _check_body(ctx, params)
+    name = params["jobDefinitionName"]
+    revision = ctx.repo.latest_revision(name) + 1
+    arn = ctx.arns.job_definition(name, revision)
+    doc = {key: value for key, value in params.items() if value is not None}
+    doc.update(
+        jobDefinitionArn=arn,
+        revision=revision,
+        status="ACTIVE",
+        platformCapabilities=params.get("platformCapabilities") or ["EC2"],
+        containerOrchestrationType="ECS",
+        parameters=params.get("parameters") or {},
+        tags=params.get("tags") or {},
+    )
+    ctx.repo.insert_definition(
+        {
+            "name": name,
+            "revision": revision,
+            "arn": arn,
+            "status": "ACTIVE",
+            "created_at": ctx.now,
+            "doc": doc,
+        }
+    )
+    return {"jobDefinitionName": name, "jobDefinitionArn": arn, "revision": revision}
+
+
+def _split_reference(reference: str) -> tuple[str, int | None]:
+    """`name`, `name:revision`, or an ARN with or without `:revision`."""
+    parsed = parse_arn(reference)
+    if parsed is not None:
+        if parsed.kind != "job-definition":
+            raise ValidationError(f"{reference} is not a job definition ARN")
+        reference = parsed.resource
+    match = _NAME_REVISION.match(reference)
+    if match:
+        return match["name"], int(match["revision"])
+    if _BARE_NAME.match(reference):
+        return reference, None
+    raise ValidationError(f"Provided name {reference} is not supported pattern[a-zA-Z_0-9-]{{1,128}}")
+
+
+def resolve_active(ctx: Context, reference: str) -> dict[str, Any]:
+    """The revision SubmitJob means: the named one, or the newest ACTIVE; must be ACTIVE."""
+    name, revision = _split_reference(reference)
+    row = ctx.repo.get_definition(name, revision)
+    if row is None or row["status"] != "ACTIVE":
+        raise NotFoundError(f"JobDefinition name {reference} does not exist or is not in ACTIVE status")
+    return dict(row["doc"])
+
+
+def describe_job_definitions(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    listed = params.get("jobDefinitions")
+    pagination.check_exclusive(listed, params.get("maxResults"), "JobDefinitions")
+    if listed and (params.get("jobDefinitionName") or params.get("status")):
+        raise ValidationError("jobDefinitions cannot be combined with jobDefinitionName or status")
+    if listed is not None and len(listed) > MAX_DESCRIBE:
+        raise ValidationError(f"At most {MAX_DESCRIBE} job definitions can be described at once")
+    refs = None
+    if listed:
+        # A bare name inside `jobDefinitions` matches nothing, as on AWS.
+        refs = [(name, rev) for name, rev in map(_split_reference, listed) if rev is not None]
+    limit = pagination.page_size(params.get("maxResults"), default=MAX_DESCRIBE, maximum=MAX_DESCRIBE)
+    offset = pagination.offset_of(params.get("nextToken"))
+    rows = ctx.repo.list_definitions(params.get("jobDefinitionName"), params.get("status"), refs, offset, limit + 1)
+    token = pagination.encode_token(offset + limit) if len(rows) > limit else None
+    return {"jobDefinitions": [row["doc"] for row in rows[:limit]], "nextToken": token}
+
+
+def deregister_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    reference = params["jobDefinition"]
+    name, revision = _split_reference(reference)
+    row = ctx.repo.get_definition(name, revision)
+    if row is None:
+        raise NotFoundError(f"JobDefinition {reference} does not exist")
+    doc = {**row["doc"], "status": "INACTIVE"}
+    ctx.repo.set_definition_status(row["arn"], "INACTIVE", doc)
+    return {}
+
+
+def get_definition_by_arn(ctx: Context, arn: str) -> dict[str, Any] | None:
+    row = ctx.repo.get_definition_by_arn(arn)
+    return None if row is None else dict(row["doc"])

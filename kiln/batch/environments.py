@@ -1,0 +1,258 @@
+"""Compute environments and job queues: create, describe, update, delete (aws-batch-facts.md §1d).
+
+On Kiln a compute environment's capacity is this host's (or, later, a cluster's), capped by
+`maxvCpus` for MANAGED environments. Resources become VALID at once: there is nothing to provision.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kiln.batch import pagination
+from kiln.batch.arns import name_from_reference
+from kiln.batch.context import Context
+from kiln.batch.names import check_resource_name
+from kiln.batch.tags import check_tags
+from kiln.errors import ConflictError, NotFoundError, ValidationError
+
+CE_HEALTHY = "ComputeEnvironment Healthy"
+QUEUE_HEALTHY = "JobQueue Healthy"
+FARGATE_TYPES = frozenset({"FARGATE", "FARGATE_SPOT"})
+FARGATE_FORBIDDEN = (
+    "allocationStrategy", "minvCpus", "desiredvCpus", "instanceTypes", "imageId", "ec2KeyPair",
+    "instanceRole", "tags", "placementGroup", "bidPercentage", "spotIamFleetRole", "launchTemplate",
+    "ec2Configuration",
+)  # fmt: skip
+MAX_CES_PER_QUEUE = 3
+MAX_DESCRIBE = 100
+
+
+def _family(ce_doc: dict[str, Any]) -> str:
+    resources = ce_doc.get("computeResources") or {}
+    return "FARGATE" if resources.get("type") in FARGATE_TYPES else "EC2"
+
+
+def _check_compute_resources(ce_type: str, resources: dict[str, Any] | None) -> None:
+    if ce_type == "UNMANAGED":
+        if resources:
+            raise ValidationError("computeResources can only be set for a MANAGED compute environment")
+        return
+    if not resources:
+        raise ValidationError("A MANAGED compute environment needs computeResources (type and maxvCpus)")
+    max_v, min_v = resources["maxvCpus"], resources.get("minvCpus", 0)
+    desired = resources.get("desiredvCpus")
+    if max_v < 0 or min_v < 0:
+        raise ValidationError("computeResources vCPU counts cannot be negative")
+    if min_v > max_v or (desired is not None and not min_v <= desired <= max_v):
+        raise ValidationError("computeResources must satisfy minvCpus <= desiredvCpus <= maxvCpus")
+    if resources["type"] in FARGATE_TYPES:
+        present = [key for key in FARGATE_FORBIDDEN if resources.get(key) is not None]
+        if present:
+            raise ValidationError(f"Fargate compute environments cannot set: {', '.join(present)}")
+        if not resources.get("subnets") or not resources.get("securityGroupIds"):
+            raise ValidationError("Fargate compute environments need subnets and securityGroupIds")
+        if len(resources["subnets"]) > 16:
+            raise ValidationError("A compute environment can have at most 16 subnets")
+
+
+def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    name = params["computeEnvironmentName"]
+    check_resource_name(name, "computeEnvironmentName")
+    if ctx.repo.get_named("ce", name) is not None:
+        raise ConflictError(f"Object already exists: compute environment {name}")
+    _check_compute_resources(params["type"], params.get("computeResources"))
+    if params["type"] == "MANAGED" and params.get("unmanagedvCpus") is not None:
+        raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
+    check_tags(params.get("tags"))
+    arn = ctx.arns.compute_environment(name)
+    state = params.get("state", "ENABLED")
+    doc = {
+        "computeEnvironmentName": name,
+        "computeEnvironmentArn": arn,
+        "ecsClusterArn": f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:cluster/kiln-{name}",
+        "tags": params.get("tags") or {},
+        "type": params["type"],
+        "state": state,
+        "status": "VALID",
+        "statusReason": CE_HEALTHY,
+        "computeResources": params.get("computeResources"),
+        "serviceRole": params.get("serviceRole"),
+        "unmanagedvCpus": params.get("unmanagedvCpus"),
+        "uuid": str(uuid.uuid4()),
+        "containerOrchestrationType": "ECS",
+    }
+    ctx.repo.insert_named("ce", {"name": name, "arn": arn, "state": state, "status": "VALID",
+                                 "created_at": ctx.now, "doc": doc})  # fmt: skip
+    return {"computeEnvironmentName": name, "computeEnvironmentArn": arn}
+
+
+def get_compute_environment(ctx: Context, reference: str) -> dict[str, Any]:
+    row = ctx.repo.get_named("ce", name_from_reference(reference, "compute-environment"))
+    if row is None:
+        raise NotFoundError(f"ComputeEnvironment {reference} not found.")
+    return dict(row["doc"])
+
+
+def _describe(
+    ctx: Context, kind: str, listed: list[str] | None, params: dict[str, Any], arn_kind: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    list_name = "ComputeEnvironments" if kind == "ce" else "JobQueues"
+    pagination.check_exclusive(listed, params.get("maxResults"), list_name)
+    if listed is not None and len(listed) > MAX_DESCRIBE:
+        raise ValidationError(f"At most {MAX_DESCRIBE} {list_name} can be described at once")
+    names = None if not listed else [name_from_reference(ref, arn_kind) for ref in listed]
+    limit = pagination.page_size(params.get("maxResults"), default=MAX_DESCRIBE, maximum=MAX_DESCRIBE)
+    offset = pagination.offset_of(params.get("nextToken"))
+    rows = ctx.repo.list_named(kind, names, offset, limit + 1)
+    token = pagination.encode_token(offset + limit) if len(rows) > limit else None
+    return [dict(row["doc"]) for row in rows[:limit]], token
+
+
+def describe_compute_environments(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    docs, token = _describe(ctx, "ce", params.get("computeEnvironments"), params, "compute-environment")
+    return {"computeEnvironments": docs, "nextToken": token}
+
+
+def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    doc = get_compute_environment(ctx, params["computeEnvironment"])
+    if params.get("unmanagedvCpus") is not None:
+        if doc["type"] != "UNMANAGED":
+            raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
+        doc["unmanagedvCpus"] = params["unmanagedvCpus"]
+    if params.get("computeResources"):
+        if doc["type"] != "MANAGED":
+            raise ValidationError("computeResources can only be updated on a MANAGED compute environment")
+        updated = {**(doc.get("computeResources") or {}), **params["computeResources"]}
+        _check_compute_resources("MANAGED", updated)
+        doc["computeResources"] = updated
+    for key in ("state", "serviceRole"):
+        if params.get(key) is not None:
+            doc[key] = params[key]
+    ctx.repo.update_named("ce", doc["computeEnvironmentName"], {"state": doc["state"], "doc": doc})
+    return {
+        "computeEnvironmentName": doc["computeEnvironmentName"],
+        "computeEnvironmentArn": doc["computeEnvironmentArn"],
+    }
+
+
+def _queues_using(ctx: Context, ce_arn: str) -> list[str]:
+    rows = ctx.repo.list_named("queue", None, 0, ctx.repo.count_named("queue") + 1)
+    return [
+        row["name"]
+        for row in rows
+        if any(item["computeEnvironment"] == ce_arn for item in row["doc"].get("computeEnvironmentOrder") or [])
+    ]
+
+
+def delete_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    doc = get_compute_environment(ctx, params["computeEnvironment"])
+    if doc["state"] != "DISABLED":
+        raise ConflictError(f"Cannot delete compute environment {doc['computeEnvironmentName']}: disable it first")
+    users = _queues_using(ctx, doc["computeEnvironmentArn"])
+    if users:
+        raise ConflictError(
+            f"Cannot delete compute environment {doc['computeEnvironmentName']}: "
+            f"it is still attached to job queue(s) {', '.join(users)}"
+        )
+    ctx.repo.delete_named("ce", doc["computeEnvironmentName"])
+    return {}
+
+
+def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not 1 <= len(order) <= MAX_CES_PER_QUEUE:
+        raise ValidationError(f"computeEnvironmentOrder must list 1 to {MAX_CES_PER_QUEUE} compute environments")
+    if len({item["order"] for item in order}) != len(order):
+        raise ValidationError("computeEnvironmentOrder entries must have distinct order values")
+    resolved, families = [], set()
+    for item in order:
+        ce = get_compute_environment(ctx, item["computeEnvironment"])
+        if ce["status"] != "VALID":
+            raise ValidationError(f"Compute environment {ce['computeEnvironmentName']} is not VALID")
+        families.add(_family(ce))
+        resolved.append({"order": item["order"], "computeEnvironment": ce["computeEnvironmentArn"]})
+    if len(families) > 1:
+        raise ValidationError("A job queue cannot mix EC2/SPOT and FARGATE/FARGATE_SPOT compute environments")
+    return sorted(resolved, key=lambda item: item["order"])
+
+
+def _check_time_limit_actions(actions: list[dict[str, Any]] | None) -> None:
+    for action in actions or []:
+        if action["state"] != "RUNNABLE":
+            raise ValidationError("jobStateTimeLimitActions.state must be RUNNABLE")
+        if not 600 <= action["maxTimeSeconds"] <= 86400:
+            raise ValidationError("jobStateTimeLimitActions.maxTimeSeconds must be between 600 and 86400")
+
+
+def _check_priority(priority: int) -> None:
+    if not 0 <= priority <= 1000:
+        raise ValidationError(f"priority must be between 0 and 1000 (got {priority})")
+
+
+def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    name = params["jobQueueName"]
+    check_resource_name(name, "jobQueueName")
+    if ctx.repo.get_named("queue", name) is not None:
+        raise ConflictError(f"Object already exists: job queue {name}")
+    if params.get("schedulingPolicyArn"):
+        raise ValidationError("Kiln does not support fair-share scheduling policies yet; omit schedulingPolicyArn")
+    _check_priority(params["priority"])
+    order = _resolve_order(ctx, params.get("computeEnvironmentOrder") or [])
+    _check_time_limit_actions(params.get("jobStateTimeLimitActions"))
+    check_tags(params.get("tags"))
+    arn = ctx.arns.job_queue(name)
+    state = params.get("state", "ENABLED")
+    doc = {
+        "jobQueueName": name,
+        "jobQueueArn": arn,
+        "state": state,
+        "status": "VALID",
+        "statusReason": QUEUE_HEALTHY,
+        "priority": params["priority"],
+        "computeEnvironmentOrder": order,
+        "tags": params.get("tags") or {},
+        "jobStateTimeLimitActions": params.get("jobStateTimeLimitActions") or [],
+        "jobQueueType": params.get("jobQueueType") or "ECS",
+    }
+    ctx.repo.insert_named("queue", {"name": name, "arn": arn, "state": state, "status": "VALID",
+                                    "priority": params["priority"], "created_at": ctx.now, "doc": doc})  # fmt: skip
+    return {"jobQueueName": name, "jobQueueArn": arn}
+
+
+def get_job_queue(ctx: Context, reference: str) -> dict[str, Any]:
+    row = ctx.repo.get_named("queue", name_from_reference(reference, "job-queue"))
+    if row is None:
+        raise NotFoundError(f"JobQueue {reference} not found.")
+    return dict(row["doc"])
+
+
+def describe_job_queues(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    docs, token = _describe(ctx, "queue", params.get("jobQueues"), params, "job-queue")
+    return {"jobQueues": docs, "nextToken": token}
+
+
+def update_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    doc = get_job_queue(ctx, params["jobQueue"])
+    if params.get("schedulingPolicyArn"):
+        raise ValidationError("Kiln does not support fair-share scheduling policies yet; omit schedulingPolicyArn")
+    if params.get("priority") is not None:
+        _check_priority(params["priority"])
+        doc["priority"] = params["priority"]
+    if params.get("computeEnvironmentOrder") is not None:
+        doc["computeEnvironmentOrder"] = _resolve_order(ctx, params["computeEnvironmentOrder"])
+    if params.get("jobStateTimeLimitActions") is not None:
+        _check_time_limit_actions(params["jobStateTimeLimitActions"])
+        doc["jobStateTimeLimitActions"] = params["jobStateTimeLimitActions"]
+    if params.get("state") is not None:
+        doc["state"] = params["state"]
+    ctx.repo.update_named(
+        "queue", doc["jobQueueName"], {"state": doc["state"], "priority": doc["priority"], "doc": doc}
+    )
+    return {"jobQueueName": doc["jobQueueName"], "jobQueueArn": doc["jobQueueArn"]}
+
+
+def check_queue_deletable(ctx: Context, reference: str) -> dict[str, Any]:
+    doc = get_job_queue(ctx, reference)
+    if doc["state"] != "DISABLED":
+        raise ConflictError(f"Cannot delete job queue {doc['jobQueueName']}: disable it first")
+    return doc

@@ -1,0 +1,181 @@
+"""DescribeJobs, ListJobs, CancelJob(s), TerminateJob(s) and DeleteJobQueue's effect on jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.batch import pagination, views
+from kiln.batch.context import Context
+from kiln.batch.definitions import get_definition_by_arn
+from kiln.batch.environments import check_queue_deletable, get_job_queue
+from kiln.batch.status import ACTIVE, NOT_STARTED, Status, transition
+from kiln.errors import NotFoundError, ValidationError
+
+MAX_DESCRIBE_JOBS = 100
+MAX_BULK = 50
+MAX_REASON = 1024
+DEFAULT_LIST_PAGE = 100
+MAX_LIST_PAGE = 1000
+FILTER_NAMES = ("JOB_NAME", "JOB_DEFINITION", "BEFORE_CREATED_AT", "AFTER_CREATED_AT", "SHARE_IDENTIFIER")
+Row = dict[str, Any]
+
+
+def _specs(ctx: Context, jobs: list[Row]) -> dict[str, Row]:
+    """Each job's resolved spec; array children share their parent's."""
+    specs = {job["id"]: job["spec"] for job in jobs if job["parent_id"] is None}
+    missing = sorted({job["parent_id"] for job in jobs if job["parent_id"] and job["parent_id"] not in specs})
+    specs.update({parent["id"]: parent["spec"] for parent in ctx.repo.get_jobs(missing)})
+    return specs
+
+
+def describe_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    ids = params["jobs"]
+    if len(ids) > MAX_DESCRIBE_JOBS:
+        raise ValidationError("Error executing request, Exception : Maximum number of jobs supported is  100 .")
+    found = {job["id"]: job for job in ctx.repo.get_jobs(ids)}
+    jobs = [found[job_id] for job_id in dict.fromkeys(ids) if job_id in found]
+    specs = _specs(ctx, jobs)
+    attempts = ctx.repo.attempts_of([job["id"] for job in jobs])
+    summaries = ctx.repo.status_counts([job["id"] for job in jobs if job["array_size"] is not None])
+    details = [
+        views.job_detail(ctx, job, specs[job["parent_id"] or job["id"]], attempts[job["id"]], summaries.get(job["id"]))
+        for job in jobs
+    ]
+    return {"jobs": details}
+
+
+def _filter_query(ctx: Context, filters: list[Row]) -> dict[str, Any]:
+    if len(filters) > 1:
+        raise ValidationError("ListJobs accepts one filter at a time")
+    if not filters:
+        return {}
+    name, values = filters[0].get("name"), filters[0].get("values") or []
+    if name not in FILTER_NAMES:
+        raise ValidationError(f"Invalid filter name {name!r}: must be one of {', '.join(FILTER_NAMES)}")
+    if len(values) != 1:
+        raise ValidationError(f"Filter {name} takes exactly one value")
+    value = values[0]
+    if name == "JOB_NAME":
+        return {"name_prefix": value[:-1]} if value.endswith("*") else {"name_exact": value}
+    if name == "JOB_DEFINITION":
+        return {"definition_arns": _definition_arns(ctx, value)}
+    if name == "SHARE_IDENTIFIER":
+        return {"definition_arns": []}  # no fair-share queues yet, so no job carries one
+    try:
+        moment = int(value)
+    except ValueError:
+        raise ValidationError(f"Filter {name} needs epoch milliseconds, got {value!r}") from None
+    return {"created_before": moment} if name == "BEFORE_CREATED_AT" else {"created_after": moment}
+
+
+def _definition_arns(ctx: Context, value: str) -> list[str]:
+    """JOB_DEFINITION filter: `name`, `name:revision` or an ARN."""
+    if ":" in value or value.startswith("arn:"):
+        definition = get_definition_by_arn(ctx, value) if value.startswith("arn:") else None
+        if definition is None and not value.startswith("arn:"):
+            name, _, revision = value.partition(":")
+            row = ctx.repo.get_definition(name, int(revision) if revision.isdigit() else -1)
+            definition = None if row is None else row["doc"]
+        return [definition["jobDefinitionArn"]] if definition else []
+    rows = ctx.repo.list_definitions(value, None, None, 0, 100_000)
+    return [row["arn"] for row in rows]
+
+
+def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    scopes = [key for key in ("jobQueue", "arrayJobId", "multiNodeJobId") if params.get(key)]
+    if len(scopes) != 1:
+        raise ValidationError("ListJobs needs exactly one of jobQueue, arrayJobId or multiNodeJobId")
+    filters = _filter_query(ctx, params.get("filters") or [])
+    statuses = None if filters else [params.get("jobStatus") or Status.RUNNING.value]
+    limit = pagination.page_size(params.get("maxResults"), default=DEFAULT_LIST_PAGE, maximum=MAX_LIST_PAGE)
+    after = pagination.decode_token(params.get("nextToken"))
+    queue_arn = parent_id = None
+    if params.get("jobQueue"):
+        queue_arn = get_job_queue(ctx, params["jobQueue"])["jobQueueArn"]
+    elif params.get("arrayJobId"):
+        parent_id = params["arrayJobId"]
+    else:
+        return {"jobSummaryList": []}  # multinode jobs are not run by Kiln yet, so none exist
+    rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses,
+                              after=tuple(after) if after else None, limit=limit + 1, **filters)  # fmt: skip
+    page = rows[:limit]
+    last_attempts = ctx.repo.attempts_of([job["id"] for job in page])
+    token = None
+    if len(rows) > limit:
+        last = page[-1]
+        token = pagination.encode_token([last["array_index"]] if parent_id else [last["created_at"], last["id"]])
+    summaries = [views.job_summary(ctx, job, (last_attempts[job["id"]] or [None])[-1]) for job in page]
+    return {"jobSummaryList": summaries, "nextToken": token}
+
+
+def _check_reason(reason: str) -> None:
+    if len(reason) > MAX_REASON:
+        raise ValidationError(f"reason must be at most {MAX_REASON} characters")
+
+
+def _stop_not_started(ctx: Context, jobs: list[Row], reason: str, flag: str) -> None:
+    """Fail jobs that never started. For an array parent, fail its children that never started;
+    the parent itself ends (with `reason`) once every child is done, as on AWS."""
+    ids = [job["id"] for job in jobs if job["array_size"] is None]
+    for parent in (job for job in jobs if job["array_size"] is not None):
+        ids += [child["id"] for child in ctx.repo.children(parent["id"], [s.value for s in NOT_STARTED])]
+        ctx.repo.update_job_fields(parent["id"], {flag: True, "spec": {**parent["spec"], "stopReason": reason}})
+    for job_id in transition(ctx.repo, ids, Status.FAILED, reason, ctx.now, only_from=NOT_STARTED):
+        ctx.repo.update_job_fields(job_id, {flag: True})
+
+
+def _request_termination(ctx: Context, jobs: list[Row], reason: str) -> None:
+    """Flag running attempts; the scheduler signals them and records the exit with this reason."""
+    for job in jobs:
+        ctx.repo.update_job_fields(job["id"], {"is_terminated": True, "spec": {**job["spec"], "stopReason": reason}})
+
+
+def _targets(ctx: Context, job_id: str) -> list[Row]:
+    job = ctx.repo.get_job(job_id)
+    return [] if job is None else [job]
+
+
+def cancel(ctx: Context, job_ids: list[str], reason: str) -> None:
+    """CancelJob: jobs not yet STARTING fail with `reason`; running ones are left alone (as AWS)."""
+    _check_reason(reason)
+    jobs = [job for job_id in job_ids for job in _targets(ctx, job_id)]
+    _stop_not_started(ctx, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, "is_cancelled")
+
+
+def terminate(ctx: Context, job_ids: list[str], reason: str) -> None:
+    """TerminateJob: like cancel for jobs not started; running attempts are stopped."""
+    _check_reason(reason)
+    jobs = [job for job_id in job_ids for job in _targets(ctx, job_id)]
+    _stop_not_started(ctx, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, "is_terminated")
+    # A PENDING array parent may have running children: terminate reaches them too.
+    running = [job for job in jobs if Status(job["status"]) in ACTIVE]
+    for job in jobs:
+        if job["array_size"] is not None:
+            running += ctx.repo.children(job["id"], [s.value for s in ACTIVE])
+    _request_termination(ctx, running, reason)
+
+
+def bulk(ctx: Context, params: dict[str, Any], action: str) -> dict[str, Any]:
+    ids = params["jobs"]
+    if len(ids) > MAX_BULK:
+        raise ValidationError(f"At most {MAX_BULK} jobs can be {action}ed at once (got {len(ids)})")
+    (cancel if action == "cancel" else terminate)(ctx, ids, params["reason"])
+    return {"successful": list(ids), "errors": []}
+
+
+def delete_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """The queue goes at once; its unfinished jobs are terminated, as AWS eventually does."""
+    doc = check_queue_deletable(ctx, params["jobQueue"])
+    reason = f"Job queue {doc['jobQueueName']} was deleted"
+    unfinished = [s.value for s in Status if s not in (Status.SUCCEEDED, Status.FAILED)]
+    jobs = ctx.repo.list_jobs(queue_arn=doc["jobQueueArn"], parent_id=None, statuses=unfinished, limit=1_000_000)
+    terminate(ctx, [job["id"] for job in jobs], reason)
+    ctx.repo.delete_named("queue", doc["jobQueueName"])
+    return {}
+
+
+def require_job(ctx: Context, job_id: str) -> Row:
+    job = ctx.repo.get_job(job_id)
+    if job is None:
+        raise NotFoundError(f"Job {job_id} not found.")
+    return job

@@ -1,0 +1,39 @@
+"""Where an attempt's output lives: one file per log stream under the data dir."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.batch.context import Context
+from kiln.batch.jobs import require_job
+from kiln.batch.scheduler import log_path
+from kiln.batch.status import TERMINAL, Status
+from kiln.errors import NotFoundError, ValidationError
+
+
+@dataclass(frozen=True)
+class LogLocation:
+    stream: str
+    path: Path
+    finished: bool  # no more output will come (attempt over, job terminal or retrying)
+
+
+def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation:
+    """The log of attempt `attempt_number` (1-based; default: the latest) of a job."""
+    job = require_job(ctx, job_id)
+    if job["array_size"] is not None:
+        raise ValidationError(f"Job {job_id} is an array parent; ask for a child's log, e.g. {job_id}:0")
+    attempts = ctx.repo.attempts_of([job_id])[job_id]
+    if not attempts:
+        raise NotFoundError(f"Job {job_id} has not started an attempt yet (status {job['status']})")
+    if attempt_number is None:
+        attempt = attempts[-1]
+    elif 1 <= attempt_number <= len(attempts):
+        attempt = attempts[attempt_number - 1]
+    else:
+        raise ValidationError(f"Job {job_id} has {len(attempts)} attempt(s); attempt {attempt_number} does not exist")
+    finished = attempt["stopped_at"] is not None and (
+        Status(job["status"]) in TERMINAL or attempt is not attempts[-1] or job["status"] == Status.RUNNABLE.value
+    )
+    return LogLocation(attempt["log_stream"], log_path(ctx.settings, attempt["log_stream"]), finished)

@@ -1,0 +1,65 @@
+"""TagResource / UntagResource / ListTagsForResource on any taggable Batch ARN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.batch.arns import parse_arn
+from kiln.batch.context import Context
+from kiln.batch.tags import check_tags, merged
+from kiln.errors import NotFoundError, ValidationError
+
+
+def _load(ctx: Context, arn: str) -> tuple[str, str, dict[str, Any]]:
+    """(kind, key, document holding `tags`) for a taggable ARN."""
+    parsed = parse_arn(arn)
+    if parsed is None:
+        raise ValidationError(f"{arn} is not an ARN")
+    if parsed.kind == "job":
+        if ":" in parsed.resource or "#" in parsed.resource:
+            raise ValidationError("Array child and multi-node node jobs cannot be tagged; tag the parent job")
+        job = ctx.repo.get_job(parsed.resource)
+        if job is None:
+            raise NotFoundError(f"Resource {arn} not found")
+        return "job", job["id"], dict(job["spec"])
+    if parsed.kind == "job-definition":
+        row = ctx.repo.get_definition_by_arn(arn)
+        if row is None:
+            raise NotFoundError(f"Resource {arn} not found")
+        return "definition", arn, dict(row["doc"])
+    kinds = {"job-queue": "queue", "compute-environment": "ce"}
+    if parsed.kind not in kinds:
+        raise ValidationError(f"Resources of type {parsed.kind} cannot be tagged on Kiln")
+    row = ctx.repo.get_named(kinds[parsed.kind], parsed.resource)
+    if row is None:
+        raise NotFoundError(f"Resource {arn} not found")
+    return kinds[parsed.kind], parsed.resource, dict(row["doc"])
+
+
+def _save(ctx: Context, kind: str, key: str, doc: dict[str, Any]) -> None:
+    if kind == "job":
+        ctx.repo.update_job_fields(key, {"spec": doc})
+    elif kind == "definition":
+        ctx.repo.update_definition_doc(key, doc)
+    else:
+        ctx.repo.update_named(kind, key, {"doc": doc})
+
+
+def tag_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    check_tags(params["tags"])
+    kind, key, doc = _load(ctx, params["resourceArn"])
+    doc["tags"] = merged(doc.get("tags"), params["tags"])
+    _save(ctx, kind, key, doc)
+    return {}
+
+
+def untag_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    kind, key, doc = _load(ctx, params["resourceArn"])
+    doc["tags"] = {k: v for k, v in (doc.get("tags") or {}).items() if k not in set(params["tagKeys"])}
+    _save(ctx, kind, key, doc)
+    return {}
+
+
+def list_tags_for_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _, _, doc = _load(ctx, params["resourceArn"])
+    return {"tags": doc.get("tags") or {}}

@@ -1,0 +1,117 @@
+"""Placement decisions as a pure function: (runnable jobs, queues, environments, free capacity)
+-> placements and RUNNABLE diagnostics. No I/O, so it is tested directly and exhaustively.
+
+Queues are served in descending priority, jobs within a queue in the order they became RUNNABLE,
+and a queue's compute environments in ascending `order`. A job that does not fit now does not
+block smaller ones behind it (AWS gives no strict priority guarantee either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+MAX_RESOURCE = (
+    "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - All compute environments have a maxVcpu "
+    "setting that is smaller than the job requirements."
+)
+JOB_REQUIREMENT = (
+    "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - All compute environments have no connected "
+    "instances that meet the job requirements."
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    job_id: str
+    queue_arn: str
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class QueueView:
+    arn: str
+    priority: int
+    environments: tuple[str, ...]  # CE names in ascending order
+
+
+@dataclass(frozen=True)
+class EnvironmentView:
+    name: str
+    enabled: bool
+    max_vcpus: float | None  # None: no cap of its own (unmanaged without unmanagedvCpus)
+    used_vcpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    environment: str
+
+
+@dataclass
+class Plan:
+    placements: list[Placement] = field(default_factory=list)
+    # job id -> RUNNABLE statusReason (None clears a stale one) for jobs left waiting.
+    diagnostics: dict[str, str | None] = field(default_factory=dict)
+
+
+def _never_fits(job: Candidate, envs: Sequence[EnvironmentView], host_total: Resources) -> str | None:
+    if job.vcpus > host_total.vcpus or job.memory_mib > host_total.memory_mib or job.gpus > host_total.gpus:
+        return JOB_REQUIREMENT
+    caps = [env.max_vcpus for env in envs]
+    if caps and all(cap is not None and job.vcpus > cap for cap in caps):
+        return MAX_RESOURCE
+    return None
+
+
+def plan(
+    candidates: Sequence[Candidate],
+    queues: Sequence[QueueView],
+    environments: Sequence[EnvironmentView],
+    host_free: Resources,
+    host_total: Resources,
+) -> Plan:
+    """Choose which runnable jobs start now and where. `candidates` are in RUNNABLE order."""
+    result = Plan()
+    envs = {env.name: env for env in environments}
+    used = {env.name: env.used_vcpus for env in environments}
+    free = [host_free.vcpus, float(host_free.memory_mib), float(host_free.gpus)]
+    by_queue: dict[str, list[Candidate]] = {}
+    for job in candidates:
+        by_queue.setdefault(job.queue_arn, []).append(job)
+    for queue in sorted(queues, key=lambda q: (-q.priority, q.arn)):
+        queue_envs = [envs[name] for name in queue.environments if name in envs]
+        for job in by_queue.get(queue.arn, []):
+            problem = _never_fits(job, queue_envs, host_total)
+            if problem is not None:
+                result.diagnostics[job.job_id] = problem
+                continue
+            need = (job.vcpus, float(job.memory_mib), float(job.gpus))
+            if any(n > f + 1e-9 for n, f in zip(need, free, strict=True)):
+                result.diagnostics[job.job_id] = None
+                continue
+            target = next(
+                (
+                    env.name
+                    for env in queue_envs
+                    if env.enabled and (env.max_vcpus is None or used[env.name] + job.vcpus <= env.max_vcpus + 1e-9)
+                ),
+                None,
+            )
+            if target is None:
+                result.diagnostics[job.job_id] = None
+                continue
+            used[target] += job.vcpus
+            free = [f - n for f, n in zip(free, need, strict=True)]
+            result.placements.append(Placement(job.job_id, target))
+    return result

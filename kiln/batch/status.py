@@ -1,0 +1,79 @@
+"""The one owner of job status. Every change of `status`/`statusReason` goes through `transition`.
+
+The table follows AWS Batch (aws-batch-facts.md §2.1); an array parent only ever shows SUBMITTED,
+PENDING, SUCCEEDED and FAILED. A transition names the states it may leave, so a late or duplicate
+event (an exit reported for a job a user already terminated) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+from kiln.store.repository import Repository
+
+
+class Status(StrEnum):
+    SUBMITTED = "SUBMITTED"
+    PENDING = "PENDING"
+    RUNNABLE = "RUNNABLE"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
+ACTIVE = frozenset({Status.STARTING, Status.RUNNING})
+NOT_STARTED = frozenset({Status.SUBMITTED, Status.PENDING, Status.RUNNABLE})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.SUBMITTED: frozenset({Status.PENDING, Status.RUNNABLE, Status.FAILED}),
+    # PENDING -> SUCCEEDED only for an array parent whose children all succeeded.
+    Status.PENDING: frozenset({Status.RUNNABLE, Status.FAILED, Status.SUCCEEDED}),
+    Status.RUNNABLE: frozenset({Status.STARTING, Status.FAILED}),
+    Status.STARTING: frozenset({Status.RUNNING, Status.RUNNABLE, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.RUNNABLE, Status.FAILED}),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset(),
+}
+
+# Reasons Kiln writes itself (exact AWS texts where AWS has one).
+DEPENDENT_JOB_FAILED = "Dependent Job failed"
+ARRAY_CHILD_FAILED = "Array Child Job failed"
+HOST_TERMINATED = "Host EC2 (instance {host}) terminated."
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """States from which `target` may be entered."""
+    return frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+
+
+def transition(
+    repo: Repository,
+    job_ids: Sequence[str],
+    target: Status,
+    reason: str | None,
+    now_ms: int,
+    *,
+    only_from: frozenset[Status] | None = None,
+) -> list[str]:
+    """Move jobs to `target` where the table allows it; returns the ids that moved.
+
+    Timestamps follow the model: `runnable_at` (queue order) on entering RUNNABLE, `startedAt` on
+    RUNNING, `stoppedAt` on a terminal state.
+    """
+    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    values: dict[str, object] = {"status": target.value, "status_reason": reason}
+    if target is Status.RUNNABLE:
+        values["runnable_at"] = now_ms
+    elif target is Status.RUNNING:
+        values["started_at"] = now_ms
+    elif target in TERMINAL:
+        values["stopped_at"] = now_ms
+    return repo.update_jobs(job_ids, [s.value for s in allowed], values)
+
+
+def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:
+    """Change only the reason of jobs staying in `in_status` (RUNNABLE capacity diagnostics)."""
+    return repo.update_jobs(job_ids, [in_status.value], {"status_reason": reason})

@@ -1,0 +1,140 @@
+"""SubmitJob: validate, resolve the definition and overrides, and commit the job (and its array
+children and dependencies) in one transaction. Nothing runs here: the scheduler picks it up."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kiln.batch import containers
+from kiln.batch.context import Context
+from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
+from kiln.batch.environments import get_job_queue
+from kiln.batch.names import check_job_name
+from kiln.batch.retry import check_retry_strategy
+from kiln.batch.status import Status
+from kiln.batch.tags import check_tags
+from kiln.errors import ValidationError
+
+MIN_ARRAY_SIZE = 2
+MAX_ARRAY_SIZE = 10_000
+MAX_DEPENDENCIES = 20
+MAX_TAGS_COMBINED = 50
+
+
+def _array_size(params: dict[str, Any]) -> int | None:
+    size = (params.get("arrayProperties") or {}).get("size")
+    if size is None:
+        return None
+    if not MIN_ARRAY_SIZE <= size <= MAX_ARRAY_SIZE:
+        raise ValidationError(
+            f"arrayProperties.size must be between {MIN_ARRAY_SIZE} and {MAX_ARRAY_SIZE} (got {size})"
+        )
+    return int(size)
+
+
+def _dependencies(ctx: Context, params: dict[str, Any], size: int | None) -> list[dict[str, Any]]:
+    """Validated dependsOn entries; unknown job ids are a 400, as AWS does."""
+    entries = params.get("dependsOn") or []
+    if len(entries) > MAX_DEPENDENCIES:
+        raise ValidationError(f"A job can depend on at most {MAX_DEPENDENCIES} jobs (got {len(entries)})")
+    for entry in entries:
+        job_id, kind = entry.get("jobId"), entry.get("type")
+        if job_id is None:
+            if kind != "SEQUENTIAL" or size is None:
+                raise ValidationError(
+                    "A dependsOn entry without jobId is only valid as type SEQUENTIAL on an array job"
+                )
+            continue
+        target = ctx.repo.get_job(job_id)
+        if target is None:
+            raise ValidationError(f"Dependency job {job_id} does not exist")
+        if kind == "N_TO_N" and (size is None or target["array_size"] != size):
+            raise ValidationError(
+                f"N_TO_N dependency on {job_id} needs two array jobs of the same size "
+                f"(this job: {size}, dependency: {target['array_size']})"
+            )
+    return list(entries)
+
+
+def _dependency_rows(job_id: str, size: int | None, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Job-level dependencies on the job itself; N_TO_N and SEQUENTIAL become child-level rows."""
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        target, kind = entry.get("jobId"), entry.get("type")
+        if kind == "N_TO_N" and size is not None:
+            rows += [{"job_id": f"{job_id}:{i}", "depends_on": f"{target}:{i}", "type": kind} for i in range(size)]
+        elif target is None and size is not None:
+            rows += [
+                {"job_id": f"{job_id}:{i}", "depends_on": f"{job_id}:{i - 1}", "type": kind} for i in range(1, size)
+            ]
+        elif target is not None:
+            rows.append({"job_id": job_id, "depends_on": target, "type": kind})
+    return rows
+
+
+def _resolved_spec(
+    ctx: Context, params: dict[str, Any], definition: dict[str, Any], queue: dict[str, Any]
+) -> dict[str, Any]:
+    parameters = {**(definition.get("parameters") or {}), **(params.get("parameters") or {})}
+    container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
+    containers.check_container(container, where="container")
+    container["command"] = containers.substitute(container.get("command") or [], parameters)
+    retry = params.get("retryStrategy") or definition.get("retryStrategy")
+    check_retry_strategy(retry)
+    timeout = params.get("timeout") or definition.get("timeout")
+    check_timeout(ctx, timeout)
+    check_scheduling_priority(params.get("schedulingPriorityOverride"), "schedulingPriorityOverride")
+    if params.get("shareIdentifier") is not None:
+        raise ValidationError(f"shareIdentifier is only valid on a job queue with a fair-share scheduling policy; "
+                              f"{queue['jobQueueName']} has none")  # fmt: skip
+    check_tags(params.get("tags"))
+    propagate = params.get("propagateTags", definition.get("propagateTags", False))
+    tags = {**(definition.get("tags") or {}), **(params.get("tags") or {})} if propagate else params.get("tags") or {}
+    if len(tags) > MAX_TAGS_COMBINED:
+        raise ValidationError(f"propagateTags would give the job more than {MAX_TAGS_COMBINED} tags")
+    return {
+        "jobDefinitionName": definition["jobDefinitionName"],
+        "container": container,
+        "parameters": parameters,
+        "retryStrategy": retry,
+        "timeout": timeout,
+        "tags": tags,
+        "propagateTags": bool(propagate),
+        "platformCapabilities": definition.get("platformCapabilities") or ["EC2"],
+        "schedulingPriority": params.get("schedulingPriorityOverride", definition.get("schedulingPriority")),
+        "dependsOn": params.get("dependsOn") or [],
+    }
+
+
+def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    check_job_name(params["jobName"])
+    queue = get_job_queue(ctx, params["jobQueue"])
+    if queue["state"] != "ENABLED":
+        raise ValidationError(f"JobQueue {queue['jobQueueName']} is DISABLED; enable it before submitting jobs")
+    definition = resolve_active(ctx, params["jobDefinition"])
+    if definition["type"] != "container":
+        raise ValidationError("Kiln does not run multinode (multi-node parallel) jobs yet")
+    if params.get("nodeOverrides") or params.get("ecsPropertiesOverride") or params.get("eksPropertiesOverride"):
+        raise ValidationError("nodeOverrides, ecsPropertiesOverride and eksPropertiesOverride are not supported")
+    size = _array_size(params)
+    spec = _resolved_spec(ctx, params, definition, queue)
+    if size is not None:
+        spec["arrayProperties"] = {"size": size}
+    entries = _dependencies(ctx, params, size)
+    job_id = str(uuid.uuid4())
+    resources = containers.resources_of(spec["container"])
+    base = {
+        "name": params["jobName"], "queue_arn": queue["jobQueueArn"], "definition_arn": definition["jobDefinitionArn"],
+        "status": Status.SUBMITTED.value, "created_at": ctx.now, "attempt_count": 0, "vcpus": resources.vcpus,
+        "memory_mib": resources.memory_mib, "gpus": resources.gpus, "is_cancelled": False, "is_terminated": False,
+        "status_reason": None, "runnable_at": None, "started_at": None, "stopped_at": None,
+    }  # fmt: skip
+    rows = [{**base, "id": job_id, "parent_id": None, "array_index": None, "array_size": size, "spec": spec}]
+    rows += [
+        {**base, "id": f"{job_id}:{i}", "parent_id": job_id, "array_index": i, "array_size": None, "spec": {}}
+        for i in range(size or 0)
+    ]
+    ctx.repo.insert_jobs(rows)
+    ctx.repo.insert_dependencies(_dependency_rows(job_id, size, entries))
+    return {"jobArn": ctx.arns.job(job_id), "jobName": params["jobName"], "jobId": job_id}

@@ -1,0 +1,103 @@
+"""Turning stored jobs into the JobDetail and JobSummary shapes clients read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.batch.context import Context
+
+Row = dict[str, Any]
+
+
+def _task_arn(ctx: Context, task_id: str) -> str:
+    return f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:task/kiln/{task_id}"
+
+
+def attempt_detail(ctx: Context, attempt: Row) -> dict[str, Any]:
+    container = {
+        "exitCode": attempt["exit_code"],
+        "reason": attempt["reason"],
+        "logStreamName": attempt["log_stream"],
+        "taskArn": _task_arn(ctx, attempt["task_id"]),
+        "containerInstanceArn": f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:container-instance/"
+        f"kiln/{attempt['compute_environment']}",
+    }
+    return {
+        "container": container,
+        "startedAt": attempt["started_at"],
+        "stoppedAt": attempt["stopped_at"],
+        "statusReason": attempt["status_reason"],
+    }
+
+
+def job_detail(
+    ctx: Context, job: Row, spec: Row, attempts: list[Row], summary: dict[str, int] | None
+) -> dict[str, Any]:
+    """`spec` is the job's own (or, for an array child, its parent's) resolved specification."""
+    container = dict(spec.get("container") or {})
+    current = attempts[-1] if attempts else None
+    if current is not None:
+        container.update(
+            exitCode=current["exit_code"],
+            reason=current["reason"],
+            logStreamName=current["log_stream"] if current["started_at"] else None,
+            taskArn=_task_arn(ctx, current["task_id"]),
+        )
+    detail: dict[str, Any] = {
+        "jobArn": ctx.arns.job(job["id"]),
+        "jobName": job["name"],
+        "jobId": job["id"],
+        "jobQueue": job["queue_arn"],
+        "status": job["status"],
+        "statusReason": job["status_reason"],
+        "createdAt": job["created_at"],
+        "startedAt": job["started_at"],
+        "stoppedAt": job["stopped_at"],
+        "attempts": [attempt_detail(ctx, a) for a in attempts if a["stopped_at"] is not None],
+        "dependsOn": spec.get("dependsOn") if job["parent_id"] is None else [],
+        "jobDefinition": job["definition_arn"],
+        "parameters": spec.get("parameters") or {},
+        "container": container,
+        "retryStrategy": spec.get("retryStrategy"),
+        "timeout": spec.get("timeout"),
+        "tags": spec.get("tags") or {},
+        "propagateTags": spec.get("propagateTags"),
+        "platformCapabilities": spec.get("platformCapabilities"),
+        "schedulingPriority": spec.get("schedulingPriority"),
+        "isCancelled": bool(job["is_cancelled"]),
+        "isTerminated": bool(job["is_terminated"]),
+    }
+    if job["array_size"] is not None:
+        detail["arrayProperties"] = {
+            "size": job["array_size"],
+            "statusSummary": summary or {},
+            "statusSummaryLastUpdatedAt": ctx.now,
+        }
+    elif job["array_index"] is not None:
+        detail["arrayProperties"] = {"index": job["array_index"]}
+    return detail
+
+
+def job_summary(ctx: Context, job: Row, last_attempt: Row | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "jobArn": ctx.arns.job(job["id"]),
+        "jobId": job["id"],
+        "jobName": job["name"],
+        "createdAt": job["created_at"],
+        "startedAt": job["started_at"],
+        "stoppedAt": job["stopped_at"],
+        "status": job["status"],
+        "statusReason": job["status_reason"],
+        "jobDefinition": job["definition_arn"],
+    }
+    if last_attempt is not None and last_attempt["stopped_at"] is not None:
+        summary["container"] = {"exitCode": last_attempt["exit_code"], "reason": last_attempt["reason"]}
+    if job["array_size"] is not None:
+        summary["arrayProperties"] = {"size": job["array_size"]}
+    elif job["array_index"] is not None:
+        summary["arrayProperties"] = {"index": job["array_index"]}
+    if job["is_cancelled"]:
+        summary["isCancelled"] = True
+    if job["is_terminated"]:
+        summary["isTerminated"] = True
+    return summary

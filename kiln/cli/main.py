@@ -1,0 +1,158 @@
+"""`kiln server`, `kiln jobs`, `kiln describe`, `kiln logs`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.client import batch_client, default_endpoint
+from kiln.config import DEFAULT_PORT, load_settings
+from kiln.errors import KilnError
+
+app = typer.Typer(help="Kiln: an AWS Batch-compatible job scheduler that really runs jobs.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint-url", help="Kiln server URL [default: $AWS_ENDPOINT_URL_BATCH or http://127.0.0.1:8642]"),
+]
+STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+STATUS_STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "RUNNING": "cyan",
+    "RUNNABLE": "yellow",
+    "STARTING": "cyan",
+}
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = DEFAULT_PORT,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="State, logs and kiln.toml [default: $XDG_DATA_HOME/kiln].")
+    ] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL [default: SQLite in the data dir].")] = None,
+    region: Annotated[str | None, typer.Option(help="Region shown in ARNs [default: us-east-1].")] = None,
+    account_id: Annotated[str | None, typer.Option(help="Account shown in ARNs [default: 123456789012].")] = None,
+    fsync: Annotated[
+        bool | None, typer.Option("--fsync/--no-fsync", help="fsync every commit (power-loss safe).")
+    ] = None,
+    retention_days: Annotated[
+        float | None, typer.Option(help="Keep finished jobs and logs this long [default: 7].")
+    ] = None,
+    min_timeout_seconds: Annotated[int | None, typer.Option(help="Testing: lower AWS's 60 s timeout floor.")] = None,
+    termination_grace_seconds: Annotated[
+        float | None, typer.Option(help="SIGTERM-to-SIGKILL grace [default: 30].")
+    ] = None,
+) -> None:
+    """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
+    from kiln.server import serve
+
+    try:
+        settings = load_settings(
+            data_dir, host=host, port=port, database_url=database_url, region=region, account_id=account_id,
+            fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
+            termination_grace_seconds=termination_grace_seconds,
+        )  # fmt: skip
+    except KilnError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    serve(settings)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def _time(ms: int | None) -> str:
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def jobs(
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Queue name or ARN (repeatable) [default: all].")
+    ] = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="Status (repeatable) [default: all].")
+    ] = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """A table of jobs by queue and status."""
+    client = batch_client(endpoint_url)
+    wanted = [s.upper() for s in status] if status else list(STATUSES)
+    unknown = sorted(set(wanted) - set(STATUSES))
+    if unknown:
+        raise _fail(ValueError(f"unknown status {', '.join(unknown)}; use one of {', '.join(STATUSES)}"))
+    try:
+        queues = queue or [q["jobQueueName"] for page in client.get_paginator("describe_job_queues").paginate()
+                           for q in page["jobQueues"]]  # fmt: skip
+        table = Table("queue", "job id", "name", "status", "created", "reason")
+        for name in queues:
+            for state in wanted:
+                for page in client.get_paginator("list_jobs").paginate(jobQueue=name, jobStatus=state):
+                    for job in page["jobSummaryList"]:
+                        style = STATUS_STYLE.get(job["status"], "")
+                        table.add_row(name, job["jobId"], job["jobName"], f"[{style}]{job['status']}[/]" if style else job["status"],
+                                      _time(job.get("createdAt")), job.get("statusReason") or "")  # fmt: skip
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(exc) from None
+    console.print(table)
+
+
+@app.command()
+def describe(job_id: str, endpoint_url: EndpointOption = None) -> None:
+    """Everything Kiln knows about one job (DescribeJobs), as JSON."""
+    try:
+        found = batch_client(endpoint_url).describe_jobs(jobs=[job_id])["jobs"]
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(exc) from None
+    if not found:
+        raise _fail(LookupError(f"job {job_id} not found"))
+    console.print_json(json.dumps(found[0]))
+
+
+def _fetch_log(endpoint: str, job_id: str, attempt: int | None, offset: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"offset": offset}
+    if attempt is not None:
+        params["attempt"] = attempt
+    response = httpx.get(f"{endpoint.rstrip('/')}/kiln/v1/logs/{job_id}", params=params, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(response.json().get("message", response.text))
+    return dict(response.json())
+
+
+@app.command()
+def logs(
+    job_id: str,
+    attempt: Annotated[int | None, typer.Option(help="Attempt number, 1-based [default: latest].")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the attempt ends.")] = False,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Print the output (stdout and stderr) of a job's attempt."""
+    endpoint = endpoint_url or default_endpoint()
+    offset = 0
+    while True:
+        try:
+            chunk = _fetch_log(endpoint, job_id, attempt, offset)
+        except (httpx.HTTPError, RuntimeError) as exc:
+            raise _fail(exc) from None
+        typer.echo(chunk["text"], nl=False)
+        offset = chunk["nextOffset"]
+        if not follow or chunk["finished"]:
+            return
+        if not chunk["text"]:
+            time.sleep(0.5)

@@ -1,0 +1,109 @@
+"""Server settings: defaults, `kiln.toml` in the data dir, then command-line flags.
+
+Test-only knobs (``min_timeout_seconds``, ``termination_grace_seconds``) exist so the suite can
+exercise timeouts in seconds instead of AWS's one-minute floor; production keeps AWS's values.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ValidationError
+
+DEFAULT_PORT = 8642
+DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
+CONFIG_FILE_NAME = "kiln.toml"
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/kiln`, falling back to `~/.local/share/kiln` as the XDG spec says."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kiln"
+
+
+def host_memory_mib() -> int:
+    """Total physical memory in MiB; the local compute environment cannot promise more."""
+    pages = os.sysconf("SC_PHYS_PAGES")
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    return int(pages * page_size // (1024 * 1024))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to know at start-up; immutable once running."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    database_url: str | None = None
+    # SQLite `synchronous=FULL` (fsync on every commit: survives power loss) instead of NORMAL
+    # (survives a killed process, which is the default promise).
+    fsync: bool = False
+    retention_days: float = 7.0
+    scheduler_interval_seconds: float = 0.2
+    # AWS values; lowered only by tests through documented flags.
+    min_timeout_seconds: int = 60
+    termination_grace_seconds: float = 30.0
+    host_vcpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    host_memory_mib: int = field(default_factory=host_memory_mib)
+    # CE names whose jobs get a hard CPU quota (cfs) on top of cpu.shares.
+    cpu_hard_cap_environments: frozenset[str] = frozenset()
+    # image name -> entrypoint prepended to the job's command; "host" is built in (empty entrypoint).
+    images: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "kiln.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.database_path}"
+
+
+def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from `<data_dir>/kiln.toml` then explicit overrides (flags win)."""
+    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    config_path = settings.data_dir / CONFIG_FILE_NAME
+    if config_path.exists():
+        settings = _apply_file(settings, config_path)
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    return replace(settings, **clean)
+
+
+def _apply_file(settings: Settings, path: Path) -> Settings:
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"{path}: invalid TOML: {exc}") from exc
+    server = dict(document.get("server", {}))
+    known = {f for f in Settings.__dataclass_fields__ if f not in {"data_dir", "images"}}
+    unknown = set(server) - known
+    if unknown:
+        raise ValidationError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
+    if "cpu_hard_cap_environments" in server:
+        server["cpu_hard_cap_environments"] = frozenset(server["cpu_hard_cap_environments"])
+    images = _parse_images(path, document.get("images", {}))
+    return replace(settings, **server, images={**settings.images, **images})
+
+
+def _parse_images(path: Path, table: dict[str, Any]) -> dict[str, list[str]]:
+    images: dict[str, list[str]] = {}
+    for name, entry in table.items():
+        entrypoint = entry.get("entrypoint") if isinstance(entry, dict) else entry
+        if not isinstance(entrypoint, list) or not all(isinstance(part, str) for part in entrypoint):
+            raise ValidationError(f"{path}: [images] {name!r} must be a list of strings (the entrypoint)")
+        images[name] = entrypoint
+    return images

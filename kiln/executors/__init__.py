@@ -1,0 +1,1 @@
+"""Executors run attempts: local processes now, Ray and Docker later, behind one interface."""

@@ -1,0 +1,112 @@
+"""The executor interface: start an attempt, report what happened to it, stop it.
+
+The scheduler never blocks on an executor: `start` returns at once and outcomes arrive as events
+pulled with `poll`. Every implementation (local processes, Ray, Docker) reports the same events with
+the same AWS reason strings, so the domain never knows which one ran the attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# Exact AWS texts an executor reports (see shared/design/aws-batch-facts.md §2.3).
+ESSENTIAL_CONTAINER_EXITED = "Essential container in task exited"
+TASK_FAILED_TO_START = "Task failed to start"
+TIMEOUT_STATUS_REASON = "Job attempt duration exceeded timeout"
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+CANNOT_PULL_PREFIX = "CannotPullContainerError"
+OOM_EXIT_CODE = 137
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Everything needed to run one attempt, already resolved by the domain."""
+
+    attempt_id: str  # unique task id; also the last part of the log stream name
+    job_id: str
+    image: str
+    command: list[str]  # after Ref:: substitution; the image entrypoint is the executor's business
+    environment: dict[str, str]  # definition env < overrides < AWS_BATCH_* (already merged)
+    vcpus: float
+    memory_mib: int
+    log_path: Path  # stdout and stderr of the attempt, appended as they come
+    workdir: Path  # created by the executor, removed when the attempt ends
+    gpus: int = 0
+    timeout_seconds: int | None = None
+    cpu_hard_cap: bool = False  # also set a CFS quota of `vcpus` CPUs, not just a weight
+
+
+@dataclass(frozen=True)
+class AttemptRunning:
+    """The attempt's process is up (STARTING -> RUNNING)."""
+
+    attempt_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class AttemptExited:
+    """The attempt is over and nothing of it is left running.
+
+    `status_reason` is the attempt's AWS status reason (`Essential container in task exited`,
+    `Task failed to start`, `Job attempt duration exceeded timeout`, or the terminate reason);
+    `reason` is the container reason (`OutOfMemoryError: ...`, `CannotPullContainerError: ...`).
+    `started` is False when the attempt never reached RUNNING (e.g. unknown image).
+    """
+
+    attempt_id: str
+    at_ms: int
+    exit_code: int | None
+    status_reason: str
+    reason: str | None = None
+    started: bool = True
+    oom: bool = False
+    timed_out: bool = False
+    terminated: bool = False
+
+
+AttemptEvent = AttemptRunning | AttemptExited
+
+
+@dataclass
+class Capacity:
+    """What an executor can run at once on its hosts."""
+
+    vcpus: float
+    memory_mib: int
+    gpus: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Executor(Protocol):
+    """What the scheduler needs from anything that runs attempts."""
+
+    def capacity(self) -> Capacity:
+        """Total resources of the hosts this executor places on."""
+        ...
+
+    def start(self, spec: AttemptSpec) -> None:
+        """Begin the attempt and return at once; failures to start arrive as `AttemptExited`."""
+        ...
+
+    def terminate(self, attempt_id: str, reason: str) -> None:
+        """SIGTERM the attempt's whole process tree, SIGKILL after the grace period.
+
+        The resulting `AttemptExited` carries `terminated=True` and `status_reason=reason`.
+        Unknown or finished attempts are ignored.
+        """
+        ...
+
+    def poll(self) -> list[AttemptEvent]:
+        """Events since the last call, in the order they happened."""
+        ...
+
+    def running(self) -> set[str]:
+        """Attempt ids that are still alive."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop every attempt (server exit); safe to call twice."""
+        ...

@@ -1,0 +1,376 @@
+"""Run attempts as processes on this host, with the limits and outcomes AWS Batch would give them.
+
+Each attempt is one process tree started through a tiny `/bin/sh` wrapper that moves itself into
+the attempt's cgroups and then `exec`s the job, so the job (and all it forks) is inside its memory
+limit from its first instruction and the wrapper leaves no extra process behind. A missing program
+then fails like in a shell (exit 127), which is also what a container's entrypoint would do.
+
+One monitor thread watches every attempt (a thread per attempt would not scale to many small
+jobs): it reaps exits, turns the kernel's OOM kills (or the watchdog's verdict) into AWS's OOM
+outcome, enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the grace), and
+reports an attempt's exit only once no process of it is left - like a container, whose other
+processes die with its essential one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from kiln.config import Settings
+
+from .base import (
+    ESSENTIAL_CONTAINER_EXITED,
+    OOM_EXIT_CODE,
+    OOM_REASON,
+    TASK_FAILED_TO_START,
+    TIMEOUT_STATUS_REASON,
+    AttemptEvent,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    Capacity,
+)
+from .cgroups import MIB, AttemptCgroups, CgroupSupport, detect_cgroups
+from .images import ImageCatalogue, ImageNotFound
+from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_SECONDS = 0.05
+SHUTDOWN_GRACE_SECONDS = 1.0
+SHUTDOWN_REASON = "Terminated because the Kiln server is shutting down"
+CANNOT_START_PREFIX = "CannotStartContainerError"
+NO_COMMAND_REASON = f"{CANNOT_START_PREFIX}: Error response from daemon: No command specified"
+WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"
+
+# Joins every cgroup listed before `--`, then becomes the job: same pid, no process left behind.
+WRAPPER_SCRIPT = (
+    'while [ "$#" -gt 0 ] && [ "$1" != -- ]; do '
+    f'echo $$ > "$1" || {{ echo "kiln: cannot join cgroup $1" >&2; exit {WRAPPER_EXIT_CODE}; }}; '
+    'shift; done; shift; exec "$@"'
+)
+
+
+def now_ms() -> int:
+    """Event timestamps: epoch milliseconds, like every AWS Batch time field."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Attempt:
+    """One running attempt and what has happened to it so far (guarded by the executor's lock)."""
+
+    spec: AttemptSpec
+    process: subprocess.Popen[bytes]
+    tree: ProcessTree
+    cgroups: AttemptCgroups
+    deadline: float | None  # monotonic time of the timeout
+    exit_code: int | None = None  # of the essential process, once reaped (128 + N for signal N)
+    oom: bool = False
+    timed_out: bool = False
+    terminated: bool = False
+    terminate_reason: str = ""
+    kill_at: float | None = None  # monotonic time at which SIGTERM turns into SIGKILL
+
+    @property
+    def stopping(self) -> bool:
+        """A stop is under way (or the job ended): later stop requests change nothing."""
+        return self.oom or self.timed_out or self.terminated or self.exit_code is not None
+
+    def exit_event(self) -> AttemptExited:
+        if self.terminated:
+            status_reason = self.terminate_reason
+        elif self.timed_out:
+            status_reason = TIMEOUT_STATUS_REASON
+        else:
+            status_reason = ESSENTIAL_CONTAINER_EXITED
+        return AttemptExited(
+            attempt_id=self.spec.attempt_id,
+            at_ms=now_ms(),
+            exit_code=OOM_EXIT_CODE if self.oom else self.exit_code,
+            status_reason=status_reason,
+            reason=OOM_REASON if self.oom else None,
+            oom=self.oom,
+            timed_out=self.timed_out,
+            terminated=self.terminated,
+        )
+
+
+class LocalExecutor:
+    """The `Executor` for this host: processes, cgroup limits where possible, fallbacks elsewhere.
+
+    `use_cgroups=False` forces the fallbacks (psutil watchdog, process-group tracking), for tests
+    and for hosts where cgroups misbehave.
+    """
+
+    def __init__(
+        self, settings: Settings, catalogue: ImageCatalogue | None = None, *, use_cgroups: bool = True
+    ) -> None:
+        self._settings = settings
+        self._catalogue = catalogue or ImageCatalogue.from_settings(settings)
+        self._support = detect_cgroups(enabled=use_cgroups)
+        self._attempts: dict[str, _Attempt] = {}
+        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._closed = False
+        logger.info("local executor: %s", "; ".join(self.describe()))
+
+    @property
+    def catalogue(self) -> ImageCatalogue:
+        return self._catalogue
+
+    @property
+    def cgroup_support(self) -> CgroupSupport:
+        return self._support
+
+    def mechanisms(self) -> dict[str, str]:
+        """What enforces memory, CPU and process tracking on this host."""
+        return self._support.mechanisms()
+
+    def describe(self) -> list[str]:
+        """Mechanisms and the reasons for any fallback, one line each (logs, docs, capacity notes)."""
+        lines = [f"{what}: {how}" for what, how in self.mechanisms().items()]
+        return lines + list(self._support.notes)
+
+    def attempt_cgroups(self, attempt_id: str) -> AttemptCgroups | None:
+        """The cgroups of a live attempt (for diagnostics and tests), None when it is not running."""
+        with self._lock:
+            attempt = self._attempts.get(attempt_id)
+            return attempt.cgroups if attempt else None
+
+    def capacity(self) -> Capacity:
+        return Capacity(
+            vcpus=float(self._settings.host_vcpus),
+            memory_mib=self._settings.host_memory_mib,
+            gpus=0,
+            notes=self.describe(),
+        )
+
+    def start(self, spec: AttemptSpec) -> None:
+        """Spawn the attempt (milliseconds); every failure to start arrives as an event."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the local executor has been shut down")
+            if spec.attempt_id in self._attempts:
+                raise ValueError(f"attempt {spec.attempt_id} is already running")
+        try:
+            argv = self._catalogue.resolve(spec.image) + list(spec.command)
+        except ImageNotFound as exc:
+            self._not_started(spec, exc.message)
+            return
+        if not argv:
+            self._not_started(spec, NO_COMMAND_REASON)
+            return
+        self._launch(spec, argv)
+
+    def terminate(self, attempt_id: str, reason: str) -> None:
+        with self._lock:
+            attempt = self._attempts.get(attempt_id)
+            if attempt is None or attempt.stopping:
+                return
+            attempt.terminated = True
+            attempt.terminate_reason = reason
+            self._begin_stop(attempt, self._settings.termination_grace_seconds)
+
+    def poll(self) -> list[AttemptEvent]:
+        events: list[AttemptEvent] = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def running(self) -> set[str]:
+        with self._lock:
+            return set(self._attempts)
+
+    def shutdown(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop every attempt (SIGTERM, SIGKILL after `grace_seconds`), wait for them, stop the thread.
+
+        The attempts' `AttemptExited` events (terminated, `SHUTDOWN_REASON`) stay available to `poll`.
+        """
+        with self._lock:
+            self._closed = True
+            for attempt in self._attempts.values():
+                self._stop_for_shutdown(attempt, grace_seconds)
+        deadline = time.monotonic() + grace_seconds + 5.0
+        while self.running() and time.monotonic() < deadline and self._monitor_alive():
+            time.sleep(POLL_INTERVAL_SECONDS)
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5.0)
+        if self.running():
+            logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _launch(self, spec: AttemptSpec, argv: list[str]) -> None:
+        try:
+            attempt = self._spawn(spec, argv)
+        except OSError as exc:
+            shutil.rmtree(spec.workdir, ignore_errors=True)
+            self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
+            return
+        with self._lock:
+            self._attempts[spec.attempt_id] = attempt
+            self._events.put(AttemptRunning(spec.attempt_id, now_ms()))
+        self._ensure_monitor()
+
+    def _spawn(self, spec: AttemptSpec, argv: list[str]) -> _Attempt:
+        """Create the workdir, log and cgroups, then the process; cleans up after itself on error."""
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cgroups = AttemptCgroups.create(
+            self._support,
+            spec.attempt_id,
+            memory_mib=spec.memory_mib,
+            vcpus=spec.vcpus,
+            cpu_hard_cap=spec.cpu_hard_cap,
+        )
+        try:
+            process = self._popen(spec, wrapped_command(cgroups.procs_files(), argv))
+        except OSError:
+            cgroups.remove()
+            raise
+        tracker = cgroups.pids if cgroups.tracks_processes else None
+        started = time.monotonic()
+        deadline = started + spec.timeout_seconds if spec.timeout_seconds else None
+        return _Attempt(spec, process, ProcessTree(process.pid, tracker), cgroups, deadline)
+
+    def _popen(self, spec: AttemptSpec, command: list[str]) -> subprocess.Popen[bytes]:
+        """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin."""
+        with Path(spec.log_path).open("ab") as log:
+            return subprocess.Popen(
+                command,
+                cwd=spec.workdir,
+                env={**os.environ, **spec.environment},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _not_started(self, spec: AttemptSpec, reason: str) -> None:
+        self._events.put(
+            AttemptExited(
+                attempt_id=spec.attempt_id,
+                at_ms=now_ms(),
+                exit_code=None,
+                status_reason=TASK_FAILED_TO_START,
+                reason=reason,
+                started=False,
+            )
+        )
+
+    # -- monitoring -------------------------------------------------------------------------------
+
+    def _ensure_monitor(self) -> None:
+        with self._lock:
+            if self._monitor_alive():
+                return
+            self._monitor = threading.Thread(target=self._watch, name="kiln-local-executor", daemon=True)
+            self._monitor.start()
+
+    def _monitor_alive(self) -> bool:
+        return self._monitor is not None and self._monitor.is_alive()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._tick()
+            self._stop.wait(POLL_INTERVAL_SECONDS)
+
+    def _tick(self) -> None:
+        with self._lock:
+            attempts = list(self._attempts.values())
+        needs_snapshot = any(not attempt.tree.uses_cgroups for attempt in attempts)
+        children = children_snapshot() if needs_snapshot else None
+        for attempt in attempts:
+            try:
+                with self._lock:
+                    finished = self._check(attempt, time.monotonic(), children)
+                if finished:
+                    self._finish(attempt)
+            except Exception:  # the monitor must outlive any one attempt's surprise
+                logger.exception("monitoring attempt %s failed", attempt.spec.attempt_id)
+
+    def _check(self, attempt: _Attempt, now: float, children: ChildrenMap | None) -> bool:
+        """One look at an attempt; True when it is over and nothing of it is left."""
+        if attempt.exit_code is None:
+            returncode = attempt.process.poll()
+            if returncode is not None:
+                attempt.exit_code = exit_code_from_returncode(returncode)
+        live = attempt.tree.live(children)
+        self._check_memory(attempt, live)
+        if attempt.exit_code is None:
+            self._check_timeout(attempt, now)
+            if attempt.kill_at is not None and now >= attempt.kill_at:
+                self._kill(attempt, live)
+            return False
+        if live:
+            self._kill(attempt, live)  # the essential process is gone: the "container" stops
+            return False
+        return True
+
+    def _check_memory(self, attempt: _Attempt, live: list[psutil.Process]) -> None:
+        """OOM = the kernel killed something in the memory cgroup, or the watchdog's sum passed the limit.
+
+        Cgroup v1 kills only the largest process, so everything else is killed here as well.
+        """
+        if attempt.oom:
+            return
+        if attempt.cgroups.memory is not None:
+            attempt.oom = attempt.cgroups.oom_kills() > 0
+        elif live:
+            attempt.oom = attempt.tree.rss_bytes(live) > attempt.spec.memory_mib * MIB
+        if attempt.oom:
+            logger.info("attempt %s ran out of memory", attempt.spec.attempt_id)
+            self._kill(attempt, live)
+
+    def _check_timeout(self, attempt: _Attempt, now: float) -> None:
+        if attempt.deadline is None or now < attempt.deadline or attempt.stopping:
+            return
+        attempt.timed_out = True
+        self._begin_stop(attempt, self._settings.termination_grace_seconds)
+
+    def _begin_stop(self, attempt: _Attempt, grace_seconds: float) -> None:
+        attempt.kill_at = time.monotonic() + grace_seconds
+        attempt.tree.signal(signal.SIGTERM)
+
+    def _stop_for_shutdown(self, attempt: _Attempt, grace_seconds: float) -> None:
+        if not attempt.stopping:
+            attempt.terminated = True
+            attempt.terminate_reason = SHUTDOWN_REASON
+            self._begin_stop(attempt, grace_seconds)
+        elif attempt.kill_at is not None:
+            attempt.kill_at = min(attempt.kill_at, time.monotonic() + grace_seconds)
+
+    def _kill(self, attempt: _Attempt, live: list[psutil.Process]) -> None:
+        attempt.cgroups.kill()
+        attempt.tree.signal(signal.SIGKILL, live)
+
+    def _finish(self, attempt: _Attempt) -> None:
+        """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
+        attempt.cgroups.remove()
+        shutil.rmtree(attempt.spec.workdir, ignore_errors=True)
+        with self._lock:
+            self._attempts.pop(attempt.spec.attempt_id, None)
+            self._events.put(attempt.exit_event())
+
+
+def wrapped_command(procs_files: list[Path], argv: list[str]) -> list[str]:
+    """`argv` behind the cgroup-joining shell wrapper (used even without cgroups: a missing
+    program then exits 127 like in a shell instead of failing inside Popen)."""
+    return ["/bin/sh", "-c", WRAPPER_SCRIPT, "kiln-attempt", *map(str, procs_files), "--", *argv]

@@ -1,0 +1,128 @@
+"""Every process of one attempt: listed from its cgroups when it has any, else followed with psutil.
+
+An attempt is over only when nothing of it runs, and stopping it means signalling all of it, so the
+executor needs one answer to "which processes are this attempt?". Cgroups answer exactly (nothing
+escapes them, not even `setsid`). Without them we follow the tree with psutil: every descendant
+seen once stays known after its parent dies (so a re-parented grandchild is not lost) and the
+attempt's process group is signalled as well; a process that daemonizes between two polls can still
+escape, which is why cgroups are preferred.
+
+Exited-but-unreaped processes (zombies) count as gone: on hosts whose init does not reap orphans
+they stay forever, yet use no memory and cannot be killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+
+import psutil
+
+ChildrenMap = dict[int, list[psutil.Process]]
+
+
+def exit_code_from_returncode(returncode: int) -> int:
+    """Docker's convention: a process killed by signal N exited with 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def children_snapshot() -> ChildrenMap:
+    """Parent pid -> its children, for the whole host, taken once per monitor tick."""
+    children: ChildrenMap = {}
+    for process in psutil.process_iter(["ppid"]):
+        ppid = process.info.get("ppid")
+        if ppid is not None:
+            children.setdefault(ppid, []).append(process)
+    return children
+
+
+def is_alive(process: psutil.Process) -> bool:
+    """Running (not reaped, not recycled to another program) and not a zombie."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class ProcessTree:
+    """The processes of one attempt, rooted at the process the executor spawned."""
+
+    def __init__(self, root_pid: int, cgroup_pids: Callable[[], set[int]] | None = None) -> None:
+        # Created right after spawning, before the root can be reaped: psutil then remembers its
+        # start time and never mistakes a recycled pid for it.
+        self.root = psutil.Process(root_pid)
+        self._cgroup_pids = cgroup_pids
+        self._known: dict[int, psutil.Process] = {root_pid: self.root}
+
+    @property
+    def uses_cgroups(self) -> bool:
+        return self._cgroup_pids is not None
+
+    def live(self, children: ChildrenMap | None = None) -> list[psutil.Process]:
+        """Processes of the attempt still alive; `children` is needed only without cgroups."""
+        if self._cgroup_pids is not None:
+            self._adopt(self._cgroup_pids())
+        elif children is not None:
+            self._follow(children)
+        alive = {pid: process for pid, process in self._known.items() if is_alive(process)}
+        self._known = alive
+        return list(alive.values())
+
+    def signal(self, signum: int, live: Iterable[psutil.Process] | None = None) -> None:
+        """Send `signum` to every live process of the attempt (and its process group, as a net)."""
+        for process in self.live() if live is None else live:
+            try:
+                process.send_signal(signum)
+            except psutil.Error:
+                continue
+        if not self.uses_cgroups:
+            self._signal_group(signum)
+
+    def rss_bytes(self, live: Iterable[psutil.Process]) -> int:
+        """Summed resident memory of the processes (shared pages count once per process)."""
+        total = 0
+        for process in live:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _adopt(self, pids: set[int]) -> None:
+        # The root joins its cgroups a moment after spawning; it is known from the start anyway.
+        for pid in pids - self._known.keys():
+            try:
+                self._known[pid] = psutil.Process(pid)
+            except psutil.Error:
+                continue
+
+    def _follow(self, children: ChildrenMap) -> None:
+        pending = list(self._known.values())
+        while pending:
+            parent = pending.pop()
+            if not _still_running(parent):
+                continue  # its pid may be recycled: the snapshot's children are someone else's
+            for child in children.get(parent.pid, []):
+                if child.pid not in self._known:
+                    self._known[child.pid] = child
+                    pending.append(child)
+
+    def _signal_group(self, signum: int) -> None:
+        """Signal the process group the root led, unless its pid now belongs to someone else.
+
+        The kernel keeps a pid reserved while a group with that id has members, so the group is
+        ours as long as the pid is not running an unrelated process.
+        """
+        pgid = self.root.pid
+        if psutil.pid_exists(pgid) and not self.root.is_running():
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signum)
+
+
+def _still_running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running()
+    except psutil.Error:
+        return False

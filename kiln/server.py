@@ -1,0 +1,61 @@
+"""The composition root: settings -> database -> executor -> scheduler -> API app -> uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+
+from kiln.api.app import create_app
+from kiln.api.job_logs import log_routes
+from kiln.batch.scheduler import Scheduler
+from kiln.batch.service import BatchService
+from kiln.config import Settings
+from kiln.executors.images import ImageCatalogue
+from kiln.executors.local import LocalExecutor
+from kiln.store.database import Database
+
+log = logging.getLogger("kiln")
+
+
+@dataclass
+class Server:
+    settings: Settings
+    db: Database
+    service: BatchService
+    scheduler: Scheduler
+    app: Starlette
+
+
+def build_server(settings: Settings) -> Server:
+    """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
+    for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url(), fsync=settings.fsync)
+    executor = LocalExecutor(settings, ImageCatalogue(settings.images))
+    service = BatchService(db, settings)
+    scheduler = Scheduler(db, executor, settings, service.arns)
+    service.on_change = scheduler.wake
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        scheduler.start()
+        log.info("kiln server ready: data dir %s", settings.data_dir)
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            db.close()
+
+    app = create_app(service, extra_routes=log_routes(service), lifespan=lifespan)
+    return Server(settings, db, service, scheduler, app)
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = build_server(settings)
+    uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, migrations and the repository the domain talks to."""

@@ -1,0 +1,294 @@
+"""All SQL lives here. The domain calls these methods inside a transaction it got from `Database`.
+
+Rows come back as plain dicts so the domain never touches SQLAlchemy objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from kiln.store.schema import (
+    attempts,
+    compute_environments,
+    job_definitions,
+    job_dependencies,
+    job_queues,
+    jobs,
+)
+
+Row = dict[str, Any]
+# SQLite caps bound parameters per statement; stay well below it.
+_CHUNK = 500
+
+
+def _rows(result: Any) -> list[Row]:
+    return [dict(row._mapping) for row in result]
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class Repository:
+    """Queries over one connection (one transaction)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    # -- documents: compute environments and job queues share one shape ----------------------
+    def _table(self, kind: str) -> Table:
+        return {"ce": compute_environments, "queue": job_queues}[kind]
+
+    def get_named(self, kind: str, name: str) -> Row | None:
+        table = self._table(kind)
+        return self._one(select(table).where(table.c.name == name))
+
+    def list_named(self, kind: str, names: Sequence[str] | None, offset: int, limit: int) -> list[Row]:
+        table = self._table(kind)
+        query = select(table).order_by(table.c.created_at, table.c.name)
+        if names is not None:
+            query = query.where(table.c.name.in_(list(names)))
+        return _rows(self.connection.execute(query.offset(offset).limit(limit)))
+
+    def count_named(self, kind: str) -> int:
+        return int(self.connection.execute(select(func.count()).select_from(self._table(kind))).scalar_one())
+
+    def insert_named(self, kind: str, row: Row) -> None:
+        self.connection.execute(insert(self._table(kind)).values(**row))
+
+    def update_named(self, kind: str, name: str, values: Row) -> None:
+        table = self._table(kind)
+        self.connection.execute(update(table).where(table.c.name == name).values(**values))
+
+    def delete_named(self, kind: str, name: str) -> None:
+        table = self._table(kind)
+        self.connection.execute(delete(table).where(table.c.name == name))
+
+    def _one(self, query: Any) -> Row | None:
+        row = self.connection.execute(query).first()
+        return None if row is None else dict(row._mapping)
+
+    # -- job definitions -----------------------------------------------------------------------
+    def latest_revision(self, name: str) -> int:
+        query = select(func.max(job_definitions.c.revision)).where(job_definitions.c.name == name)
+        return int(self.connection.execute(query).scalar_one() or 0)
+
+    def insert_definition(self, row: Row) -> None:
+        self.connection.execute(insert(job_definitions).values(**row))
+
+    def get_definition(self, name: str, revision: int | None) -> Row | None:
+        """A given revision, or (revision None) the newest ACTIVE one."""
+        query = select(job_definitions).where(job_definitions.c.name == name)
+        if revision is None:
+            query = query.where(job_definitions.c.status == "ACTIVE").order_by(job_definitions.c.revision.desc())
+        else:
+            query = query.where(job_definitions.c.revision == revision)
+        return self._one(query.limit(1))
+
+    def get_definition_by_arn(self, arn: str) -> Row | None:
+        return self._one(select(job_definitions).where(job_definitions.c.arn == arn))
+
+    def list_definitions(
+        self,
+        name: str | None,
+        status: str | None,
+        refs: Sequence[tuple[str, int]] | None,
+        offset: int,
+        limit: int,
+    ) -> list[Row]:
+        table = job_definitions
+        query = select(table).order_by(table.c.name, table.c.revision)
+        if name is not None:
+            query = query.where(table.c.name == name)
+        if status is not None:
+            query = query.where(table.c.status == status)
+        if refs is not None:
+            if not refs:
+                return []
+            query = query.where(or_(*(and_(table.c.name == n, table.c.revision == r) for n, r in refs)))
+        return _rows(self.connection.execute(query.offset(offset).limit(limit)))
+
+    def set_definition_status(self, arn: str, status: str, doc: Row) -> None:
+        table = job_definitions
+        self.connection.execute(update(table).where(table.c.arn == arn).values(status=status, doc=doc))
+
+    def update_definition_doc(self, arn: str, doc: Row) -> None:
+        self.connection.execute(update(job_definitions).where(job_definitions.c.arn == arn).values(doc=doc))
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def insert_jobs(self, rows: Sequence[Row]) -> None:
+        """One multi-row INSERT per chunk: an array of 10,000 children is a few statements."""
+        for chunk in _chunks(list(rows)):
+            self.connection.execute(insert(jobs), list(chunk))
+
+    def insert_dependencies(self, rows: Sequence[Row]) -> None:
+        if rows:
+            self.connection.execute(insert(job_dependencies), list(rows))
+
+    def get_jobs(self, ids: Sequence[str]) -> list[Row]:
+        found: list[Row] = []
+        for chunk in _chunks(list(ids)):
+            found += _rows(self.connection.execute(select(jobs).where(jobs.c.id.in_(list(chunk)))))
+        return found
+
+    def get_job(self, job_id: str) -> Row | None:
+        return self._one(select(jobs).where(jobs.c.id == job_id))
+
+    def children(self, parent_id: str, statuses: Sequence[str] | None = None) -> list[Row]:
+        query = select(jobs).where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
+        if statuses is not None:
+            query = query.where(jobs.c.status.in_(list(statuses)))
+        return _rows(self.connection.execute(query))
+
+    def status_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per array parent: child status -> count (the parent's statusSummary)."""
+        summary: dict[str, dict[str, int]] = {pid: {} for pid in parent_ids}
+        for chunk in _chunks(list(parent_ids)):
+            query = (
+                select(jobs.c.parent_id, jobs.c.status, func.count())
+                .where(jobs.c.parent_id.in_(list(chunk)))
+                .group_by(jobs.c.parent_id, jobs.c.status)
+            )
+            for parent_id, status, count in self.connection.execute(query):
+                summary[parent_id][status] = int(count)
+        return summary
+
+    def list_jobs(
+        self,
+        *,
+        queue_arn: str | None,
+        parent_id: str | None,
+        statuses: Sequence[str] | None,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        name_prefix: str | None = None,
+        name_exact: str | None = None,
+        definition_arns: Sequence[str] | None = None,
+        created_before: int | None = None,
+        created_after: int | None = None,
+    ) -> list[Row]:
+        """Top-level jobs of a queue newest first, or children of an array in index order."""
+        query = select(jobs)
+        if parent_id is not None:
+            query = query.where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
+            if after is not None:
+                query = query.where(jobs.c.array_index > after[0])
+        else:
+            query = query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None))
+            query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            if after is not None:
+                created, job_id = after
+                query = query.where(
+                    or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
+                )
+        if statuses is not None:
+            query = query.where(jobs.c.status.in_(list(statuses)))
+        if name_exact is not None:
+            query = query.where(jobs.c.name == name_exact)
+        if name_prefix is not None:
+            query = query.where(jobs.c.name.startswith(name_prefix, autoescape=True))
+        if definition_arns is not None:
+            query = query.where(jobs.c.definition_arn.in_(list(definition_arns)))
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
+        if created_after is not None:
+            query = query.where(jobs.c.created_at > created_after)
+        return _rows(self.connection.execute(query.limit(limit)))
+
+    def jobs_with_status(self, statuses: Sequence[str], limit: int | None = None) -> list[Row]:
+        query = select(jobs).where(jobs.c.status.in_(list(statuses))).order_by(jobs.c.runnable_at, jobs.c.created_at)
+        if limit is not None:
+            query = query.limit(limit)
+        return _rows(self.connection.execute(query))
+
+    def update_jobs(self, ids: Sequence[str], from_statuses: Sequence[str] | None, values: Row) -> list[str]:
+        """Update jobs still in one of `from_statuses`; returns the ids actually changed."""
+        changed: list[str] = []
+        for chunk in _chunks(list(ids)):
+            condition = jobs.c.id.in_(list(chunk))
+            if from_statuses is not None:
+                condition = and_(condition, jobs.c.status.in_(list(from_statuses)))
+            selected = [r[0] for r in self.connection.execute(select(jobs.c.id).where(condition))]
+            if selected:
+                self.connection.execute(update(jobs).where(jobs.c.id.in_(selected)).values(**values))
+            changed += selected
+        return changed
+
+    def update_job_fields(self, job_id: str, values: Row) -> None:
+        """Non-status fields (spec, flags, counters); status goes through `update_jobs`."""
+        self.connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def dependencies_of(self, job_ids: Sequence[str]) -> dict[str, list[Row]]:
+        result: dict[str, list[Row]] = {job_id: [] for job_id in job_ids}
+        for chunk in _chunks(list(job_ids)):
+            query = select(job_dependencies).where(job_dependencies.c.job_id.in_(list(chunk)))
+            for row in _rows(self.connection.execute(query)):
+                result[row["job_id"]].append(row)
+        return result
+
+    def statuses_of(self, job_ids: Sequence[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for chunk in _chunks(list(job_ids)):
+            query = select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(list(chunk)))
+            result.update({row[0]: row[1] for row in self.connection.execute(query)})
+        return result
+
+    def purge_candidates(self, cutoff_ms: int) -> list[str]:
+        """Finished top-level jobs that stopped before `cutoff_ms` (retention expired)."""
+        query = select(jobs.c.id).where(
+            jobs.c.stopped_at < cutoff_ms,
+            jobs.c.parent_id.is_(None),
+            jobs.c.status.in_(["SUCCEEDED", "FAILED"]),
+        )
+        return [row[0] for row in self.connection.execute(query)]
+
+    def child_ids(self, parent_ids: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for chunk in _chunks(list(parent_ids)):
+            query = select(jobs.c.id).where(jobs.c.parent_id.in_(list(chunk)))
+            found += [row[0] for row in self.connection.execute(query)]
+        return found
+
+    def purge_jobs(self, ids: Sequence[str]) -> None:
+        """Delete jobs with their children, attempts and dependency rows."""
+        for chunk in _chunks(list(ids)):
+            children = select(jobs.c.id).where(jobs.c.parent_id.in_(list(chunk)))
+            for table_filter in (attempts.c.job_id.in_(children), attempts.c.job_id.in_(list(chunk))):
+                self.connection.execute(delete(attempts).where(table_filter))
+            self.connection.execute(delete(job_dependencies).where(job_dependencies.c.job_id.in_(children)))
+            self.connection.execute(delete(job_dependencies).where(job_dependencies.c.job_id.in_(list(chunk))))
+            self.connection.execute(delete(jobs).where(jobs.c.parent_id.in_(list(chunk))))
+            self.connection.execute(delete(jobs).where(jobs.c.id.in_(list(chunk))))
+
+    # -- attempts ------------------------------------------------------------------------------
+    def insert_attempt(self, row: Row) -> None:
+        self.connection.execute(insert(attempts).values(**row))
+
+    def update_attempt(self, task_id: str, values: Row) -> None:
+        self.connection.execute(update(attempts).where(attempts.c.task_id == task_id).values(**values))
+
+    def get_attempt(self, task_id: str) -> Row | None:
+        return self._one(select(attempts).where(attempts.c.task_id == task_id))
+
+    def attempts_of(self, job_ids: Sequence[str]) -> dict[str, list[Row]]:
+        result: dict[str, list[Row]] = {job_id: [] for job_id in job_ids}
+        for chunk in _chunks(list(job_ids)):
+            query = select(attempts).where(attempts.c.job_id.in_(list(chunk))).order_by(attempts.c.number)
+            for row in _rows(self.connection.execute(query)):
+                result[row["job_id"]].append(row)
+        return result
+
+    def active_attempts(self) -> list[Row]:
+        return _rows(self.connection.execute(select(attempts).where(attempts.c.active.is_(True))))
+
+    def log_streams_of(self, job_ids: Sequence[str]) -> list[str]:
+        streams: list[str] = []
+        for chunk in _chunks(list(job_ids)):
+            query = select(attempts.c.log_stream).where(attempts.c.job_id.in_(list(chunk)))
+            streams += [row[0] for row in self.connection.execute(query)]
+        return streams

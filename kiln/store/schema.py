@@ -1,0 +1,121 @@
+"""Table definitions. Resource documents (definitions, queues, environments) live in a JSON column
+beside the few columns queries filter on, so new AWS fields need no migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+compute_environments = Table(
+    "compute_environments",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("arn", String(512), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("doc", JSON, nullable=False),
+)
+
+job_queues = Table(
+    "job_queues",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("arn", String(512), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("doc", JSON, nullable=False),
+)
+
+job_definitions = Table(
+    "job_definitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("arn", String(512), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("doc", JSON, nullable=False),
+    UniqueConstraint("name", "revision", name="uq_job_definitions_name_revision"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("queue_arn", String(512), nullable=False),
+    Column("definition_arn", String(512), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", Text),
+    Column("created_at", BigInteger, nullable=False),
+    # When the job last entered RUNNABLE: FIFO order within a queue.
+    Column("runnable_at", BigInteger),
+    Column("started_at", BigInteger),
+    Column("stopped_at", BigInteger),
+    Column("parent_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE")),
+    Column("array_index", Integer),
+    Column("array_size", Integer),
+    Column("attempt_count", Integer, nullable=False, default=0),
+    Column("vcpus", Float, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("gpus", Integer, nullable=False, default=0),
+    Column("is_cancelled", Boolean, nullable=False, default=False),
+    Column("is_terminated", Boolean, nullable=False, default=False),
+    # The resolved job: container (after overrides and Ref:: substitution), parameters,
+    # retryStrategy, timeout, dependsOn, tags, platformCapabilities, ...
+    Column("spec", JSON, nullable=False),
+    Index("ix_jobs_queue_status_created", "queue_arn", "status", "created_at"),
+    Index("ix_jobs_status_runnable", "status", "runnable_at"),
+    Index("ix_jobs_parent_index", "parent_id", "array_index"),
+    Index("ix_jobs_stopped", "stopped_at"),
+)
+
+job_dependencies = Table(
+    "job_dependencies",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("depends_on", String(64), primary_key=True),
+    Column("type", String(16)),
+    Index("ix_job_dependencies_depends_on", "depends_on"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("compute_environment", String(128), nullable=False),
+    Column("log_stream", String(512), nullable=False),
+    Column("vcpus", Float, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("gpus", Integer, nullable=False, default=0),
+    # Set while the attempt holds capacity; cleared when it exits.
+    Column("active", Boolean, nullable=False, default=True),
+    Column("started_at", BigInteger),
+    Column("stopped_at", BigInteger),
+    Column("exit_code", Integer),
+    Column("reason", Text),
+    Column("status_reason", Text),
+    Index("ix_attempts_job", "job_id", "number"),
+    Index("ix_attempts_active", "active"),
+)

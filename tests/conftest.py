@@ -1,0 +1,93 @@
+"""Shared fixtures: a real `kiln server` process on 127.0.0.1 and boto3 clients pointed at it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+# Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
+FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "kiln-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "kiln-test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class KilnServer:
+    """A `kiln server` child process; `restart` keeps the data dir (crash/restart tests)."""
+
+    data_dir: Path
+    port: int
+    flags: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
+        command = [sys.executable, "-m", "kiln", "server", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        self.process = subprocess.Popen([*command, *self.flags], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kiln server exited with {self.process.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{self.endpoint}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("kiln server did not become healthy in 30 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=60)
+        self.process = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def client(self) -> Any:
+        return boto3.client("batch", endpoint_url=self.endpoint, region_name="us-east-1")
+
+
+def start_server(tmp_path: Path, flags: list[str] | None = None) -> KilnServer:
+    server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS if flags is None else flags)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+    server = start_server(tmp_path_factory.mktemp("kiln"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def batch(kiln_server: KilnServer) -> Any:
+    return kiln_server.client()

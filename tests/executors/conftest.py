@@ -1,0 +1,59 @@
+"""Shared pieces for executor tests: real executors, real processes, bounded waits."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.config import Settings
+from kiln.executors.base import AttemptSpec
+from kiln.executors.local import LocalExecutor
+
+from .helpers import SpecFactory
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", termination_grace_seconds=1.0, host_vcpus=2)
+
+
+@pytest.fixture(params=["cgroups", "fallback"])
+def executor(request: pytest.FixtureRequest, settings: Settings) -> Iterator[LocalExecutor]:
+    """The same scenarios against the cgroup mechanisms and the forced fallbacks."""
+    local = LocalExecutor(settings, use_cgroups=request.param == "cgroups")
+    yield local
+    local.shutdown(grace_seconds=0.2)
+
+
+@pytest.fixture
+def cgroup_executor(settings: Settings) -> Iterator[LocalExecutor]:
+    local = LocalExecutor(settings)
+    yield local
+    local.shutdown(grace_seconds=0.2)
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> SpecFactory:
+    def make(command: list[str], **overrides: Any) -> AttemptSpec:
+        attempt_id = overrides.pop("attempt_id", f"attempt-{next(_ids)}")
+        fields: dict[str, Any] = {
+            "attempt_id": attempt_id,
+            "job_id": "job-1",
+            "image": "host",
+            "command": command,
+            "environment": {},
+            "vcpus": 1.0,
+            "memory_mib": 256,
+            "log_path": tmp_path / "logs" / f"{attempt_id}.log",
+            "workdir": tmp_path / "work" / attempt_id,
+        }
+        fields.update(overrides)
+        return AttemptSpec(**fields)
+
+    return make

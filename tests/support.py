@@ -1,0 +1,47 @@
+"""Helpers for tests that drive a real server through boto3."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+TERMINAL = {"SUCCEEDED", "FAILED"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def make_queue(batch: Any, *, max_vcpus: int = 2, priority: int = 1) -> str:
+    """A fresh MANAGED CE and a queue on it; returns the queue name."""
+    ce = unique("ce")
+    batch.create_compute_environment(
+        computeEnvironmentName=ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
+    )
+    queue = unique("q")
+    batch.create_job_queue(jobQueueName=queue, priority=priority, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])
+    return queue
+
+
+def register_shell(batch: Any, script: str, *, memory: int = 128, vcpus: int = 1, **extra: Any) -> str:
+    """A `host` image definition running `sh -c script`; returns name:revision."""
+    name = unique("jd")
+    container = {"image": "host", "vcpus": vcpus, "memory": memory, "command": ["sh", "-c", script]}
+    result = batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties=container, **extra)
+    return f"{name}:{result['revision']}"
+
+
+def wait_for(batch: Any, job_id: str, statuses: set[str] = TERMINAL, timeout: float = 60) -> dict[str, Any]:
+    """Poll DescribeJobs until the job reaches one of `statuses`; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = batch.describe_jobs(jobs=[job_id])["jobs"]
+        if jobs and jobs[0]["status"] in statuses:
+            return dict(jobs[0])
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout} s: {jobs}")
+
+
+def submit(batch: Any, queue: str, definition: str, **extra: Any) -> str:
+    return str(batch.submit_job(jobName=unique("job"), jobQueue=queue, jobDefinition=definition, **extra)["jobId"])
