@@ -69,10 +69,17 @@ def run(endpoint: str) -> None:
         jobDefinitionName="demo-shell",
         type="container",
         parameters={"greeting": "hello from kiln"},
-        containerProperties={"image": "host", "vcpus": 1, "memory": 64, "command": ["sh", "-c", script, "Ref::greeting"]},
+        containerProperties={
+            "image": "host",
+            "vcpus": 1,
+            "memory": 64,
+            "command": ["sh", "-c", script, "Ref::greeting"],
+        },
         retryStrategy={"attempts": 2},
     )
-    array = batch.submit_job(jobName="demo-array", jobQueue="demo-queue", jobDefinition="demo-shell", arrayProperties={"size": 4})
+    array = batch.submit_job(
+        jobName="demo-array", jobQueue="demo-queue", jobDefinition="demo-shell", arrayProperties={"size": 4}
+    )
     final = batch.submit_job(
         jobName="demo-after",
         jobQueue="demo-queue",

@@ -20,7 +20,9 @@ def make_queue(batch: Any, *, max_vcpus: int = 2, priority: int = 1) -> str:
         computeEnvironmentName=ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
     )
     queue = unique("q")
-    batch.create_job_queue(jobQueueName=queue, priority=priority, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])
+    batch.create_job_queue(
+        jobQueueName=queue, priority=priority, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}]
+    )
     return queue
 
 
@@ -28,7 +30,9 @@ def register_shell(batch: Any, script: str, *, memory: int = 128, vcpus: int = 1
     """A `host` image definition running `sh -c script`; returns name:revision."""
     name = unique("jd")
     container = {"image": "host", "vcpus": vcpus, "memory": memory, "command": ["sh", "-c", script]}
-    result = batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties=container, **extra)
+    result = batch.register_job_definition(
+        jobDefinitionName=name, type="container", containerProperties=container, **extra
+    )
     return f"{name}:{result['revision']}"
 
 

@@ -26,6 +26,9 @@ SERVICE_NAME = "batch"
 API_VERSION = "2016-08-10"
 
 _NUMBER_TYPES = frozenset({"integer", "long", "float", "double"})
+# AWS's service deserializes `integer` as a 32-bit and `long` as a 64-bit signed number; Python has no
+# such limit, and a larger value would otherwise reach the database (and fail there, as a 500).
+_INTEGER_BITS = {"integer": 32, "long": 64}
 _CASE_INSENSITIVE_DOC = re.compile(r"(?:aren't|are not|isn't|is not|not) case[- ]sensitive|case[- ]insensitive")
 _PY_TYPE_NAMES = {
     "str": "string",
@@ -242,6 +245,13 @@ def _value_errors(value: Any, shape: Shape, path: str) -> Iterator[str]:
     elif kind in _NUMBER_TYPES and isinstance(value, bool):
         shown = json.dumps(value)
         yield f"Invalid type for parameter {path}, value: {shown}, type: boolean, valid types: {kind}"
+    elif kind in _INTEGER_BITS and isinstance(value, int) and not _fits(value, _INTEGER_BITS[kind]):
+        yield f"Invalid value {value} for {path}: must be a {_INTEGER_BITS[kind]}-bit integer"
+
+
+def _fits(value: int, bits: int) -> bool:
+    """Whether `value` is a signed integer of `bits` bits."""
+    return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
 
 
 def _enum_allows(shape: Shape, value: str) -> bool:

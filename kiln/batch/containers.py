@@ -7,12 +7,14 @@ resource limits) are tested directly.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import ValidationError
 
 MIN_MEMORY_MIB = 4
+MAX_RESOURCE_VALUE = 2**31 - 1  # the model's `vcpus`/`memory` are 32-bit integers; the strings get the same cap
 RESERVED_ENV_PREFIX = "AWS_BATCH"
 DEPRECATED_KEY_CONFLICT = (
     "This value was submitted in a deprecated key and may conflict with the value provided "
@@ -41,9 +43,12 @@ def _requirement(container: dict[str, Any], kind: str) -> str | None:
 
 def _number(value: str, kind: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise _error(f"resourceRequirements {kind} value {value!r} is not a number") from None
+    if not math.isfinite(number) or abs(number) > MAX_RESOURCE_VALUE:
+        raise _error(f"resourceRequirements {kind} value {value!r} is out of range (at most {MAX_RESOURCE_VALUE}).")
+    return number
 
 
 def resources_of(container: dict[str, Any]) -> Resources:
@@ -61,8 +66,10 @@ def resources_of(container: dict[str, Any]) -> Resources:
         raise _error(f"vCPU must be greater than 0 (got {vcpus:g}).")
     if memory < MIN_MEMORY_MIB:
         raise _error(f"Memory must be at least {MIN_MEMORY_MIB} MiB (got {memory:g}).")
-    gpus = int(_number(gpu_text, "GPU")) if gpu_text is not None else 0
-    return Resources(vcpus=float(vcpus), memory_mib=int(memory), gpus=gpus)
+    gpus = _number(gpu_text, "GPU") if gpu_text is not None else 0
+    if gpus < 0 or gpus != int(gpus):
+        raise _error(f"resourceRequirements GPU must be a whole number of GPUs, 0 or more (got {gpu_text}).")
+    return Resources(vcpus=float(vcpus), memory_mib=int(memory), gpus=int(gpus))
 
 
 def check_container(container: dict[str, Any], *, where: str = "containerProperties") -> None:

@@ -64,7 +64,9 @@ def _filter_query(ctx: Context, filters: list[Row]) -> dict[str, Any]:
     try:
         moment = int(value)
     except ValueError:
-        raise ValidationError(f"Filter {name} needs epoch milliseconds, got {value!r}") from None
+        moment = None
+    if moment is None or abs(moment) > pagination.MAX_POSITION:  # SQL integers are 64-bit
+        raise ValidationError(f"Filter {name} needs epoch milliseconds, got {value!r}")
     return {"created_before": moment} if name == "BEFORE_CREATED_AT" else {"created_after": moment}
 
 
@@ -88,7 +90,8 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     filters = _filter_query(ctx, params.get("filters") or [])
     statuses = None if filters else [params.get("jobStatus") or Status.RUNNING.value]
     limit = pagination.page_size(params.get("maxResults"), default=DEFAULT_LIST_PAGE, maximum=MAX_LIST_PAGE)
-    after = pagination.decode_token(params.get("nextToken"))
+    # Tokens are [array_index] for an array's children, [created_at, id] for a queue (see below).
+    after = pagination.keyset_of(params.get("nextToken"), (int,) if params.get("arrayJobId") else (int, str))
     queue_arn = parent_id = None
     if params.get("jobQueue"):
         queue_arn = get_job_queue(ctx, params["jobQueue"])["jobQueueArn"]
@@ -97,14 +100,14 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     else:
         return {"jobSummaryList": []}  # multinode jobs are not run by Kiln yet, so none exist
     rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses,
-                              after=tuple(after) if after else None, limit=limit + 1, **filters)  # fmt: skip
+                              after=after, limit=limit + 1, **filters)  # fmt: skip
     page = rows[:limit]
     last_attempts = ctx.repo.attempts_of([job["id"] for job in page])
     token = None
     if len(rows) > limit:
         last = page[-1]
         token = pagination.encode_token([last["array_index"]] if parent_id else [last["created_at"], last["id"]])
-    summaries = [views.job_summary(ctx, job, (last_attempts[job["id"]] or [None])[-1]) for job in page]
+    summaries = [views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None)) for job in page]
     return {"jobSummaryList": summaries, "nextToken": token}
 
 
@@ -158,7 +161,8 @@ def terminate(ctx: Context, job_ids: list[str], reason: str) -> None:
 def bulk(ctx: Context, params: dict[str, Any], action: str) -> dict[str, Any]:
     ids = params["jobs"]
     if len(ids) > MAX_BULK:
-        raise ValidationError(f"At most {MAX_BULK} jobs can be {action}ed at once (got {len(ids)})")
+        verb = "cancelled" if action == "cancel" else "terminated"
+        raise ValidationError(f"At most {MAX_BULK} jobs can be {verb} at once (got {len(ids)})")
     (cancel if action == "cancel" else terminate)(ctx, ids, params["reason"])
     return {"successful": list(ids), "errors": []}
 

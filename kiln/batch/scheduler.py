@@ -247,6 +247,7 @@ class Scheduler:
                 job = repo.get_job(attempt["job_id"])
                 if job is None:
                     continue
+                self.executor.discard_lost(attempt["task_id"])
                 event = AttemptExited(
                     attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None
                 )

@@ -107,6 +107,10 @@ class Executor(Protocol):
         """Attempt ids that are still alive."""
         ...
 
+    def discard_lost(self, attempt_id: str) -> None:
+        """Kill anything left of an attempt a previous server process started (crash recovery)."""
+        ...
+
     def shutdown(self) -> None:
         """Stop every attempt (server exit); safe to call twice."""
         ...

@@ -197,7 +197,7 @@ def attempt_group_name(attempt_id: str) -> str:
 class AttemptCgroups:
     """The groups of one attempt; any of them may be None (that attempt then uses the fallback)."""
 
-    def __init__(self, memory: Path | None = None, cpu: Path | None = None, tracking: Path | None = None):
+    def __init__(self, memory: Path | None = None, cpu: Path | None = None, tracking: Path | None = None) -> None:
         self.memory = memory
         self.cpu = cpu
         self.tracking = tracking

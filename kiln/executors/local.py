@@ -41,7 +41,7 @@ from .base import (
     AttemptSpec,
     Capacity,
 )
-from .cgroups import MIB, AttemptCgroups, CgroupSupport, detect_cgroups
+from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 
@@ -196,6 +196,13 @@ class LocalExecutor:
     def running(self) -> set[str]:
         with self._lock:
             return set(self._attempts)
+
+    def discard_lost(self, attempt_id: str) -> None:
+        """Kill whatever a previous server process left of `attempt_id` and remove its groups."""
+        support, name = self._support, attempt_group_name(attempt_id)
+        parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
+        paths = [None if parent is None or not (parent / name).is_dir() else parent / name for parent in parents]
+        AttemptCgroups(*paths).remove()
 
     def shutdown(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop every attempt (SIGTERM, SIGKILL after `grace_seconds`), wait for them, stop the thread.

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from kiln.store.schema import (
     attempts,
@@ -210,7 +211,7 @@ class Repository:
         """Update jobs still in one of `from_statuses`; returns the ids actually changed."""
         changed: list[str] = []
         for chunk in _chunks(list(ids)):
-            condition = jobs.c.id.in_(list(chunk))
+            condition: ColumnElement[bool] = jobs.c.id.in_(list(chunk))
             if from_statuses is not None:
                 condition = and_(condition, jobs.c.status.in_(list(from_statuses)))
             selected = [r[0] for r in self.connection.execute(select(jobs.c.id).where(condition))]
