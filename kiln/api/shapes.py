@@ -3,8 +3,8 @@
 botocore is the contract our clients already obey, so routes, required members, types and enums all
 come from its `batch` model. The server re-runs botocore's own client-side validator (clients other
 than botocore exist, and `Config(parameter_validation=False)` skips it), then adds what botocore leaves to the
-server: enum membership and booleans posing as numbers. Semantic rules (ranges, limits, cross-field
-rules) belong to the domain, not here.
+server: enum membership, booleans posing as numbers, and integers wider than the model's 32/64 bits.
+Semantic rules (ranges, limits, cross-field rules) belong to the domain, not here.
 """
 
 from __future__ import annotations
@@ -153,6 +153,10 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         raise ValidationError(f"Malformed JSON body: {exc}") from exc
     if not isinstance(document, dict):
         raise ValidationError(f"Request body must be a JSON object, got {_json_type(document)}")
+    try:  # `\ud800` escapes decode to lone surrogates, which no database or UTF-8 response can hold
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Malformed JSON body: a string holds an unpaired UTF-16 surrogate escape") from None
     return document
 
 
@@ -209,7 +213,7 @@ class _ServerSideValidator(ParamValidator):
 
 
 def validate_input(params: Mapping[str, Any], shape: Shape) -> None:
-    """botocore's checks (required, types, min lengths, unknown members), then enums and booleans."""
+    """botocore's checks (required, types, min lengths, unknown members), then enums and numbers."""
     report = _ServerSideValidator().validate(params, shape)
     if report.has_errors():
         lines = [_readable(line) for line in report.generate_report().splitlines() if line]
@@ -227,7 +231,7 @@ def _readable(line: str) -> str:
 
 
 def _value_errors(value: Any, shape: Shape, path: str) -> Iterator[str]:
-    """What botocore does not check client-side: enum membership and `true` given for a number."""
+    """What botocore does not check client-side: enums, `true` given for a number, integer width."""
     kind = shape.type_name
     if kind == "structure" and not shape.is_document_type:
         for name, member in shape.members.items():

@@ -45,8 +45,10 @@ def _number(value: str, kind: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise _error(f"resourceRequirements {kind} value {value!r} is not a number") from None
-    if not math.isfinite(number) or abs(number) > MAX_RESOURCE_VALUE:
+        number = math.nan
+    if not math.isfinite(number):  # also "nan" and "inf", which float() accepts
+        raise _error(f"resourceRequirements {kind} value {value!r} is not a number")
+    if abs(number) > MAX_RESOURCE_VALUE:
         raise _error(f"resourceRequirements {kind} value {value!r} is out of range (at most {MAX_RESOURCE_VALUE}).")
     return number
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -53,6 +54,11 @@ def _check_platform(params: dict[str, Any]) -> None:
 
 def _check_body(ctx: Context, params: dict[str, Any]) -> None:
     check_resource_name(params["jobDefinitionName"], "jobDefinitionName")
+    size = len(json.dumps(params, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationError(
+            f"A job definition can be at most {MAX_DEFINITION_BYTES} bytes (24 KiB); this one is {size}"
+        )
     if params.get("ecsProperties") or params.get("eksProperties"):
         raise ValidationError(
             "Kiln runs containerProperties (and nodeProperties); ecsProperties/eksProperties are not supported"

@@ -26,7 +26,7 @@ from kiln.store.repository import Repository
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
-CANDIDATES_PER_TICK = 2000
+CANDIDATES_PER_QUEUE = 1000
 RETENTION_CHECK_SECONDS = 60.0
 
 
@@ -132,21 +132,26 @@ class Scheduler:
     def place(self, now: int) -> bool:
         with self.db.read() as connection:
             repo = Repository(connection)
-            runnable = repo.jobs_with_status([Status.RUNNABLE.value], limit=CANDIDATES_PER_TICK)
+            queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000) if row["state"] == "ENABLED"]
+            # Candidates per queue, so one huge queue never hides a higher-priority one.
+            runnable = [
+                job for q in queues for job in repo.runnable_in_queue(q["jobQueueArn"], CANDIDATES_PER_QUEUE)
+            ]
             if not runnable:
                 return False
-            decision = scheduling.plan(*self._planning_inputs(repo, runnable))
-        with self.db.begin() as connection:
-            repo = Repository(connection)
-            for job_id, reason in decision.diagnostics.items():
-                if next((j for j in runnable if j["id"] == job_id), {}).get("status_reason") != reason:
+            decision = scheduling.plan(*self._planning_inputs(repo, queues, runnable))
+        current = {job["id"]: job["status_reason"] for job in runnable}
+        changed = {job_id: reason for job_id, reason in decision.diagnostics.items() if current[job_id] != reason}
+        if changed:
+            with self.db.begin() as connection:
+                repo = Repository(connection)
+                for job_id, reason in changed.items():
                     set_reason(repo, [job_id], Status.RUNNABLE, reason)
         for placement in decision.placements:
             self._start(placement, now)
         return bool(decision.placements)
 
-    def _planning_inputs(self, repo: Repository, runnable: list[Row]) -> tuple[Any, ...]:
-        queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000)]
+    def _planning_inputs(self, repo: Repository, queues: list[Row], runnable: list[Row]) -> tuple[Any, ...]:
         ces = {row["name"]: row["doc"] for row in repo.list_named("ce", None, 0, 10_000)}
         active = repo.active_attempts()
         used: dict[str, float] = {}
@@ -154,17 +159,18 @@ class Scheduler:
             used[attempt["compute_environment"]] = used.get(attempt["compute_environment"], 0.0) + attempt["vcpus"]
         queue_views = [
             scheduling.QueueView(
-                arn=q["jobQueueArn"], priority=q["priority"],
+                arn=q["jobQueueArn"],
+                priority=q["priority"],
                 environments=tuple(item["computeEnvironment"].rsplit("/", 1)[-1] for item in q["computeEnvironmentOrder"]),
             )
             for q in queues
-            if q["state"] == "ENABLED"
-        ]  # fmt: skip
+        ]
         env_views = [
-            scheduling.EnvironmentView(name=name, enabled=doc["state"] == "ENABLED", max_vcpus=_cap(doc),
-                                       used_vcpus=used.get(name, 0.0))
+            scheduling.EnvironmentView(
+                name=name, enabled=doc["state"] == "ENABLED", max_vcpus=_cap(doc), used_vcpus=used.get(name, 0.0)
+            )
             for name, doc in ces.items()
-        ]  # fmt: skip
+        ]
         total = scheduling.Resources(self.settings.host_vcpus, self.settings.host_memory_mib, 0)
         free = scheduling.Resources(
             total.vcpus - sum(a["vcpus"] for a in active),
@@ -254,10 +260,11 @@ class Scheduler:
                 progress.record_exit(repo, job, attempt, event, self._spec_of(repo, job).get("retryStrategy"))
 
     def purge_expired(self, now: int) -> None:
-        if now / 1000 - self._last_purge < RETENTION_CHECK_SECONDS:
+        retention_ms = int(self.settings.retention_days * 86_400_000)
+        if now / 1000 - self._last_purge < min(RETENTION_CHECK_SECONDS, retention_ms / 4000):
             return
         self._last_purge = now / 1000
-        cutoff = now - int(self.settings.retention_days * 86_400_000)
+        cutoff = now - retention_ms
         with self.db.begin() as connection:
             repo = Repository(connection)
             ids = repo.purge_candidates(cutoff)

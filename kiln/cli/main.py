@@ -12,6 +12,7 @@ import httpx
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.client import batch_client, default_endpoint
@@ -67,13 +68,13 @@ def server(
             termination_grace_seconds=termination_grace_seconds,
         )  # fmt: skip
     except KilnError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
         raise typer.Exit(2) from None
     serve(settings)
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -107,7 +108,7 @@ def jobs(
                     for job in page["jobSummaryList"]:
                         style = STATUS_STYLE.get(job["status"], "")
                         table.add_row(name, job["jobId"], job["jobName"], f"[{style}]{job['status']}[/]" if style else job["status"],
-                                      _time(job.get("createdAt")), job.get("statusReason") or "")  # fmt: skip
+                                      _time(job.get("createdAt")), escape(job.get("statusReason") or ""))  # fmt: skip
     except (ClientError, BotoCoreError) as exc:
         raise _fail(exc) from None
     console.print(table)

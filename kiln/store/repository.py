@@ -207,6 +207,16 @@ class Repository:
             query = query.limit(limit)
         return _rows(self.connection.execute(query))
 
+    def runnable_in_queue(self, queue_arn: str, limit: int) -> list[Row]:
+        """A queue's RUNNABLE jobs in the order they became runnable (FIFO)."""
+        query = (
+            select(jobs)
+            .where(jobs.c.queue_arn == queue_arn, jobs.c.status == "RUNNABLE")
+            .order_by(jobs.c.runnable_at, jobs.c.id)
+            .limit(limit)
+        )
+        return _rows(self.connection.execute(query))
+
     def update_jobs(self, ids: Sequence[str], from_statuses: Sequence[str] | None, values: Row) -> list[str]:
         """Update jobs still in one of `from_statuses`; returns the ids actually changed."""
         changed: list[str] = []

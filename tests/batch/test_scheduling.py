@@ -24,7 +24,7 @@ from kiln.batch.scheduling import (
     plan,
 )
 
-PROPERTY = settings(max_examples=150, deadline=None)
+PROPERTY = settings(max_examples=80, deadline=None)
 VCPU_SIZES = [0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 8.0, 32.0]
 MEMORY_SIZES = [4, 256, 1024, 4096, 65536]
 UNKNOWN_CE = "not-a-ce"
@@ -49,7 +49,8 @@ class Scenario:
         return [by_name[name] for name in queue.environments if name in by_name]
 
 
-quarters = st.integers(min_value=0, max_value=64).map(lambda n: n / 4)
+def quarters(up_to: float) -> st.SearchStrategy[float]:
+    return st.integers(min_value=0, max_value=int(up_to * 4)).map(lambda n: n / 4)
 
 
 @st.composite
@@ -57,7 +58,7 @@ def environments(draw: st.DrawFn) -> list[EnvironmentView]:
     result = []
     for index in range(draw(st.integers(1, 4))):
         cap = draw(st.one_of(st.none(), st.sampled_from([1.0, 2.0, 4.0, 8.0, 16.0])))
-        used = 0.0 if cap is None else draw(quarters.filter(lambda u, cap=cap: u <= cap))
+        used = 0.0 if cap is None else draw(quarters(cap))
         result.append(EnvironmentView(f"ce{index}", draw(st.booleans()), cap, used))
     return result
 
@@ -86,7 +87,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         gpus=draw(st.integers(0, 2)),
     )
     free = Resources(
-        vcpus=draw(quarters.filter(lambda v: v <= total.vcpus)),
+        vcpus=draw(quarters(total.vcpus)),
         memory_mib=draw(st.integers(0, total.memory_mib)),
         gpus=draw(st.integers(0, total.gpus)),
     )

@@ -1,0 +1,70 @@
+"""Finished jobs are purged with their logs after the retention window; kiln.toml maps images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FAST_FLAGS, KilnServer, free_port
+from tests.support import make_queue, register_shell, submit, unique, wait_for
+
+
+def test_finished_jobs_and_logs_are_purged_after_retention(tmp_path: Path) -> None:
+    server = KilnServer(tmp_path / "data", free_port(), [*FAST_FLAGS, "--retention-days", "0.00003"])  # ~2.6 s
+    server.start()
+    try:
+        batch = server.client()
+        queue = make_queue(batch)
+        job_id = submit(batch, queue, register_shell(batch, "echo soon gone"))
+        job = wait_for(batch, job_id)
+        log_file = server.data_dir / "logs" / f"{job['container']['logStreamName']}.log"
+        assert log_file.read_text() == "soon gone\n"
+        assert not (server.data_dir / "work" / job["container"]["logStreamName"].rsplit("/", 1)[-1]).exists()
+        deadline = time.monotonic() + 20
+        while batch.describe_jobs(jobs=[job_id])["jobs"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert batch.describe_jobs(jobs=[job_id])["jobs"] == []
+        assert not log_file.exists()
+    finally:
+        server.stop()
+
+
+def test_image_catalogue_from_kiln_toml(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/tools:1.0"
+    (data_dir / "kiln.toml").write_text(f'[images]\n"{image}" = ["sh", "-c", "echo entry: \\"$@\\"", "tool"]\n')
+    server = KilnServer(data_dir, free_port(), FAST_FLAGS)
+    server.start()
+    try:
+        batch = server.client()
+        queue = make_queue(batch)
+        name = unique("tool")
+        batch.register_job_definition(
+            jobDefinitionName=name,
+            type="container",
+            containerProperties={"image": image, "vcpus": 1, "memory": 64, "command": ["hello", "world"]},
+        )
+        job_id = submit(batch, queue, name)
+        assert wait_for(batch, job_id)["status"] == "SUCCEEDED"
+        text = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id}", timeout=10).json()["text"]
+        assert text == "entry: hello world\n"
+    finally:
+        server.stop()
+
+
+def test_bad_kiln_toml_is_a_clear_startup_error(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "kiln.toml").write_text("[server]\nno_such_key = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown [server] keys: no_such_key" in result.stderr
+    assert "Traceback" not in result.stderr
