@@ -71,7 +71,11 @@ def _filter_query(ctx: Context, filters: list[Row]) -> dict[str, Any]:
 
 
 def _definition_arns(ctx: Context, value: str) -> list[str]:
-    """JOB_DEFINITION filter: `name`, `name:revision` or an ARN."""
+    """JOB_DEFINITION filter: `name`, `name*` (name prefix), `name:revision` or an ARN (no '*')."""
+    if value.endswith("*") and ":" not in value:
+        prefix = value[:-1]
+        rows = ctx.repo.list_definitions(None, None, None, 0, 1_000_000)
+        return [row["arn"] for row in rows if row["name"].startswith(prefix)]
     if ":" in value or value.startswith("arn:"):
         definition = get_definition_by_arn(ctx, value) if value.startswith("arn:") else None
         if definition is None and not value.startswith("arn:"):

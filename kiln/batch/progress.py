@@ -49,7 +49,7 @@ def _release_children(repo: Repository, parent_id: str, now: int) -> None:
 
 def advance_submitted(repo: Repository, now: int) -> bool:
     """SUBMITTED top-level jobs go to PENDING (dependencies or array) or RUNNABLE."""
-    jobs = [job for job in repo.jobs_with_status([Status.SUBMITTED.value], limit=1000) if job["parent_id"] is None]
+    jobs = repo.jobs_with_status([Status.SUBMITTED.value], limit=1000, top_level=True)
     if not jobs:
         return False
     state = _dependency_state(repo, [job["id"] for job in jobs])
@@ -88,7 +88,8 @@ def _fail_dependent(repo: Repository, job: Row, now: int) -> bool:
 
 def finish_array_parents(repo: Repository, now: int) -> bool:
     """A PENDING array parent ends once every child is terminal: SUCCEEDED iff all succeeded."""
-    parents = [job for job in repo.jobs_with_status([Status.PENDING.value]) if job["array_size"] is not None]
+    pending = repo.jobs_with_status([Status.PENDING.value], top_level=True)
+    parents = [job for job in pending if job["array_size"] is not None]
     counts = repo.status_counts([job["id"] for job in parents])
     moved = False
     for parent in parents:

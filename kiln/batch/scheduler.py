@@ -134,9 +134,7 @@ class Scheduler:
             repo = Repository(connection)
             queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000) if row["state"] == "ENABLED"]
             # Candidates per queue, so one huge queue never hides a higher-priority one.
-            runnable = [
-                job for q in queues for job in repo.runnable_in_queue(q["jobQueueArn"], CANDIDATES_PER_QUEUE)
-            ]
+            runnable = [job for q in queues for job in repo.runnable_in_queue(q["jobQueueArn"], CANDIDATES_PER_QUEUE)]
             if not runnable:
                 return False
             decision = scheduling.plan(*self._planning_inputs(repo, queues, runnable))
@@ -161,7 +159,9 @@ class Scheduler:
             scheduling.QueueView(
                 arn=q["jobQueueArn"],
                 priority=q["priority"],
-                environments=tuple(item["computeEnvironment"].rsplit("/", 1)[-1] for item in q["computeEnvironmentOrder"]),
+                environments=tuple(
+                    item["computeEnvironment"].rsplit("/", 1)[-1] for item in q["computeEnvironmentOrder"]
+                ),
             )
             for q in queues
         ]

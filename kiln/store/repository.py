@@ -201,8 +201,14 @@ class Repository:
             query = query.where(jobs.c.created_at > created_after)
         return _rows(self.connection.execute(query.limit(limit)))
 
-    def jobs_with_status(self, statuses: Sequence[str], limit: int | None = None) -> list[Row]:
-        query = select(jobs).where(jobs.c.status.in_(list(statuses))).order_by(jobs.c.runnable_at, jobs.c.created_at)
+    def jobs_with_status(
+        self, statuses: Sequence[str], limit: int | None = None, *, top_level: bool = False
+    ) -> list[Row]:
+        """Jobs in `statuses`, oldest first; `top_level` skips array children."""
+        query = select(jobs).where(jobs.c.status.in_(list(statuses)))
+        if top_level:
+            query = query.where(jobs.c.parent_id.is_(None))
+        query = query.order_by(jobs.c.runnable_at, jobs.c.created_at)
         if limit is not None:
             query = query.limit(limit)
         return _rows(self.connection.execute(query))
