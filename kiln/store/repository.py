@@ -189,10 +189,11 @@ class Repository:
                 )
         if statuses is not None:
             query = query.where(jobs.c.status.in_(list(statuses)))
+        # The JOB_NAME filter is case-insensitive (botocore model docs), on every database.
         if name_exact is not None:
-            query = query.where(jobs.c.name == name_exact)
+            query = query.where(func.lower(jobs.c.name) == name_exact.lower())
         if name_prefix is not None:
-            query = query.where(jobs.c.name.startswith(name_prefix, autoescape=True))
+            query = query.where(func.lower(jobs.c.name).startswith(name_prefix.lower(), autoescape=True))
         if definition_arns is not None:
             query = query.where(jobs.c.definition_arn.in_(list(definition_arns)))
         if created_before is not None:

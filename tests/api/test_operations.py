@@ -116,6 +116,10 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
         unmanagedvCpus=2,
     )
     assert created["computeEnvironmentArn"] == arn("compute-environment", unmanaged)
+    with pytest.raises(batch.exceptions.ClientException):  # names are unique
+        batch.create_compute_environment(
+            computeEnvironmentName=managed, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 1}
+        )
 
     by_name = batch.describe_compute_environments(computeEnvironments=[managed])["computeEnvironments"]
     assert len(by_name) == 1
@@ -213,6 +217,10 @@ def test_job_queue_create_describe_update_delete(batch: Any) -> None:
     )
     assert created["jobQueueName"] == queue
     assert created["jobQueueArn"] == arn("job-queue", queue)
+    with pytest.raises(batch.exceptions.ClientException):  # names are unique
+        batch.create_job_queue(
+            jobQueueName=queue, priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce_a}]
+        )
 
     [detail] = batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
     assert detail["jobQueueName"] == queue
@@ -331,6 +339,8 @@ def test_job_definition_revisions_describe_deregister(batch: Any, parked: str) -
     detail = describe_one(batch, submit(batch, parked, arn("job-definition", f"{name}:1")))
     assert detail["jobDefinition"] == arn("job-definition", f"{name}:1")
 
+    with pytest.raises(batch.exceptions.ClientException):
+        batch.deregister_job_definition(jobDefinition=f"{name}:99")
     # Registering again continues the numbering.
     assert _register(batch, name)["revision"] == 4
 
@@ -407,6 +417,8 @@ def test_submit_and_describe_job_shape(batch: Any, parked: str) -> None:
     assert {"type": "MEMORY", "value": "256"} in container["resourceRequirements"]
     assert detail["tags"] == {"owner": "definition", "shared": "from-job", "job": "yes"}
     assert detail["propagateTags"] is True
+    assert detail["platformCapabilities"] == ["EC2"]
+    assert container["vcpus"] == 1
     assert "startedAt" not in detail
     assert "stoppedAt" not in detail
     assert detail["attempts"] == []
@@ -525,6 +537,8 @@ def test_list_jobs_filters(batch: Any) -> None:
     assert by("JOB_NAME", f"{prefix}-alpha*") == [ids[1], ids[0]]
     assert by("JOB_NAME", f"{prefix}-*") == [ids[2], ids[1], ids[0]]
     assert by("JOB_NAME", f"{prefix}-alpha") == []  # exact without '*'
+    assert by("JOB_NAME", names[0].upper()) == [ids[0]]  # case-insensitive, as the model documents
+    assert by("JOB_NAME", f"{prefix}-ALPHA*".upper()) == [ids[1], ids[0]]
     assert by("JOB_DEFINITION", name_a) == [ids[1], ids[0]]
     assert by("JOB_DEFINITION", arn("job-definition", def_b)) == [ids[2]]
     assert by("JOB_DEFINITION", def_b) == [ids[2]]
@@ -588,6 +602,10 @@ def test_list_jobs_pagination(batch: Any) -> None:
     assert [len(p["jobSummaryList"]) for p in filtered] == [2, 2, 2, 1]
     assert ids_of([s for p in filtered for s in p["jobSummaryList"]]) == ids[::-1]  # newest first
 
+    with pytest.raises(batch.exceptions.ClientException):
+        batch.list_jobs(jobQueue=queue, jobStatus="RUNNABLE", maxResults=0)
+    with pytest.raises(batch.exceptions.ClientException):
+        batch.list_jobs(jobQueue=queue, jobStatus="RUNNABLE", nextToken="not-a-token")
     limited = list(
         paginator.paginate(jobQueue=queue, jobStatus="RUNNABLE", PaginationConfig={"PageSize": 2, "MaxItems": 5})
     )
@@ -789,6 +807,11 @@ def test_job_runs_to_success_with_attempt_details(batch: Any, runner: str) -> No
     assert summary["stoppedAt"] == job["stoppedAt"]
     assert "isCancelled" not in summary
     assert "isTerminated" not in summary
+    # Cancel/terminate of a finished job: HTTP 200 and no change.
+    batch.cancel_job(jobId=job_id, reason="late")
+    batch.terminate_job(jobId=job_id, reason="late")
+    after = describe_one(batch, job_id)
+    assert (after["status"], after["statusReason"], after["isTerminated"]) == ("SUCCEEDED", ESSENTIAL, False)
 
 
 def test_job_with_nonzero_exit_fails(batch: Any, runner: str) -> None:

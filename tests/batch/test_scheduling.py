@@ -25,8 +25,10 @@ from kiln.batch.scheduling import (
 )
 
 PROPERTY = settings(max_examples=80, deadline=None)
-VCPU_SIZES = [0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 8.0, 32.0]
-MEMORY_SIZES = [4, 256, 1024, 4096, 65536]
+# Repeated entries weight the draw towards jobs that fit, so most examples place several jobs.
+VCPU_SIZES = [1.0, 0.25, 0.5, 1.0, 2.0, 1.0, 3.0, 4.0, 8.0, 32.0]
+MEMORY_SIZES = [256, 4, 1024, 256, 4096, 65536]
+GPU_COUNTS = [0, 0, 0, 1, 2]
 UNKNOWN_CE = "not-a-ce"
 
 
@@ -53,13 +55,18 @@ def quarters(up_to: float) -> st.SearchStrategy[float]:
     return st.integers(min_value=0, max_value=int(up_to * 4)).map(lambda n: n / 4)
 
 
+def at_most(total: int) -> st.SearchStrategy[int]:
+    return st.one_of(st.just(total), st.integers(0, total))
+
+
 @st.composite
 def environments(draw: st.DrawFn) -> list[EnvironmentView]:
     result = []
     for index in range(draw(st.integers(1, 4))):
         cap = draw(st.one_of(st.none(), st.sampled_from([1.0, 2.0, 4.0, 8.0, 16.0])))
-        used = 0.0 if cap is None else draw(quarters(cap))
-        result.append(EnvironmentView(f"ce{index}", draw(st.booleans()), cap, used))
+        used = 0.0 if cap is None else draw(st.one_of(st.just(0.0), quarters(cap)))
+        enabled = draw(st.sampled_from([True, True, True, False]))
+        result.append(EnvironmentView(f"ce{index}", enabled, cap, used))
     return result
 
 
@@ -67,29 +74,29 @@ def environments(draw: st.DrawFn) -> list[EnvironmentView]:
 def scenarios(draw: st.DrawFn) -> Scenario:
     envs = draw(environments())
     names = [env.name for env in envs]
+    # Queues often share one CE order and jobs one of a few shapes, so that priority and FIFO
+    # comparisons between equal jobs on equal CEs come up in most examples.
+    ce_order = st.lists(st.sampled_from([*names, UNKNOWN_CE]), unique=True, min_size=1, max_size=len(names) + 1)
+    shared_order = draw(ce_order)
     queues = []
     for index in range(draw(st.integers(1, 3))):
-        order = draw(st.lists(st.sampled_from([*names, UNKNOWN_CE]), unique=True, max_size=len(names) + 1))
+        order = draw(st.one_of(st.just(shared_order), ce_order))
         queues.append(QueueView(f"arn:aws:batch:us-east-1:1:job-queue/q{index}", draw(st.integers(0, 3)), tuple(order)))
+    shape = st.tuples(st.sampled_from(VCPU_SIZES), st.sampled_from(MEMORY_SIZES), st.sampled_from(GPU_COUNTS))
+    shapes = draw(st.lists(shape, min_size=1, max_size=4))
     candidates = [
-        Candidate(
-            job_id=f"job{index}",
-            queue_arn=draw(st.sampled_from([q.arn for q in queues])),
-            vcpus=draw(st.sampled_from(VCPU_SIZES)),
-            memory_mib=draw(st.sampled_from(MEMORY_SIZES)),
-            gpus=draw(st.integers(0, 2)),
-        )
+        Candidate(f"job{index}", draw(st.sampled_from([q.arn for q in queues])), *draw(st.sampled_from(shapes)))
         for index in range(draw(st.integers(0, 30)))
     ]
     total = Resources(
-        vcpus=draw(st.sampled_from([1.0, 2.0, 4.0, 8.0, 16.0])),
-        memory_mib=draw(st.sampled_from([1024, 8192, 32768])),
+        vcpus=draw(st.sampled_from([8.0, 1.0, 2.0, 4.0, 16.0])),
+        memory_mib=draw(st.sampled_from([32768, 1024, 8192])),
         gpus=draw(st.integers(0, 2)),
     )
     free = Resources(
-        vcpus=draw(quarters(total.vcpus)),
-        memory_mib=draw(st.integers(0, total.memory_mib)),
-        gpus=draw(st.integers(0, total.gpus)),
+        vcpus=draw(st.one_of(st.just(total.vcpus), quarters(total.vcpus))),
+        memory_mib=draw(at_most(total.memory_mib)),
+        gpus=draw(at_most(total.gpus)),
     )
     return Scenario(candidates, queues, envs, free, total)
 

@@ -18,7 +18,7 @@ PYTHON = sys.executable
 SpecFactory = Callable[..., AttemptSpec]
 
 
-def wait_for_exit(executor: LocalExecutor, attempt_id: str, timeout: float = 8.0) -> list[AttemptEvent]:
+def wait_for_exit(executor: LocalExecutor, attempt_id: str, timeout: float = 20.0) -> list[AttemptEvent]:
     """All events of `attempt_id` up to and including its `AttemptExited` (fails after `timeout`)."""
     events: list[AttemptEvent] = []
     deadline = time.monotonic() + timeout
