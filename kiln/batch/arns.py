@@ -44,7 +44,7 @@ class ParsedArn:
 
 def parse_arn(value: str) -> ParsedArn | None:
     """Split a Batch ARN; None when `value` is not an ARN (so it is a plain name)."""
-    match = _ARN.match(value)
+    match = _ARN.fullmatch(value)
     if match is None:
         if value.startswith("arn:"):
             raise ValidationError(f"{value} is not a valid AWS Batch ARN")

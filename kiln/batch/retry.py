@@ -45,12 +45,16 @@ def check_retry_strategy(strategy: dict[str, Any] | None) -> None:
 
 
 def matches(pattern: str, value: str | None) -> bool:
-    """Exact match, or prefix match when the pattern ends with `*`."""
-    if value is None:
-        return False
+    """Exact match, or prefix match when the pattern ends with `*`.
+
+    An absent value (no container reason, no exit code) counts as empty, so a bare `*` matches
+    it: AWS documents `{"action": "EXIT", "onReason": "*"}` as the rule that "matches all other
+    job failures", and most failures (a plain non-zero exit) carry no container reason.
+    """
+    text = "" if value is None else value
     if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    return value == pattern
+        return text.startswith(pattern[:-1])
+    return text == pattern
 
 
 def _condition_matches(condition: dict[str, Any], outcome: AttemptOutcome) -> bool:
