@@ -90,15 +90,24 @@ def run(endpoint: str) -> None:
     console.print(f"submitted array job {array['jobId']} (4 children) and dependent job {final['jobId']}")
     wait(batch, [array["jobId"], final["jobId"]])
     children = [f"{array['jobId']}:{i}" for i in range(4)]
-    table = Table("job", "status", "reason", "exit", "log stream")
+    table = Table("job", "status", "exit", "output (kiln logs)", title="AWS Batch jobs run by Kiln")
     for job in batch.describe_jobs(jobs=[array["jobId"], *children, final["jobId"]])["jobs"]:
-        container = job.get("container", {})
-        table.add_row(job["jobId"], job["status"], job.get("statusReason", ""), str(container.get("exitCode", "")),
-                      container.get("logStreamName", ""))  # fmt: skip
+        index = job.get("arrayProperties", {}).get("index")
+        label = job["jobName"] if index is None else f"  {job['jobName']}[{index}]"
+        output = "" if "size" in job.get("arrayProperties", {}) else log_text(endpoint, job["jobId"])
+        exit_code = job.get("container", {}).get("exitCode", "")
+        table.add_row(label, job["status"], str(exit_code), output)
     console.print(table)
-    for job_id in [*children, final["jobId"]]:
-        text = httpx.get(f"{endpoint}/kiln/v1/logs/{job_id}").json()["text"]
-        console.print(f"[bold]{job_id}[/bold]: {text.strip()}")
+    console.print(f"array parent {array['jobId']}: {job_summary(batch, array['jobId'])}")
+
+
+def log_text(endpoint: str, job_id: str) -> str:
+    return str(httpx.get(f"{endpoint}/kiln/v1/logs/{job_id}", timeout=10).json()["text"]).strip()
+
+
+def job_summary(batch: Any, job_id: str) -> str:
+    summary = batch.describe_jobs(jobs=[job_id])["jobs"][0]["arrayProperties"]["statusSummary"]
+    return ", ".join(f"{count} {status}" for status, count in summary.items() if count)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def build_server(settings: Settings) -> Server:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         scheduler.start()
-        log.info("kiln server ready: data dir %s", settings.data_dir)
+        log.info("kiln server ready on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir)
         try:
             yield
         finally:

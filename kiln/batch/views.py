@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.batch.context import Context
+from kiln.batch.status import Status
 
 Row = dict[str, Any]
 
@@ -70,7 +71,8 @@ def job_detail(
     if job["array_size"] is not None:
         detail["arrayProperties"] = {
             "size": job["array_size"],
-            "statusSummary": summary or {},
+            # Every status, zeros included, so clients can index any key.
+            "statusSummary": {status.value: (summary or {}).get(status.value, 0) for status in Status},
             "statusSummaryLastUpdatedAt": ctx.now,
         }
     elif job["array_index"] is not None:
