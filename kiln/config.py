@@ -93,10 +93,34 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
     unknown = set(server) - known
     if unknown:
         raise ValidationError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
+    for key, value in server.items():
+        _check_type(path, key, value)
     if "cpu_hard_cap_environments" in server:
         server["cpu_hard_cap_environments"] = frozenset(server["cpu_hard_cap_environments"])
     images = _parse_images(path, document.get("images", {}))
     return replace(settings, **server, images={**settings.images, **images})
+
+
+_NUMBER = (int, float)
+_SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "host": str, "port": int, "region": str, "account_id": str, "database_url": str, "fsync": bool,
+    "retention_days": _NUMBER, "scheduler_interval_seconds": _NUMBER, "min_timeout_seconds": int,
+    "termination_grace_seconds": _NUMBER, "host_vcpus": int, "host_memory_mib": int,
+    "cpu_hard_cap_environments": list,
+}  # fmt: skip
+
+
+def _check_type(path: Path, key: str, value: Any) -> None:
+    """TOML is typed; a wrong type is an error here, not a surprise later."""
+    expected = _SERVER_KEY_TYPES[key]
+    wrong = not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool)
+    if isinstance(value, list):
+        wrong = wrong or not all(isinstance(item, str) for item in value)
+    if wrong:
+        shown = {str: "a string", int: "an integer", bool: "true or false", list: "a list of strings"}.get(
+            expected if isinstance(expected, type) else float, "a number"
+        )
+        raise ValidationError(f"{path}: [server] {key} must be {shown}, got {value!r}")
 
 
 def _parse_images(path: Path, table: dict[str, Any]) -> dict[str, list[str]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from kiln.api.job_logs import log_routes
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
+from kiln.errors import ConflictError
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.local import LocalExecutor
 from kiln.store.database import Database
@@ -31,10 +34,22 @@ class Server:
     app: Starlette
 
 
+def lock_data_dir(settings: Settings) -> int:
+    """One server per data dir: a second one would treat the first one's attempts as lost."""
+    fd = os.open(settings.data_dir / "kiln.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConflictError(f"another kiln server is already using the data dir {settings.data_dir}") from None
+    return fd  # held (and so locked) until the process exits
+
+
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
     for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    lock_data_dir(settings)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
     executor = LocalExecutor(settings, ImageCatalogue(settings.images))
     service = BatchService(db, settings)

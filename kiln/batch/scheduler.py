@@ -171,7 +171,8 @@ class Scheduler:
             )
             for name, doc in ces.items()
         ]
-        total = scheduling.Resources(self.settings.host_vcpus, self.settings.host_memory_mib, 0)
+        capacity = self.executor.capacity()
+        total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
         free = scheduling.Resources(
             total.vcpus - sum(a["vcpus"] for a in active),
             total.memory_mib - sum(a["memory_mib"] for a in active),

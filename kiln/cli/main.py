@@ -19,7 +19,11 @@ from kiln.cli.client import batch_client, default_endpoint
 from kiln.config import DEFAULT_PORT, load_settings
 from kiln.errors import KilnError
 
-app = typer.Typer(help="Kiln: an AWS Batch-compatible job scheduler that really runs jobs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Kiln: an AWS Batch-compatible job scheduler that really runs jobs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # help texts show "[default: ...]" literally
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -39,8 +43,8 @@ STATUS_STYLE = {
 
 @app.command()
 def server(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = DEFAULT_PORT,
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help=f"Port to bind [default: {DEFAULT_PORT}].")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="State, logs and kiln.toml [default: $XDG_DATA_HOME/kiln].")
     ] = None,
@@ -70,7 +74,11 @@ def server(
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
         raise typer.Exit(2) from None
-    serve(settings)
+    try:
+        serve(settings)
+    except KilnError as exc:
+        err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _fail(exc: Exception) -> typer.Exit:

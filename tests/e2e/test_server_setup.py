@@ -68,3 +68,46 @@ def test_bad_kiln_toml_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "unknown [server] keys: no_such_key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS)
+    server.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "kiln", "server", "--data-dir", str(server.data_dir), "--port", str(free_port())],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert f"another kiln server is already using the data dir {server.data_dir}" in result.stderr
+        assert server.client().describe_job_queues()["jobQueues"] == []  # the first one is unharmed
+    finally:
+        server.stop()
+
+
+def test_kiln_toml_port_and_types(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    (data_dir / "kiln.toml").write_text(f'[server]\nport = {port}\nregion = "eu-west-1"\n')
+    server = KilnServer(data_dir, port, [])  # no --port flag: the file decides
+    server.process = subprocess.Popen([sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{server.endpoint}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        created = server.client().create_compute_environment(computeEnvironmentName="ce", type="UNMANAGED")
+        assert created["computeEnvironmentArn"] == "arn:aws:batch:eu-west-1:123456789012:compute-environment/ce"
+    finally:
+        server.stop()
+    (data_dir / "kiln.toml").write_text('[server]\nport = "abc"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "[server] port must be an integer, got 'abc'" in result.stderr
