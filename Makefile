@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check kiln tests examples
-	$(BIN)/ruff format --check kiln tests examples
+	$(BIN)/ruff check kiln tests examples bench
+	$(BIN)/ruff format --check kiln tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,15 +1,17 @@
 """Run attempts as processes on this host, with the limits and outcomes AWS Batch would give them.
 
-Each attempt is one process tree started through a tiny `/bin/sh` wrapper that moves itself into
-the attempt's cgroups and then `exec`s the job, so the job (and all it forks) is inside its memory
-limit from its first instruction and the wrapper leaves no extra process behind. A missing program
-then fails like in a shell (exit 127), which is also what a container's entrypoint would do.
+Each attempt is one process tree that is inside its cgroups from its first instruction: where the
+host has cgroup v1 memory, the spawning thread joins the attempt's v1 groups for the instant of the
+spawn (children inherit the forking thread's groups), so there is no wrapper process at all; where
+only cgroup2 tracking exists, a tiny `/bin/sh` wrapper joins the groups and `exec`s the job. A
+program that cannot be found fails to start (`CannotStartContainerError`), as in a container.
 
 One monitor thread watches every attempt (a thread per attempt would not scale to many small
-jobs): it reaps exits, turns the kernel's OOM kills (or the watchdog's verdict) into AWS's OOM
-outcome, enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the grace), and
-reports an attempt's exit only once no process of it is left - like a container, whose other
-processes die with its essential one.
+jobs). It sleeps on the attempts' pidfds, so an exit is seen at once, not at the next poll; a
+periodic pass turns the kernel's OOM kills (or the watchdog's verdict) into AWS's OOM outcome and
+enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the grace). An attempt's
+exit is reported only once no process of it is left - like a container, whose other processes die
+with its essential one - and the listener (the scheduler) is woken at once.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +80,7 @@ class _Attempt:
     tree: ProcessTree
     cgroups: AttemptCgroups
     deadline: float | None  # monotonic time of the timeout
+    pidfd: int | None = None  # readable once the essential process has exited
     exit_code: int | None = None  # of the essential process, once reaped (128 + N for signal N)
     oom: bool = False
     timed_out: bool = False
@@ -126,6 +131,9 @@ class LocalExecutor:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._closed = False
+        self._listener: Callable[[], None] = lambda: None
+        self._epoll = select.epoll()
+        self._by_pidfd: dict[int, _Attempt] = {}
         logger.info("local executor: %s", "; ".join(self.describe()))
 
     @property
@@ -150,6 +158,10 @@ class LocalExecutor:
         with self._lock:
             attempt = self._attempts.get(attempt_id)
             return attempt.cgroups if attempt else None
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """`listener` is called (from the monitor thread) whenever new events can be polled."""
+        self._listener = listener
 
     def capacity(self) -> Capacity:
         return Capacity(
@@ -233,22 +245,47 @@ class LocalExecutor:
             return
         with self._lock:
             self._attempts[spec.attempt_id] = attempt
-            self._events.put(AttemptRunning(spec.attempt_id, now_ms()))
+            self._watch_exit(attempt)
+            self._emit(AttemptRunning(spec.attempt_id, now_ms()))
         self._ensure_monitor()
+
+    def _emit(self, event: AttemptEvent) -> None:
+        self._events.put(event)
+        self._listener()
+
+    def _watch_exit(self, attempt: _Attempt) -> None:
+        """Register the process's pidfd so the monitor wakes the moment it exits."""
+        try:
+            attempt.pidfd = os.pidfd_open(attempt.process.pid)
+        except (OSError, AttributeError):  # kernels before 5.3: the periodic pass still sees it
+            return
+        self._by_pidfd[attempt.pidfd] = attempt
+        self._epoll.register(attempt.pidfd, select.EPOLLIN)
 
     def _spawn(self, spec: AttemptSpec, argv: list[str]) -> _Attempt:
         """Create the workdir, log and cgroups, then the process; cleans up after itself on error."""
+        program = shutil.which(argv[0], path=spec.environment.get("PATH", os.environ.get("PATH")))
+        if program is None:
+            raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
         spec.workdir.mkdir(parents=True, exist_ok=True)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        direct = self._support.memory_parent is not None  # v1 memory lists the whole tree itself
         cgroups = AttemptCgroups.create(
             self._support,
             spec.attempt_id,
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
             cpu_hard_cap=spec.cpu_hard_cap,
+            tracking=not direct,
         )
         try:
-            process = self._popen(spec, wrapped_command(cgroups.procs_files(), argv))
+            if direct and cgroups.memory is not None:
+                with cgroups.joined_by_this_thread(self._support):
+                    process = self._popen(spec, argv)
+            elif cgroups.paths():
+                process = self._popen(spec, wrapped_command(cgroups.procs_files(), argv))
+            else:
+                process = self._popen(spec, argv)
         except OSError:
             cgroups.remove()
             raise
@@ -271,7 +308,7 @@ class LocalExecutor:
             )
 
     def _not_started(self, spec: AttemptSpec, reason: str) -> None:
-        self._events.put(
+        self._emit(
             AttemptExited(
                 attempt_id=spec.attempt_id,
                 at_ms=now_ms(),
@@ -295,13 +332,21 @@ class LocalExecutor:
         return self._monitor is not None and self._monitor.is_alive()
 
     def _watch(self) -> None:
+        """Wake on exits (pidfds) at once; a periodic pass covers OOM, timeouts and stragglers."""
+        next_pass = 0.0
         while not self._stop.is_set():
-            self._tick()
-            self._stop.wait(POLL_INTERVAL_SECONDS)
+            ready = self._epoll.poll(max(0.0, next_pass - time.monotonic()))
+            if ready:
+                with self._lock:
+                    exited = [self._by_pidfd[fd] for fd, _ in ready if fd in self._by_pidfd]
+                self._tick(exited)
+            if time.monotonic() >= next_pass:
+                self._tick(None)
+                next_pass = time.monotonic() + POLL_INTERVAL_SECONDS
 
-    def _tick(self) -> None:
+    def _tick(self, only: list[_Attempt] | None) -> None:
         with self._lock:
-            attempts = list(self._attempts.values())
+            attempts = list(self._attempts.values()) if only is None else only
         needs_snapshot = any(not attempt.tree.uses_cgroups for attempt in attempts)
         children = children_snapshot() if needs_snapshot else None
         for attempt in attempts:
@@ -373,11 +418,13 @@ class LocalExecutor:
         attempt.cgroups.remove()
         shutil.rmtree(attempt.spec.workdir, ignore_errors=True)
         with self._lock:
-            self._attempts.pop(attempt.spec.attempt_id, None)
-            self._events.put(attempt.exit_event())
+            if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
+                self._epoll.unregister(attempt.pidfd)
+                os.close(attempt.pidfd)
+            if self._attempts.pop(attempt.spec.attempt_id, None) is not None:
+                self._emit(attempt.exit_event())
 
 
 def wrapped_command(procs_files: list[Path], argv: list[str]) -> list[str]:
-    """`argv` behind the cgroup-joining shell wrapper (used even without cgroups: a missing
-    program then exits 127 like in a shell instead of failing inside Popen)."""
+    """`argv` behind the cgroup-joining shell wrapper (hosts with cgroup2 tracking but no v1 memory)."""
     return ["/bin/sh", "-c", WRAPPER_SCRIPT, "kiln-attempt", *map(str, procs_files), "--", *argv]

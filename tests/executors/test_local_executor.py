@@ -92,13 +92,15 @@ def test_non_zero_exit_code_propagates(executor: LocalExecutor, make_spec: SpecF
     )
 
 
-def test_missing_program_exits_127_like_a_shell(executor: LocalExecutor, make_spec: SpecFactory) -> None:
+def test_missing_program_fails_to_start_like_a_container(executor: LocalExecutor, make_spec: SpecFactory) -> None:
     spec = make_spec(["kiln-no-such-program", "--flag"])
     executor.start(spec)
     event = exited(wait_for_exit(executor, spec.attempt_id))
-    assert event.exit_code == 127
-    assert event.started
-    assert "not found" in spec.log_path.read_text()
+    assert (event.started, event.exit_code, event.status_reason) == (False, None, TASK_FAILED_TO_START)
+    assert event.reason == (
+        'CannotStartContainerError: exec: "kiln-no-such-program": executable file not found in $PATH'
+    )
+    assert not spec.workdir.exists()
 
 
 def test_signal_death_reports_128_plus_signal(executor: LocalExecutor, make_spec: SpecFactory) -> None:

@@ -1,0 +1,159 @@
+"""Array overhead benchmark: a 10,000-child array of `true` against `xargs -P<cores> true`.
+
+Prints ratios against a floor measured in the same run (machines here are noisy):
+- array time: SubmitJob -> parent SUCCEEDED, over the floor `seq N | xargs -P<cores> -n1 true`
+  (target <= 1.5x, never worse than 3x);
+- submit latency of the array;
+- DescribeJobs of 100 children, median, with ~100,000 jobs in the store (target <= 50 ms);
+- the server's peak RSS (target <= 300 MiB).
+
+Usage: python bench/array_overhead.py [--size 10000] [--stored 100000]
+Talks only to a `kiln server` it starts itself on 127.0.0.1; every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+DEADLINE_SECONDS = 900
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def floor_seconds(size: int, cores: int) -> float:
+    started = time.perf_counter()
+    subprocess.run(f"seq {size} | xargs -P{cores} -n1 true", shell=True, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    log = (data_dir.parent / "server.log").open("wb")
+    command = [sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("kiln server did not start")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def setup(batch: Any, cores: int) -> None:
+    for name, state in (("bench-ce", "ENABLED"), ("parked-ce", "ENABLED")):
+        batch.create_compute_environment(
+            computeEnvironmentName=name,
+            type="MANAGED",
+            state=state,
+            computeResources={"type": "EC2", "maxvCpus": cores},
+        )
+    batch.create_job_queue(
+        jobQueueName="bench", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "bench-ce"}]
+    )
+    batch.create_job_queue(
+        jobQueueName="parked", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "parked-ce"}]
+    )
+    batch.update_compute_environment(computeEnvironment="parked-ce", state="DISABLED")  # its jobs never run
+    batch.register_job_definition(
+        jobDefinitionName="true", type="container",
+        containerProperties={"image": "host", "vcpus": 1, "memory": 16, "command": ["true"]},
+    )  # fmt: skip
+
+
+def run_array(batch: Any, size: int) -> tuple[float, float]:
+    """(submit latency, submit -> parent SUCCEEDED) in seconds."""
+    started = time.perf_counter()
+    job_id = batch.submit_job(jobName="array", jobQueue="bench", jobDefinition="true", arrayProperties={"size": size})[
+        "jobId"
+    ]
+    submitted = time.perf_counter()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+        if job["status"] in ("SUCCEEDED", "FAILED"):
+            if job["status"] != "SUCCEEDED":
+                raise SystemExit(f"array ended {job['status']}: {job['arrayProperties']['statusSummary']}")
+            return submitted - started, time.perf_counter() - started
+        time.sleep(0.05)
+    raise SystemExit(f"array did not finish within {DEADLINE_SECONDS} s")
+
+
+def fill_store(batch: Any, stored: int, size: int) -> int:
+    """Park arrays in a queue whose CE is disabled until ~`stored` jobs exist."""
+    arrays = max(0, (stored - size - 1) // 10_001)
+    for index in range(arrays):
+        batch.submit_job(
+            jobName=f"parked-{index}", jobQueue="parked", jobDefinition="true", arrayProperties={"size": 10_000}
+        )
+    return size + 1 + arrays * 10_001
+
+
+def describe_latency_ms(batch: Any, size: int) -> float:
+    parent = batch.list_jobs(jobQueue="bench", jobStatus="SUCCEEDED")["jobSummaryList"][0]["jobId"]
+    ids = [f"{parent}:{i}" for i in range(0, size, max(1, size // 100))][:100]
+    samples = []
+    for _ in range(30):
+        started = time.perf_counter()
+        assert len(batch.describe_jobs(jobs=ids)["jobs"]) == len(ids)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--stored", type=int, default=100_000)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        port = free_port()
+        server = start_server(Path(tmp) / "data", port)
+        try:
+            batch = boto3.client("batch", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                                 aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
+            setup(batch, cores)
+            floor = floor_seconds(args.size, cores)
+            submit_latency, total = run_array(batch, args.size)
+            floor_after = floor_seconds(args.size, cores)
+            floor = min(floor, floor_after)
+            stored = fill_store(batch, args.stored, args.size)
+            describe_ms = describe_latency_ms(batch, args.size)
+            rss = peak_rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(f"array of {args.size} `true` children, {cores} cores, CE maxvCpus={cores}")
+    print(f"  floor (xargs -P{cores}):          {floor:8.2f} s")
+    print(f"  kiln submit -> parent SUCCEEDED:  {total:8.2f} s   ratio {total / floor:5.2f}x  (target <= 1.5x)")
+    print(f"  submit latency:                   {submit_latency * 1000:8.1f} ms")
+    print(f"  describe 100 children (median):   {describe_ms:8.1f} ms  with {stored} jobs stored (target <= 50 ms)")
+    print(f"  server peak RSS:                  {rss:8.1f} MiB (target <= 300 MiB)")
+
+
+if __name__ == "__main__":
+    main()
