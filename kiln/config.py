@@ -1,7 +1,8 @@
 """Server settings: defaults, `kiln.toml` in the data dir, then command-line flags.
 
-Test-only knobs (``min_timeout_seconds``, ``termination_grace_seconds``) exist so the suite can
-exercise timeouts in seconds instead of AWS's one-minute floor; production keeps AWS's values.
+Test-only knobs (``min_timeout_seconds``, ``termination_grace_seconds``,
+``min_state_time_limit_seconds``) exist so the suite can exercise timeouts and job-state time limits
+in seconds instead of AWS's one- and ten-minute floors; production keeps AWS's values.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Settings:
     # AWS values; lowered only by tests through documented flags.
     min_timeout_seconds: int = 60
     termination_grace_seconds: float = 30.0
+    # Lowest jobStateTimeLimitActions.maxTimeSeconds accepted (AWS: 600; the 86,400 ceiling stays).
+    min_state_time_limit_seconds: int = 600
     host_vcpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     host_memory_mib: int = field(default_factory=host_memory_mib)
     # CE names whose jobs get a hard CPU quota (cfs) on top of cpu.shares.
@@ -105,7 +108,7 @@ _NUMBER = (int, float)
 _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "host": str, "port": int, "region": str, "account_id": str, "database_url": str, "fsync": bool,
     "retention_days": _NUMBER, "scheduler_interval_seconds": _NUMBER, "min_timeout_seconds": int,
-    "termination_grace_seconds": _NUMBER, "host_vcpus": int, "host_memory_mib": int,
+    "termination_grace_seconds": _NUMBER, "min_state_time_limit_seconds": int, "host_vcpus": int, "host_memory_mib": int,
     "cpu_hard_cap_environments": list,
 }  # fmt: skip
 

@@ -20,6 +20,7 @@ from kiln.config import Settings
 from kiln.errors import ConflictError
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.local import LocalExecutor
+from kiln.render import image as render_image
 from kiln.store.database import Database
 
 log = logging.getLogger("kiln")
@@ -51,10 +52,12 @@ def build_server(settings: Settings) -> Server:
         directory.mkdir(parents=True, exist_ok=True)
     lock_data_dir(settings)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
-    executor = LocalExecutor(settings, ImageCatalogue(settings.images))
+    catalogue = ImageCatalogue(settings.images)
+    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
+    executor = LocalExecutor(settings, catalogue)
     service = BatchService(db, settings)
     scheduler = Scheduler(db, executor, settings, service.arns)
-    service.on_change = scheduler.wake
+    service.on_change = scheduler.notify_change
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -31,12 +31,17 @@ def free_port() -> int:
 
 @dataclass
 class KilnServer:
-    """A `kiln server` child process; `restart` keeps the data dir (crash/restart tests)."""
+    """A `kiln server` child process; `restart` keeps the data dir (crash/restart tests).
+
+    `env` adds variables to the server's environment, which its jobs inherit (for example
+    `AWS_ENDPOINT_URL_S3` pointing the render jobs at a test S3 server).
+    """
 
     data_dir: Path
     port: int
     flags: list[str]
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -45,7 +50,8 @@ class KilnServer:
     def start(self) -> None:
         log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
         command = [sys.executable, "-m", "kiln", "server", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        self.process = subprocess.Popen([*command, *self.flags], stdout=log, stderr=subprocess.STDOUT)
+        environment = None if self.env is None else {**os.environ, **self.env}
+        self.process = subprocess.Popen([*command, *self.flags], stdout=log, stderr=subprocess.STDOUT, env=environment)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -75,8 +81,8 @@ class KilnServer:
         return boto3.client("batch", endpoint_url=self.endpoint, region_name="us-east-1")
 
 
-def start_server(tmp_path: Path, flags: list[str] | None = None) -> KilnServer:
-    server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS if flags is None else flags)
+def start_server(tmp_path: Path, flags: list[str] | None = None, env: dict[str, str] | None = None) -> KilnServer:
+    server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS if flags is None else flags, env=env)
     server.start()
     return server
 

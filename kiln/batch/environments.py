@@ -26,6 +26,7 @@ FARGATE_FORBIDDEN = (
 )  # fmt: skip
 MAX_CES_PER_QUEUE = 3
 MAX_DESCRIBE = 100
+MAX_STATE_TIME_LIMIT_SECONDS = 86_400
 
 
 def _family(ce_doc: dict[str, Any]) -> str:
@@ -176,12 +177,44 @@ def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> list[dict[str, 
     return sorted(resolved, key=lambda item: item["order"])
 
 
-def _check_time_limit_actions(actions: list[dict[str, Any]] | None) -> None:
+def _check_time_limit_actions(ctx: Context, actions: list[dict[str, Any]] | None) -> None:
+    """AWS's rules; the 600 s floor is `min_state_time_limit_seconds` (lowered only for tests)."""
+    floor = ctx.settings.min_state_time_limit_seconds
     for action in actions or []:
         if action["state"] != "RUNNABLE":
             raise ValidationError("jobStateTimeLimitActions.state must be RUNNABLE")
-        if not 600 <= action["maxTimeSeconds"] <= 86400:
-            raise ValidationError("jobStateTimeLimitActions.maxTimeSeconds must be between 600 and 86400")
+        if not floor <= action["maxTimeSeconds"] <= MAX_STATE_TIME_LIMIT_SECONDS:
+            raise ValidationError(
+                f"jobStateTimeLimitActions.maxTimeSeconds must be between {floor} and {MAX_STATE_TIME_LIMIT_SECONDS} "
+                f"(got {action['maxTimeSeconds']})"
+            )
+        if not action["reason"].strip():
+            raise ValidationError("jobStateTimeLimitActions.reason must not be empty")
+
+
+def _policy_arn(ctx: Context, reference: str) -> str:
+    """The ARN of an existing scheduling policy (a queue with one is a fair-share queue)."""
+    if not reference:
+        raise ValidationError("schedulingPolicyArn must name a scheduling policy")
+    row = ctx.repo.get_scheduling_policy(name=name_from_reference(reference, "scheduling-policy"))
+    if row is None:
+        raise NotFoundError(f"SchedulingPolicy {reference} not found.")
+    return str(row["arn"])
+
+
+def _swapped_policy(ctx: Context, queue: dict[str, Any], reference: str) -> str:
+    """AWS: a fair-share queue's policy can be replaced but not removed, and a FIFO queue can
+    never gain one."""
+    if not queue.get("schedulingPolicyArn"):
+        raise ValidationError(
+            f"JobQueue {queue['jobQueueName']} is a FIFO queue (created without schedulingPolicyArn); "
+            "a scheduling policy cannot be added to it later"
+        )
+    if not reference:
+        raise ValidationError(
+            f"The scheduling policy of JobQueue {queue['jobQueueName']} can be replaced but not removed"
+        )
+    return _policy_arn(ctx, reference)
 
 
 def _check_priority(priority: int) -> None:
@@ -194,11 +227,10 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     check_resource_name(name, "jobQueueName")
     if ctx.repo.get_named("queue", name) is not None:
         raise ConflictError(f"Object already exists: job queue {name}")
-    if params.get("schedulingPolicyArn"):
-        raise ValidationError("Kiln does not support fair-share scheduling policies yet; omit schedulingPolicyArn")
+    policy_arn = _policy_arn(ctx, params["schedulingPolicyArn"]) if "schedulingPolicyArn" in params else None
     _check_priority(params["priority"])
     order = _resolve_order(ctx, params.get("computeEnvironmentOrder") or [])
-    _check_time_limit_actions(params.get("jobStateTimeLimitActions"))
+    _check_time_limit_actions(ctx, params.get("jobStateTimeLimitActions"))
     check_tags(params.get("tags"))
     arn = ctx.arns.job_queue(name)
     state = params.get("state", "ENABLED")
@@ -214,6 +246,8 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         "jobStateTimeLimitActions": params.get("jobStateTimeLimitActions") or [],
         "jobQueueType": params.get("jobQueueType") or "ECS",
     }
+    if policy_arn is not None:
+        doc["schedulingPolicyArn"] = policy_arn
     ctx.repo.insert_named("queue", {"name": name, "arn": arn, "state": state, "status": "VALID",
                                     "priority": params["priority"], "created_at": ctx.now, "doc": doc})  # fmt: skip
     return {"jobQueueName": name, "jobQueueArn": arn}
@@ -233,15 +267,15 @@ def describe_job_queues(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 def update_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     doc = get_job_queue(ctx, params["jobQueue"])
-    if params.get("schedulingPolicyArn"):
-        raise ValidationError("Kiln does not support fair-share scheduling policies yet; omit schedulingPolicyArn")
+    if "schedulingPolicyArn" in params:
+        doc["schedulingPolicyArn"] = _swapped_policy(ctx, doc, params["schedulingPolicyArn"])
     if params.get("priority") is not None:
         _check_priority(params["priority"])
         doc["priority"] = params["priority"]
     if params.get("computeEnvironmentOrder") is not None:
         doc["computeEnvironmentOrder"] = _resolve_order(ctx, params["computeEnvironmentOrder"])
     if params.get("jobStateTimeLimitActions") is not None:
-        _check_time_limit_actions(params["jobStateTimeLimitActions"])
+        _check_time_limit_actions(ctx, params["jobStateTimeLimitActions"])
         doc["jobStateTimeLimitActions"] = params["jobStateTimeLimitActions"]
     if params.get("state") is not None:
         doc["state"] = params["state"]

@@ -60,7 +60,7 @@ def _filter_query(ctx: Context, filters: list[Row]) -> dict[str, Any]:
     if name == "JOB_DEFINITION":
         return {"definition_arns": _definition_arns(ctx, value)}
     if name == "SHARE_IDENTIFIER":
-        return {"definition_arns": []}  # no fair-share queues yet, so no job carries one
+        return {"share_identifier": value}
     try:
         moment = int(value)
     except ValueError:
@@ -92,7 +92,10 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if len(scopes) != 1:
         raise ValidationError("ListJobs needs exactly one of jobQueue, arrayJobId or multiNodeJobId")
     filters = _filter_query(ctx, params.get("filters") or [])
+    share = filters.pop("share_identifier", None)
     statuses = None if filters else [params.get("jobStatus") or Status.RUNNING.value]
+    if share is not None:  # the one filter that combines with jobStatus (and so drops its default)
+        statuses = [params["jobStatus"]] if params.get("jobStatus") else None
     limit = pagination.page_size(params.get("maxResults"), default=DEFAULT_LIST_PAGE, maximum=MAX_LIST_PAGE)
     # Tokens are [array_index] for an array's children, [created_at, id] for a queue (see below).
     after = pagination.keyset_of(params.get("nextToken"), (int,) if params.get("arrayJobId") else (int, str))
@@ -103,15 +106,24 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         parent_id = params["arrayJobId"]
     else:
         return {"jobSummaryList": []}  # multinode jobs are not run by Kiln yet, so none exist
-    rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses,
-                              after=after, limit=limit + 1, **filters)  # fmt: skip
+    if share is not None:
+        rows = ctx.repo.list_jobs_in_share(queue_arn=queue_arn, parent_id=parent_id, share_identifier=share,
+                                           statuses=statuses, after=after, limit=limit + 1)  # fmt: skip
+    else:
+        rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses,
+                                  after=after, limit=limit + 1, **filters)  # fmt: skip
     page = rows[:limit]
     last_attempts = ctx.repo.attempts_of([job["id"] for job in page])
     token = None
     if len(rows) > limit:
         last = page[-1]
         token = pagination.encode_token([last["array_index"]] if parent_id else [last["created_at"], last["id"]])
-    summaries = [views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None)) for job in page]
+    specs = _specs(ctx, page)
+    summaries = [
+        views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None),
+                          specs[job["parent_id"] or job["id"]].get("shareIdentifier"))
+        for job in page
+    ]  # fmt: skip
     return {"jobSummaryList": summaries, "nextToken": token}
 
 

@@ -6,6 +6,8 @@ scheduler calls them every tick. They are idempotent: running one twice changes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kiln.batch.retry import AttemptOutcome, should_retry
@@ -13,8 +15,10 @@ from kiln.batch.status import (
     ARRAY_CHILD_FAILED,
     DEPENDENT_JOB_FAILED,
     TERMINAL,
+    Move,
     Status,
     transition,
+    transition_each,
 )
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
 from kiln.store.repository import Repository
@@ -86,10 +90,17 @@ def _fail_dependent(repo: Repository, job: Row, now: int) -> bool:
     return bool(transition(repo, ids, Status.FAILED, DEPENDENT_JOB_FAILED, now))
 
 
-def finish_array_parents(repo: Repository, now: int) -> bool:
-    """A PENDING array parent ends once every child is terminal: SUCCEEDED iff all succeeded."""
-    pending = repo.jobs_with_status([Status.PENDING.value], top_level=True)
-    parents = [job for job in pending if job["array_size"] is not None]
+def finish_array_parents(repo: Repository, now: int, only: Sequence[str] | None = None) -> bool:
+    """A PENDING array parent ends once every child is terminal: SUCCEEDED iff all succeeded.
+
+    `only` limits the check to parents whose children just finished (the scheduler's hot path);
+    an index on (parent_id, status) makes "any child still unfinished?" one lookup.
+    """
+    if only is None:
+        pending = repo.jobs_with_status([Status.PENDING.value], top_level=True)
+    else:
+        pending = [job for job in repo.get_jobs(only) if job["status"] == Status.PENDING.value]
+    parents = [job for job in pending if job["array_size"] is not None and not repo.has_unfinished_children(job["id"])]
     counts = repo.status_counts([job["id"] for job in parents])
     moved = False
     for parent in parents:
@@ -105,23 +116,47 @@ def finish_array_parents(repo: Repository, now: int) -> bool:
     return moved
 
 
-def record_exit(repo: Repository, job: Row, attempt: Row, event: AttemptExited, retry_strategy: Any) -> None:
-    """Write the attempt's outcome and decide the job's next state (done, retried or failed)."""
-    repo.update_attempt(
-        attempt["task_id"],
-        {"active": False, "stopped_at": event.at_ms, "exit_code": event.exit_code,
-         "reason": event.reason, "status_reason": event.status_reason,
-         "started_at": attempt["started_at"] or (event.at_ms if event.started else None)},
-    )  # fmt: skip
+@dataclass(frozen=True)
+class Exit:
+    """An attempt that ended, with what deciding the job's next state needs."""
+
+    job: Row
+    attempt: Row
+    event: AttemptExited
+    retry_strategy: Any
+
+
+def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[Status, str | None]:
+    """Done, retried or failed (and why), from the attempt's outcome: AWS's rules, no I/O."""
     if event.exit_code == 0 and not (event.terminated or event.timed_out):
-        transition(repo, [job["id"]], Status.SUCCEEDED, ESSENTIAL_CONTAINER_EXITED, event.at_ms)
-        return
-    stop_reason = job["spec"].get("stopReason")
+        return Status.SUCCEEDED, ESSENTIAL_CONTAINER_EXITED
     if event.terminated or job["is_terminated"]:
-        transition(repo, [job["id"]], Status.FAILED, stop_reason or event.status_reason, event.at_ms)
-        return
+        return Status.FAILED, job["spec"].get("stopReason") or event.status_reason
     outcome = AttemptOutcome(event.status_reason, event.reason, event.exit_code)
     if not event.timed_out and should_retry(retry_strategy, job["attempt_count"], outcome):
-        transition(repo, [job["id"]], Status.RUNNABLE, None, event.at_ms)
-    else:
-        transition(repo, [job["id"]], Status.FAILED, event.status_reason, event.at_ms)
+        return Status.RUNNABLE, None
+    return Status.FAILED, event.status_reason
+
+
+def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
+    """Write every attempt's outcome and move each job on, in a few statements for the batch.
+
+    Returns the job id -> new status decided for each exit.
+    """
+    repo.update_attempts_each(
+        [
+            {"_task_id": e.attempt["task_id"], "active": False, "stopped_at": e.event.at_ms,
+             "exit_code": e.event.exit_code, "reason": e.event.reason, "status_reason": e.event.status_reason,
+             "started_at": e.attempt["started_at"] or (e.event.at_ms if e.event.started else None)}
+            for e in exits
+        ]
+    )  # fmt: skip
+    decided: dict[str, Status] = {}
+    moves: dict[Status, list[Move]] = {}
+    for e in exits:
+        target, reason = exit_decision(e.job, e.event, e.retry_strategy)
+        decided[e.job["id"]] = target
+        moves.setdefault(target, []).append(Move(e.job["id"], e.event.at_ms, reason))
+    for target, batch in moves.items():
+        transition_each(repo, target, batch)
+    return decided

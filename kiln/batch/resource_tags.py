@@ -27,6 +27,11 @@ def _load(ctx: Context, arn: str) -> tuple[str, str, dict[str, Any]]:
         if row is None:
             raise NotFoundError(f"Resource {arn} not found")
         return "definition", arn, dict(row["doc"])
+    if parsed.kind == "scheduling-policy":
+        policy = ctx.repo.get_scheduling_policy(name=parsed.resource)
+        if policy is None:
+            raise NotFoundError(f"Resource {arn} not found")
+        return "policy", parsed.resource, dict(policy["doc"])
     kinds = {"job-queue": "queue", "compute-environment": "ce"}
     if parsed.kind not in kinds:
         raise ValidationError(f"Resources of type {parsed.kind} cannot be tagged on Kiln")
@@ -41,6 +46,8 @@ def _save(ctx: Context, kind: str, key: str, doc: dict[str, Any]) -> None:
         ctx.repo.update_job_fields(key, {"spec": doc})
     elif kind == "definition":
         ctx.repo.update_definition_doc(key, doc)
+    elif kind == "policy":
+        ctx.repo.update_scheduling_policy(key, doc)
     else:
         ctx.repo.update_named(kind, key, {"doc": doc})
 

@@ -1,8 +1,15 @@
 """The scheduler loop: the one place where decisions turn into effects.
 
-Each tick: apply executor events, move jobs along (dependencies, arrays), signal terminations,
-plan placements with the pure `scheduling.plan`, commit each placement (RUNNABLE -> STARTING plus
-an attempt row) and only then start it. A job is never started before its placement is durable.
+Each tick: apply the executor's events, move jobs along (dependencies, arrays), signal
+terminations, plan placements with the pure `scheduling.plan`, commit the placements (RUNNABLE ->
+STARTING plus attempt rows) and only then start them. A job is never started before its placement
+is durable, and no outcome is reported before it is committed.
+
+Work is batched (group commit): one transaction applies every event that arrived since the last
+tick and one transaction records every placement of a tick, so ten thousand short jobs cost a
+few statements per tick, not per job. The executor wakes the loop the moment an attempt ends; the
+slower sweeps (dependencies, array parents, RUNNABLE diagnostics) run when something changed or
+once a second.
 """
 
 from __future__ import annotations
@@ -10,24 +17,36 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from kiln.batch import progress, scheduling
+from kiln.batch import progress, scheduling, share_queue, time_limits  # added: share_queue, time_limits
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
 from kiln.batch.containers import environment_of
-from kiln.batch.status import HOST_TERMINATED, Status, set_reason, transition
+from kiln.batch.status import HOST_TERMINATED, TERMINAL, Move, Status, set_reason, transition_each
 from kiln.config import Settings
-from kiln.executors.base import TASK_FAILED_TO_START, AttemptExited, AttemptRunning, AttemptSpec, Executor
+from kiln.executors.base import (
+    TASK_FAILED_TO_START,
+    AttemptEvent,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    Executor,
+)
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
-CANDIDATES_PER_QUEUE = 1000
+# Candidates fetched per queue and tick when placing; a sweep diagnoses up to DIAGNOSED_PER_QUEUE.
+CANDIDATES_PER_QUEUE = 64
+DIAGNOSED_PER_QUEUE = 1000
+SWEEP_SECONDS = 1.0
 RETENTION_CHECK_SECONDS = 60.0
+PARENT_SPEC_CACHE = 10_000
 
 
 def log_stream_name(definition_name: str, task_id: str) -> str:
@@ -49,6 +68,13 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._signalled: set[str] = set()
         self._last_purge = 0.0
+        self._last_sweep = 0.0
+        self._changed = threading.Event()  # the API committed something: sweep on the next tick
+        self._unblocked = False  # a job with dependents ended: look at PENDING jobs next tick
+        self._queues: list[Row] = []  # ENABLED queue documents, refreshed by each sweep
+        self._environments: list[Row] = []
+        self._parent_specs: dict[str, Row] = {}
+        executor.subscribe(self.wake)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -64,10 +90,17 @@ class Scheduler:
         self.executor.shutdown()
 
     def wake(self) -> None:
+        """Called by the executor when events are ready."""
+        self._wake.set()
+
+    def notify_change(self) -> None:
+        """Called by the API after a commit (submit, cancel, terminate, queue changes)."""
+        self._changed.set()
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 busy = self.tick()
             except Exception:  # the loop must survive anything; the error is logged with its traceback
@@ -75,136 +108,174 @@ class Scheduler:
                 busy = False
             if not busy:
                 self._wake.wait(self.settings.scheduler_interval_seconds)
-                self._wake.clear()
 
     # -- one tick ------------------------------------------------------------------------------
     def tick(self) -> bool:
-        """One pass; returns True when something moved (so the next pass comes at once)."""
+        """One pass; returns True when something moved (so the next pass comes at once).
+
+        Everything a tick decides is committed in ONE transaction (group commit), and only then
+        are the placed attempts started. A full sweep (SUBMITTED and PENDING jobs, all array
+        parents, terminations, RUNNABLE diagnostics, queue and CE documents) runs after an API
+        change and once a second; between sweeps a tick only applies events, finishes the array
+        parents they touched, releases dependents of jobs that ended, and places what fits.
+        """
         now = now_ms()
-        moved = self.apply_events()
+        sweep = self._changed.is_set() or time.monotonic() - self._last_sweep >= SWEEP_SECONDS
+        if sweep:
+            self._changed.clear()
+            self._last_sweep = time.monotonic()
+        events = self.executor.poll()
         with self.db.begin() as connection:
             repo = Repository(connection)
-            moved |= progress.advance_submitted(repo, now)
-            moved |= progress.advance_pending(repo, now)
-            moved |= progress.finish_array_parents(repo, now)
-        self.signal_terminations()
-        moved |= self.place(now)
+            finished_parents = self.apply_events(repo, events)
+            moved = bool(events)
+            unblocked, self._unblocked = self._unblocked, False
+            if sweep:
+                moved |= progress.advance_submitted(repo, now)
+                moved |= time_limits.enforce(repo, now)  # added: jobStateTimeLimitActions
+            if (sweep or unblocked) and progress.advance_pending(repo, now):
+                moved = self._unblocked = True  # a failure cascades down a chain one tick per level
+            if sweep or finished_parents:
+                parents = None if sweep else sorted(finished_parents)
+                if progress.finish_array_parents(repo, now, parents):
+                    moved = self._unblocked = True  # the stitch-after-render case
+            if sweep:
+                self._refresh_config(repo)
+            to_start = self.place(repo, now, diagnose=sweep)
+        self._launch(to_start)
+        if sweep:
+            self.signal_terminations()
         self.purge_expired(now)
-        return moved
+        return moved or bool(to_start)
 
-    def apply_events(self) -> bool:
-        events = self.executor.poll()
+    def apply_events(self, repo: Repository, events: list[AttemptEvent]) -> set[str]:
+        """Record executor events; returns the array parents one of whose children just ended
+        (their completion is checked right away, not at the next sweep)."""
+        if not events:
+            return set()
+        attempts = {a["task_id"]: a for a in repo.get_attempts([e.attempt_id for e in events])}
+        jobs = {j["id"]: j for j in repo.get_jobs(sorted({a["job_id"] for a in attempts.values()}))}
+        specs = self._specs(repo, list(jobs.values()))
+        started: list[Row] = []
+        running: list[Move] = []
+        exits: list[progress.Exit] = []
         for event in events:
-            with self.db.begin() as connection:
-                repo = Repository(connection)
-                attempt = repo.get_attempt(event.attempt_id)
-                job = None if attempt is None else repo.get_job(attempt["job_id"])
-                if attempt is None or job is None:
-                    continue  # purged meanwhile
-                if isinstance(event, AttemptRunning):
-                    repo.update_attempt(attempt["task_id"], {"started_at": event.at_ms})
-                    transition(
-                        repo,
-                        [job["id"]],
-                        Status.RUNNING,
-                        None,
-                        event.at_ms,
-                        only_from=frozenset({Status.STARTING}),
-                    )
-                elif isinstance(event, AttemptExited):
-                    self._signalled.discard(event.attempt_id)
-                    progress.record_exit(repo, job, attempt, event, self._spec_of(repo, job).get("retryStrategy"))
-        return bool(events)
+            attempt = attempts.get(event.attempt_id)
+            job = None if attempt is None else jobs.get(attempt["job_id"])
+            if attempt is None or job is None:
+                continue  # purged meanwhile
+            if isinstance(event, AttemptRunning):
+                attempt["started_at"] = event.at_ms
+                started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
+                running.append(Move(job["id"], event.at_ms))
+            elif isinstance(event, AttemptExited):
+                self._signalled.discard(event.attempt_id)
+                exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
+        repo.update_attempts_each(started)
+        transition_each(repo, Status.RUNNING, running, only_from=frozenset({Status.STARTING}))
+        decided = progress.record_exits(repo, exits)
+        ended = [job_id for job_id, status in decided.items() if status in TERMINAL]
+        if ended and repo.has_dependents(ended):
+            self._unblocked = True
+        return {jobs[job_id]["parent_id"] for job_id in ended if jobs[job_id]["parent_id"]}
+
+    def _refresh_config(self, repo: Repository) -> None:
+        """Queue and CE documents change only through the API, which triggers a sweep."""
+        self._queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000) if row["state"] == "ENABLED"]
+        self._environments = [row["doc"] for row in repo.list_named("ce", None, 0, 10_000)]
 
     def signal_terminations(self) -> None:
         """TerminateJob is recorded durably by the API; here the running attempt gets its signal."""
         with self.db.read() as connection:
             repo = Repository(connection)
             active = {a["job_id"]: a for a in repo.active_attempts()}
-            jobs = repo.get_jobs(list(active))
+            jobs = repo.job_summaries(list(active))
+            specs = {j["id"]: j["spec"] for j in repo.get_jobs([j["id"] for j in jobs if j["is_terminated"]])}
         for job in jobs:
             attempt = active[job["id"]]
             if job["is_terminated"] and attempt["task_id"] not in self._signalled:
                 self._signalled.add(attempt["task_id"])
-                self.executor.terminate(attempt["task_id"], job["spec"].get("stopReason") or "Terminated")
+                self.executor.terminate(attempt["task_id"], specs[job["id"]].get("stopReason") or "Terminated")
 
     # -- placement -----------------------------------------------------------------------------
-    def place(self, now: int) -> bool:
-        with self.db.read() as connection:
-            repo = Repository(connection)
-            queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000) if row["state"] == "ENABLED"]
-            # Candidates per queue, so one huge queue never hides a higher-priority one.
-            runnable = [job for q in queues for job in repo.runnable_in_queue(q["jobQueueArn"], CANDIDATES_PER_QUEUE)]
-            if not runnable:
-                return False
-            decision = scheduling.plan(*self._planning_inputs(repo, queues, runnable))
-        current = {job["id"]: job["status_reason"] for job in runnable}
-        changed = {job_id: reason for job_id, reason in decision.diagnostics.items() if current[job_id] != reason}
-        if changed:
-            with self.db.begin() as connection:
-                repo = Repository(connection)
-                for job_id, reason in changed.items():
-                    set_reason(repo, [job_id], Status.RUNNABLE, reason)
-        for placement in decision.placements:
-            self._start(placement, now)
-        return bool(decision.placements)
-
-    def _planning_inputs(self, repo: Repository, queues: list[Row], runnable: list[Row]) -> tuple[Any, ...]:
-        ces = {row["name"]: row["doc"] for row in repo.list_named("ce", None, 0, 10_000)}
-        active = repo.active_attempts()
-        used: dict[str, float] = {}
-        for attempt in active:
-            used[attempt["compute_environment"]] = used.get(attempt["compute_environment"], 0.0) + attempt["vcpus"]
-        queue_views = [
-            scheduling.QueueView(
-                arn=q["jobQueueArn"],
-                priority=q["priority"],
-                environments=tuple(
-                    item["computeEnvironment"].rsplit("/", 1)[-1] for item in q["computeEnvironmentOrder"]
-                ),
-            )
-            for q in queues
-        ]
-        env_views = [
-            scheduling.EnvironmentView(
-                name=name, enabled=doc["state"] == "ENABLED", max_vcpus=_cap(doc), used_vcpus=used.get(name, 0.0)
-            )
-            for name, doc in ces.items()
-        ]
+    def place(self, repo: Repository, now: int, *, diagnose: bool) -> list[AttemptSpec]:
+        """Plan what fits now and record those placements; with `diagnose`, also refresh RUNNABLE
+        reasons. Returns the attempts to start once the transaction has committed."""
         capacity = self.executor.capacity()
-        total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
+        usage = repo.active_usage()
         free = scheduling.Resources(
-            total.vcpus - sum(a["vcpus"] for a in active),
-            total.memory_mib - sum(a["memory_mib"] for a in active),
-            total.gpus - sum(a["gpus"] for a in active),
+            capacity.vcpus - sum(a["vcpus"] for a in usage),
+            capacity.memory_mib - sum(a["memory_mib"] for a in usage),
+            capacity.gpus - sum(a["gpus"] for a in usage),
         )
-        candidates = [
-            scheduling.Candidate(j["id"], j["queue_arn"], j["vcpus"], j["memory_mib"], j["gpus"]) for j in runnable
-        ]
-        return candidates, queue_views, env_views, free, total
+        if not diagnose and (free.vcpus <= 0 or free.memory_mib <= 0):
+            return []  # nothing can start until an attempt ends (which wakes us)
+        runnable = self._candidates(repo, self._queues, free, diagnose)
+        if not runnable:
+            return []
+        total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
+        decision = scheduling.plan(
+            [scheduling.Candidate(j["id"], j["queue_arn"], j["vcpus"], j["memory_mib"], j["gpus"]) for j in runnable],
+            [_queue_view(q) for q in self._queues],
+            _environment_views(self._environments, usage),
+            free,
+            total,
+        )
+        if diagnose:
+            self._record_diagnostics(repo, runnable, decision)
+        return self._record_placements(repo, decision.placements, now) if decision.placements else []
 
-    def _start(self, placement: scheduling.Placement, now: int) -> None:
-        task_id = uuid.uuid4().hex
-        with self.db.begin() as connection:
-            repo = Repository(connection)
-            if not transition(repo, [placement.job_id], Status.STARTING, None, now):
-                return  # cancelled or terminated since the plan was made
-            job = repo.get_job(placement.job_id)
-            assert job is not None
-            spec, parent = self._spec_of(repo, job), self._parent_of(repo, job)
+    def _candidates(self, repo: Repository, queues: list[Row], free: scheduling.Resources, diagnose: bool) -> list[Row]:
+        """Per queue (so a huge queue never hides a higher-priority one): everything for a
+        diagnosis sweep, else only jobs that could fit the free capacity."""
+        if diagnose:
+            limit, vcpus, memory = DIAGNOSED_PER_QUEUE, float("inf"), 2**62
+        else:
+            limit, vcpus, memory = CANDIDATES_PER_QUEUE, free.vcpus, free.memory_mib
+        # added: share_queue orders a fair-share queue's candidates (FIFO queues: repo.runnable_candidates)
+        return [job for queue in queues for job in share_queue.runnable_candidates(repo, queue, limit, vcpus, memory)]
+
+    @staticmethod
+    def _record_diagnostics(repo: Repository, runnable: list[Row], decision: scheduling.Plan) -> None:
+        current = {job["id"]: job["status_reason"] for job in runnable}
+        for job_id, reason in decision.diagnostics.items():
+            if current[job_id] != reason:
+                set_reason(repo, [job_id], Status.RUNNABLE, reason)
+
+    def _record_placements(
+        self, repo: Repository, placements: list[scheduling.Placement], now: int
+    ) -> list[AttemptSpec]:
+        """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
+        jobs = {j["id"]: j for j in repo.get_jobs([p.job_id for p in placements])}
+        job_specs = self._specs(repo, list(jobs.values()))
+        specs: list[AttemptSpec] = []
+        moves, attempt_rows = [], []
+        for placement in placements:
+            job = jobs.get(placement.job_id)
+            if job is None or job["status"] != Status.RUNNABLE.value:
+                continue  # cancelled or terminated since the candidates were read
+            task_id = uuid.uuid4().hex
             number = job["attempt_count"] + 1
+            spec = job_specs[job["id"]]
             stream = log_stream_name(spec["jobDefinitionName"], task_id)
-            repo.update_job_fields(job["id"], {"attempt_count": number})
-            repo.insert_attempt({"task_id": task_id, "job_id": job["id"], "number": number,
+            moves.append(Move(job["id"], now, None, {"attempt_count": number}))
+            attempt_rows.append({"task_id": task_id, "job_id": job["id"], "number": number,
                                  "compute_environment": placement.environment, "log_stream": stream,
                                  "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
                                  "active": True})  # fmt: skip
-            attempt_spec = self._attempt_spec(job, parent, spec, task_id, number, placement.environment, stream)
-        try:
-            self.executor.start(attempt_spec)
-        except Exception as exc:  # an executor bug must fail the attempt, not the scheduler
-            log.exception("executor failed to start %s", task_id)
-            self._fail_start(task_id, f"CannotStartContainerError: {exc}")
+            specs.append(self._attempt_spec(job, spec, task_id, number, placement.environment, stream))
+        transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
+        repo.insert_attempts(attempt_rows)
+        return specs
+
+    def _launch(self, specs: list[AttemptSpec]) -> None:
+        """Start attempts whose placement is committed; a failure to start becomes an exit."""
+        for attempt_spec in specs:
+            try:
+                self.executor.start(attempt_spec)
+            except Exception as exc:  # an executor bug must fail the attempt, not the scheduler
+                log.exception("executor failed to start %s", attempt_spec.attempt_id)
+                self._fail_start(attempt_spec.attempt_id, f"CannotStartContainerError: {exc}")
 
     def _fail_start(self, task_id: str, reason: str) -> None:
         event = AttemptExited(task_id, now_ms(), None, TASK_FAILED_TO_START, reason, started=False)
@@ -213,10 +284,11 @@ class Scheduler:
             attempt = repo.get_attempt(task_id)
             job = repo.get_job(attempt["job_id"]) if attempt else None
             if attempt and job:
-                progress.record_exit(repo, job, attempt, event, self._spec_of(repo, job).get("retryStrategy"))
+                strategy = self._specs(repo, [job])[job["id"]].get("retryStrategy")
+                progress.record_exits(repo, [progress.Exit(job, attempt, event, strategy)])
 
-    def _attempt_spec(self, job: Row, parent: Row | None, spec: Row, task_id: str, number: int,
-                      environment: str, stream: str) -> AttemptSpec:  # fmt: skip
+    def _attempt_spec(self, job: Row, spec: Row, task_id: str, number: int, environment: str,
+                      stream: str) -> AttemptSpec:  # fmt: skip
         container = spec["container"]
         variables = {
             "AWS_BATCH_JOB_ID": job["id"],
@@ -224,9 +296,9 @@ class Scheduler:
             "AWS_BATCH_JQ_NAME": job["queue_arn"].rsplit("/", 1)[-1],
             "AWS_BATCH_CE_NAME": environment,
         }
-        if parent is not None:
+        if job["parent_id"] is not None:
             variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job["array_index"])
-            variables["AWS_BATCH_JOB_ARRAY_SIZE"] = str(parent["array_size"])
+            variables["AWS_BATCH_JOB_ARRAY_SIZE"] = str(spec["arrayProperties"]["size"])
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
         return AttemptSpec(
             attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
@@ -235,13 +307,21 @@ class Scheduler:
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
         )  # fmt: skip
 
-    @staticmethod
-    def _parent_of(repo: Repository, job: Row) -> Row | None:
-        return repo.get_job(job["parent_id"]) if job["parent_id"] else None
+    def _specs(self, repo: Repository, jobs: list[Row]) -> dict[str, Row]:
+        """Each job's resolved spec: its own, or (array child) its parent's overlaid by its own.
 
-    def _spec_of(self, repo: Repository, job: Row) -> Row:
-        parent = self._parent_of(repo, job)
-        return {**parent["spec"], **job["spec"]} if parent is not None else job["spec"]
+        Parents' specs are cached: what an attempt needs of them (container, retry strategy,
+        timeout, array size) never changes after submit.
+        """
+        missing = sorted({job["parent_id"] for job in jobs if job["parent_id"]} - self._parent_specs.keys())
+        if len(self._parent_specs) > PARENT_SPEC_CACHE:
+            self._parent_specs.clear()
+        self._parent_specs.update({p["id"]: p["spec"] for p in repo.get_jobs(missing)})
+        parent_specs = self._parent_specs
+        return {
+            job["id"]: {**parent_specs[job["parent_id"]], **job["spec"]} if job["parent_id"] else job["spec"]
+            for job in jobs
+        }
 
     # -- crash recovery and retention ----------------------------------------------------------
     def reconcile_lost_attempts(self) -> None:
@@ -250,15 +330,20 @@ class Scheduler:
         reason = HOST_TERMINATED.format(host=self.host_id)
         with self.db.begin() as connection:
             repo = Repository(connection)
-            for attempt in repo.active_attempts():
-                job = repo.get_job(attempt["job_id"])
+            attempts = repo.active_attempts()
+            jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
+            specs = self._specs(repo, list(jobs.values()))
+            exits = []
+            for attempt in attempts:
+                job = jobs.get(attempt["job_id"])
                 if job is None:
                     continue
                 self.executor.discard_lost(attempt["task_id"])
                 event = AttemptExited(
                     attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None
                 )
-                progress.record_exit(repo, job, attempt, event, self._spec_of(repo, job).get("retryStrategy"))
+                exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
+            progress.record_exits(repo, exits)
 
     def purge_expired(self, now: int) -> None:
         retention_ms = int(self.settings.retention_days * 86_400_000)
@@ -275,6 +360,26 @@ class Scheduler:
             log_path(self.settings, stream).unlink(missing_ok=True)
         if ids:
             log.info("purged %d jobs finished before the retention window", len(ids))
+
+
+def _queue_view(queue: Row) -> scheduling.QueueView:
+    names = tuple(item["computeEnvironment"].rsplit("/", 1)[-1] for item in queue["computeEnvironmentOrder"])
+    return scheduling.QueueView(arn=queue["jobQueueArn"], priority=queue["priority"], environments=names)
+
+
+def _environment_views(environments: list[Row], usage: list[Row]) -> list[scheduling.EnvironmentView]:
+    used: dict[str, float] = {}
+    for attempt in usage:
+        used[attempt["compute_environment"]] = used.get(attempt["compute_environment"], 0.0) + attempt["vcpus"]
+    return [
+        scheduling.EnvironmentView(
+            name=doc["computeEnvironmentName"],
+            enabled=doc["state"] == "ENABLED",
+            max_vcpus=_cap(doc),
+            used_vcpus=used.get(doc["computeEnvironmentName"], 0.0),
+        )
+        for doc in environments
+    ]
 
 
 def _cap(ce_doc: Row) -> float | None:

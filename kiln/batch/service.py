@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from kiln.batch import definitions, environments, jobs, logs, resource_tags, submission
+from kiln.batch import definitions, environments, jobs, logs, resource_tags, scheduling_policies, submission
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
 from kiln.batch.context import Context
@@ -45,6 +45,9 @@ WRITES: dict[str, Operation] = {
     "TerminateJob": _terminate,
     "CancelJobs": partial(jobs.bulk, action="cancel"),
     "TerminateJobs": partial(jobs.bulk, action="terminate"),
+    "CreateSchedulingPolicy": scheduling_policies.create_scheduling_policy,
+    "UpdateSchedulingPolicy": scheduling_policies.update_scheduling_policy,
+    "DeleteSchedulingPolicy": scheduling_policies.delete_scheduling_policy,
     "TagResource": resource_tags.tag_resource,
     "UntagResource": resource_tags.untag_resource,
 }
@@ -54,6 +57,8 @@ READS: dict[str, Operation] = {
     "DescribeJobDefinitions": definitions.describe_job_definitions,
     "DescribeJobs": jobs.describe_jobs,
     "ListJobs": jobs.list_jobs,
+    "DescribeSchedulingPolicies": scheduling_policies.describe_scheduling_policies,
+    "ListSchedulingPolicies": scheduling_policies.list_scheduling_policies,
     "ListTagsForResource": resource_tags.list_tags_for_resource,
 }
 

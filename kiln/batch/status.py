@@ -7,7 +7,8 @@ event (an exit reported for a job a user already terminated) changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kiln.store.repository import Repository
@@ -72,6 +73,40 @@ def transition(
     elif target in TERMINAL:
         values["stopped_at"] = now_ms
     return repo.update_jobs(job_ids, [s.value for s in allowed], values)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One job's move in a batch: when, why, and any other columns that change with it."""
+
+    job_id: str
+    at_ms: int
+    reason: str | None = None
+    values: Mapping[str, object] = field(default_factory=dict)
+
+
+def transition_each(
+    repo: Repository, target: Status, moves: Sequence[Move], *, only_from: frozenset[Status] | None = None
+) -> None:
+    """`transition` for many jobs in one statement (group commit), each with its own time and reason."""
+    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    time_column = _TIME_COLUMN.get(target)
+    rows = []
+    for move in moves:
+        row: dict[str, object] = {"_id": move.job_id, "status": target.value, "status_reason": move.reason}
+        row.update(move.values)
+        if time_column is not None:
+            row[time_column] = move.at_ms
+        rows.append(row)
+    repo.update_jobs_each(rows, [s.value for s in allowed])
+
+
+_TIME_COLUMN = {
+    Status.RUNNABLE: "runnable_at",
+    Status.RUNNING: "started_at",
+    Status.SUCCEEDED: "stopped_at",
+    Status.FAILED: "stopped_at",
+}
 
 
 def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:

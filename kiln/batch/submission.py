@@ -12,6 +12,7 @@ from kiln.batch.definitions import check_scheduling_priority, check_timeout, res
 from kiln.batch.environments import get_job_queue
 from kiln.batch.names import check_job_name
 from kiln.batch.retry import check_retry_strategy
+from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_identifier
 from kiln.batch.status import Status
 from kiln.batch.tags import check_tags
 from kiln.errors import ValidationError
@@ -73,6 +74,28 @@ def _dependency_rows(job_id: str, size: int | None, entries: list[dict[str, Any]
     return rows
 
 
+def _share_identifier(ctx: Context, params: dict[str, Any], queue: dict[str, Any]) -> str | None:
+    """Mandatory on a fair-share queue, forbidden elsewhere; a queue has at most 500 active shares."""
+    share = params.get("shareIdentifier")
+    if not queue.get("schedulingPolicyArn"):
+        if share is not None:
+            raise ValidationError(f"shareIdentifier is only valid on a job queue with a fair-share scheduling policy; "
+                                  f"{queue['jobQueueName']} has none")  # fmt: skip
+        return None
+    if share is None:
+        raise ValidationError(
+            f"JobQueue {queue['jobQueueName']} has a fair-share scheduling policy: shareIdentifier is required"
+        )
+    check_share_identifier(share, "shareIdentifier")
+    active = ctx.repo.active_share_identifiers(queue["jobQueueArn"])
+    if share not in active and len(active) >= MAX_SHARE_IDENTIFIERS:
+        raise ValidationError(
+            f"JobQueue {queue['jobQueueName']} already has {MAX_SHARE_IDENTIFIERS} active share identifiers; "
+            f"jobs with a new one ({share}) are refused until some finish"
+        )
+    return str(share)
+
+
 def _resolved_spec(
     ctx: Context, params: dict[str, Any], definition: dict[str, Any], queue: dict[str, Any]
 ) -> dict[str, Any]:
@@ -85,9 +108,7 @@ def _resolved_spec(
     timeout = params.get("timeout") or definition.get("timeout")
     check_timeout(ctx, timeout)
     check_scheduling_priority(params.get("schedulingPriorityOverride"), "schedulingPriorityOverride")
-    if params.get("shareIdentifier") is not None:
-        raise ValidationError(f"shareIdentifier is only valid on a job queue with a fair-share scheduling policy; "
-                              f"{queue['jobQueueName']} has none")  # fmt: skip
+    share = _share_identifier(ctx, params, queue)
     check_tags(params.get("tags"))
     propagate = params.get("propagateTags", definition.get("propagateTags", False))
     tags = {**(definition.get("tags") or {}), **(params.get("tags") or {})} if propagate else params.get("tags") or {}
@@ -104,6 +125,7 @@ def _resolved_spec(
         "platformCapabilities": definition.get("platformCapabilities") or ["EC2"],
         "schedulingPriority": params.get("schedulingPriorityOverride", definition.get("schedulingPriority")),
         "dependsOn": params.get("dependsOn") or [],
+        "shareIdentifier": share,
     }
 
 
@@ -137,4 +159,9 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     ]
     ctx.repo.insert_jobs(rows)
     ctx.repo.insert_dependencies(_dependency_rows(job_id, size, entries))
+    if spec["shareIdentifier"] is not None:
+        priority = spec["schedulingPriority"] or 0
+        ctx.repo.insert_job_shares([{"job_id": row["id"], "queue_arn": queue["jobQueueArn"],
+                                     "share_identifier": spec["shareIdentifier"], "scheduling_priority": priority}
+                                    for row in rows])  # fmt: skip
     return {"jobArn": ctx.arns.job(job_id), "jobName": params["jobName"], "jobId": job_id}

@@ -65,6 +65,7 @@ def job_detail(
         "propagateTags": spec.get("propagateTags"),
         "platformCapabilities": spec.get("platformCapabilities"),
         "schedulingPriority": spec.get("schedulingPriority"),
+        "shareIdentifier": spec.get("shareIdentifier"),
         "isCancelled": bool(job["is_cancelled"]),
         "isTerminated": bool(job["is_terminated"]),
     }
@@ -80,7 +81,10 @@ def job_detail(
     return detail
 
 
-def job_summary(ctx: Context, job: Row, last_attempt: Row | None) -> dict[str, Any]:
+def job_summary(
+    ctx: Context, job: Row, last_attempt: Row | None, share_identifier: str | None = None
+) -> dict[str, Any]:
+    """`share_identifier` comes from the job's (or its array parent's) spec."""
     summary: dict[str, Any] = {
         "jobArn": ctx.arns.job(job["id"]),
         "jobId": job["id"],
@@ -91,6 +95,7 @@ def job_summary(ctx: Context, job: Row, last_attempt: Row | None) -> dict[str, A
         "status": job["status"],
         "statusReason": job["status_reason"],
         "jobDefinition": job["definition_arn"],
+        "shareIdentifier": share_identifier,
     }
     if last_attempt is not None and last_attempt["stopped_at"] is not None:
         summary["container"] = {"exitCode": last_attempt["exit_code"], "reason": last_attempt["reason"]}

@@ -1,4 +1,4 @@
-"""`kiln server`, `kiln jobs`, `kiln describe`, `kiln logs`."""
+"""`kiln server`, `kiln jobs`, `kiln describe`, `kiln logs`, `kiln render`, `kiln sample-scene`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.cli import render_command
 from kiln.cli.client import batch_client, default_endpoint
 from kiln.config import DEFAULT_PORT, load_settings
 from kiln.errors import KilnError
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+app.command("render")(render_command.render)
+app.command("sample-scene")(render_command.sample_scene)
 
 EndpointOption = Annotated[
     str | None,
@@ -61,6 +64,9 @@ def server(
     termination_grace_seconds: Annotated[
         float | None, typer.Option(help="SIGTERM-to-SIGKILL grace [default: 30].")
     ] = None,
+    min_state_time_limit_seconds: Annotated[
+        int | None, typer.Option(help="Testing: lower AWS's 600 s jobStateTimeLimitActions floor.")
+    ] = None,
 ) -> None:
     """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
     from kiln.server import serve
@@ -70,6 +76,7 @@ def server(
             data_dir, host=host, port=port, database_url=database_url, region=region, account_id=account_id,
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
+            min_state_time_limit_seconds=min_state_time_limit_seconds,
         )  # fmt: skip
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)

@@ -7,6 +7,7 @@ the same AWS reason strings, so the domain never knows which one ran the attempt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -85,6 +86,10 @@ class Executor(Protocol):
 
     def capacity(self) -> Capacity:
         """Total resources of the hosts this executor places on."""
+        ...
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from any thread) whenever `poll` has new events: the scheduler wakes."""
         ...
 
     def start(self, spec: AttemptSpec) -> None:

@@ -19,9 +19,8 @@ import re
 import secrets
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,39 +212,14 @@ class AttemptCgroups:
         memory_mib: int,
         vcpus: float,
         cpu_hard_cap: bool,
-        tracking: bool = True,
     ) -> AttemptCgroups:
-        """Create and configure every group the host supports; a failing one degrades, not aborts.
-
-        `tracking=False` skips the cgroup2 group: when the memory (v1) group exists it already
-        lists every process of the attempt.
-        """
+        """Create and configure every group the host supports; a failing one degrades, not aborts."""
         name = attempt_group_name(attempt_id)
         return cls(
             memory=_make(support.memory_parent, name, lambda path: _limit_memory(path, memory_mib)),
             cpu=_make(support.cpu_parent, name, lambda path: _limit_cpu(path, vcpus, cpu_hard_cap)),
-            tracking=_make(support.tracking_parent, name, lambda path: None) if tracking else None,
+            tracking=_make(support.tracking_parent, name, lambda path: None),
         )
-
-    @contextlib.contextmanager
-    def joined_by_this_thread(self, support: CgroupSupport) -> Iterator[None]:
-        """Move the calling thread into the attempt's v1 groups for the block, then back.
-
-        cgroup v1 places threads individually and a child inherits the groups of the thread that
-        forks it, so a process spawned inside the block starts inside its limits, with no wrapper
-        process. The thread's own memory stays charged to the process's group (v1 charges the
-        memory owner, the thread-group leader).
-        """
-        tid = str(threading.get_native_id())
-        pairs = [(group, parent) for group, parent in ((self.memory, support.memory_parent), (self.cpu, support.cpu_parent))
-                 if group is not None and parent is not None]  # fmt: skip
-        try:
-            for group, _ in pairs:
-                (group / "tasks").write_text(tid)
-            yield
-        finally:
-            for _, parent in pairs:
-                (parent / "tasks").write_text(tid)
 
     def paths(self) -> list[Path]:
         return [path for path in (self.memory, self.cpu, self.tracking) if path is not None]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -18,7 +18,9 @@ from kiln.store.schema import (
     job_definitions,
     job_dependencies,
     job_queues,
+    job_shares,
     jobs,
+    scheduling_policies,
 )
 
 Row = dict[str, Any]
@@ -28,6 +30,14 @@ _CHUNK = 500
 
 def _rows(result: Any) -> list[Row]:
     return [dict(row._mapping) for row in result]
+
+
+def _same_keys(rows: Sequence[Row]) -> list[list[Row]]:
+    """executemany needs one statement shape per batch: group rows by their set of keys."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -237,6 +247,46 @@ class Repository:
             changed += selected
         return changed
 
+    def update_jobs_each(self, rows: Sequence[Row], from_statuses: Sequence[str]) -> None:
+        """One executemany: each row has `_id` plus the same value keys; only jobs still in
+        `from_statuses` change (a late or duplicate decision changes nothing)."""
+        for group in _same_keys(rows):
+            values: dict[str, Any] = {key: bindparam(key) for key in group[0] if key != "_id"}
+            statement = (
+                update(jobs)
+                .where(jobs.c.id == bindparam("_id"), jobs.c.status.in_([literal(s) for s in from_statuses]))
+                .values(**values)
+            )
+            self.connection.execute(statement, list(group))
+
+    def job_summaries(self, ids: Sequence[str]) -> list[Row]:
+        """The few columns the scheduler needs of many jobs (no JSON spec to decode)."""
+        columns = (jobs.c.id, jobs.c.status, jobs.c.parent_id, jobs.c.attempt_count, jobs.c.is_terminated)
+        found: list[Row] = []
+        for chunk in _chunks(list(ids)):
+            found += _rows(self.connection.execute(select(*columns).where(jobs.c.id.in_(list(chunk)))))
+        return found
+
+    def runnable_candidates(self, queue_arn: str, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
+        """A queue's RUNNABLE jobs that could fit the free capacity, FIFO, without their specs."""
+        columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus, jobs.c.status_reason)
+        query = (
+            select(*columns)
+            .where(
+                jobs.c.queue_arn == queue_arn,
+                jobs.c.status == "RUNNABLE",
+                jobs.c.vcpus <= max_vcpus,
+                jobs.c.memory_mib <= max_memory_mib,
+            )
+            .order_by(jobs.c.runnable_at, jobs.c.array_index, jobs.c.id)  # children in index order
+            .limit(limit)
+        )
+        return _rows(self.connection.execute(query))
+
+    def has_unfinished_children(self, parent_id: str) -> bool:
+        query = select(jobs.c.id).where(jobs.c.parent_id == parent_id, jobs.c.status.notin_(["SUCCEEDED", "FAILED"]))
+        return self.connection.execute(query.limit(1)).first() is not None
+
     def update_job_fields(self, job_id: str, values: Row) -> None:
         """Non-status fields (spec, flags, counters); status goes through `update_jobs`."""
         self.connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
@@ -248,6 +298,14 @@ class Repository:
             for row in _rows(self.connection.execute(query)):
                 result[row["job_id"]].append(row)
         return result
+
+    def has_dependents(self, job_ids: Sequence[str]) -> bool:
+        """Does any job wait for one of these? (Only then are PENDING jobs worth a look.)"""
+        for chunk in _chunks(list(job_ids)):
+            query = select(job_dependencies.c.job_id).where(job_dependencies.c.depends_on.in_(list(chunk))).limit(1)
+            if self.connection.execute(query).first() is not None:
+                return True
+        return False
 
     def statuses_of(self, job_ids: Sequence[str]) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -290,6 +348,28 @@ class Repository:
     def update_attempt(self, task_id: str, values: Row) -> None:
         self.connection.execute(update(attempts).where(attempts.c.task_id == task_id).values(**values))
 
+    def get_attempts(self, task_ids: Sequence[str]) -> list[Row]:
+        found: list[Row] = []
+        for chunk in _chunks(list(task_ids)):
+            found += _rows(self.connection.execute(select(attempts).where(attempts.c.task_id.in_(list(chunk)))))
+        return found
+
+    def insert_attempts(self, rows: Sequence[Row]) -> None:
+        if rows:
+            self.connection.execute(insert(attempts), list(rows))
+
+    def update_attempts_each(self, rows: Sequence[Row]) -> None:
+        """One executemany per set of keys: each row has `_task_id` plus the values to set."""
+        for group in _same_keys(rows):
+            values: dict[str, Any] = {key: bindparam(key) for key in group[0] if key != "_task_id"}
+            statement = update(attempts).where(attempts.c.task_id == bindparam("_task_id")).values(**values)
+            self.connection.execute(statement, list(group))
+
+    def active_usage(self) -> list[Row]:
+        """Resources held by running attempts, per attempt (capacity accounting)."""
+        columns = (attempts.c.compute_environment, attempts.c.vcpus, attempts.c.memory_mib, attempts.c.gpus)
+        return _rows(self.connection.execute(select(*columns).where(attempts.c.active.is_(True))))
+
     def get_attempt(self, task_id: str) -> Row | None:
         return self._one(select(attempts).where(attempts.c.task_id == task_id))
 
@@ -310,3 +390,148 @@ class Repository:
             query = select(attempts.c.log_stream).where(attempts.c.job_id.in_(list(chunk)))
             streams += [row[0] for row in self.connection.execute(query)]
         return streams
+
+    # -- job-state time limits and fair share (kiln/batch/time_limits.py, scheduling_policies.py,
+    #    share_queue.py); appended here, below the scheduler's queries ----------------------------
+    def diagnosed_runnable_since(self, queue_arn: str, cutoff_ms: int, limit: int) -> list[Row]:
+        """A queue's jobs RUNNABLE since `cutoff_ms` or earlier with a diagnostic statusReason
+        (jobs merely waiting for capacity have none), longest waiting first."""
+        query = (
+            select(jobs.c.id, jobs.c.runnable_at, jobs.c.status_reason)
+            .where(
+                jobs.c.queue_arn == queue_arn,
+                jobs.c.status == "RUNNABLE",
+                jobs.c.runnable_at <= cutoff_ms,
+                jobs.c.status_reason.is_not(None),
+            )
+            .order_by(jobs.c.runnable_at, jobs.c.id)
+            .limit(limit)
+        )
+        return _rows(self.connection.execute(query))
+
+    def get_scheduling_policy(self, *, name: str | None = None, arn: str | None = None) -> Row | None:
+        table = scheduling_policies
+        return self._one(select(table).where(table.c.name == name if arn is None else table.c.arn == arn))
+
+    def list_scheduling_policies(self, arns: Sequence[str] | None, offset: int, limit: int) -> list[Row]:
+        table = scheduling_policies
+        query = select(table).order_by(table.c.created_at, table.c.name)
+        if arns is not None:
+            query = query.where(table.c.arn.in_(list(arns)))
+        return _rows(self.connection.execute(query.offset(offset).limit(limit)))
+
+    def insert_scheduling_policy(self, row: Row) -> None:
+        self.connection.execute(insert(scheduling_policies).values(**row))
+
+    def update_scheduling_policy(self, name: str, doc: Row) -> None:
+        table = scheduling_policies
+        self.connection.execute(update(table).where(table.c.name == name).values(doc=doc))
+
+    def delete_scheduling_policy(self, name: str) -> None:
+        self.connection.execute(delete(scheduling_policies).where(scheduling_policies.c.name == name))
+
+    def insert_job_shares(self, rows: Sequence[Row]) -> None:
+        for chunk in _chunks(list(rows)):
+            self.connection.execute(insert(job_shares), list(chunk))
+
+    def active_share_identifiers(self, queue_arn: str) -> list[str]:
+        """Share identifiers of a queue's unfinished top-level jobs (AWS caps them at 500)."""
+        query = (
+            select(job_shares.c.share_identifier)
+            .distinct()
+            .join_from(job_shares, jobs, jobs.c.id == job_shares.c.job_id)
+            .where(
+                job_shares.c.queue_arn == queue_arn,
+                jobs.c.parent_id.is_(None),
+                jobs.c.status.notin_(["SUCCEEDED", "FAILED"]),
+            )
+        )
+        return [row[0] for row in self.connection.execute(query)]
+
+    def share_candidates(self, queue_arn: str, per_share: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
+        """A fair-share queue's RUNNABLE jobs that could fit, at most `per_share` of each share (its
+        highest scheduling priority first), returned in RUNNABLE (FIFO) order with share and priority."""
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=job_shares.c.share_identifier,
+                order_by=(job_shares.c.scheduling_priority.desc(), jobs.c.runnable_at, jobs.c.id),
+            )
+            .label("share_rank")
+        )
+        columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus, jobs.c.status_reason,
+                   jobs.c.runnable_at, job_shares.c.share_identifier, job_shares.c.scheduling_priority)  # fmt: skip
+        ranked = (
+            select(*columns, rank)
+            .join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
+            .where(
+                jobs.c.queue_arn == queue_arn,
+                jobs.c.status == "RUNNABLE",
+                jobs.c.vcpus <= max_vcpus,
+                jobs.c.memory_mib <= max_memory_mib,
+            )
+            .subquery()
+        )
+        query = (
+            select(*(ranked.c[c.name] for c in columns))
+            .where(ranked.c.share_rank <= per_share)
+            .order_by(ranked.c.runnable_at, ranked.c.id)
+        )
+        return _rows(self.connection.execute(query))
+
+    def share_usage(self, queue_arn: str, now_ms: int, window_ms: int, min_charge_seconds: float) -> list[Row]:
+        """Per share of a fair-share queue: decayed vCPU-seconds (`usage`) and attempts holding
+        capacity (`running`). The same formula as `kiln.batch.fair_share.decayed_usage`, summed in
+        SQL so that a queue with thousands of recent attempts costs one row per share."""
+        from sqlalchemy import case  # local: keeps the module's import line untouched
+
+        active = attempts.c.active.is_(True)
+        end = case((active, now_ms), (attempts.c.stopped_at.is_(None), now_ms), else_=attempts.c.stopped_at)
+        ran = case(
+            (attempts.c.started_at.is_(None), 0.0),
+            (end < attempts.c.started_at, 0.0),
+            else_=(end - attempts.c.started_at) / 1000.0,
+        )
+        charge = attempts.c.vcpus * case((ran > min_charge_seconds, ran), else_=min_charge_seconds)
+        left = 1.0 - (now_ms - end) / float(window_ms)
+        fade = case((active, 1.0), (left <= 0.0, 0.0), (left >= 1.0, 1.0), else_=left)
+        query = (
+            select(
+                job_shares.c.share_identifier,
+                func.sum(charge * fade).label("usage"),
+                func.sum(case((active, 1), else_=0)).label("running"),
+            )
+            .join_from(job_shares, attempts, attempts.c.job_id == job_shares.c.job_id)
+            .where(job_shares.c.queue_arn == queue_arn, or_(active, attempts.c.stopped_at >= now_ms - window_ms))
+            .group_by(job_shares.c.share_identifier)
+        )
+        return _rows(self.connection.execute(query))
+
+    def list_jobs_in_share(
+        self,
+        *,
+        queue_arn: str | None,
+        parent_id: str | None,
+        share_identifier: str,
+        statuses: Sequence[str] | None,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+    ) -> list[Row]:
+        """`list_jobs` for the SHARE_IDENTIFIER filter: same scopes, order and keyset tokens."""
+        query = select(jobs).join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
+        query = query.where(job_shares.c.share_identifier == share_identifier)
+        if parent_id is not None:
+            query = query.where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
+            if after is not None:
+                query = query.where(jobs.c.array_index > after[0])
+        else:
+            query = query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None))
+            query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            if after is not None:
+                created, job_id = after
+                query = query.where(
+                    or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
+                )
+        if statuses is not None:
+            query = query.where(jobs.c.status.in_(list(statuses)))
+        return _rows(self.connection.execute(query.limit(limit)))

@@ -85,8 +85,9 @@ jobs = Table(
     Column("spec", JSON, nullable=False),
     Index("ix_jobs_queue_status_created", "queue_arn", "status", "created_at"),
     Index("ix_jobs_status_runnable", "status", "runnable_at"),
-    Index("ix_jobs_queue_status_runnable", "queue_arn", "status", "runnable_at"),
+    Index("ix_jobs_queue_status_runnable", "queue_arn", "status", "runnable_at", "array_index", "id"),
     Index("ix_jobs_parent_index", "parent_id", "array_index"),
+    Index("ix_jobs_parent_status", "parent_id", "status"),
     Index("ix_jobs_stopped", "stopped_at"),
 )
 
@@ -119,4 +120,26 @@ attempts = Table(
     Column("status_reason", Text),
     Index("ix_attempts_job", "job_id", "number"),
     Index("ix_attempts_active", "active"),
+)
+
+# Fair-share scheduling policies (migration 0002). The document is the SchedulingPolicyDetail.
+scheduling_policies = Table(
+    "scheduling_policies",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("arn", String(512), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("doc", JSON, nullable=False),
+)
+
+# A job's share in a fair-share queue (migration 0002): one row for a job and for each array child,
+# so the scheduler orders RUNNABLE jobs per share and sums usage per share without decoding specs.
+job_shares = Table(
+    "job_shares",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("queue_arn", String(512), nullable=False),
+    Column("share_identifier", String(255), nullable=False),
+    Column("scheduling_priority", Integer, nullable=False),
+    Index("ix_job_shares_queue_share", "queue_arn", "share_identifier"),
 )

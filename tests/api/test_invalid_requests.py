@@ -247,9 +247,9 @@ ROUTE_CASES = [
     ),
     pytest.param(
         "POST",
-        "/v1/createschedulingpolicy",
-        {"name": "fair", "fairsharePolicy": {"shareDecaySeconds": 3600}},
-        "Kiln does not implement CreateSchedulingPolicy",
+        "/v1/getjobqueuesnapshot",
+        {"jobQueue": "q"},
+        "Kiln does not implement GetJobQueueSnapshot",
         id="unimplemented-operation",
     ),
 ]

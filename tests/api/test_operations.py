@@ -1,4 +1,5 @@
-"""Every Batch operation Kiln implements, driven through boto3 against a real `kiln server`.
+"""Every Batch operation Kiln implements, driven through boto3 against a real `kiln server`
+(the five scheduling-policy operations are in tests/e2e/test_fair_share.py).
 
 Each test asserts the response shapes and semantics a real AWS client relies on
 (/work/shared/design/aws-batch-facts.md §0, §1, §1b, §1d, §2.4, §7.4). Jobs that never need to run

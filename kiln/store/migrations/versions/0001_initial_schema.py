@@ -79,8 +79,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_parent_index", ["parent_id", "array_index"], unique=False)
+        batch_op.create_index("ix_jobs_parent_status", ["parent_id", "status"], unique=False)
         batch_op.create_index("ix_jobs_queue_status_created", ["queue_arn", "status", "created_at"], unique=False)
-        batch_op.create_index("ix_jobs_queue_status_runnable", ["queue_arn", "status", "runnable_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_queue_status_runnable", ["queue_arn", "status", "runnable_at", "array_index", "id"], unique=False
+        )
         batch_op.create_index("ix_jobs_status_runnable", ["status", "runnable_at"], unique=False)
         batch_op.create_index("ix_jobs_stopped", ["stopped_at"], unique=False)
 
@@ -134,6 +137,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_status_runnable")
         batch_op.drop_index("ix_jobs_queue_status_runnable")
         batch_op.drop_index("ix_jobs_queue_status_created")
+        batch_op.drop_index("ix_jobs_parent_status")
         batch_op.drop_index("ix_jobs_parent_index")
 
     op.drop_table("jobs")

@@ -1,0 +1,93 @@
+"""A queue's `jobStateTimeLimitActions`: fail jobs stuck in RUNNABLE for a known reason.
+
+AWS applies an action to the job at the *head* of the queue once it has been blocked in RUNNABLE
+for `maxTimeSeconds` by the action's `reason` (one of the `CAPACITY:`/`MISCONFIGURATION:` codes of
+aws-batch-facts.md §2.1). Kiln keeps a RUNNABLE diagnostic per job rather than per queue head, so
+it applies the rule to every job: a job RUNNABLE for at least `maxTimeSeconds` (counted from when
+it last became RUNNABLE) whose current `statusReason` matches the action's `reason` goes to FAILED
+with `Canceled by JobStateTimeLimit action due to reason: <reason>`. CANCEL and TERMINATE mean the
+same for a job that never started; they differ only in the flag recorded (`isCancelled` /
+`isTerminated`). Kiln itself writes only the two MISCONFIGURATION diagnostics, so an action on
+`CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY` never fires here.
+
+`decide` is pure; `enforce` reads the queues, calls it and applies the result through `status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.batch.status import Status, transition
+from kiln.store.repository import Repository
+
+CANCELED_BY_ACTION = "Canceled by JobStateTimeLimit action due to reason: {reason}"
+# Jobs looked at per queue and sweep; the rest wait for the next sweep (a second later).
+ENFORCED_PER_QUEUE = 1000
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A RUNNABLE job as the rule sees it."""
+
+    job_id: str
+    queue_arn: str
+    runnable_at: int  # epoch ms it last entered RUNNABLE
+    status_reason: str | None
+
+
+@dataclass(frozen=True)
+class Expired:
+    job_id: str
+    action: str  # CANCEL | TERMINATE
+    status_reason: str  # what the job's statusReason becomes
+
+
+def reason_matches(action_reason: str, status_reason: str | None) -> bool:
+    """The action names a diagnostic by its code (`MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT`) or
+    by its full text; a job's reason is `<code> - <explanation>`."""
+    if not status_reason:
+        return False
+    wanted = action_reason.strip()
+    return status_reason == wanted or status_reason.split(" - ", 1)[0].strip() == wanted
+
+
+def decide(jobs: Sequence[Waiting], actions: Mapping[str, Sequence[Mapping[str, Any]]], now_ms: int) -> list[Expired]:
+    """Which jobs an action fails now. `actions` maps a queue ARN to its jobStateTimeLimitActions;
+    the first action (in list order) that applies to a job decides."""
+    expired: list[Expired] = []
+    for job in jobs:
+        for action in actions.get(job.queue_arn, ()):
+            if action.get("state", "RUNNABLE") != Status.RUNNABLE.value:
+                continue
+            old_enough = now_ms - job.runnable_at >= int(action["maxTimeSeconds"]) * 1000
+            if old_enough and reason_matches(action["reason"], job.status_reason):
+                reason = CANCELED_BY_ACTION.format(reason=action["reason"])
+                expired.append(Expired(job.job_id, action["action"], reason))
+                break
+    return expired
+
+
+def enforce(repo: Repository, now_ms: int) -> bool:
+    """Apply every queue's actions (scheduler sweep); returns whether a job moved."""
+    actions = {
+        row["doc"]["jobQueueArn"]: row["doc"]["jobStateTimeLimitActions"]
+        for row in repo.list_named("queue", None, 0, 10_000)
+        if row["doc"].get("jobStateTimeLimitActions")
+    }
+    waiting: list[Waiting] = []
+    for queue_arn, queue_actions in actions.items():
+        shortest = min(int(action["maxTimeSeconds"]) for action in queue_actions)
+        rows = repo.diagnosed_runnable_since(queue_arn, now_ms - shortest * 1000, ENFORCED_PER_QUEUE)
+        waiting += [Waiting(r["id"], queue_arn, r["runnable_at"], r["status_reason"]) for r in rows]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for item in decide(waiting, actions, now_ms):
+        groups.setdefault((item.action, item.status_reason), []).append(item.job_id)
+    moved = False
+    for (action, reason), job_ids in groups.items():
+        flag = "is_terminated" if action == "TERMINATE" else "is_cancelled"
+        for job_id in transition(repo, job_ids, Status.FAILED, reason, now_ms, only_from=frozenset({Status.RUNNABLE})):
+            repo.update_job_fields(job_id, {flag: True})
+            moved = True
+    return moved

@@ -1,0 +1,333 @@
+"""`kiln render` (a .blend file to frames and an MP4 through AWS Batch jobs) and `kiln sample-scene`.
+
+`kiln render` is a client of the public API, like the workshop's own submitter: it registers the
+render job definition and a queue when they are missing, submits the render array and the stitch
+job that depends on it, and watches them. It needs a server; when none answers on this machine it
+starts an embedded one for the length of the command, so one command renders a scene on a laptop.
+Interrupting it stops the watching, never silently the jobs.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.markup import escape
+
+from kiln.cli.client import batch_client, default_endpoint
+from kiln.cli.embedded_server import (
+    EmbeddedServer,
+    EmbeddedServerError,
+    answers,
+    is_loopback,
+    start_embedded_server,
+)
+from kiln.cli.render_pipeline import (
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_QUEUE,
+    DEFAULT_VCPUS,
+    DEFINITION_NAME,
+    PlanError,
+    RenderPlan,
+    SubmittedPipeline,
+    check_array_size,
+    ensure_definition,
+    ensure_queue,
+    frames_to_render,
+    parse_frames,
+    storage_uri,
+    submit_pipeline,
+)
+from kiln.cli.render_watch import Outcome, ServerGoneError, failure_line, watch
+from kiln.config import DEFAULT_ENDPOINT
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Connection:
+    """The server the jobs went to; `server` is set when this command started it."""
+
+    endpoint: str
+    server: EmbeddedServer | None = None
+    keep_server: bool = False  # the user chose to leave an embedded server (and its jobs) running
+
+
+def render(
+    scene: Annotated[str, typer.Argument(metavar="SCENE", help="The .blend file: a path or a URI (file://, s3://).")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="OUTPUT",
+            help="Where frames/ and output.mp4 go: a path or a URI (file://, s3://).",
+        ),
+    ],
+    frames_per_job: Annotated[int, typer.Option(min=1, help="Frames each array child renders.")] = 1,
+    frames: Annotated[
+        str | None, typer.Option(help="Frames A-B to render (or one frame) [default: the scene's range].")
+    ] = None,
+    queue: Annotated[
+        str, typer.Option(help="Job queue; created with a compute environment <queue>-ce when missing.")
+    ] = DEFAULT_QUEUE,
+    vcpus: Annotated[
+        float | None,
+        typer.Option(min=0.01, help=f"vCPUs per render job, = Blender threads [default: {DEFAULT_VCPUS}]."),
+    ] = None,
+    memory: Annotated[
+        int | None, typer.Option(min=4, help=f"Memory limit per render job, MiB [default: {DEFAULT_MEMORY_MIB}].")
+    ] = None,
+    resolution_percent: Annotated[
+        int | None, typer.Option(min=1, max=32767, help="Override the scene's resolution percentage.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Override the scene's render samples.")] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url",
+            help="Kiln server URL [default: $AWS_ENDPOINT_URL_BATCH or http://127.0.0.1:8642]. When no server "
+            "answers at a 127.0.0.1/localhost URL, an embedded one is started for this command.",
+        ),
+    ] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="Always start an embedded server, even when one answers.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data dir of an embedded server [default: $XDG_DATA_HOME/kiln].")
+    ] = None,
+) -> None:
+    """Render a Blender scene to frames and an MP4 with an array of render jobs and a stitch job.
+
+    Registers the render job definition (image kiln/render) when missing, submits
+    ceil(frames / frames-per-job) render jobs and a stitch job that waits for all of them, shows
+    their progress, and prints where OUTPUT/output.mp4 and OUTPUT/frames/ are. Ctrl-C stops
+    watching; the jobs keep running.
+    """
+    plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
+    with _connected(endpoint_url, embedded, data_dir) as connection:
+        batch = batch_client(connection.endpoint)
+        jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory)
+        try:
+            _say_submitted(jobs, plan, queue)  # inside the try: from here on Ctrl-C leaves running jobs behind
+            outcome = watch(batch, jobs, plan, console)
+        except KeyboardInterrupt:
+            _stop_watching(jobs, connection)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except ServerGoneError as exc:
+            raise _fail(str(exc)) from None
+    _report(outcome, plan, jobs, connection)
+
+
+def sample_scene(
+    path: Annotated[Path, typer.Argument(help="Where to write the .blend file.")],
+    frames: Annotated[int, typer.Option(min=1, help="Length of the animation, from frame 1.")] = 12,
+) -> None:
+    """Write a small animated Blender scene (Cycles, 320x180, 8 samples) to try `kiln render` on."""
+    try:
+        from kiln.render.sample_scene import write_sample_scene
+
+        write_sample_scene(path, frames)
+    except ImportError as exc:
+        raise _fail(f"the sample scene needs Blender as a Python module ({exc}); install Kiln's render extra") from None
+    except (OSError, RuntimeError) as exc:
+        raise _fail(f"cannot write {path}: {exc}") from None
+    console.print(f"wrote a {frames}-frame sample scene (frames 1-{frames}) to {escape(str(path))}", soft_wrap=True)
+
+
+def _plan(
+    scene: str,
+    output: str,
+    frames_per_job: int,
+    frames: str | None,
+    resolution_percent: int | None,
+    samples: int | None,
+) -> RenderPlan:
+    """Read the scene's frame range from its header (no Blender needed) and size the array."""
+    from kiln.render.blend_header import read_scene_info
+    from kiln.render.errors import RenderError
+
+    scene_uri = storage_uri(scene)
+    try:
+        wanted = None if frames is None else parse_frames(frames)
+        info = read_scene_info(scene_uri)
+        plan = RenderPlan(
+            scene_uri=scene_uri,
+            output_uri=storage_uri(output),
+            frames=frames_to_render(info.frames, wanted),
+            frames_per_job=frames_per_job,
+            frames_flag_given=wanted is not None,
+            resolution_percent=resolution_percent,
+            samples=samples,
+        )
+        check_array_size(plan)
+    except (PlanError, RenderError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    return plan
+
+
+@contextmanager
+def _connected(endpoint_url: str | None, embedded: bool, data_dir: Path | None) -> Iterator[Connection]:
+    """The server to use: the one that answers, else an embedded one, stopped on the way out
+    (unless the user chose to keep it and its jobs running)."""
+    endpoint = endpoint_url or default_endpoint()
+    if not embedded and answers(endpoint):
+        if data_dir is not None:
+            console.print(f"note: using the server at {endpoint}; --data-dir only applies to an embedded server")
+        yield Connection(endpoint)
+        return
+    if not embedded and not is_loopback(endpoint):
+        raise _fail(f"no Kiln server answers at {endpoint}")
+    if not embedded:
+        console.print(f"no Kiln server answers at {endpoint}: starting an embedded one for this render")
+    try:
+        server = start_embedded_server(data_dir)
+    except (EmbeddedServerError, OSError) as exc:
+        raise _fail(f"could not start an embedded Kiln server: {exc}") from None
+    console.print(f"embedded Kiln server on {server.endpoint} (data dir {server.data_dir})", soft_wrap=True)
+    connection = Connection(server.endpoint, server)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield connection
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not connection.keep_server:
+            server.stop()
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> NoReturn:
+    """A terminated `kiln render` still stops the embedded server it started (no orphan server)."""
+    raise SystemExit(128 + signum)
+
+
+def _submit(
+    batch: object, plan: RenderPlan, connection: Connection, *, queue: str, vcpus: float | None, memory_mib: int | None
+) -> SubmittedPipeline:
+    try:
+        if ensure_queue(batch, queue):
+            console.print(f"created job queue {queue} (compute environment {queue}-ce)")
+        definition, registered = ensure_definition(batch, DEFINITION_NAME)
+        if registered:
+            console.print(f"registered job definition {definition} (image kiln/render)")
+        jobs = submit_pipeline(batch, plan, queue=queue, definition=definition, vcpus=vcpus, memory_mib=memory_mib)
+    except PlanError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except (ClientError, BotoCoreError) as exc:
+        raise _fail(f"the server at {connection.endpoint} refused the pipeline: {exc}") from None
+    return jobs
+
+
+def _say_submitted(jobs: SubmittedPipeline, plan: RenderPlan, queue: str) -> None:
+    each = f"{plan.frames_per_job} frame{'s' if plan.frames_per_job > 1 else ''} each"
+    shape = f"an array of {jobs.slices} jobs, {each}" if jobs.slices > 1 else "one job"
+    console.print(
+        f"submitted {jobs.render_name} ({jobs.render_id}: {shape}, frames {_span(plan.frames)}) "
+        f"and {jobs.stitch_name} ({jobs.stitch_id}) to queue {queue}",
+        soft_wrap=True,
+    )
+
+
+def _stop_watching(jobs: SubmittedPipeline, connection: Connection) -> None:
+    """Ctrl-C: the jobs keep running; say how to follow or cancel them, and settle an embedded server."""
+    console.print("\nstopped watching; the jobs keep running")
+    server = connection.server
+    if server is not None and _ask_to_stop(server):
+        server.stop()
+        console.print("stopped the embedded server, and its jobs with it")
+        return
+    if server is not None:
+        connection.keep_server = True
+        console.print(
+            f"the embedded Kiln server keeps running (pid {server.pid}, data dir {server.data_dir}); "
+            f"stop it with: kill {server.pid}",
+            soft_wrap=True,
+        )
+    flag = _endpoint_flag(connection.endpoint)
+    console.print(
+        f"follow:  kiln jobs{flag}  ·  kiln logs {_first_child(jobs)}{flag} --follow\n"
+        f"result:  kiln describe {jobs.stitch_id}{flag}\n"
+        f"cancel:  aws batch terminate-job{flag} --job-id {jobs.render_id} --reason 'cancelled'"
+        f"  (the stitch job then fails as a dependent)",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def _ask_to_stop(server: EmbeddedServer) -> bool:
+    """Only a person at a terminal is asked; without one the server (and the jobs) keep running."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return typer.confirm("Stop the embedded Kiln server too? That stops the jobs", default=False)
+    except (typer.Abort, KeyboardInterrupt, EOFError):
+        return False
+
+
+def _report(outcome: Outcome, plan: RenderPlan, jobs: SubmittedPipeline, connection: Connection) -> None:
+    if outcome.succeeded:
+        console.print(
+            f"[green]done:[/green] {plan.frame_count} frames ({_span(plan.frames)}) rendered and stitched "
+            f"in {_duration(outcome.elapsed_seconds)}\n"
+            f"  video:  {escape(plan.video_uri)}\n"
+            f"  frames: {escape(plan.frames_uri)}/",
+            soft_wrap=True,
+        )
+        return
+    failed = outcome.failed or outcome.stitch
+    lines = [f"the render pipeline failed: {failure_line(failed)}"]
+    lines.append(f"  see why:  {_logs_hint(failed['jobId'], connection)}")
+    if failed["jobId"] != jobs.stitch_id:
+        lines.append(f"  the stitch job {jobs.stitch_id} did not run {_reason(outcome)}")
+    lines.append(
+        f"  {outcome.frames_done} of {plan.frame_count} frames are in {plan.frames_uri}/; the same command "
+        "again renders only the missing ones"
+    )
+    raise _fail("\n".join(lines))
+
+
+def _reason(outcome: Outcome) -> str:
+    reason = outcome.stitch.get("statusReason")
+    return f"({reason})" if reason else "(it fails as a dependent)"
+
+
+def _logs_hint(job_id: str, connection: Connection) -> str:
+    """`kiln logs ID`; after an embedded server stopped, its state is read by starting a server on its data dir."""
+    if connection.server is None or connection.keep_server:
+        return f"kiln logs {job_id}{_endpoint_flag(connection.endpoint)}"
+    return f"kiln server --data-dir {connection.server.data_dir} & kiln logs {job_id}"
+
+
+def _endpoint_flag(endpoint: str) -> str:
+    return "" if endpoint.rstrip("/") == DEFAULT_ENDPOINT else f" --endpoint-url {endpoint}"
+
+
+def _first_child(jobs: SubmittedPipeline) -> str:
+    return f"{jobs.render_id}:0" if jobs.slices > 1 else jobs.render_id
+
+
+def _span(frames: range) -> str:
+    return f"{frames.start}-{frames[-1]}" if len(frames) > 1 else str(frames.start)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)

@@ -1,0 +1,197 @@
+"""`kiln render` end to end through a real `kiln server`: the workshop's Pottery scene, tiny frames.
+
+`kiln render` runs as a subprocess against a private server whose jobs (and the command itself)
+find moto's S3 server through `AWS_ENDPOINT_URL_S3`, so `file://` and `s3://` outputs go through the
+same server. Pottery is read where it lies (shared/data), never copied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import KilnServer, free_port, start_server
+
+from .conftest import run_bpy
+from .images import psnr, read_png, video_frames
+
+BUCKET = "kiln-pipeline-test"
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "kiln-test",
+    "AWS_SECRET_ACCESS_KEY": "kiln-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# 108x135 px, 4 samples: about a second a frame on one core.
+RESOLUTION_PERCENT, SAMPLES = 10, 4
+TINY = ["--resolution-percent", str(RESOLUTION_PERCENT), "--samples", str(SAMPLES)]
+SUBMITTED = re.compile(r"submitted \S+ \((?P<render>[0-9a-f-]+)[:)].*? and \S+ \((?P<stitch>[0-9a-f-]+)\)")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def job_ids(self) -> tuple[str, str]:
+        match = SUBMITTED.search(self.stdout)
+        assert match, self.stdout
+        return match["render"], match["stitch"]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, **_s3_credentials()).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_endpoint: str) -> dict[str, str]:
+    return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_endpoint}
+
+
+@pytest.fixture(scope="module")
+def render_server(tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str]) -> Iterator[KilnServer]:
+    server = start_server(tmp_path_factory.mktemp("kiln-render"), env=s3_env)
+    yield server
+    server.stop()
+
+
+def _s3_credentials() -> dict[str, str]:
+    return {"region_name": "us-east-1", "aws_access_key_id": "kiln-test", "aws_secret_access_key": "kiln-test"}
+
+
+def kiln_render(server: KilnServer, env: dict[str, str], *args: str) -> Rendered:
+    command = [sys.executable, "-m", "kiln", "render", *args, "--endpoint-url", server.endpoint]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=240, check=False)
+    return Rendered(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def file_render(
+    render_server: KilnServer, s3_env: dict[str, str], pottery: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Rendered]:
+    """Pottery frames 1-3, 2 frames per job (an array of 2), into a file:// URI."""
+    output = tmp_path_factory.mktemp("pottery") / "out"
+    run = kiln_render(render_server, s3_env, str(pottery), "-o", output.as_uri(), "--frames", "1-3",
+                      "--frames-per-job", "2", *TINY)  # fmt: skip
+    return output, run
+
+
+def test_file_output_has_every_frame_and_an_mp4_of_as_many(
+    file_render: tuple[Path, Rendered], render_server: KilnServer
+) -> None:
+    output, run = file_render
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert "an array of 2 jobs, 2 frames each, frames 1-3" in run.stdout
+    assert f"video:  {output.as_uri()}/output.mp4" in run.stdout
+    assert sorted(path.name for path in (output / "frames").glob("*.png")) == ["0001.png", "0002.png", "0003.png"]
+    frames, _ = video_frames(output / "output.mp4")
+    assert len(frames) == 3
+    render_id, stitch_id = run.job_ids()
+    render, stitch = render_server.client().describe_jobs(jobs=[render_id, stitch_id])["jobs"]
+    assert render["arrayProperties"]["size"] == 2
+    assert render["jobDefinition"].endswith(":job-definition/kiln-render:1")
+    assert stitch["dependsOn"] == [{"jobId": render_id}]
+
+
+def test_a_pipeline_frame_equals_a_plain_blender_render(
+    file_render: tuple[Path, Rendered], pottery: Path, tmp_path: Path
+) -> None:
+    """Same pixels as one bpy process with the same settings, though the job rendered on 1 thread."""
+    output, run = file_render
+    assert run.returncode == 0, run.stderr
+    reference = tmp_path / "reference.png"
+    run_bpy(
+        """
+        import bpy
+        bpy.ops.wm.open_mainfile(filepath=blend)
+        scene = bpy.context.scene
+        scene.render.resolution_percentage = percent
+        scene.cycles.samples = samples
+        scene.render.image_settings.file_format = "PNG"
+        scene.frame_set(2)
+        scene.render.filepath = target
+        bpy.ops.render.render(write_still=True)
+        """,
+        blend=str(pottery),
+        target=str(reference),
+        percent=RESOLUTION_PERCENT,
+        samples=SAMPLES,
+    )
+    assert psnr(read_png(output / "frames" / "0002.png"), read_png(reference)) >= 50
+
+
+def test_the_same_command_again_renders_only_missing_frames(
+    file_render: tuple[Path, Rendered], render_server: KilnServer, s3_env: dict[str, str], pottery: Path
+) -> None:
+    output, first = file_render
+    assert first.returncode == 0, first.stderr
+    kept = output / "frames" / "0001.png"
+    os.utime(kept, (1_000_000_000, 1_000_000_000))
+    (output / "frames" / "0003.png").unlink()
+    again = kiln_render(render_server, s3_env, str(pottery), "-o", output.as_uri(), "--frames", "1-3",
+                        "--frames-per-job", "2", *TINY)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert kept.stat().st_mtime == 1_000_000_000
+    assert (output / "frames" / "0003.png").is_file()
+    render_id, _ = again.job_ids()
+    log = httpx.get(f"{render_server.endpoint}/kiln/v1/logs/{render_id}:0", timeout=10).json()["text"]
+    assert "frame 1 skipped" in log and "frame 2 skipped" in log
+
+
+def test_s3_output_through_the_server(
+    render_server: KilnServer, s3_env: dict[str, str], s3_endpoint: str, pottery: Path, tmp_path: Path
+) -> None:
+    """3 frames per job: a single render job (AWS rejects an array of size 1), output on S3."""
+    run = kiln_render(render_server, s3_env, str(pottery), "-o", f"s3://{BUCKET}/pottery", "--frames", "1-3",
+                      "--frames-per-job", "3", *TINY)  # fmt: skip
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert "one job, frames 1-3" in run.stdout
+    assert f"video:  s3://{BUCKET}/pottery/output.mp4" in run.stdout
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_s3_credentials())
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="pottery/")
+    keys = sorted(item["Key"] for item in listing.get("Contents", []))
+    assert [key for key in keys if key.endswith(".png")] == [f"pottery/frames/000{n}.png" for n in (1, 2, 3)]
+    s3.download_file(BUCKET, "pottery/output.mp4", str(tmp_path / "output.mp4"))
+    frames, _ = video_frames(tmp_path / "output.mp4")
+    assert len(frames) == 3
+    render_id, _ = run.job_ids()
+    render: dict[str, Any] = render_server.client().describe_jobs(jobs=[render_id])["jobs"][0]
+    assert "arrayProperties" not in render or "size" not in render["arrayProperties"]
+
+
+def test_a_render_job_far_below_blenders_memory_fails_out_of_memory(
+    render_server: KilnServer, s3_env: dict[str, str], pottery: Path, tmp_path: Path
+) -> None:
+    run = kiln_render(render_server, s3_env, str(pottery), "-o", str(tmp_path / "out"), "--frames", "1-2",
+                      "--memory", "64", *TINY)  # fmt: skip
+    assert run.returncode == 1, run.stdout
+    render_id, stitch_id = run.job_ids()
+    error = " ".join(run.stderr.split())
+    assert "the render pipeline failed: pottery-render[0]" in error
+    assert "OutOfMemoryError: Container killed due to memory usage" in error
+    assert f"kiln logs {render_id}:0 --endpoint-url {render_server.endpoint}" in error
+    assert f"the stitch job {stitch_id} did not run (Dependent Job failed)" in error
+    child = render_server.client().describe_jobs(jobs=[f"{render_id}:0"])["jobs"][0]
+    assert len(child["attempts"]) == 3  # the definition's retryStrategy: every attempt ran out of memory
+    assert {attempt["container"]["reason"] for attempt in child["attempts"]} == {
+        "OutOfMemoryError: Container killed due to memory usage"
+    }
+    assert not (tmp_path / "out" / "frames").exists() or not list((tmp_path / "out" / "frames").glob("*.png"))

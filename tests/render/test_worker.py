@@ -1,0 +1,185 @@
+"""The render worker end to end on the workshop's Pottery scene: real Blender, tiny frames.
+
+Every run is `python -m kiln.render ...` in its own process with `AWS_BATCH_JOB_ARRAY_INDEX` set,
+as the local executor runs an array child of the `kiln/render` image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from .conftest import POTTERY_SETTINGS, THREADS, Run, run_bpy, run_worker
+from .images import psnr, read_png, video_frames
+
+SUB_RANGE = ["--frame-start", "3", "--frame-end", "5"]
+
+
+def render(blend: Path | str, output: Path | str, frames_per_job: int, index: int | None, *extra: str) -> Run:
+    env = {} if index is None else {"AWS_BATCH_JOB_ARRAY_INDEX": str(index)}
+    return run_worker("render", "-i", str(blend), "-o", str(output), "-f", str(frames_per_job), *extra, env=env)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory, pottery: Path) -> tuple[Path, list[Run]]:
+    """Pottery frames 3-5 in slices of 2: child 0 renders 3-4 (plain path), child 1 renders 5 (file://)."""
+    output = tmp_path_factory.mktemp("pottery") / "out"
+    runs = [
+        render(pottery, output, 2, 0, *SUB_RANGE, *POTTERY_SETTINGS),
+        render(pottery, output.as_uri(), 2, 1, *SUB_RANGE, *POTTERY_SETTINGS),
+    ]
+    return output, runs
+
+
+def test_each_child_renders_its_slice_named_by_frame_number(rendered: tuple[Path, list[Run]]) -> None:
+    output, (first, second) = rendered
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert sorted(path.name for path in (output / "frames").iterdir()) == [
+        "0003.png",
+        "0004.png",
+        "0005.png",
+        "scene.json",
+    ]
+    assert "slice 0: frames 3-4 of frames 3-5" in first.stdout
+    assert [line.split(" (")[0] for line in first.stdout.splitlines() if line.startswith("frame ")] == [
+        "frame 3 done",
+        "frame 4 done",
+    ]
+    assert "frame 5 done (1/1" in second.stdout
+    assert f"{THREADS} threads" in first.stdout
+    assert read_png(output / "frames" / "0004.png").shape == (270, 216, 3)  # 20 % of 1080x1350
+
+
+def test_stitch_gives_one_video_frame_per_image(rendered: tuple[Path, list[Run]], tmp_path: Path) -> None:
+    output, _ = rendered
+    stitched = run_worker("stitch", "-i", str(output), "-o", str(tmp_path / "video"), "-f", "2", "-t", "99")
+    assert stitched.returncode == 0, stitched.stderr
+    assert "stitched 3 frames (3-5) at 24 fps" in stitched.stdout
+    frames, stream = video_frames(tmp_path / "video" / "output.mp4")
+    assert len(frames) == 3
+    assert stream.codec_context.name == "h264"
+    assert stream.average_rate == Fraction(24)
+    assert (stream.width, stream.height) == (216, 270)
+    first_image = read_png(output / "frames" / "0003.png")
+    assert psnr(frames[0], first_image) > 30  # the right picture, through lossy H.264
+
+
+def test_a_pipeline_frame_equals_a_plain_blender_render(
+    rendered: tuple[Path, list[Run]], pottery: Path, tmp_path: Path
+) -> None:
+    output, _ = rendered
+    reference = tmp_path / "reference.png"
+    run_bpy(
+        """
+        import bpy
+        bpy.ops.wm.open_mainfile(filepath=blend)
+        scene = bpy.context.scene
+        scene.render.threads_mode, scene.render.threads = "FIXED", threads
+        scene.render.resolution_percentage = 20
+        scene.cycles.samples = 8
+        scene.render.image_settings.file_format = "PNG"
+        scene.frame_set(4)
+        scene.render.filepath = target
+        bpy.ops.render.render(write_still=True)
+        """,
+        blend=str(pottery),
+        target=str(reference),
+        threads=THREADS,
+    )
+    assert psnr(read_png(output / "frames" / "0004.png"), read_png(reference)) >= 50
+
+
+def test_a_retried_attempt_skips_frames_already_written(
+    rendered: tuple[Path, list[Run]], pottery: Path, tmp_path: Path
+) -> None:
+    output, _ = rendered
+    frames = tmp_path / "out" / "frames"
+    frames.mkdir(parents=True)
+    for name in ("0003.png", "0005.png"):
+        shutil.copy(output / "frames" / name, frames / name)
+        os.utime(frames / name, (1_000_000_000, 1_000_000_000))
+    retry = render(pottery, tmp_path / "out", 3, 0, *SUB_RANGE, *POTTERY_SETTINGS)
+    assert retry.returncode == 0, retry.stderr
+    assert "1 to render, 2 already done" in retry.stdout
+    assert "frame 3 skipped" in retry.stdout
+    assert "frame 5 skipped" in retry.stdout
+    assert "frame 4 done (1/1" in retry.stdout
+    assert {path.stat().st_mtime for path in (frames / "0003.png", frames / "0005.png")} == {1_000_000_000}
+    assert (frames / "0004.png").stat().st_mtime > 1_000_000_000
+
+
+def test_a_killed_attempt_loses_at_most_the_frame_in_flight(sample_blend: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "kiln.render", "render", "-i", str(sample_blend), "-o", str(output), "-f", "5"]
+    env = {**os.environ, "KILN_VCPUS": str(THREADS)}
+    env.pop("AWS_BATCH_JOB_ARRAY_INDEX", None)
+    attempt = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert attempt.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in attempt.stdout:
+        if line.startswith("frame 1 done") or time.monotonic() > deadline:
+            break
+    attempt.send_signal(signal.SIGKILL)
+    attempt.wait(timeout=30)
+    visible = sorted(path.name for path in (output / "frames").glob("*.png"))
+    assert visible and visible[0] == "0001.png"
+    for name in visible:  # whatever is visible is a complete image
+        assert read_png(output / "frames" / name).shape == (180, 320, 3)
+    retry = render(sample_blend, output, 5, None)
+    assert retry.returncode == 0, retry.stderr
+    skipped = [int(name[:4]) for name in visible]
+    assert f"{5 - len(skipped)} to render, {len(skipped)} already done" in retry.stdout
+    for frame in skipped:
+        assert f"frame {frame} skipped" in retry.stdout
+    assert sorted(path.name for path in (output / "frames").glob("[0-9]*.png")) == [f"{n:04d}.png" for n in range(1, 6)]
+
+
+def assert_one_line_failure(run: Run, returncode: int, *fragments: str) -> None:
+    assert run.returncode == returncode, (run.stdout, run.stderr)
+    assert len(run.error_lines) == 1, run.stderr
+    assert run.error_lines[0].startswith("kiln-render: error: ")
+    for fragment in fragments:
+        assert fragment in run.error_lines[0]
+
+
+def test_a_file_that_is_not_a_blend_fails_in_one_line(tmp_path: Path) -> None:
+    text = tmp_path / "notes.blend"
+    text.write_text("not a scene\n")
+    assert_one_line_failure(render(text, tmp_path / "out", 2, 0), 1, "notes.blend", "not a .blend file")
+    assert_one_line_failure(
+        render(tmp_path / "absent.blend", tmp_path / "out", 2, 0), 1, "absent.blend", "no such file"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_action_fails_in_one_line(tmp_path: Path) -> None:
+    assert_one_line_failure(run_worker("transcode", "-i", "x", "-o", "y"), 2, "unknown action 'transcode'")
+    assert_one_line_failure(run_worker("render", "-i", "x"), 2, "-o/--output")
+    assert_one_line_failure(run_worker("render", "-i", "x", "-o", "y", "-f", "zero"), 2, "-f/--frames-per-job")
+
+
+def test_wrong_total_and_empty_slice_fail_in_one_line(pottery: Path, tmp_path: Path) -> None:
+    assert_one_line_failure(
+        render(pottery, tmp_path / "out", 2, 0, "-t", "100"), 1, "-t 100 does not match the 199 frames"
+    )
+    assert_one_line_failure(render(pottery, tmp_path / "out", 2, 2, *SUB_RANGE), 1, "slice 2 is empty", "0-1")
+
+
+def test_stitch_with_a_missing_frame_fails_in_one_line(rendered: tuple[Path, list[Run]], tmp_path: Path) -> None:
+    output, _ = rendered
+    gappy = tmp_path / "gappy" / "frames"
+    gappy.mkdir(parents=True)
+    for name in ("0003.png", "0005.png", "scene.json"):
+        shutil.copy(output / "frames" / name, gappy / name)
+    run = run_worker("stitch", "-i", str(gappy.parent), "-o", str(gappy.parent))
+    assert_one_line_failure(run, 1, "1 of 3 frames missing", "(4)")
+    assert not (gappy.parent / "output.mp4").exists()
