@@ -106,12 +106,8 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         parent_id = params["arrayJobId"]
     else:
         return {"jobSummaryList": []}  # multinode jobs are not run by Kiln yet, so none exist
-    if share is not None:
-        rows = ctx.repo.list_jobs_in_share(queue_arn=queue_arn, parent_id=parent_id, share_identifier=share,
-                                           statuses=statuses, after=after, limit=limit + 1)  # fmt: skip
-    else:
-        rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses,
-                                  after=after, limit=limit + 1, **filters)  # fmt: skip
+    rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses, after=after,
+                              limit=limit + 1, share_identifier=share, **filters)  # fmt: skip
     page = rows[:limit]
     last_attempts = ctx.repo.attempts_of([job["id"] for job in page])
     token = None

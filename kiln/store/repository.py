@@ -182,9 +182,13 @@ class Repository:
         definition_arns: Sequence[str] | None = None,
         created_before: int | None = None,
         created_after: int | None = None,
+        share_identifier: str | None = None,
     ) -> list[Row]:
         """Top-level jobs of a queue newest first, or children of an array in index order."""
         query = select(jobs)
+        if share_identifier is not None:
+            query = query.join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
+            query = query.where(job_shares.c.share_identifier == share_identifier)
         if parent_id is not None:
             query = query.where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
             if after is not None:
@@ -506,32 +510,3 @@ class Repository:
             .group_by(job_shares.c.share_identifier)
         )
         return _rows(self.connection.execute(query))
-
-    def list_jobs_in_share(
-        self,
-        *,
-        queue_arn: str | None,
-        parent_id: str | None,
-        share_identifier: str,
-        statuses: Sequence[str] | None,
-        limit: int,
-        after: tuple[Any, ...] | None = None,
-    ) -> list[Row]:
-        """`list_jobs` for the SHARE_IDENTIFIER filter: same scopes, order and keyset tokens."""
-        query = select(jobs).join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
-        query = query.where(job_shares.c.share_identifier == share_identifier)
-        if parent_id is not None:
-            query = query.where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
-            if after is not None:
-                query = query.where(jobs.c.array_index > after[0])
-        else:
-            query = query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None))
-            query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-            if after is not None:
-                created, job_id = after
-                query = query.where(
-                    or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
-                )
-        if statuses is not None:
-            query = query.where(jobs.c.status.in_(list(statuses)))
-        return _rows(self.connection.execute(query.limit(limit)))
