@@ -105,7 +105,7 @@ def run_array(batch: Any, size: int) -> tuple[float, float]:
 
 def fill_store(batch: Any, stored: int, size: int) -> int:
     """Park arrays in a queue whose CE is disabled until ~`stored` jobs exist."""
-    arrays = max(0, (stored - size - 1) // 10_001)
+    arrays = max(0, -(-(stored - size - 1) // 10_001))  # ceiling: at least `stored` jobs
     for index in range(arrays):
         batch.submit_job(
             jobName=f"parked-{index}", jobQueue="parked", jobDefinition="true", arrayProperties={"size": 10_000}
