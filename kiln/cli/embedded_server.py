@@ -117,4 +117,5 @@ def _last_error_line(log_path: Path, start: int) -> str:
         text = log.read().decode(errors="replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["it exited at once"])[-1]
+    line = (errors or lines or ["it exited at once"])[-1]
+    return line.removeprefix("error:").strip()

@@ -187,17 +187,20 @@ def _connected(endpoint_url: str | None, embedded: bool, data_dir: Path | None) 
     endpoint = endpoint_url or default_endpoint()
     if not embedded and answers(endpoint):
         if data_dir is not None:
-            console.print(f"note: using the server at {endpoint}; --data-dir only applies to an embedded server")
+            console.print(
+                f"note: using the server at {endpoint}; --data-dir only applies to an embedded server", soft_wrap=True
+            )
         yield Connection(endpoint)
         return
     if not embedded and not is_loopback(endpoint):
         raise _fail(f"no Kiln server answers at {endpoint}")
     if not embedded:
-        console.print(f"no Kiln server answers at {endpoint}: starting an embedded one for this render")
+        console.print(f"no Kiln server answers at {endpoint}: starting an embedded one for this render", soft_wrap=True)
     try:
         server = start_embedded_server(data_dir)
     except (EmbeddedServerError, OSError) as exc:
-        raise _fail(f"could not start an embedded Kiln server: {exc}") from None
+        hint = "use that server's --endpoint-url, or another --data-dir" if "already using" in str(exc) else ""
+        raise _fail(f"could not start an embedded Kiln server: {exc}" + (f"; {hint}" if hint else "")) from None
     console.print(f"embedded Kiln server on {server.endpoint} (data dir {server.data_dir})", soft_wrap=True)
     connection = Connection(server.endpoint, server)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

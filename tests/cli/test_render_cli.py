@@ -46,9 +46,20 @@ def kiln(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def start_kiln(*args: str) -> subprocess.Popen[str]:
+    """`kiln ARGS` that gets Ctrl-C (SIGINT) like a foreground command, even when the test run itself
+    was started in the background (which makes SIGINT ignored, and children inherit that)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "kiln", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        [sys.executable, "-m", "kiln", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 30) -> str:
@@ -225,3 +236,17 @@ def test_ctrl_c_without_a_terminal_leaves_the_embedded_server_running(sample: Pa
     while answers(endpoint[1]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not answers(endpoint[1])
+
+
+def test_an_embedded_server_never_shares_a_data_dir(sample: Path, tmp_path: Path, kiln_server: KilnServer) -> None:
+    """A running server holds its data dir; the embedded one says so and how to reach the running one."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    run = kiln("render", str(sample), "-o", str(tmp_path / "out"), "--endpoint-url", nobody,
+               "--data-dir", str(kiln_server.data_dir))  # fmt: skip
+    assert run.returncode == 1, run
+    error = " ".join(run.stderr.split())
+    assert (
+        f"could not start an embedded Kiln server: another kiln server is already using the data dir {kiln_server.data_dir}"
+        in error
+    )
+    assert "use that server's --endpoint-url, or another --data-dir" in error
