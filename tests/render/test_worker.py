@@ -183,3 +183,29 @@ def test_stitch_with_a_missing_frame_fails_in_one_line(rendered: tuple[Path, lis
     run = run_worker("stitch", "-i", str(gappy.parent), "-o", str(gappy.parent))
     assert_one_line_failure(run, 1, "1 of 3 frames missing", "(4)")
     assert not (gappy.parent / "output.mp4").exists()
+
+
+def test_a_zstd_scene_starting_at_frame_3_is_counted_and_rendered(tmp_path: Path) -> None:
+    from kiln.render.blend_header import read_scene_info
+
+    blend = tmp_path / "late-start.blend"
+    run_bpy(
+        """
+        from pathlib import Path
+        from kiln.render.sample_scene import write_sample_scene
+        write_sample_scene(Path(path), frames=3, frame_start=3, compress=True)
+        """,
+        path=str(blend),
+    )
+    assert blend.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd magic: Blender's compressed save
+    info = read_scene_info(blend)
+    assert (info.frame_start, info.frame_end, list(info.frames)) == (3, 5, [3, 4, 5])
+    output = tmp_path / "out"
+    small = ["--resolution-percent", "25", "--samples", "2"]
+    runs = [render(blend, output, 2, index, "-t", "3", *small) for index in (0, 1)]
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+    assert sorted(p.name for p in (output / "frames").glob("*.png")) == ["0003.png", "0004.png", "0005.png"]
+    stitched = run_worker("stitch", "-i", str(output), "-o", str(output))
+    assert stitched.returncode == 0, stitched.stderr
+    frames, _stream = video_frames(output / "output.mp4")
+    assert len(frames) == 3
