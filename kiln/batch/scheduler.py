@@ -231,7 +231,9 @@ class Scheduler:
         if diagnose:
             limit, vcpus, memory = DIAGNOSED_PER_QUEUE, float("inf"), 2**62
         else:
-            limit, vcpus, memory = CANDIDATES_PER_QUEUE, free.vcpus, free.memory_mib
+            # A few more than could start now: reading rows is a large part of a tick's cost.
+            limit = min(CANDIDATES_PER_QUEUE, max(8, int(4 * free.vcpus)))
+            vcpus, memory = free.vcpus, free.memory_mib
         # added: share_queue orders a fair-share queue's candidates (FIFO queues: repo.runnable_candidates)
         return [job for queue in queues for job in share_queue.runnable_candidates(repo, queue, limit, vcpus, memory)]
 
