@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kiln.batch import progress, scheduling, share_queue, time_limits  # added: share_queue, time_limits
+from kiln.batch import progress, scheduling, share_queue, time_limits
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
 from kiln.batch.containers import environment_of
@@ -74,6 +74,7 @@ class Scheduler:
         self._queues: list[Row] = []  # ENABLED queue documents, refreshed by each sweep
         self._environments: list[Row] = []
         self._parent_specs: dict[str, Row] = {}
+        self._unapplied: list[AttemptEvent] = []
         executor.subscribe(self.wake)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -124,7 +125,9 @@ class Scheduler:
         if sweep:
             self._changed.clear()
             self._last_sweep = time.monotonic()
-        events = self.executor.poll()
+        # Events stay pending until the transaction recording them commits: a failed tick must
+        # not lose an attempt's exit (its capacity would stay held forever).
+        events = self._unapplied = self._unapplied + self.executor.poll()
         with self.db.begin() as connection:
             repo = Repository(connection)
             finished_parents = self.apply_events(repo, events)
@@ -132,7 +135,7 @@ class Scheduler:
             unblocked, self._unblocked = self._unblocked, False
             if sweep:
                 moved |= progress.advance_submitted(repo, now)
-                moved |= time_limits.enforce(repo, now)  # added: jobStateTimeLimitActions
+                moved |= time_limits.enforce(repo, now)  # jobStateTimeLimitActions
             if (sweep or unblocked) and progress.advance_pending(repo, now):
                 moved = self._unblocked = True  # a failure cascades down a chain one tick per level
             if sweep or finished_parents:
@@ -142,6 +145,7 @@ class Scheduler:
             if sweep:
                 self._refresh_config(repo)
             to_start = self.place(repo, now, diagnose=sweep)
+        self._unapplied = []
         self._launch(to_start)
         if sweep:
             self.signal_terminations()
@@ -234,7 +238,7 @@ class Scheduler:
             # A few more than could start now: reading rows is a large part of a tick's cost.
             limit = min(CANDIDATES_PER_QUEUE, max(8, int(4 * free.vcpus)))
             vcpus, memory = free.vcpus, free.memory_mib
-        # added: share_queue orders a fair-share queue's candidates (FIFO queues: repo.runnable_candidates)
+        # share_queue orders a fair-share queue's candidates (FIFO queues: repo.runnable_candidates)
         return [job for queue in queues for job in share_queue.runnable_candidates(repo, queue, limit, vcpus, memory)]
 
     @staticmethod
