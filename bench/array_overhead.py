@@ -15,46 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
+
+from kiln.cli.embedded_server import start_embedded_server
 
 DEADLINE_SECONDS = 900
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def floor_seconds(size: int, cores: int) -> float:
     started = time.perf_counter()
     subprocess.run(f"seq {size} | xargs -P{cores} -n1 true", shell=True, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    log = (data_dir.parent / "server.log").open("wb")
-    command = [sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("kiln server did not start")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -131,10 +109,9 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-        port = free_port()
-        server = start_server(Path(tmp) / "data", port)
+        server = start_embedded_server(Path(tmp) / "data")
         try:
-            batch = boto3.client("batch", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+            batch = boto3.client("batch", endpoint_url=server.endpoint, region_name="us-east-1",
                                  aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
             setup(batch, cores)
             floor = floor_seconds(args.size, cores)
@@ -145,8 +122,7 @@ def main() -> None:
             describe_ms = describe_latency_ms(batch, args.size)
             rss = peak_rss_mib(server.pid)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.stop()
     print(f"array of {args.size} `true` children, {cores} cores, CE maxvCpus={cores}")
     print(f"  floor (xargs -P{cores}):          {floor:8.2f} s")
     print(f"  kiln submit -> parent SUCCEEDED:  {total:8.2f} s   ratio {total / floor:5.2f}x  (target <= 1.5x)")

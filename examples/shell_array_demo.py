@@ -9,9 +9,6 @@ array, waits for them, and prints statuses and logs. Uses only the public API, l
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,26 +19,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from kiln.cli.embedded_server import start_embedded_server
+
 console = Console()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "kiln", "server", "--port", str(port), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(command)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("kiln server did not start")
 
 
 def wait(batch: Any, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
@@ -114,13 +94,11 @@ def job_summary(batch: Any, job_id: str) -> str:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kiln-demo-") as tmp:
-        port = free_port()
-        server = start_server(Path(tmp) / "data", port)
+        server = start_embedded_server(Path(tmp) / "data")
         try:
-            run(f"http://127.0.0.1:{port}")
+            run(server.endpoint)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.stop()
 
 
 if __name__ == "__main__":
