@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,13 @@ import boto3
 import httpx
 import pytest
 
+from kiln.cli.embedded_server import free_port
+
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "kiln-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "kiln-test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -57,17 +57,14 @@ _NUMBER_FORMATS = {
 }
 
 
-@dataclass(frozen=True)
-class SceneInfo:
-    """The active scene's render range and rate, as stored in the file."""
+class FrameTimeline:
+    """What any record of a scene's frame range and rate can answer (mixed into dataclasses)."""
 
-    name: str
     frame_start: int
     frame_end: int
     frame_step: int
     fps: int
     fps_base: float
-    blender_version: int  # of the Blender that saved the file: 300 is 3.0, 405 is 4.5
 
     @property
     def frames(self) -> range:
@@ -77,6 +74,19 @@ class SceneInfo:
     @property
     def frame_rate(self) -> Fraction:
         return frame_rate(self.fps, self.fps_base)
+
+
+@dataclass(frozen=True)
+class SceneInfo(FrameTimeline):
+    """The active scene's render range and rate, as stored in the file."""
+
+    name: str
+    frame_start: int
+    frame_end: int
+    frame_step: int
+    fps: int
+    fps_base: float
+    blender_version: int  # of the Blender that saved the file: 300 is 3.0, 405 is 4.5
 
 
 def frame_rate(fps: int, fps_base: float) -> Fraction:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 from . import uris
-from .blend_header import frame_rate
+from .blend_header import FrameTimeline
 from .errors import RenderError
 
 FRAMES_FOLDER = "frames"
@@ -27,7 +26,7 @@ _FRAME_FILE = re.compile(r"^(-?\d+)\.png$")
 
 
 @dataclass(frozen=True)
-class RenderedScene:
+class RenderedScene(FrameTimeline):
     """What the render jobs of one output were asked to produce."""
 
     scene: str
@@ -38,14 +37,6 @@ class RenderedScene:
     fps_base: float
     width: int
     height: int
-
-    @property
-    def frames(self) -> range:
-        return range(self.frame_start, self.frame_end + 1, self.frame_step)
-
-    @property
-    def frame_rate(self) -> Fraction:
-        return frame_rate(self.fps, self.fps_base)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "frame_rate": str(self.frame_rate)}, indent=2) + "\n"
