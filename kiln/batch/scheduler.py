@@ -339,12 +339,12 @@ class Scheduler:
             attempts = repo.active_attempts()
             jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
             specs = self._specs(repo, list(jobs.values()))
+            adopted = self.executor.adopt([attempt["task_id"] for attempt in attempts])
             exits = []
             for attempt in attempts:
                 job = jobs.get(attempt["job_id"])
-                if job is None:
+                if job is None or attempt["task_id"] in adopted:
                     continue
-                self.executor.discard_lost(attempt["task_id"])
                 event = AttemptExited(
                     attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None
                 )

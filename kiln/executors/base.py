@@ -7,7 +7,7 @@ the same AWS reason strings, so the domain never knows which one ran the attempt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -112,10 +112,19 @@ class Executor(Protocol):
         """Attempt ids that are still alive."""
         ...
 
-    def discard_lost(self, attempt_id: str) -> None:
-        """Kill anything left of an attempt a previous server process started (crash recovery)."""
+    def adopt(self, attempt_ids: Collection[str]) -> set[str]:
+        """Take back attempts a previous server process placed (restart after a crash or a stop).
+
+        Returns the ids this executor still knows: each is either still running (its events
+        arrive through `poll` as usual) or already over (its `AttemptExited`, with the real exit
+        status and time, is queued for `poll`). Ids not returned are lost: the executor makes sure
+        nothing of them is left running, and the scheduler fails them as a lost host.
+        """
         ...
 
     def shutdown(self) -> None:
-        """Stop every attempt (server exit); safe to call twice."""
+        """Stop watching (server exit); attempts keep running for the next server to `adopt`.
+
+        Safe to call twice.
+        """
         ...

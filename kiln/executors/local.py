@@ -25,7 +25,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,12 +232,15 @@ class LocalExecutor:
         with self._lock:
             return set(self._attempts)
 
-    def discard_lost(self, attempt_id: str) -> None:
-        """Kill whatever a previous server process left of `attempt_id` and remove its groups."""
-        support, name = self._support, attempt_group_name(attempt_id)
+    def adopt(self, attempt_ids: Collection[str]) -> set[str]:
+        """Attempts of a previous server process died with it: remove what is left of them."""
+        support = self._support
         parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
-        paths = [None if parent is None or not (parent / name).is_dir() else parent / name for parent in parents]
-        AttemptCgroups(*paths).remove()
+        for attempt_id in attempt_ids:
+            name = attempt_group_name(attempt_id)
+            paths = [None if parent is None or not (parent / name).is_dir() else parent / name for parent in parents]
+            AttemptCgroups(*paths).remove()
+        return set()
 
     def shutdown(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop every attempt (SIGTERM, SIGKILL after `grace_seconds`), wait for them, stop the thread.
