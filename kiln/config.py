@@ -72,6 +72,11 @@ class Settings:
     def work_dir(self) -> Path:
         return self.data_dir / "work"
 
+    @property
+    def executor_dir(self) -> Path:
+        """The attempt supervisor's socket, lock, journal and log."""
+        return self.data_dir / "executor"
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.database_path}"
 

@@ -18,8 +18,9 @@ from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
 from kiln.errors import ConflictError
+from kiln.executors.base import local_host_id
 from kiln.executors.images import ImageCatalogue
-from kiln.executors.local import LocalExecutor
+from kiln.executors.supervised import SupervisedExecutor
 from kiln.render import image as render_image
 from kiln.store.database import Database
 
@@ -54,7 +55,7 @@ def build_server(settings: Settings) -> Server:
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
     catalogue = ImageCatalogue(settings.images)
     catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
-    executor = LocalExecutor(settings, catalogue)
+    executor = SupervisedExecutor(settings, catalogue, local_host_id())
     service = BatchService(db, settings)
     scheduler = Scheduler(db, executor, settings, service.arns)
     service.on_change = scheduler.notify_change

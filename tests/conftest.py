@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from kiln.cli.embedded_server import free_port
+from kiln.executors.supervised import stop_supervisor
 
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
@@ -68,6 +69,11 @@ class KilnServer:
         self.process.wait(timeout=60)
         self.process = None
 
+    def close(self) -> None:
+        """Stop the server and its attempt supervisor (which would otherwise outlive it, on purpose)."""
+        self.stop()
+        stop_supervisor(self.data_dir / "executor", timeout=60)
+
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
@@ -78,15 +84,27 @@ class KilnServer:
 
 def start_server(tmp_path: Path, flags: list[str] | None = None, env: dict[str, str] | None = None) -> KilnServer:
     server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS if flags is None else flags, env=env)
+    _started.append(server)
     server.start()
     return server
+
+
+_started: list[KilnServer] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_servers() -> Iterator[None]:
+    """Every server a test started, and the attempts its supervisor still runs, end with the session."""
+    yield
+    for server in _started:
+        server.close()
 
 
 @pytest.fixture(scope="module")
 def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
     server = start_server(tmp_path_factory.mktemp("kiln"))
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -138,19 +138,34 @@ def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[
     return Status.FAILED, event.status_reason
 
 
+def _started_at(e: Exit) -> int | None:
+    if e.attempt["started_at"] is not None:
+        return int(e.attempt["started_at"])
+    if not e.event.started:
+        return None
+    return e.event.started_at if e.event.started_at is not None else e.event.at_ms
+
+
 def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
     """Write every attempt's outcome and move each job on, in a few statements for the batch.
 
     Returns the job id -> new status decided for each exit.
     """
+    started = {e.attempt["task_id"]: _started_at(e) for e in exits}
     repo.update_attempts_each(
         [
             {"_task_id": e.attempt["task_id"], "active": False, "stopped_at": e.event.at_ms,
              "exit_code": e.event.exit_code, "reason": e.event.reason, "status_reason": e.event.status_reason,
-             "started_at": e.attempt["started_at"] or (e.event.at_ms if e.event.started else None)}
+             "started_at": started[e.attempt["task_id"]]}
             for e in exits
         ]
     )  # fmt: skip
+    # An attempt that ran but whose start was never recorded (the server was down when it began)
+    # still passes through RUNNING, as every AWS job that ran does.
+    ran_unseen = [Move(e.job["id"], started[e.attempt["task_id"]] or e.event.at_ms) for e in exits
+                  if e.event.started and e.attempt["started_at"] is None]  # fmt: skip
+    if ran_unseen:
+        transition_each(repo, Status.RUNNING, ran_unseen, only_from=frozenset({Status.STARTING}))
     decided: dict[str, Status] = {}
     moves: dict[Status, list[Move]] = {}
     for e in exits:

@@ -15,10 +15,10 @@ once a second.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,18 @@ from kiln.batch import progress, scheduling, share_queue, time_limits
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
 from kiln.batch.containers import environment_of
-from kiln.batch.status import HOST_TERMINATED, TERMINAL, Move, Status, set_reason, transition_each
+from kiln.batch.start_ahead import Chained, StartAhead
+from kiln.batch.status import TERMINAL, Move, Status, set_reason, transition_each
 from kiln.config import Settings
 from kiln.executors.base import (
+    HOST_TERMINATED,
     TASK_FAILED_TO_START,
     AttemptEvent,
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
     Executor,
+    local_host_id,
 )
 from kiln.store.database import Database
 from kiln.store.repository import Repository
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 # Candidates fetched per queue and tick when placing; a sweep diagnoses up to DIAGNOSED_PER_QUEUE.
 CANDIDATES_PER_QUEUE = 64
+AHEAD_CANDIDATES = 256  # per queue and tick, for start-ahead chains
 DIAGNOSED_PER_QUEUE = 1000
 SWEEP_SECONDS = 1.0
 RETENTION_CHECK_SECONDS = 60.0
@@ -62,7 +66,7 @@ class Scheduler:
 
     def __init__(self, db: Database, executor: Executor, settings: Settings, arns: Arns) -> None:
         self.db, self.executor, self.settings, self.arns = db, executor, settings, arns
-        self.host_id = f"kiln-{socket.gethostname()}"
+        self.host_id = local_host_id()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,6 +79,7 @@ class Scheduler:
         self._environments: list[Row] = []
         self._parent_specs: dict[str, Row] = {}
         self._unapplied: list[AttemptEvent] = []
+        self._ahead = StartAhead()
         executor.subscribe(self.wake)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -131,6 +136,7 @@ class Scheduler:
         with self.db.begin() as connection:
             repo = Repository(connection)
             finished_parents = self.apply_events(repo, events)
+            self._ahead.observe(events)  # idempotent: a failed tick observes them again
             moved = bool(events)
             unblocked, self._unblocked = self._unblocked, False
             if sweep:
@@ -144,8 +150,9 @@ class Scheduler:
                     moved = self._unblocked = True  # the stitch-after-render case
             if sweep:
                 self._refresh_config(repo)
-            to_start = self.place(repo, now, diagnose=sweep)
+            to_start = self.place(repo, now, diagnose=sweep) + self.place_ahead(repo, now)
         self._unapplied = []
+        self.executor.acknowledge([e.attempt_id for e in events if isinstance(e, AttemptExited)])
         self._launch(to_start)
         if sweep:
             self.signal_terminations()
@@ -166,8 +173,8 @@ class Scheduler:
         for event in events:
             attempt = attempts.get(event.attempt_id)
             job = None if attempt is None else jobs.get(attempt["job_id"])
-            if attempt is None or job is None:
-                continue  # purged meanwhile
+            if attempt is None or job is None or not attempt["active"]:
+                continue  # purged meanwhile, or replayed by the executor after a restart
             if isinstance(event, AttemptRunning):
                 attempt["started_at"] = event.at_ms
                 started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
@@ -202,11 +209,12 @@ class Scheduler:
                 self.executor.terminate(attempt["task_id"], specs[job["id"]].get("stopReason") or "Terminated")
 
     # -- placement -----------------------------------------------------------------------------
-    def place(self, repo: Repository, now: int, *, diagnose: bool) -> list[AttemptSpec]:
+    def place(self, repo: Repository, now: int, *, diagnose: bool) -> list[_Launch]:
         """Plan what fits now and record those placements; with `diagnose`, also refresh RUNNABLE
         reasons. Returns the attempts to start once the transaction has committed."""
         capacity = self.executor.capacity()
-        usage = repo.active_usage()
+        queued = self._ahead.queued()  # placed behind another attempt: they will use its place
+        usage = [a for a in repo.active_usage() if a["task_id"] not in queued]
         free = scheduling.Resources(
             capacity.vcpus - sum(a["vcpus"] for a in usage),
             capacity.memory_mib - sum(a["memory_mib"] for a in usage),
@@ -227,7 +235,28 @@ class Scheduler:
         )
         if diagnose:
             self._record_diagnostics(repo, runnable, decision)
-        return self._record_placements(repo, decision.placements, now) if decision.placements else []
+        placements = [Chained(p.job_id, uuid.uuid4().hex, p.environment, None) for p in decision.placements]
+        return self._record_placements(repo, placements, now) if placements else []
+
+    def place_ahead(self, repo: Repository, now: int) -> list[_Launch]:
+        """Queue the next children of fast arrays behind running siblings (see start_ahead)."""
+        if not self._ahead.wants() or not self.executor.capacity().start_after:
+            return []
+        launches: list[_Launch] = []
+        for queue in self._queues:
+            if queue.get("schedulingPolicyArn"):
+                continue  # fair-share order is decided per tick by share_queue
+            rows = self._repo_candidates(repo, queue["jobQueueArn"])
+            chained = self._ahead.chain(
+                [(r["id"], r["parent_id"], (r["vcpus"], r["memory_mib"], r["gpus"])) for r in rows]
+            )
+            if chained:
+                launches += self._record_placements(repo, chained, now)
+        return launches
+
+    @staticmethod
+    def _repo_candidates(repo: Repository, queue_arn: str) -> list[Row]:
+        return repo.runnable_candidates(queue_arn, AHEAD_CANDIDATES, float("inf"), 2**62)
 
     def _candidates(self, repo: Repository, queues: list[Row], free: scheduling.Resources, diagnose: bool) -> list[Row]:
         """Per queue (so a huge queue never hides a higher-priority one): everything for a
@@ -248,20 +277,22 @@ class Scheduler:
             if current[job_id] != reason:
                 set_reason(repo, [job_id], Status.RUNNABLE, reason)
 
-    def _record_placements(
-        self, repo: Repository, placements: list[scheduling.Placement], now: int
-    ) -> list[AttemptSpec]:
+    def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
         """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
         jobs = {j["id"]: j for j in repo.get_jobs([p.job_id for p in placements])}
         job_specs = self._specs(repo, list(jobs.values()))
-        specs: list[AttemptSpec] = []
+        launches: list[_Launch] = []
         moves, attempt_rows = [], []
+        skipped: dict[str, str | None] = {}  # a chain link that was not placed -> what it waited for
         for placement in placements:
+            after = placement.after
+            while after in skipped:
+                after = skipped[after]
             job = jobs.get(placement.job_id)
             if job is None or job["status"] != Status.RUNNABLE.value:
-                continue  # cancelled or terminated since the candidates were read
-            task_id = uuid.uuid4().hex
-            number = job["attempt_count"] + 1
+                skipped[placement.task_id] = after  # cancelled or terminated since the candidates were read
+                continue
+            task_id, number = placement.task_id, job["attempt_count"] + 1
             spec = job_specs[job["id"]]
             stream = log_stream_name(spec["jobDefinitionName"], task_id)
             moves.append(Move(job["id"], now, None, {"attempt_count": number}))
@@ -269,14 +300,21 @@ class Scheduler:
                                  "compute_environment": placement.environment, "log_stream": stream,
                                  "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
                                  "active": True})  # fmt: skip
-            specs.append(self._attempt_spec(job, spec, task_id, number, placement.environment, stream))
+            attempt = self._attempt_spec(job, spec, task_id, number, placement.environment, stream)
+            launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
         transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
         repo.insert_attempts(attempt_rows)
-        return specs
+        return launches
 
-    def _launch(self, specs: list[AttemptSpec]) -> None:
+    def _launch(self, launches: list[_Launch]) -> None:
         """Start attempts whose placement is committed; a failure to start becomes an exit."""
-        for attempt_spec in specs:
+        for launch in launches:
+            attempt_spec = launch.spec
+            if launch.parent_id is not None:
+                resources = (attempt_spec.vcpus, attempt_spec.memory_mib, attempt_spec.gpus)
+                self._ahead.placed(
+                    attempt_spec.attempt_id, launch.parent_id, launch.environment, resources, attempt_spec.start_after
+                )
             try:
                 self.executor.start(attempt_spec)
             except Exception as exc:  # an executor bug must fail the attempt, not the scheduler
@@ -331,25 +369,34 @@ class Scheduler:
 
     # -- crash recovery and retention ----------------------------------------------------------
     def reconcile_lost_attempts(self) -> None:
-        """Attempts the previous server process had placed are gone with it: fail them as a lost
-        host (AWS's text), so each job is retried per its strategy instead of hanging forever."""
+        """Account for every attempt a previous server process placed (see `Executor.adopt`):
+        adopted ones carry on, never-started ones are started now, and the rest are failed as a
+        lost host (AWS's text), so each job is retried per its strategy instead of hanging."""
         reason = HOST_TERMINATED.format(host=self.host_id)
         with self.db.begin() as connection:
             repo = Repository(connection)
             attempts = repo.active_attempts()
             jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
             specs = self._specs(repo, list(jobs.values()))
-            adopted = self.executor.adopt([attempt["task_id"] for attempt in attempts])
-            exits = []
+            adoption = self.executor.adopt([attempt["task_id"] for attempt in attempts])
+            exits, relaunch = [], []
             for attempt in attempts:
                 job = jobs.get(attempt["job_id"])
-                if job is None or attempt["task_id"] in adopted:
+                if job is None or attempt["task_id"] in adoption.known:
+                    continue
+                if attempt["task_id"] in adoption.never_started:
+                    relaunch.append(self._attempt_spec(job, specs[job["id"]], attempt["task_id"], attempt["number"],
+                                                       attempt["compute_environment"], attempt["log_stream"]))  # fmt: skip
                     continue
                 event = AttemptExited(
                     attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None
                 )
                 exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
             progress.record_exits(repo, exits)
+        for attempt_spec in relaunch:
+            self.executor.start(attempt_spec)
+        if relaunch:
+            log.info("started %d attempts placed just before the previous server stopped", len(relaunch))
 
     def purge_expired(self, now: int) -> None:
         retention_ms = int(self.settings.retention_days * 86_400_000)
@@ -366,6 +413,15 @@ class Scheduler:
             log_path(self.settings, stream).unlink(missing_ok=True)
         if ids:
             log.info("purged %d jobs finished before the retention window", len(ids))
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """A committed placement, ready to hand to the executor."""
+
+    spec: AttemptSpec
+    parent_id: str | None  # the array parent of a child (start-ahead follows arrays)
+    environment: str
 
 
 def _queue_view(queue: Row) -> scheduling.QueueView:

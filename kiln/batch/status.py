@@ -42,7 +42,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 # Reasons Kiln writes itself (exact AWS texts where AWS has one).
 DEPENDENT_JOB_FAILED = "Dependent Job failed"
 ARRAY_CHILD_FAILED = "Array Child Job failed"
-HOST_TERMINATED = "Host EC2 (instance {host}) terminated."
 
 
 def sources_of(target: Status) -> frozenset[Status]:

@@ -1,7 +1,8 @@
 """An embedded `kiln server` for commands that need one when none is running (`kiln render`).
 
-Why a child process rather than the server inside the command: the server owns the jobs it runs
-(stopping it stops them), so it must outlive a Ctrl-C aimed at the command that only watches them.
+Why a child process rather than the server inside the command: the server owns the jobs it runs,
+so it must outlive a Ctrl-C aimed at the command that only watches them. Stopping an embedded
+server also stops its attempt supervisor (and so its jobs): it exists only for that command.
 It runs in a session of its own, which keeps the terminal's SIGINT away from it, and it is stopped
 only on purpose. It talks to the command over HTTP like any other server, so `kiln render` has one
 code path whether the server is embedded or not.
@@ -19,7 +20,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from kiln.config import default_data_dir
+from kiln.config import Settings, default_data_dir
+from kiln.executors.supervised import stop_supervisor
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -66,15 +68,15 @@ class EmbeddedServer:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 90.0) -> None:
-        """SIGTERM, as Ctrl-C on `kiln server` would: it stops its jobs, then exits."""
-        if not self.running():
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        """SIGTERM the server, as Ctrl-C on `kiln server` would, then stop its jobs' supervisor."""
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        stop_supervisor(Settings(data_dir=self.data_dir).executor_dir, timeout=timeout)
 
 
 def start_embedded_server(data_dir: Path | None = None) -> EmbeddedServer:

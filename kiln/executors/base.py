@@ -7,6 +7,7 @@ the same AWS reason strings, so the domain never knows which one ran the attempt
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,13 @@ TIMEOUT_STATUS_REASON = "Job attempt duration exceeded timeout"
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 CANNOT_PULL_PREFIX = "CannotPullContainerError"
 OOM_EXIT_CODE = 137
+# The host an attempt ran on went away (AWS's text; `evaluateOnExit` may match `Host EC2*`).
+HOST_TERMINATED = "Host EC2 (instance {host}) terminated."
+
+
+def local_host_id() -> str:
+    """This machine as an AWS-style instance name, for host-lost reasons."""
+    return f"kiln-{socket.gethostname()}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,10 @@ class AttemptSpec:
     gpus: int = 0
     timeout_seconds: int | None = None
     cpu_hard_cap: bool = False  # also set a CFS quota of `vcpus` CPUs, not just a weight
+    # Start only once this attempt (same resources, same compute environment) has ended: it hands
+    # its place over without a round trip through the scheduler. Only for executors whose
+    # `Capacity.start_after` is True.
+    start_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,9 @@ class AttemptExited:
     oom: bool = False
     timed_out: bool = False
     terminated: bool = False
+    # When it began running, if known: lets a server that missed the `AttemptRunning` (it was
+    # down) still record the real start.
+    started_at: int | None = None
 
 
 AttemptEvent = AttemptRunning | AttemptExited
@@ -79,6 +94,21 @@ class Capacity:
     memory_mib: int
     gpus: int = 0
     notes: list[str] = field(default_factory=list)
+    start_after: bool = False  # honours `AttemptSpec.start_after`
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What an executor could account for of the attempts a previous server placed.
+
+    `known`: still running (their events arrive through `poll` as usual) or already over (their
+    `AttemptExited`, with the real exit status and time, is queued for `poll`). `never_started`:
+    provably never received (the server died between committing a placement and handing it
+    over), so starting them now is not a second run.
+    """
+
+    known: frozenset[str] = frozenset()
+    never_started: frozenset[str] = frozenset()
 
 
 class Executor(Protocol):
@@ -112,12 +142,14 @@ class Executor(Protocol):
         """Attempt ids that are still alive."""
         ...
 
-    def adopt(self, attempt_ids: Collection[str]) -> set[str]:
+    def acknowledge(self, attempt_ids: Collection[str]) -> None:
+        """The server has durably recorded these attempts' exits: the executor may forget them."""
+        ...
+
+    def adopt(self, attempt_ids: Collection[str]) -> Adoption:
         """Take back attempts a previous server process placed (restart after a crash or a stop).
 
-        Returns the ids this executor still knows: each is either still running (its events
-        arrive through `poll` as usual) or already over (its `AttemptExited`, with the real exit
-        status and time, is queued for `poll`). Ids not returned are lost: the executor makes sure
+        See `Adoption`. Ids neither known nor never-started are lost: the executor makes sure
         nothing of them is left running, and the scheduler fails them as a lost host.
         """
         ...

@@ -59,6 +59,14 @@ class ImageCatalogue:
         self._built_in.add(name)
         self._entries.setdefault(name, list(entrypoint))
 
+    def entries(self) -> dict[str, list[str]]:
+        """Every image and its entrypoint (to hand the catalogue to another process)."""
+        return {name: list(entrypoint) for name, entrypoint in self._entries.items()}
+
+    def built_in(self) -> list[str]:
+        """The names Kiln itself provides (registered), as opposed to configured ones."""
+        return sorted(self._built_in)
+
     def names(self) -> list[str]:
         """Every image this catalogue resolves, sorted (for docs, CLI listings and messages)."""
         return sorted(self._entries)

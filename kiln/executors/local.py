@@ -39,6 +39,7 @@ from .base import (
     OOM_REASON,
     TASK_FAILED_TO_START,
     TIMEOUT_STATUS_REASON,
+    Adoption,
     AttemptEvent,
     AttemptExited,
     AttemptRunning,
@@ -157,7 +158,14 @@ class LocalExecutor:
         self._listener: Callable[[], None] = lambda: None
         self._epoll = select.epoll()
         self._by_pidfd: dict[int, _Attempt] = {}
+        self._log_dirs: set[Path] = set()
+        self._base_environment: dict[str, str] = dict(os.environ)
         logger.info("local executor: %s", "; ".join(self.describe()))
+
+    def reconfigure(self, settings: Settings, catalogue: ImageCatalogue, environment: dict[str, str]) -> None:
+        """Take a (re)connecting server's settings, images and environment (the supervisor outlives
+        servers, and attempts inherit the environment of the server that placed them)."""
+        self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
 
     @property
     def catalogue(self) -> ImageCatalogue:
@@ -232,7 +240,10 @@ class LocalExecutor:
         with self._lock:
             return set(self._attempts)
 
-    def adopt(self, attempt_ids: Collection[str]) -> set[str]:
+    def acknowledge(self, attempt_ids: Collection[str]) -> None:
+        """Nothing to forget: exits are handed over once, through `poll`."""
+
+    def adopt(self, attempt_ids: Collection[str]) -> Adoption:
         """Attempts of a previous server process died with it: remove what is left of them."""
         support = self._support
         parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
@@ -240,7 +251,7 @@ class LocalExecutor:
             name = attempt_group_name(attempt_id)
             paths = [None if parent is None or not (parent / name).is_dir() else parent / name for parent in parents]
             AttemptCgroups(*paths).remove()
-        return set()
+        return Adoption()
 
     def shutdown(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop every attempt (SIGTERM, SIGKILL after `grace_seconds`), wait for them, stop the thread.
@@ -266,7 +277,7 @@ class LocalExecutor:
         try:
             attempt = self._spawn(spec, argv)
         except OSError as exc:
-            shutil.rmtree(spec.workdir, ignore_errors=True)
+            remove_workdir(spec.workdir)
             self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
         with self._lock:
@@ -293,8 +304,7 @@ class LocalExecutor:
         program = shutil.which(argv[0], path=spec.environment.get("PATH", os.environ.get("PATH")))
         if program is None:
             raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
-        spec.workdir.mkdir(parents=True, exist_ok=True)
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(spec)
         cgroups = AttemptCgroups.create(
             self._support,
             spec.attempt_id,
@@ -313,6 +323,18 @@ class LocalExecutor:
         deadline = started + spec.timeout_seconds if spec.timeout_seconds else None
         return _Attempt(spec, process, ProcessTree(process.pid, tracker), cgroups, deadline)
 
+    def _make_dirs(self, spec: AttemptSpec) -> None:
+        """The attempt's workdir, and its log directory the first time it is seen."""
+        try:
+            spec.workdir.mkdir()
+        except FileNotFoundError:
+            spec.workdir.mkdir(parents=True)
+        except FileExistsError:
+            pass
+        if spec.log_path.parent not in self._log_dirs:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_dirs.add(spec.log_path.parent)
+
     def _posix_spawn(self, spec: AttemptSpec, command: list[str]) -> SpawnedProcess:
         """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin.
 
@@ -321,7 +343,7 @@ class LocalExecutor:
         close-on-exec (PEP 446), so none leak into the job.
         """
         # KILN_VCPUS: how many threads a job may use (the render worker sizes Blender by it).
-        env = {**os.environ, "KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
+        env = {**self._base_environment, "KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
         log = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             actions = [
@@ -442,13 +464,23 @@ class LocalExecutor:
     def _finish(self, attempt: _Attempt) -> None:
         """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
         attempt.cgroups.remove()
-        shutil.rmtree(attempt.spec.workdir, ignore_errors=True)
+        remove_workdir(attempt.spec.workdir)
         with self._lock:
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
                 self._epoll.unregister(attempt.pidfd)
                 os.close(attempt.pidfd)
             if self._attempts.pop(attempt.spec.attempt_id, None) is not None:
                 self._emit(attempt.exit_event())
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Most jobs leave their workdir empty: one rmdir, and the tree walk only when needed."""
+    try:
+        workdir.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str]) -> list[str]:

@@ -49,11 +49,17 @@ class ProcessTree:
     """The processes of one attempt, rooted at the process the executor spawned."""
 
     def __init__(self, root_pid: int, cgroup_pids: Callable[[], set[int]] | None = None) -> None:
-        # Created right after spawning, before the root can be reaped: psutil then remembers its
-        # start time and never mistakes a recycled pid for it.
-        self.root = psutil.Process(root_pid)
+        self.root_pid = root_pid
         self._cgroup_pids = cgroup_pids
-        self._known: dict[int, psutil.Process] = {root_pid: self.root}
+        self._root: psutil.Process | None = None
+        self._known: dict[int, psutil.Process] = {}
+        if cgroup_pids is None:
+            # Followed from the root: created right after spawning, before the root can be reaped,
+            # so psutil remembers its start time and never mistakes a recycled pid for it. With
+            # cgroups the group lists the tree itself and no psutil object is made per attempt
+            # (which matters when thousands of short jobs run back to back).
+            self._root = psutil.Process(root_pid)
+            self._known[root_pid] = self._root
 
     @property
     def uses_cgroups(self) -> bool:
@@ -114,8 +120,10 @@ class ProcessTree:
         The kernel keeps a pid reserved while a group with that id has members, so the group is
         ours as long as the pid is not running an unrelated process.
         """
-        pgid = self.root.pid
-        if psutil.pid_exists(pgid) and not self.root.is_running():
+        if self._root is None:
+            return
+        pgid = self._root.pid
+        if psutil.pid_exists(pgid) and not self._root.is_running():
             return
         with contextlib.suppress(OSError):
             os.killpg(pgid, signum)

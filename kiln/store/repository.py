@@ -273,7 +273,8 @@ class Repository:
 
     def runnable_candidates(self, queue_arn: str, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
         """A queue's RUNNABLE jobs that could fit the free capacity, FIFO, without their specs."""
-        columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus, jobs.c.status_reason)
+        columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.parent_id, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus,
+                   jobs.c.status_reason)  # fmt: skip
         query = (
             select(*columns)
             .where(
@@ -371,7 +372,13 @@ class Repository:
 
     def active_usage(self) -> list[Row]:
         """Resources held by running attempts, per attempt (capacity accounting)."""
-        columns = (attempts.c.compute_environment, attempts.c.vcpus, attempts.c.memory_mib, attempts.c.gpus)
+        columns = (
+            attempts.c.task_id,
+            attempts.c.compute_environment,
+            attempts.c.vcpus,
+            attempts.c.memory_mib,
+            attempts.c.gpus,
+        )
         return _rows(self.connection.execute(select(*columns).where(attempts.c.active.is_(True))))
 
     def get_attempt(self, task_id: str) -> Row | None:

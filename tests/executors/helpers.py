@@ -10,15 +10,14 @@ from pathlib import Path
 
 import psutil
 
-from kiln.executors.base import AttemptEvent, AttemptExited, AttemptSpec
-from kiln.executors.local import LocalExecutor
+from kiln.executors.base import AttemptEvent, AttemptExited, AttemptSpec, Executor
 
 PYTHON = sys.executable
 
 SpecFactory = Callable[..., AttemptSpec]
 
 
-def wait_for_exit(executor: LocalExecutor, attempt_id: str, timeout: float = 20.0) -> list[AttemptEvent]:
+def wait_for_exit(executor: Executor, attempt_id: str, timeout: float = 20.0) -> list[AttemptEvent]:
     """All events of `attempt_id` up to and including its `AttemptExited` (fails after `timeout`)."""
     events: list[AttemptEvent] = []
     deadline = time.monotonic() + timeout

@@ -1,0 +1,145 @@
+"""Start-ahead: a short queue of placements behind each running child of a fast array job.
+
+A `true` or a one-frame render ends faster than one scheduler round trip (read the exit, commit,
+place the next, start it), so with nothing waiting the cores idle between children. For arrays
+whose children have been ending quickly, the next children in the queue's own order are placed
+behind running siblings (same resources, same compute environment); the executor starts each the
+moment its predecessor ends, and the scheduler records all of it in its next batched transaction.
+
+What is queued behind one attempt is bounded by `HORIZON_MS` of observed work, so a job arriving
+later in a higher-priority queue waits at most about that long for it. A queued attempt holds no
+capacity of its own: it will use its predecessor's. Only state in memory: after a restart the
+queued attempts simply count as running until they do run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning
+
+HORIZON_MS = 250.0
+MAX_DEPTH = 32
+SMOOTHING = 0.2  # weight of the newest duration in the moving average
+MIN_SAMPLES = 4  # children that must have ended before an array counts as fast
+
+
+@dataclass
+class _Slot:
+    parent_id: str
+    environment: str
+    resources: tuple[float, int, int]
+    followers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Chained:
+    """Place job `job_id` as attempt `task_id` in `environment`, to start once `after` has ended."""
+
+    job_id: str
+    task_id: str
+    environment: str
+    after: str | None  # None: start now
+
+
+@dataclass
+class _Speed:
+    mean_ms: float = 0.0
+    samples: int = 0
+
+    def add(self, duration_ms: float) -> None:
+        self.mean_ms = duration_ms if not self.samples else (1 - SMOOTHING) * self.mean_ms + SMOOTHING * duration_ms
+        self.samples += 1
+
+    def depth(self) -> int:
+        """How many attempts may wait behind one running sibling."""
+        if self.samples < MIN_SAMPLES:
+            return 0
+        return min(MAX_DEPTH, int(HORIZON_MS / max(self.mean_ms, 1.0)))
+
+
+class StartAhead:
+    """Chains of placements per running array child, and how fast each array's children run."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}  # attempt holding the place -> what waits behind it
+        self._head_of: dict[str, str] = {}  # queued attempt -> the attempt whose place it takes
+        self._began: dict[str, tuple[str, int]] = {}  # attempt -> (parent, started at ms)
+        self._speed: dict[str, _Speed] = {}  # array parent -> its children's durations
+
+    def queued(self) -> set[str]:
+        """Attempts placed behind another: they hold no capacity until that one ends."""
+        return set(self._head_of)
+
+    def placed(self, task_id: str, parent_id: str, environment: str, resources: tuple[float, int, int],
+               after: str | None) -> None:  # fmt: skip
+        if after is None:
+            self._slots[task_id] = _Slot(parent_id, environment, resources)
+            return
+        head = self._head_of.get(after, after)
+        slot = self._slots.get(head)
+        if slot is not None:
+            slot.followers.append(task_id)
+            self._head_of[task_id] = head
+
+    def observe(self, events: Iterable[AttemptEvent]) -> None:
+        for event in events:
+            if isinstance(event, AttemptRunning):
+                slot = self._slots.get(event.attempt_id)
+                if slot is not None:
+                    self._began[event.attempt_id] = (slot.parent_id, event.at_ms)
+            elif isinstance(event, AttemptExited):
+                self._ended(event)
+
+    def _ended(self, event: AttemptExited) -> None:
+        task_id = event.attempt_id
+        began = self._began.pop(task_id, None)
+        if began is not None and not event.terminated:
+            parent_id, started_ms = began
+            self._speed.setdefault(parent_id, _Speed()).add(event.at_ms - started_ms)
+        head = self._head_of.pop(task_id, None)
+        if head is not None:  # ended while queued (terminated): it leaves its chain
+            self._slots[head].followers.remove(task_id)
+            return
+        slot = self._slots.pop(task_id, None)
+        if slot is None or not slot.followers:
+            return
+        successor, *rest = slot.followers  # the first follower now holds the place
+        del self._head_of[successor]
+        self._slots[successor] = _Slot(slot.parent_id, slot.environment, slot.resources, rest)
+        for follower in rest:
+            self._head_of[follower] = successor
+
+    def wants(self) -> bool:
+        return any(self._room(slot) > 0 for slot in self._slots.values())
+
+    def _room(self, slot: _Slot) -> int:
+        speed = self._speed.get(slot.parent_id)
+        return 0 if speed is None else speed.depth() - len(slot.followers)
+
+    def chain(self, candidates: Sequence[tuple[str, str | None, tuple[float, int, int]]]) -> list[Chained]:
+        """Chain a queue's next RUNNABLE jobs (id, array parent, resources), in the queue's order,
+        behind running siblings that have room; stops at the first job that cannot be chained so
+        nothing overtakes the queue's order."""
+        room = {head: self._room(slot) for head, slot in self._slots.items()}
+        tails = {head: (slot.followers[-1] if slot.followers else head) for head, slot in self._slots.items()}
+        by_parent: dict[str, list[str]] = {}
+        for head, slot in self._slots.items():
+            by_parent.setdefault(slot.parent_id, []).append(head)
+        chained: list[Chained] = []
+        for job_id, parent_id, resources in candidates:
+            heads = [h for h in by_parent.get(parent_id or "", ()) if room[h] > 0 and self._fits(resources, h)]
+            if not heads:
+                break
+            head = max(heads, key=lambda h: room[h])  # the shortest chain first
+            task_id = uuid.uuid4().hex
+            chained.append(Chained(job_id, task_id, self._slots[head].environment, tails[head]))
+            tails[head] = task_id
+            room[head] -= 1
+        return chained
+
+    def _fits(self, resources: tuple[float, int, int], head: str) -> bool:
+        held = self._slots[head].resources
+        return all(need <= have for need, have in zip(resources, held, strict=True))

@@ -1,0 +1,311 @@
+"""The attempt supervisor: a long-lived process that parents every local attempt.
+
+Attempts must outlive the API server (a crash, a deploy, a SIGKILL), so they are not the server's
+children: this process starts them (through the same `LocalExecutor` engine: cgroups, OOM,
+timeouts), reaps them and journals their exits in `<data dir>/executor/journal.jsonl` before telling
+the server. A restarted server connects again and `adopt`s what it had placed: finished attempts
+come back with their real exit status and time, running ones simply go on.
+
+It also removes a round trip from every short job: an attempt placed with `start_after` waits here
+for its predecessor and starts the moment that one ends, while the scheduler plans the next batch.
+
+One client (the server) at a time; a new connection replaces the old one. With no client and
+nothing running for `IDLE_EXIT_SECONDS` it exits (its journal keeps whatever was not collected).
+
+Run as `python -m kiln.executors.supervisor --state-dir DIR` (the server does this itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kiln.config import Settings
+
+from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
+from .cgroups import AttemptCgroups, attempt_group_name
+from .images import ImageCatalogue
+from .local import LocalExecutor, now_ms
+from .supervisor_journal import Journal
+from .supervisor_wire import LOCK_NAME, SOCKET_NAME, LineReader, encode, event_to_wire, spec_from_wire
+
+log = logging.getLogger("kiln.supervisor")
+
+IDLE_EXIT_SECONDS = 10.0
+SELECT_SECONDS = 1.0
+STOP_REASON = "Terminated because the Kiln executor was stopped"
+
+
+class Supervisor:
+    """The event loop: the server's socket, the engine's wake-ups, the journal."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.engine = LocalExecutor(Settings(data_dir=state_dir.parent))
+        self.journal = Journal(state_dir)
+        self.exits: dict[str, dict[str, Any]] = self.journal.unacknowledged_exits()
+        self.started: dict[str, int] = {}  # live attempt -> when it began running (epoch ms)
+        self.waiting: dict[str, list[AttemptSpec]] = {}  # predecessor id -> attempts starting after it
+        self.queued: dict[str, str] = {}  # attempt waiting -> its predecessor
+        self.client: socket.socket | None = None
+        self.reader = LineReader()
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.engine.subscribe(self._wake)
+        self.idle_since = time.monotonic()
+        self.stopping = False
+        self.lost = set(self.journal.orphans())  # started by a previous supervisor, end unknown
+        self._discard_orphans(sorted(self.lost))
+
+    # -- wiring ------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"x")
+
+    def _discard_orphans(self, attempt_ids: list[str]) -> None:
+        """Attempts a previous supervisor started but never saw end cannot be reaped by this one:
+        kill what is left of them (their cgroups know) and let the server fail them as lost."""
+        support = self.engine.cgroup_support
+        parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
+        for attempt_id in attempt_ids:
+            name = attempt_group_name(attempt_id)
+            groups = [None if p is None or not (p / name).is_dir() else p / name for p in parents]
+            AttemptCgroups(*groups).remove()
+        if attempt_ids:
+            log.warning("attempts of a previous supervisor were lost: %s", ", ".join(attempt_ids))
+
+    def serve(self, listener: socket.socket) -> None:
+        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "engine")
+        while True:
+            for key, _ in self.selector.select(SELECT_SECONDS):
+                if key.data == "accept":
+                    self._accept(listener)
+                elif key.data == "engine":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
+                    self._drain_engine()
+                else:
+                    self._read_client()
+            self._drain_engine()
+            if self._should_exit():
+                break
+        self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the monitor thread
+        self.journal.close()
+
+    def _should_exit(self) -> bool:
+        busy = self.client is not None or self.engine.running() or self.queued
+        if busy and not self.stopping:
+            self.idle_since = time.monotonic()
+            return False
+        if self.stopping:
+            return not self.engine.running()
+        return time.monotonic() - self.idle_since >= IDLE_EXIT_SECONDS
+
+    # -- the server connection ---------------------------------------------------------------------
+    def _accept(self, listener: socket.socket) -> None:
+        connection, _ = listener.accept()
+        if self.client is not None:
+            log.info("a new server connected; dropping the previous connection")
+            self._drop_client()
+        connection.setblocking(True)
+        self.client = connection
+        self.reader = LineReader()
+        self.selector.register(connection, selectors.EVENT_READ, "client")
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.selector.unregister(self.client)
+            self.client.close()
+            self.client = None
+
+    def _read_client(self) -> None:
+        assert self.client is not None
+        try:
+            chunk = self.client.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop_client()
+            return
+        for message in self.reader.feed(chunk):
+            try:
+                self._handle(message)
+            except Exception:  # one bad message must not take every attempt's parent down
+                log.exception("cannot handle %s", message.get("op"))
+
+    def _send(self, messages: list[dict[str, Any]]) -> None:
+        if self.client is None or not messages:
+            return
+        try:
+            self.client.sendall(b"".join(encode(m) for m in messages))
+        except OSError:
+            self._drop_client()  # the server is gone: the journal keeps everything for the next
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "hello":
+            self._configure(message)
+            self._send([{"op": "welcome", "notes": self.engine.describe(), "pid": os.getpid()}])
+        elif op == "start":
+            for wire in message["specs"]:
+                self._start(spec_from_wire(wire))
+        elif op == "terminate":
+            self._terminate(message["id"], message["reason"])
+        elif op == "acknowledge":
+            for attempt_id in message["ids"]:
+                self.exits.pop(attempt_id, None)
+            self.journal.acknowledge(message["ids"], self.exits, self._live())
+        elif op == "adopt":
+            self._adopt(message["ids"])
+        elif op == "stop":
+            self._stop_everything()
+
+    def _configure(self, message: dict[str, Any]) -> None:
+        """The server's settings win (flags such as the termination grace)."""
+        settings = replace(
+            Settings(data_dir=self.state_dir.parent),
+            termination_grace_seconds=float(message["termination_grace_seconds"]),
+        )
+        catalogue = ImageCatalogue(message["images"])
+        for name in message["built_in_images"]:
+            catalogue.register(name, message["images"][name])
+        self.engine.reconfigure(settings, catalogue, message["environment"])
+
+    def _adopt(self, attempt_ids: list[str]) -> None:
+        """Answer which attempts live on here and replay what the server may have missed."""
+        asked = set(attempt_ids)
+        for stale in set(self.exits) - asked:  # the server recorded these before it went away
+            del self.exits[stale]
+        live = self._live()
+        known = [a for a in attempt_ids if a in live or a in self.queued or a in self.exits]
+        # Never received by this supervisor, nor started by a previous one (its journal says):
+        # the server may start them now without running anything twice.
+        unseen = [a for a in attempt_ids if a not in known and a not in self.lost]
+        replay: list[dict[str, Any]] = []
+        for attempt_id in known:
+            if attempt_id in self.started:
+                replay.append({"op": "event", **event_to_wire(AttemptRunning(attempt_id, self.started[attempt_id]))})
+            elif attempt_id in self.exits:
+                replay.append({"op": "event", **self.exits[attempt_id]})
+        self._send([{"op": "adopted", "ids": known, "never_started": unseen}, *replay])
+
+    # -- attempts ----------------------------------------------------------------------------------
+    def _live(self) -> set[str]:
+        """Attempts started here and not yet over (the engine knows them before their event is read)."""
+        return set(self.started) | self.engine.running()
+
+    def _start(self, spec: AttemptSpec) -> None:
+        if spec.attempt_id in self._live() or spec.attempt_id in self.queued or spec.attempt_id in self.exits:
+            return  # sent twice (a server restarted between commit and send): already ours
+        after = spec.start_after
+        if after is not None and (after in self._live() or after in self.queued):
+            self.waiting.setdefault(after, []).append(spec)
+            self.queued[spec.attempt_id] = after
+            return
+        self.journal.record_start(spec.attempt_id)
+        self.engine.start(spec)
+
+    def _terminate(self, attempt_id: str, reason: str) -> None:
+        predecessor = self.queued.pop(attempt_id, None)
+        if predecessor is None:
+            self.engine.terminate(attempt_id, reason)
+            return
+        # Never started: it ends here, and whoever waited for it waits for its predecessor.
+        self.waiting[predecessor] = [s for s in self.waiting[predecessor] if s.attempt_id != attempt_id]
+        for follower in self.waiting.pop(attempt_id, []):
+            self.waiting[predecessor].append(follower)
+            self.queued[follower.attempt_id] = predecessor
+        event = AttemptExited(attempt_id, now_ms(), None, reason, started=False, terminated=True)
+        self._record([event])
+
+    def _stop_everything(self) -> None:
+        """`kiln executor stop`: terminate every attempt, then exit once they are gone."""
+        self.stopping = True
+        for attempt_id in list(self.queued):
+            self._terminate(attempt_id, STOP_REASON)
+        for attempt_id in list(self.started):
+            self.engine.terminate(attempt_id, STOP_REASON)
+
+    def _drain_engine(self) -> None:
+        events = self.engine.poll()
+        if events:
+            self._record(events)
+
+    def _record(self, events: list[AttemptEvent]) -> None:
+        """Journal first, then tell the server, then start whoever waited for an attempt that ended."""
+        for event in events:
+            if isinstance(event, AttemptRunning):
+                self.started[event.attempt_id] = event.at_ms
+        events = [
+            replace(e, started_at=self.started.get(e.attempt_id)) if isinstance(e, AttemptExited) and e.started else e
+            for e in events
+        ]
+        wires = [event_to_wire(event) for event in events]
+        self.journal.record_events(wires)
+        followers: list[AttemptSpec] = []
+        for event, wire in zip(events, wires, strict=True):
+            if isinstance(event, AttemptRunning):
+                continue
+            self.started.pop(event.attempt_id, None)
+            self.exits[event.attempt_id] = wire
+            for follower in self.waiting.pop(event.attempt_id, []):
+                del self.queued[follower.attempt_id]
+                followers.append(follower)
+        self._send([{"op": "event", **wire} for wire in wires])
+        for follower in followers:
+            self._start(replace(follower, start_after=None))
+
+
+def bind(state_dir: Path) -> socket.socket | None:
+    """The listening socket, or None when another supervisor already owns this state dir."""
+    lock = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return None  # held for the process lifetime (the fd stays open)
+    path = state_dir / SOCKET_NAME
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    return listener
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kiln-supervisor", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir: Path = args.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    listener = bind(state_dir)
+    if listener is None:
+        log.info("another supervisor owns %s", state_dir)
+        return 0
+    # The server's signals are not ours: a terminal's Ctrl-C or a SIGTERM to the server's group
+    # must not kill the attempts' parent. `kiln executor stop` is the way to stop it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info("supervisor %d serving %s", os.getpid(), state_dir)
+    Supervisor(state_dir).serve(listener)
+    log.info("supervisor %d exiting", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The supervisor's wire format: one JSON object per line over a Unix socket in the data dir.
+
+Specs and events cross a process boundary (the server and the long-lived supervisor that parents
+the attempts), so each has one encoder and one decoder here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
+
+SOCKET_NAME = "supervisor.sock"
+LOCK_NAME = "supervisor.lock"
+JOURNAL_NAME = "journal.jsonl"
+LOG_NAME = "supervisor.log"
+
+_PATH_FIELDS = ("log_path", "workdir")
+
+
+def spec_to_wire(spec: AttemptSpec) -> dict[str, Any]:
+    wire = dataclasses.asdict(spec)
+    for name in _PATH_FIELDS:
+        wire[name] = str(wire[name])
+    return wire
+
+
+def spec_from_wire(wire: dict[str, Any]) -> AttemptSpec:
+    values = dict(wire)
+    for name in _PATH_FIELDS:
+        values[name] = Path(values[name])
+    return AttemptSpec(**values)
+
+
+def event_to_wire(event: AttemptEvent) -> dict[str, Any]:
+    kind = "running" if isinstance(event, AttemptRunning) else "exited"
+    return {"kind": kind, **dataclasses.asdict(event)}
+
+
+def event_from_wire(wire: dict[str, Any]) -> AttemptEvent:
+    values = dict(wire)
+    kind = values.pop("kind")
+    return AttemptRunning(**values) if kind == "running" else AttemptExited(**values)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class LineReader:
+    """Splits a byte stream into decoded messages; keeps a partial line for the next chunk."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line]
