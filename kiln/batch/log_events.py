@@ -115,14 +115,15 @@ class StreamFile:
                 data = handle.read(min(READ_WINDOW, self.readable - position))
                 final = self.complete and position + len(data) >= self.readable
                 advanced = position
-                for event in self._events(data, position, final):
-                    size = len(event.message.encode())
-                    if len(events) >= limit or (events and used + size > MAX_PAGE_BYTES):
-                        return events, advanced
-                    if accept(event):
-                        events.append(event)
-                        used += size
-                    advanced = event.end
+                for end, event in self._lines(data, position, final):
+                    if event is not None:
+                        size = len(event.message.encode())
+                        if len(events) >= limit or (events and used + size > MAX_PAGE_BYTES):
+                            return events, advanced
+                        if accept(event):
+                            events.append(event)
+                            used += size
+                    advanced = end
                 if advanced == position:
                     break  # a window without a whole line: cannot happen for windows larger than an event
                 scan_bytes -= advanced - position
@@ -144,7 +145,9 @@ class StreamFile:
                 base = low + first if first else low  # no newline at all: a very long line, cut here
                 earliest = position
                 final = self.complete or position < self.readable
-                for event in reversed(list(self._events(data[base - low :], base, final))):
+                for _, event in reversed(list(self._lines(data[base - low :], base, final))):
+                    if event is None:
+                        continue
                     size = len(event.message.encode())
                     if len(found) >= limit or (found and used + size > MAX_PAGE_BYTES):
                         return found[::-1], earliest
@@ -156,9 +159,10 @@ class StreamFile:
                 position = base
         return found[::-1], position
 
-    def _events(self, data: bytes, base: int, final: bool) -> Iterator[Event]:
-        """Events of `data`, which starts at a line start at offset `base`; empty lines are skipped.
-        An unterminated last line counts only when `final` (or when it alone overflows an event)."""
+    def _lines(self, data: bytes, base: int, final: bool) -> Iterator[tuple[int, Event | None]]:
+        """(offset past the line, its event) for each line of `data`, which starts at a line start at
+        offset `base`; an empty line has no event. An unterminated last line counts only when
+        `final` (or when it alone overflows an event)."""
         index = 0
         while index < len(data):
             newline = data.find(b"\n", index, index + MAX_MESSAGE_BYTES + 1)
@@ -172,9 +176,9 @@ class StreamFile:
                 line, after = data[index:cut], cut
             else:
                 line, after = data[index:newline], newline + 1
-            if line:
-                end = base + after
-                yield Event(base + index, end, self.timeline.time_at(end), line.decode("utf-8", errors="replace"))
+            end = base + after
+            message = line.decode("utf-8", errors="replace")
+            yield end, Event(base + index, end, self.timeline.time_at(end), message) if line else None
             index = after
 
 

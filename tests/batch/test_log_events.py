@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.batch import filter_patterns
-from kiln.batch.log_events import MAX_MESSAGE_BYTES, StreamFile, Timeline
+from kiln.batch.log_events import MAX_MESSAGE_BYTES, READ_WINDOW, StreamFile, Timeline
 from kiln.errors import ValidationError
 
 
@@ -138,3 +138,9 @@ def test_plain_term_filter_patterns(pattern: str, matches: list[str], misses: li
 def test_structured_filter_patterns_are_refused(pattern: str) -> None:
     with pytest.raises(ValidationError, match="plain-term"):
         filter_patterns.parse(pattern)
+
+
+def test_a_run_of_empty_lines_longer_than_a_read_is_passed_over(tmp_path: Path) -> None:
+    stream = stream_of(tmp_path / "log", b"before\n" + b"\n" * (READ_WINDOW + 10) + b"after\n")
+    assert [m for page in forward_pages(stream, 10) for m in page] == ["before", "after"]
+    assert [m for page in backward_pages(stream, 10) for m in page] == ["before", "after"]
