@@ -13,7 +13,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from kiln.api.app import create_app
+from kiln.api.cloudwatch_logs import TARGET_PREFIX, LogsEndpoint
 from kiln.api.job_logs import log_routes
+from kiln.api.metrics import metrics_routes
+from kiln.batch import store_metrics
+from kiln.batch.log_service import LogsService
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
@@ -21,6 +25,7 @@ from kiln.errors import ConflictError
 from kiln.executors.base import local_host_id
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.supervised import SupervisedExecutor
+from kiln.observability.metrics import ServerMetrics
 from kiln.render import image as render_image
 from kiln.store.database import Database
 
@@ -59,6 +64,8 @@ def build_server(settings: Settings) -> Server:
     service = BatchService(db, settings)
     scheduler = Scheduler(db, executor, settings, service.arns)
     service.on_change = scheduler.notify_change
+    metrics = ServerMetrics(lambda: store_metrics.snapshot(db, executor.capacity))
+    scheduler.metrics = metrics.scheduler
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +77,12 @@ def build_server(settings: Settings) -> Server:
             scheduler.stop()
             db.close()
 
-    app = create_app(service, extra_routes=log_routes(service), lifespan=lifespan)
+    app = create_app(
+        service,
+        extra_routes=[*log_routes(service), *metrics_routes(metrics.registry)],
+        lifespan=lifespan,
+        targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},
+    )
     return Server(settings, db, service, scheduler, app)
 
 

@@ -8,12 +8,12 @@ code that touches the database.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -46,13 +46,19 @@ def create_app(
     submit_job_max_bytes: int = SUBMIT_JOB_MAX_BYTES,
     extra_routes: Sequence[BaseRoute] | None = None,
     lifespan: Lifespan[Starlette] | None = None,
+    targets: Mapping[str, ASGIApp] | None = None,
 ) -> Starlette:
-    """The Kiln HTTP app: `/healthz`, `extra_routes` (e.g. logs, UI), then Batch on any `.../v1/...`."""
+    """The Kiln HTTP app: `/healthz`, `extra_routes` (e.g. logs, UI), then Batch on any `.../v1/...`.
+
+    `targets` maps an `X-Amz-Target` prefix (`Logs_20140328`) to the endpoint of that JSON-protocol
+    service, which shares the catch-all route with Batch.
+    """
     batch = BatchEndpoint(service, max_body_bytes, {"SubmitJob": submit_job_max_bytes})
+    endpoint: ASGIApp = TargetRouter(targets, batch) if targets else batch
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *(extra_routes or []),
-        Route("/{path:path}", batch),  # an ASGI endpoint: every method, so wrong ones get our error
+        Route("/{path:path}", endpoint),  # an ASGI endpoint: every method, so wrong ones get our error
     ]
     app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware)], lifespan=lifespan)
     app.state.service = service
@@ -85,6 +91,25 @@ class BatchEndpoint:
         params = parse_request(operation, body, path_params, query)
         result = await run_in_threadpool(self.service.call, operation, params)
         return JSONResponse(serialize_output(operation, result))
+
+
+class TargetRouter:
+    """AWS JSON-protocol clients (CloudWatch Logs) POST to the root with `X-Amz-Target`; Batch never
+    sends that header, so one endpoint serves both."""
+
+    def __init__(self, targets: Mapping[str, ASGIApp], fallback: ASGIApp) -> None:
+        self.targets = dict(targets)
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = Headers(scope=scope).get("x-amz-target")
+        if target is None:
+            await self.fallback(scope, receive, send)
+            return
+        endpoint = self.targets.get(target.partition(".")[0])
+        if endpoint is None:
+            raise ClientError(f"Unknown X-Amz-Target {target!r}: Kiln serves {', '.join(sorted(self.targets))}")
+        await endpoint(scope, receive, send)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

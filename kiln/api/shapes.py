@@ -1,7 +1,8 @@
-"""Batch request and response shapes, read from botocore's service model rather than re-typed.
+"""Request and response shapes, read from botocore's service models rather than re-typed.
 
 botocore is the contract our clients already obey, so routes, required members, types and enums all
-come from its `batch` model. The server re-runs botocore's own client-side validator (clients other
+come from its `batch` model (and, for the CloudWatch Logs API on the same endpoint, its `logs` model:
+every function takes the service name, `batch` by default). The server re-runs botocore's own client-side validator (clients other
 than botocore exist, and `Config(parameter_validation=False)` skips it), then adds what botocore leaves to the
 server: enum membership, booleans posing as numbers, and integers wider than the model's 32/64 bits.
 Semantic rules (ranges, limits, cross-field rules) belong to the domain, not here.
@@ -24,6 +25,8 @@ from kiln.errors import ClientError, ValidationError
 
 SERVICE_NAME = "batch"
 API_VERSION = "2016-08-10"
+# The model versions Kiln speaks, per service; botocore ships older ones beside some of them.
+API_VERSIONS = {SERVICE_NAME: API_VERSION, "logs": "2014-03-28"}
 
 _NUMBER_TYPES = frozenset({"integer", "long", "float", "double"})
 # AWS's service deserializes `integer` as a 32-bit and `long` as a 64-bit signed number; Python has no
@@ -44,16 +47,16 @@ _PY_TYPE_NAMES = {
 }
 
 
-@lru_cache(maxsize=1)
-def service_model() -> ServiceModel:
-    """The Batch model, loaded once: parsing the JSON model costs tens of milliseconds."""
-    return botocore.session.get_session().get_service_model(SERVICE_NAME, API_VERSION)
+@lru_cache(maxsize=len(API_VERSIONS))
+def service_model(service: str = SERVICE_NAME) -> ServiceModel:
+    """A service's model, loaded once: parsing the JSON model costs tens of milliseconds."""
+    return botocore.session.get_session().get_service_model(service, API_VERSIONS[service])
 
 
-def operation_model(operation: str) -> OperationModel:
+def operation_model(operation: str, service: str = SERVICE_NAME) -> OperationModel:
     """The model of one operation; an unknown name is the caller's mistake, not a crash."""
     try:
-        return service_model().operation_model(operation)
+        return service_model(service).operation_model(operation)
     except OperationNotFoundError as exc:
         raise ClientError(f"Unknown operation {operation}") from exc
 
@@ -125,14 +128,15 @@ def parse_request(
     body: bytes,
     path_params: Mapping[str, str] | None = None,
     query: Mapping[str, Sequence[str]] | None = None,
+    service: str = SERVICE_NAME,
 ) -> dict[str, Any]:
-    """Turn one HTTP request into validated input parameters for `operation`.
+    """Turn one HTTP request into validated input parameters for `operation` of `service`.
 
     `path_params` are the percent-decoded URI labels, `query` maps each query key to all its values
     (repeated keys such as `tagKeys` arrive as several values). Raises ValidationError with a message
     a person can act on.
     """
-    shape = operation_model(operation).input_shape
+    shape = operation_model(operation, service).input_shape
     params = _drop_nulls(decode_json_object(body))
     if shape is None:
         if params:
@@ -275,13 +279,13 @@ def _json_type(value: Any) -> str:
 # ------------------------------------------------------------------------------------------ responses
 
 
-def serialize_output(operation: str, result: Mapping[str, Any] | None) -> dict[str, Any]:
+def serialize_output(operation: str, result: Mapping[str, Any] | None, service: str = SERVICE_NAME) -> dict[str, Any]:
     """The body for a successful call: null members omitted, members outside the output shape dropped.
 
     botocore skips nulls anyway, but AWS omits absent members and the domain may carry extra fields;
     the output shape is the contract, so nothing else leaks onto the wire.
     """
-    shape = operation_model(operation).output_shape
+    shape = operation_model(operation, service).output_shape
     if shape is None or not result:
         return {}
     pruned = _prune(result, shape)

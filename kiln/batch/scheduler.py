@@ -39,6 +39,7 @@ from kiln.executors.base import (
     Executor,
     local_host_id,
 )
+from kiln.observability.metrics import SchedulerMetrics
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -63,6 +64,8 @@ def log_path(settings: Settings, stream: str) -> Path:
 
 class Scheduler:
     """Runs `tick` on a background thread; `wake` makes the next tick happen now."""
+
+    metrics = SchedulerMetrics()  # the server sets its own (kiln/server.py); this one is never scraped
 
     def __init__(self, db: Database, executor: Executor, settings: Settings, arns: Arns) -> None:
         self.db, self.executor, self.settings, self.arns = db, executor, settings, arns
@@ -108,7 +111,8 @@ class Scheduler:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                busy = self.tick()
+                with self.metrics.time_tick():
+                    busy = self.tick()
             except Exception:  # the loop must survive anything; the error is logged with its traceback
                 log.exception("scheduler tick failed")
                 busy = False
@@ -182,6 +186,7 @@ class Scheduler:
             elif isinstance(event, AttemptExited):
                 self._signalled.discard(event.attempt_id)
                 exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
+        self.metrics.record_events(events, attempts)
         repo.update_attempts_each(started)
         transition_each(repo, Status.RUNNING, running, only_from=frozenset({Status.STARTING}))
         decided = progress.record_exits(repo, exits)

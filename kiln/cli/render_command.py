@@ -123,7 +123,9 @@ def render(
         batch = batch_client(connection.endpoint)
         jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory)
         try:
-            _say_submitted(jobs, plan, queue)  # inside the try: from here on Ctrl-C leaves running jobs behind
+            _say_submitted(
+                jobs, plan, queue, connection.endpoint
+            )  # inside the try: from here on Ctrl-C leaves running jobs behind
             outcome = watch(batch, jobs, plan, console)
         except KeyboardInterrupt:
             _stop_watching(jobs, connection)
@@ -234,7 +236,7 @@ def _submit(
     return jobs
 
 
-def _say_submitted(jobs: SubmittedPipeline, plan: RenderPlan, queue: str) -> None:
+def _say_submitted(jobs: SubmittedPipeline, plan: RenderPlan, queue: str, endpoint: str) -> None:
     each = f"{plan.frames_per_job} frame{'s' if plan.frames_per_job > 1 else ''} each"
     shape = f"an array of {jobs.slices} jobs, {each}" if jobs.slices > 1 else "one job"
     console.print(
@@ -242,6 +244,13 @@ def _say_submitted(jobs: SubmittedPipeline, plan: RenderPlan, queue: str) -> Non
         f"and {jobs.stitch_name} ({jobs.stitch_id}) to queue {queue}",
         soft_wrap=True,
     )
+    console.print(f"dashboard: {dashboard_url(endpoint, jobs.stitch_id)}", soft_wrap=True, markup=False)
+    console.print(f"render jobs: {dashboard_url(endpoint, jobs.render_id)}", soft_wrap=True, markup=False)
+
+
+def dashboard_url(endpoint: str, job_id: str) -> str:
+    """A job's page in the web dashboard the server serves at /ui."""
+    return f"{endpoint.rstrip('/')}/ui/#/jobs/{job_id}"
 
 
 def _stop_watching(jobs: SubmittedPipeline, connection: Connection) -> None:

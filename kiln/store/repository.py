@@ -517,3 +517,69 @@ class Repository:
             .group_by(job_shares.c.share_identifier)
         )
         return _rows(self.connection.execute(query))
+
+    # -- attempts as CloudWatch log streams (kiln/batch/log_service.py) and /metrics
+    #    (kiln/batch/store_metrics.py); appended here ----------------------------------------------
+    def attempt_streams(
+        self,
+        *,
+        limit: int,
+        prefix: str | None = None,
+        names: Sequence[str] | None = None,
+        after: str | None = None,
+        descending: bool = False,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[Row]:
+        """Started attempts as log streams, by stream name (keyset: names after `after`); `since_ms`
+        and `until_ms` keep those that ran during that window."""
+        name = attempts.c.log_stream
+        query = select(attempts.c.task_id, name, attempts.c.started_at, attempts.c.stopped_at)
+        query = query.where(attempts.c.started_at.is_not(None))
+        if prefix:  # substr, not LIKE: LIKE is case-insensitive on SQLite and `_` is a wildcard
+            query = query.where(func.substr(name, 1, len(prefix)) == prefix)
+        if names is not None:
+            query = query.where(name.in_(list(names)))
+        if after is not None:
+            query = query.where(name < after if descending else name > after)
+        if until_ms is not None:
+            query = query.where(attempts.c.started_at < until_ms)
+        if since_ms is not None:
+            query = query.where(or_(attempts.c.stopped_at.is_(None), attempts.c.stopped_at >= since_ms))
+        query = query.order_by(name.desc() if descending else name).limit(limit)
+        return _rows(self.connection.execute(query))
+
+    def attempt_streams_by_stop(self, *, limit: int, after: tuple[int, str] | None, descending: bool) -> list[Row]:
+        """Started attempts as log streams by when they stopped (running ones count as latest), then
+        name; the key is returned as `last`."""
+        from sqlalchemy import case  # local: keeps the module's import line untouched
+
+        name = attempts.c.log_stream
+        last = case((attempts.c.stopped_at.is_(None), 2**62), else_=attempts.c.stopped_at)
+        query = select(attempts.c.task_id, name, attempts.c.started_at, attempts.c.stopped_at, last.label("last"))
+        query = query.where(attempts.c.started_at.is_not(None))
+        if after is not None:
+            time, after_name = after
+            if descending:
+                query = query.where(or_(last < time, and_(last == time, name < after_name)))
+            else:
+                query = query.where(or_(last > time, and_(last == time, name > after_name)))
+        order = (last.desc(), name.desc()) if descending else (last, name)
+        return _rows(self.connection.execute(query.order_by(*order).limit(limit)))
+
+    def job_counts(self) -> list[Row]:
+        """Jobs per queue, status and kind (array child or not): one GROUP BY, for /metrics."""
+        child = jobs.c.parent_id.is_not(None).label("child")
+        query = select(jobs.c.queue_arn, jobs.c.status, child, func.count().label("count"))
+        return _rows(self.connection.execute(query.group_by(jobs.c.queue_arn, jobs.c.status, child)))
+
+    def usage_by_environment(self) -> list[Row]:
+        """Resources held by running attempts, summed per compute environment, for /metrics."""
+        query = select(
+            attempts.c.compute_environment,
+            func.sum(attempts.c.vcpus).label("vcpus"),
+            func.sum(attempts.c.memory_mib).label("memory_mib"),
+            func.sum(attempts.c.gpus).label("gpus"),
+            func.count().label("attempts"),
+        ).where(attempts.c.active.is_(True))
+        return _rows(self.connection.execute(query.group_by(attempts.c.compute_environment)))

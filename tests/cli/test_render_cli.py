@@ -203,12 +203,15 @@ def test_ctrl_c_stops_watching_and_the_jobs_carry_on(sample: Path, tmp_path: Pat
     queue = unique("render-q")
     process = start_kiln("render", str(sample), "-o", str(tmp_path / "out"), "--queue", queue, *SMALL,
                          "--endpoint-url", kiln_server.endpoint)  # fmt: skip
-    submitted = read_until(process, "submitted ")
+    submitted = read_until(process, "render jobs: ")
     process.send_signal(signal.SIGINT)
     rest = finish(process)
     assert process.returncode == 130, submitted + rest
     assert "stopped watching; the jobs keep running" in rest
     stitch_id = re.findall(r"\(([0-9a-f-]{36})\)", submitted)[-1]
+    render_id = re.findall(r"\(([0-9a-f-]{36}):", submitted)[0]
+    assert f"dashboard: {kiln_server.endpoint}/ui/#/jobs/{stitch_id}\n" in submitted  # the pipeline's page
+    assert f"render jobs: {kiln_server.endpoint}/ui/#/jobs/{render_id}\n" in submitted  # the array's page
     assert f"kiln describe {stitch_id} --endpoint-url {kiln_server.endpoint}" in rest
     assert "aws batch terminate-job" in rest
     assert wait_for(kiln_server.client(), stitch_id, timeout=120)["status"] == "SUCCEEDED"
