@@ -45,16 +45,21 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     submit_job_max_bytes: int = SUBMIT_JOB_MAX_BYTES,
     extra_routes: Sequence[BaseRoute] | None = None,
+    middleware: Sequence[Middleware] = (),
     lifespan: Lifespan[Starlette] | None = None,
 ) -> Starlette:
-    """The Kiln HTTP app: `/healthz`, `extra_routes` (e.g. logs, UI), then Batch on any `.../v1/...`."""
+    """The Kiln HTTP app: `/healthz`, `extra_routes` (e.g. logs, UI), then Batch on any `.../v1/...`.
+
+    `middleware` (e.g. SigV4 authentication) runs inside the error-mapping middleware, so what it
+    raises reaches the client in AWS's error form.
+    """
     batch = BatchEndpoint(service, max_body_bytes, {"SubmitJob": submit_job_max_bytes})
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *(extra_routes or []),
         Route("/{path:path}", batch),  # an ASGI endpoint: every method, so wrong ones get our error
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware)], lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware), *middleware], lifespan=lifespan)
     app.state.service = service
     return app
 
