@@ -60,6 +60,9 @@ def create_app(
         Route("/{path:path}", batch),  # an ASGI endpoint: every method, so wrong ones get our error
     ]
     app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware), *middleware], lifespan=lifespan)
+    # A path the catch-all's `.*` cannot match (a percent-encoded newline) would get Starlette's
+    # plain-text 404; the Batch endpoint answers it in AWS form instead.
+    app.router.default = batch
     app.state.service = service
     return app
 
