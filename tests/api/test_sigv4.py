@@ -134,6 +134,18 @@ def test_boto3_with_the_right_key_runs_a_job(secured: tuple[KilnServer, Key]) ->
     ]
 
 
+def test_signed_paths_and_query_strings_verify(secured: tuple[KilnServer, Key]) -> None:
+    """Tag routes put a percent-encoded ARN in the path and UntagResource repeats `tagKeys` in the
+    query: the canonical URI (encoded twice) and the sorted query must match botocore's."""
+    server, key = secured
+    batch = client(server, key)
+    queue = make_queue(batch)
+    arn = batch.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["jobQueueArn"]
+    batch.tag_resource(resourceArn=arn, tags={"team": "render farm", "b": "1", "a": "2/3"})
+    batch.untag_resource(resourceArn=arn, tagKeys=["b", "a"])
+    assert batch.list_tags_for_resource(resourceArn=arn)["tags"] == {"team": "render farm"}
+
+
 def test_kiln_logs_signs_its_requests(secured: tuple[KilnServer, Key]) -> None:
     server, key = secured
     batch = client(server, key)
@@ -299,6 +311,9 @@ def test_non_loopback_host_without_auth_is_refused_at_start(tmp_path: Path) -> N
     assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
     assert "--auth sigv4" in result.stderr and "--insecure" in result.stderr
     assert not (tmp_path / "data" / "kiln.db").exists()
+    unknown = kiln("server", "--insecure", "--auth", "basic", "--data-dir", str(tmp_path / "data"))
+    assert unknown.returncode == 2
+    assert "unknown auth mode 'basic'; use one of: none, sigv4" in unknown.stderr
 
 
 def test_exposure_rules() -> None:
