@@ -50,7 +50,7 @@ SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. "
     "Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
 )
-_TIMESTAMP = re.compile(r"\d{8}T\d{6}Z")
+_TIMESTAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -110,13 +110,16 @@ def request_timestamp(headers: HTTPHeaders) -> datetime:
             raise IncompleteSignatureError(
                 f"X-Amz-Date must be in ISO 8601 basic format (YYYYMMDDTHHMMSSZ), got {amz_date[:40]!r}"
             )
-        return datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
+        try:
+            return datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
+        except ValueError:  # the right shape, an impossible date (month 13, second 61)
+            raise IncompleteSignatureError(f"X-Amz-Date is not a valid date: {amz_date!r}") from None
     date = headers.get("date")
     if date is None:
         raise IncompleteSignatureError("The request must carry an X-Amz-Date or a Date header")
     try:
         return parsedate_to_datetime(date).astimezone(UTC)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise IncompleteSignatureError(f"Date header is not an RFC 7231 date: {date[:40]!r}") from None
 
 

@@ -25,6 +25,8 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kiln.config import Settings
 from kiln.errors import ValidationError
@@ -270,7 +272,7 @@ def test_scope_must_name_this_region_and_a_served_service(secured: tuple[KilnSer
 
 
 def test_malformed_authorization_header_is_refused(secured: tuple[KilnServer, Key]) -> None:
-    server, _ = secured
+    server, key = secured
     for header in ("Bearer abc", "AWS4-HMAC-SHA256 Credential=AKIA/x", "AWS4-HMAC-SHA256 Signature=é"):
         response = httpx.post(
             f"{server.endpoint}/v1/describejobqueues",
@@ -280,6 +282,55 @@ def test_malformed_authorization_header_is_refused(secured: tuple[KilnServer, Ke
         )
         assert response.status_code == 403, response.text
         assert response.headers["x-amzn-ErrorType"] == "IncompleteSignatureException"
+    well_formed = f"AWS4-HMAC-SHA256 Credential={key.access_key_id}/20261399/us-east-1/batch/aws4_request, SignedHeaders=host;x-amz-date, Signature={'0' * 64}"
+    for date in ("20261399T999999Z", "2026-11-25T10:00:00Z"):
+        response = httpx.post(
+            f"{server.endpoint}/v1/describejobqueues",
+            content=b"{}",
+            headers={"Authorization": well_formed, "X-Amz-Date": date},
+            timeout=10,
+        )
+        assert_refused(response, "IncompleteSignatureException", "X-Amz-Date")
+
+
+# What HTTP lets a header value hold: visible ASCII and Latin-1, inner spaces, no edge whitespace.
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=120).map(
+    str.strip
+)
+
+
+def test_fuzzed_auth_headers_are_refused_never_a_5xx(secured: tuple[KilnServer, Key]) -> None:
+    """Garbled Authorization, X-Amz-Date and Date headers, some around the real key id: always a 403."""
+    server, key = secured
+    authorization = st.one_of(
+        header_text,
+        st.builds(
+            lambda scope, signed, signature: (
+                f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders={signed}, Signature={signature}"
+            ),
+            st.one_of(header_text, st.just(f"{key.access_key_id}/20261125/us-east-1/batch/aws4_request")),
+            st.one_of(header_text, st.just("host;x-amz-date")),
+            st.one_of(header_text, st.text("0123456789abcdef", min_size=64, max_size=64)),
+        ),
+    )
+    amz_date = st.one_of(st.none(), header_text, st.from_regex(r"[0-9]{8}T[0-9]{6}Z", fullmatch=True))
+    http_date = st.one_of(st.none(), header_text, st.just("Mon, 01 Jan 0001 00:00:00 -1200"))
+
+    with httpx.Client(base_url=server.endpoint, timeout=30) as http:
+
+        @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(authorization=authorization, amz_date=amz_date, http_date=http_date, body=st.binary(max_size=64))
+        def run(authorization: str, amz_date: str | None, http_date: str | None, body: bytes) -> None:
+            headers = {"Authorization": authorization.encode("latin-1")}
+            if amz_date is not None:
+                headers["X-Amz-Date"] = amz_date.encode("latin-1")
+            if http_date is not None:
+                headers["Date"] = http_date.encode("latin-1")
+            response = http.post("/v1/describejobqueues", content=body, headers=headers)
+            assert response.status_code == 403, response.text
+            assert response.json()["__type"].endswith("Exception")
+
+        run()
 
 
 def test_deleted_key_is_refused_without_a_restart(tmp_path: Path) -> None:
