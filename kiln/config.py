@@ -43,6 +43,10 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "123456789012"
     database_url: str | None = None
+    # "none" (loopback only, unless `insecure`) or "sigv4" (access keys in <data_dir>/credentials).
+    auth: str = "none"
+    # Allow a non-loopback `host` without authentication.
+    insecure: bool = False
     # SQLite `synchronous=FULL` (fsync on every commit: survives power loss) instead of NORMAL
     # (survives a killed process, which is the default promise).
     fsync: bool = False
@@ -111,7 +115,7 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
 
 _NUMBER = (int, float)
 _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
-    "host": str, "port": int, "region": str, "account_id": str, "database_url": str, "fsync": bool,
+    "host": str, "port": int, "region": str, "account_id": str, "database_url": str, "auth": str, "insecure": bool, "fsync": bool,
     "retention_days": _NUMBER, "scheduler_interval_seconds": _NUMBER, "min_timeout_seconds": int,
     "termination_grace_seconds": _NUMBER, "min_state_time_limit_seconds": int, "host_vcpus": int, "host_memory_mib": int,
     "cpu_hard_cap_environments": list,

@@ -39,3 +39,34 @@ class ConflictError(ClientError):
 
 class ServerError(KilnError):
     """Kiln itself failed (AWS ``ServerException``, HTTP 500); never used for bad input."""
+
+
+class AuthenticationError(KilnError):
+    """The request is not signed by a key this server knows (HTTP 403, AWS's authentication codes)."""
+
+    aws_code = "AccessDeniedException"
+    http_status = 403
+
+
+class MissingAuthenticationTokenError(AuthenticationError):
+    """No signature at all: AWS answers `Missing Authentication Token`."""
+
+    aws_code = "MissingAuthenticationTokenException"
+
+
+class IncompleteSignatureError(AuthenticationError):
+    """An Authorization header that is not a well-formed SigV4 one."""
+
+    aws_code = "IncompleteSignatureException"
+
+
+class UnrecognizedClientError(AuthenticationError):
+    """The access key id is not in the server's credentials file."""
+
+    aws_code = "UnrecognizedClientException"
+
+
+class InvalidSignatureError(AuthenticationError):
+    """The signature, its scope or its timestamp does not check out."""
+
+    aws_code = "InvalidSignatureException"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -11,21 +12,25 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
+from kiln.access_keys import KeyFile
 from kiln.api.app import create_app
 from kiln.api.cloudwatch_logs import TARGET_PREFIX, LogsEndpoint
 from kiln.api.job_logs import log_routes
 from kiln.api.metrics import metrics_routes
+from kiln.api.sigv4 import SignatureVerifier, SigV4Middleware
 from kiln.batch import store_metrics
 from kiln.batch.log_service import LogsService
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
-from kiln.errors import ConflictError
+from kiln.errors import ConflictError, ValidationError
 from kiln.executors.base import local_host_id
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.supervised import SupervisedExecutor
 from kiln.observability.metrics import ServerMetrics
+from kiln.private_files import PRIVATE_FILE_MODE, create_private_file, make_private_dir
 from kiln.render import image as render_image
 from kiln.store.database import Database
 
@@ -43,7 +48,7 @@ class Server:
 
 def lock_data_dir(settings: Settings) -> int:
     """One server per data dir: a second one would treat the first one's attempts as lost."""
-    fd = os.open(settings.data_dir / "kiln.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(settings.data_dir / "kiln.lock", os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -52,11 +57,49 @@ def lock_data_dir(settings: Settings) -> int:
     return fd  # held (and so locked) until the process exits
 
 
+AUTH_MODES = ("none", "sigv4")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Only these addresses keep an unauthenticated server to this machine's own users."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve the API (which runs any command as this user) to the network unauthenticated."""
+    if settings.auth not in AUTH_MODES:
+        raise ValidationError(f"unknown auth mode {settings.auth!r}; use one of: {', '.join(AUTH_MODES)}")
+    if settings.auth == "none" and not settings.insecure and not is_loopback_host(settings.host):
+        raise ValidationError(
+            f"refusing to listen on {settings.host} without authentication: anyone who can reach it could "
+            "run commands as this user. Use --auth sigv4 (create keys with `kiln keys create`), "
+            "or --insecure if every machine that can reach the port is trusted"
+        )
+
+
+def auth_middleware(settings: Settings) -> list[Middleware]:
+    if settings.auth != "sigv4":
+        return []
+    keys = KeyFile(settings.data_dir)
+    keys.check_private()
+    if not keys.keys():
+        log.warning("--auth sigv4: no access keys yet in %s; create one with `kiln keys create`", keys.path)
+    return [Middleware(SigV4Middleware, verifier=SignatureVerifier(keys, settings.region))]
+
+
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
+    check_exposure(settings)
     for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory)
     lock_data_dir(settings)
+    if settings.database_url is None:
+        create_private_file(settings.database_path)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
     catalogue = ImageCatalogue(settings.images)
     catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
@@ -80,6 +123,7 @@ def build_server(settings: Settings) -> Server:
     app = create_app(
         service,
         extra_routes=[*log_routes(service), *metrics_routes(metrics.registry)],
+        middleware=auth_middleware(settings),
         lifespan=lifespan,
         targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},
     )

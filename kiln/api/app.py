@@ -45,13 +45,15 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     submit_job_max_bytes: int = SUBMIT_JOB_MAX_BYTES,
     extra_routes: Sequence[BaseRoute] | None = None,
+    middleware: Sequence[Middleware] = (),
     lifespan: Lifespan[Starlette] | None = None,
     targets: Mapping[str, ASGIApp] | None = None,
 ) -> Starlette:
     """The Kiln HTTP app: `/healthz`, `extra_routes` (e.g. logs, UI), then Batch on any `.../v1/...`.
 
     `targets` maps an `X-Amz-Target` prefix (`Logs_20140328`) to the endpoint of that JSON-protocol
-    service, which shares the catch-all route with Batch.
+    service, which shares the catch-all route with Batch. `middleware` (e.g. SigV4 authentication)
+    runs inside the error-mapping middleware, so what it raises reaches the client in AWS's error form.
     """
     batch = BatchEndpoint(service, max_body_bytes, {"SubmitJob": submit_job_max_bytes})
     endpoint: ASGIApp = TargetRouter(targets, batch) if targets else batch
@@ -60,7 +62,10 @@ def create_app(
         *(extra_routes or []),
         Route("/{path:path}", endpoint),  # an ASGI endpoint: every method, so wrong ones get our error
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware)], lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware), *middleware], lifespan=lifespan)
+    # A path the catch-all's `.*` cannot match (a percent-encoded newline) would get Starlette's
+    # plain-text 404; the Batch endpoint answers it in AWS form instead.
+    app.router.default = batch
     app.state.service = service
     return app
 

@@ -28,6 +28,9 @@ API_VERSION = "2016-08-10"
 # The model versions Kiln speaks, per service; botocore ships older ones beside some of them.
 API_VERSIONS = {SERVICE_NAME: API_VERSION, "logs": "2014-03-28"}
 
+# The deepest Batch input (SubmitJob's EKS or node overrides) nests under 10 levels; recursive code
+# below (null dropping, validation, serialization) must never meet a body deep enough to overflow.
+MAX_JSON_DEPTH = 32
 _NUMBER_TYPES = frozenset({"integer", "long", "float", "double"})
 # AWS's service deserializes `integer` as a 32-bit and `long` as a 64-bit signed number; Python has no
 # such limit, and a larger value would otherwise reach the database (and fail there, as a 500).
@@ -152,16 +155,40 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        text = body.decode("utf-8")  # AWS's JSON protocols are UTF-8 only; json.loads would guess UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"Malformed JSON body: not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValidationError(
+            f"Malformed JSON body: objects and arrays are nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except ValueError as exc:
         raise ValidationError(f"Malformed JSON body: {exc}") from exc
     if not isinstance(document, dict):
         raise ValidationError(f"Request body must be a JSON object, got {_json_type(document)}")
+    if _deeper_than(document, MAX_JSON_DEPTH):
+        raise ValidationError(f"Malformed JSON body: objects and arrays are nested deeper than {MAX_JSON_DEPTH} levels")
     try:  # `\ud800` escapes decode to lone surrogates, which no database or UTF-8 response can hold
         json.dumps(document, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("Malformed JSON body: a string holds an unpaired UTF-16 surrogate escape") from None
     return document
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` deep; iterative, so depth cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _reject_constant(name: str) -> Any:

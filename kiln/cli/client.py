@@ -7,7 +7,11 @@ from typing import Any
 
 import boto3
 import botocore.session
+import httpx
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from kiln.config import DEFAULT_ENDPOINT
 
@@ -16,13 +20,31 @@ def default_endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_BATCH") or os.environ.get("AWS_ENDPOINT_URL") or DEFAULT_ENDPOINT
 
 
+def _credentials_and_region() -> tuple[Credentials | None, str]:
+    session = botocore.session.get_session()
+    return session.get_credentials(), session.get_config_variable("region") or "us-east-1"
+
+
+def sign_request(request: httpx.Request) -> httpx.Request:
+    """Sign a request to Kiln's own endpoints (`/kiln/v1/logs`) as boto3 signs Batch calls, so they
+    pass a `kiln server --auth sigv4`; a server without authentication ignores the signature."""
+    credentials, region = _credentials_and_region()
+    credentials = credentials or Credentials("kiln", "kiln")
+    aws_request = AWSRequest(method=request.method, url=str(request.url), data=request.content)
+    aws_request.headers["host"] = request.headers["host"]
+    SigV4Auth(credentials.get_frozen_credentials(), "batch", region).add_auth(aws_request)
+    for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
+        if name in aws_request.headers:
+            request.headers[name] = aws_request.headers[name]
+    return request
+
+
 def batch_client(endpoint_url: str | None) -> Any:
     """Standard chain first; dummy credentials and us-east-1 only when nothing is configured
     (a Kiln server without authentication ignores them)."""
-    session = botocore.session.get_session()
-    region = session.get_config_variable("region") or "us-east-1"
+    credentials, region = _credentials_and_region()
     kwargs: dict[str, Any] = {}
-    if session.get_credentials() is None:
+    if credentials is None:
         kwargs = {"aws_access_key_id": "kiln", "aws_secret_access_key": "kiln"}
     return boto3.client(
         "batch",

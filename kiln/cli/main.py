@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli import render_command
-from kiln.cli.client import batch_client, default_endpoint
+from kiln.cli.client import batch_client, default_endpoint, sign_request
+from kiln.cli.keys_command import keys_app
 from kiln.config import DEFAULT_PORT, load_settings
 from kiln.errors import KilnError
 
@@ -29,6 +30,7 @@ console = Console()
 err = Console(stderr=True)
 app.command("render")(render_command.render)
 app.command("sample-scene")(render_command.sample_scene)
+app.add_typer(keys_app, name="keys")
 
 EndpointOption = Annotated[
     str | None,
@@ -53,6 +55,12 @@ def server(
     ] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL [default: SQLite in the data dir].")] = None,
     region: Annotated[str | None, typer.Option(help="Region shown in ARNs [default: us-east-1].")] = None,
+    auth: Annotated[
+        str | None, typer.Option(help="none, or sigv4: requests must be signed with a key from `kiln keys create`.")
+    ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="Allow a non-loopback --host without --auth sigv4.")
+    ] = None,
     account_id: Annotated[str | None, typer.Option(help="Account shown in ARNs [default: 123456789012].")] = None,
     fsync: Annotated[
         bool | None, typer.Option("--fsync/--no-fsync", help="fsync every commit (power-loss safe).")
@@ -73,7 +81,8 @@ def server(
 
     try:
         settings = load_settings(
-            data_dir, host=host, port=port, database_url=database_url, region=region, account_id=account_id,
+            data_dir, host=host, port=port, database_url=database_url, region=region, account_id=account_id, auth=auth,
+            insecure=insecure,
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
             min_state_time_limit_seconds=min_state_time_limit_seconds,
@@ -145,7 +154,9 @@ def _fetch_log(endpoint: str, job_id: str, attempt: int | None, offset: int) -> 
     params: dict[str, Any] = {"offset": offset}
     if attempt is not None:
         params["attempt"] = attempt
-    response = httpx.get(f"{endpoint.rstrip('/')}/kiln/v1/logs/{job_id}", params=params, timeout=30)
+    request = sign_request(httpx.Request("GET", f"{endpoint.rstrip('/')}/kiln/v1/logs/{job_id}", params=params))
+    with httpx.Client(timeout=30) as client:
+        response = client.send(request)
     if response.status_code != 200:
         raise RuntimeError(response.json().get("message", response.text))
     return dict(response.json())

@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from kiln.config import Settings
+from kiln.private_files import open_private_log
 
 from .base import (
     ESSENTIAL_CONTAINER_EXITED,
@@ -344,7 +345,7 @@ class LocalExecutor:
         """
         # KILN_VCPUS: how many threads a job may use (the render worker sizes Blender by it).
         env = {**self._base_environment, "KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
-        log = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        log = open_private_log(spec.log_path)
         try:
             actions = [
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

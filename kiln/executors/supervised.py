@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import Settings
+from kiln.private_files import create_private_file, make_private_dir
 
 from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity
 from .images import ImageCatalogue
@@ -48,7 +49,8 @@ def connect(state_dir: Path) -> socket.socket | None:
 
 def spawn_supervisor(state_dir: Path) -> subprocess.Popen[bytes]:
     """Start a supervisor in its own session, so signals meant for the server never reach it."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(state_dir)
+    create_private_file(state_dir / LOG_NAME)
     with (state_dir / LOG_NAME).open("ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "kiln.executors.supervisor", "--state-dir", str(state_dir)],

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import Settings
+from kiln.private_files import make_private_dir
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
 from .cgroups import AttemptCgroups, attempt_group_name
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir: Path = args.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(state_dir)
     listener = bind(state_dir)
     if listener is None:
         log.info("another supervisor owns %s", state_dir)

@@ -15,6 +15,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from kiln.private_files import create_private_file
+
 from .supervisor_wire import JOURNAL_NAME
 
 COMPACT_AFTER_LINES = 50_000
@@ -26,6 +28,7 @@ class Journal:
         self._exits: dict[str, dict[str, Any]] = {}
         self._orphans: list[str] = []
         self._lines = self._load()
+        create_private_file(self.path)  # exits and ids are the server's business only
         self._file = self.path.open("a", encoding="utf-8")
 
     def _load(self) -> int:
@@ -74,6 +77,7 @@ class Journal:
     def _compact(self, exits: dict[str, dict[str, Any]], live: Collection[str]) -> None:
         """Keep only what is still needed: live attempts and exits the server has not collected."""
         temporary = self.path.with_suffix(".tmp")
+        create_private_file(temporary)
         entries = [{"kind": "start", "attempt_id": a} for a in live] + list(exits.values())
         temporary.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries), encoding="utf-8")
         self._file.close()

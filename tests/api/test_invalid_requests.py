@@ -144,6 +144,30 @@ RAW_CASES = [
     pytest.param("describejobs", lambda w: b"[]", "Request body must be a JSON object, got an array", id="array-body"),
     pytest.param(
         "describejobs",
+        lambda w: b'{"jobs": ' + b"[" * 40 + b"]" * 40 + b"}",
+        "Malformed JSON body: objects and arrays are nested deeper than 32 levels",
+        id="deep-nesting",
+    ),
+    pytest.param(
+        "describejobs",
+        lambda w: b"[" * 100_000 + b"]" * 100_000,
+        "Malformed JSON body: objects and arrays are nested deeper than 32 levels",
+        id="nesting-past-the-parser",
+    ),
+    pytest.param(
+        "submitjob",
+        lambda w: b'{"jobName": "caf\xe9"}',
+        "Malformed JSON body: not UTF-8 (byte 0xe9 at offset 16)",
+        id="latin-1-body",
+    ),
+    pytest.param(
+        "describejobs",
+        lambda w: '{"jobs": []}'.encode("utf-16"),
+        "Malformed JSON body: not UTF-8",
+        id="utf-16-body",
+    ),
+    pytest.param(
+        "describejobs",
         lambda w: b'{"jobs": ["\\ud800"]}',
         "Malformed JSON body: a string holds an unpaired UTF-16 surrogate escape",
         id="lone-surrogate",
