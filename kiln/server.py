@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from kiln.api.app import create_app
 from kiln.api.job_logs import log_routes
+from kiln.batch.dashboard import DashboardReads
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
@@ -22,6 +23,7 @@ from kiln.executors.images import ImageCatalogue
 from kiln.executors.local import LocalExecutor
 from kiln.render import image as render_image
 from kiln.store.database import Database
+from kiln.web.routes import dashboard_routes
 
 log = logging.getLogger("kiln")
 
@@ -69,7 +71,8 @@ def build_server(settings: Settings) -> Server:
             scheduler.stop()
             db.close()
 
-    app = create_app(service, extra_routes=log_routes(service), lifespan=lifespan)
+    dashboard = dashboard_routes(service, DashboardReads(db, settings), settings.data_dir / "dashboard-cache")
+    app = create_app(service, extra_routes=[*log_routes(service), *dashboard], lifespan=lifespan)
     return Server(settings, db, service, scheduler, app)
 
 
