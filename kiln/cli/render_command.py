@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -124,6 +125,7 @@ def render(
         jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory)
         try:
             _say_submitted(jobs, plan, queue)  # inside the try: from here on Ctrl-C leaves running jobs behind
+            console.print(f"dashboard: {dashboard_url(connection.endpoint, jobs.render_id)}", soft_wrap=True)
             outcome = watch(batch, jobs, plan, console)
         except KeyboardInterrupt:
             _stop_watching(jobs, connection)
@@ -232,6 +234,12 @@ def _submit(
     except (ClientError, BotoCoreError) as exc:
         raise _fail(f"the server at {connection.endpoint} refused the pipeline: {exc}") from None
     return jobs
+
+
+def dashboard_url(endpoint: str, job_id: str) -> str:
+    """The page of `job_id` in the server's dashboard, which lives at the root whatever the API's path prefix."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc}/ui/#/jobs/{job_id}"
 
 
 def _say_submitted(jobs: SubmittedPipeline, plan: RenderPlan, queue: str) -> None:
