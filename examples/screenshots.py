@@ -101,14 +101,16 @@ def populate(batch: Any, work: Path, scene: Path) -> dict[str, str]:
     return {"render": pipeline.render_id, "stitch": pipeline.stitch_id, "array": array, "encoder": encoder}
 
 
-def shoot(page: Page, endpoint: str, route: str, path: Path, ready: str, scroll_to: str | None = None) -> None:
+def shoot(
+    page: Page, endpoint: str, route: str, path: Path, ready: str, scroll_to: str | None = None, full_page: bool = False
+) -> None:
     page.goto(f"{endpoint}/ui/{route}")
     page.wait_for_selector(ready, timeout=60_000)
     page.wait_for_timeout(2500)  # a couple of refreshes: counters and logs settle
     if scroll_to:
         page.evaluate(f"document.querySelector({scroll_to!r}).scrollIntoView({{block: 'start'}})")
         page.evaluate("window.scrollBy(0, -60)")  # below the sticky top bar
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=full_page)
     print("wrote", path.relative_to(REPO) if path.is_relative_to(REPO) else path, flush=True)
 
 
@@ -136,8 +138,8 @@ def main() -> None:
                 )
                 shoot(page, server.endpoint, f"#/jobs/{jobs['array']}", args.out / "array.png", "#array-grid",
                       scroll_to="#array-grid")  # fmt: skip
-                shoot(page, server.endpoint, f"#/jobs/{jobs['stitch']}", args.out / "render.png", "#render-video",
-                      scroll_to=".thumbs")  # fmt: skip
+                shoot(page, server.endpoint, f"#/jobs/{jobs['render']}", args.out / "render.png", "#render-video",
+                      full_page=True)  # fmt: skip
                 browser.close()
         finally:
             server.stop()

@@ -617,6 +617,9 @@ function renderPanel(jobId) {
     const listing = await getJson(`/kiln/v1/renders/${encodeURIComponent(jobId)}`);
     fill(where, `frames: ${listing.framesUri}/frames · video: ${listing.videoUri}/output.mp4`,
       listing.error ? h("div", { class: "error" }, listing.error) : null);
+    if (listing.expected && listing.expected.width && listing.expected.height) {
+      thumbs.style.setProperty("--frame-aspect", `${listing.expected.width} / ${listing.expected.height}`);
+    }
     const landed = new Map(listing.frames.map((f) => [f.frame, f.name]));
     let numbers = [...landed.keys()];
     if (listing.expected) {
