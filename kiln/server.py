@@ -21,6 +21,7 @@ from kiln.api.job_logs import log_routes
 from kiln.api.metrics import metrics_routes
 from kiln.api.sigv4 import SignatureVerifier, SigV4Middleware
 from kiln.batch import store_metrics
+from kiln.batch.dashboard import DashboardReads
 from kiln.batch.log_service import LogsService
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
@@ -33,6 +34,7 @@ from kiln.observability.metrics import ServerMetrics
 from kiln.private_files import PRIVATE_FILE_MODE, create_private_file, make_private_dir
 from kiln.render import image as render_image
 from kiln.store.database import Database
+from kiln.web.routes import dashboard_routes
 
 log = logging.getLogger("kiln")
 
@@ -120,9 +122,10 @@ def build_server(settings: Settings) -> Server:
             scheduler.stop()
             db.close()
 
+    dashboard = dashboard_routes(service, DashboardReads(db, settings), settings.data_dir / "dashboard-cache")
     app = create_app(
         service,
-        extra_routes=[*log_routes(service), *metrics_routes(metrics.registry)],
+        extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard],
         middleware=auth_middleware(settings),
         lifespan=lifespan,
         targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},

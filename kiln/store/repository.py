@@ -583,3 +583,20 @@ class Repository:
             func.count().label("attempts"),
         ).where(attempts.c.active.is_(True))
         return _rows(self.connection.execute(query.group_by(attempts.c.compute_environment)))
+
+    # -- dashboard reads (kiln/batch/dashboard.py); appended here --------------------------------
+    def child_statuses(self, parent_id: str) -> list[tuple[int, str]]:
+        """(array index, status) of every child of an array, in index order: two columns, one query."""
+        query = select(jobs.c.array_index, jobs.c.status).where(jobs.c.parent_id == parent_id)
+        return [
+            (int(index), str(status)) for index, status in self.connection.execute(query.order_by(jobs.c.array_index))
+        ]
+
+    def top_level_status_counts(self) -> list[tuple[str, str, int]]:
+        """(queue ARN, status, count) of top-level jobs (array children are counted by their parent)."""
+        query = (
+            select(jobs.c.queue_arn, jobs.c.status, func.count())
+            .where(jobs.c.parent_id.is_(None))
+            .group_by(jobs.c.queue_arn, jobs.c.status)
+        )
+        return [(str(queue), str(status), int(count)) for queue, status, count in self.connection.execute(query)]

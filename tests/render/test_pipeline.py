@@ -101,6 +101,7 @@ def test_file_output_has_every_frame_and_an_mp4_of_as_many(
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert "an array of 2 jobs, 2 frames each, frames 1-3" in run.stdout
     assert f"video:  {output.as_uri()}/output.mp4" in run.stdout
+    assert f"render jobs: {render_server.endpoint}/ui/#/jobs/{run.job_ids()[0]}" in run.stdout
     assert sorted(path.name for path in (output / "frames").glob("*.png")) == ["0001.png", "0002.png", "0003.png"]
     frames, _ = video_frames(output / "output.mp4")
     assert len(frames) == 3

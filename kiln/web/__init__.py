@@ -1,0 +1,1 @@
+"""The dashboard at `/ui`: static pages that read the Batch API, plus a few read-only JSON endpoints."""
