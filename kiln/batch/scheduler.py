@@ -36,6 +36,7 @@ from kiln.executors.base import (
     AttemptSpec,
     Executor,
 )
+from kiln.store import leader_lease
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -60,8 +61,14 @@ def log_path(settings: Settings, stream: str) -> Path:
 class Scheduler:
     """Runs `tick` on a background thread; `wake` makes the next tick happen now."""
 
-    def __init__(self, db: Database, executor: Executor, settings: Settings, arns: Arns) -> None:
+    def __init__(
+        self, db: Database, executor: Executor, settings: Settings, arns: Arns,
+        lease: leader_lease.LeaderLease | None = None,
+    ) -> None:  # fmt: skip
         self.db, self.executor, self.settings, self.arns = db, executor, settings, arns
+        # Servers sharing a PostgreSQL database: only the lease holder schedules (store/leader_lease.py).
+        self.lease = lease or leader_lease.for_engine(db.engine)
+        self._leading = False
         self.host_id = f"kiln-{socket.gethostname()}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -79,7 +86,7 @@ class Scheduler:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.reconcile_lost_attempts()
+        self._lead()
         self._thread = threading.Thread(target=self._run, name="kiln-scheduler", daemon=True)
         self._thread.start()
 
@@ -89,6 +96,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.executor.shutdown()
+        self.lease.release()
 
     def wake(self) -> None:
         """Called by the executor when events are ready."""
@@ -103,12 +111,21 @@ class Scheduler:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                busy = self.tick()
+                busy = self._lead() and self.tick()
             except Exception:  # the loop must survive anything; the error is logged with its traceback
                 log.exception("scheduler tick failed")
                 busy = False
             if not busy:
                 self._wake.wait(self.settings.scheduler_interval_seconds)
+
+    def _lead(self) -> bool:
+        """Whether this server schedules now. On gaining the lease it first reconciles the attempts
+        the previous leader (or this server's previous process) had placed."""
+        held = self.lease.held()
+        if held and not self._leading:
+            self.reconcile_lost_attempts()
+        self._leading = held
+        return held
 
     # -- one tick ------------------------------------------------------------------------------
     def tick(self) -> bool:
