@@ -74,12 +74,14 @@ class AdvisoryLockLease:
         )
         self.check_seconds, self.retry_seconds, self._clock = check_seconds, retry_seconds, clock
         self._connection: Connection | None = None
-        self._held = False
+        self._held = self._released = False
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
     def held(self) -> bool:
         with self._lock:
+            if self._released:
+                return False
             interval = self.check_seconds if self._held else self.retry_seconds
             if self._clock() - self._checked_at < interval:
                 return self._held
@@ -110,7 +112,9 @@ class AdvisoryLockLease:
             self._connection = None
 
     def release(self) -> None:
+        """Give the lease up for good (server shutdown): a released lease is never taken again."""
         with self._lock:
+            self._released = True
             self._disconnect()
         self._engine.dispose()
 
