@@ -5,7 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck install clean
+.PHONY: demo test lint typecheck install clean postgres
+
+# The tests start a real PostgreSQL server (tests/postgres.py) with initdb/pg_ctl from PATH or
+# /usr/lib/postgresql/*/bin; when neither has them, install Debian's package (as root, or via sudo).
+PG_FOUND = $(shell command -v initdb >/dev/null 2>&1 && echo yes || (ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && echo yes))
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +30,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+postgres:
+ifneq ($(PG_FOUND),yes)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+endif
+
+test: lint typecheck postgres
 	$(BIN)/pytest
 
 clean:
