@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Connection, Engine
@@ -34,6 +34,24 @@ LEASE_KEY = 0x6B696C6E6C64
 CHECK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 10
+DEAD_PEER_SECONDS = 11
+
+
+def _dead_peer_limits(engine: Engine) -> dict[str, Any]:
+    """Bound how long a silent network keeps the lease alive, on both ends of its connection: the
+    client notices within about DEAD_PEER_SECONDS (and steps down), and so does the server, which
+    then ends the session and frees the lock for a standby (PostgreSQL 12+; ignored on unix sockets)."""
+    idle, interval, count = 5, 2, 3
+    limits: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS, "keepalives": 1, "keepalives_idle": idle,
+        "keepalives_interval": interval, "keepalives_count": count, "tcp_user_timeout": DEAD_PEER_SECONDS * 1000,
+    }  # fmt: skip
+    if "options" not in engine.url.query:  # never override the user's own server options
+        limits["options"] = (
+            f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count={count} "
+            f"-c tcp_user_timeout={DEAD_PEER_SECONDS * 1000}"
+        )
+    return limits
 
 
 class LeaderLease(Protocol):
@@ -69,9 +87,7 @@ class AdvisoryLockLease:
     ) -> None:
         # Its own engine without a pool: closing the connection must end the session (and so the lock),
         # not park it in a pool still holding the lease.
-        self._engine = create_engine(
-            engine.url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
-        )
+        self._engine = create_engine(engine.url, poolclass=NullPool, connect_args=_dead_peer_limits(engine))
         self.check_seconds, self.retry_seconds, self._clock = check_seconds, retry_seconds, clock
         self._connection: Connection | None = None
         self._held = self._released = False
