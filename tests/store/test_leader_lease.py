@@ -44,7 +44,7 @@ def test_one_holder_at_a_time_and_release_hands_over(fresh_postgres_url: str) ->
         session = first._connection
         assert session is not None
         assert session.exec_driver_sql("SHOW tcp_keepalives_idle").scalar_one() == "5"
-        assert session.exec_driver_sql("SHOW tcp_user_timeout").scalar_one() == "11s"
+        assert session.exec_driver_sql("SHOW tcp_user_timeout").scalar_one() == "11000"
         assert first.held() is True  # re-checking keeps it
         first.release()
         assert first.held() is False  # released for good: a stopping server never leads again
