@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import collections
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from kiln.cli.embedded_server import free_port
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.support import TERMINAL, make_queue, register_shell, submit, wait_for
 
@@ -112,3 +115,13 @@ def test_two_servers_run_each_job_once_and_the_standby_takes_over(tmp_path: Path
     finally:
         leader.stop(kill=True)
         standby.stop()
+
+
+def test_unreachable_database_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://kiln:s3cret@127.0.0.1:{free_port()}/kiln"
+    command = [sys.executable, "-m", "kiln", "server", "--data-dir", str(tmp_path / "data"), "--database-url", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "error: cannot open the database postgresql+psycopg://kiln:***@127.0.0.1" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
