@@ -5,7 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck install clean chromium
+.PHONY: demo test lint typecheck install clean chromium postgres
+
+# The tests start a real PostgreSQL server (tests/postgres.py) with initdb/pg_ctl from PATH or
+# /usr/lib/postgresql/*/bin; when neither has them, install Debian's package (as root, or via sudo).
+PG_FOUND = $(shell command -v initdb >/dev/null 2>&1 && echo yes || (ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && echo yes))
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +32,15 @@ typecheck: $(STAMP)
 
 # The dashboard's browser tests (tests/ui) drive Debian's Chromium through Playwright; a no-op when present.
 chromium:
-	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
-test: lint typecheck chromium
+postgres:
+ifneq ($(PG_FOUND),yes)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+endif
+
+test: lint typecheck chromium postgres
 	$(BIN)/pytest
 
 clean:

@@ -18,6 +18,9 @@ import pytest
 from kiln.cli.embedded_server import free_port
 from kiln.executors.supervised import stop_supervisor
 
+# A real PostgreSQL server for the tests: fixtures postgres_cluster, fresh_postgres_url, database_url.
+from tests.postgres import database_url, fresh_postgres_url, postgres_cluster, server_store_flags  # noqa: F401
+
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "kiln-test")
@@ -83,7 +86,10 @@ class KilnServer:
 
 
 def start_server(tmp_path: Path, flags: list[str] | None = None, env: dict[str, str] | None = None) -> KilnServer:
-    server = KilnServer(tmp_path / "data", free_port(), FAST_FLAGS if flags is None else flags, env=env)
+    flags = FAST_FLAGS if flags is None else flags
+    if "--database-url" not in flags:
+        flags = [*flags, *server_store_flags()]
+    server = KilnServer(tmp_path / "data", free_port(), flags, env=env)
     _started.append(server)
     server.start()
     return server

@@ -40,6 +40,7 @@ from kiln.executors.base import (
     local_host_id,
 )
 from kiln.observability.metrics import SchedulerMetrics
+from kiln.store import leader_lease
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -67,9 +68,16 @@ class Scheduler:
 
     metrics = SchedulerMetrics()  # the server sets its own (kiln/server.py); this one is never scraped
 
-    def __init__(self, db: Database, executor: Executor, settings: Settings, arns: Arns) -> None:
+    def __init__(
+        self, db: Database, executor: Executor, settings: Settings, arns: Arns,
+        lease: leader_lease.LeaderLease | None = None,
+    ) -> None:  # fmt: skip
         self.db, self.executor, self.settings, self.arns = db, executor, settings, arns
+        # Servers sharing a PostgreSQL database: only the lease holder schedules (store/leader_lease.py).
+        self.lease = lease or leader_lease.for_engine(db.engine)
+        self._leading = False
         self.host_id = local_host_id()
+        self.placer = f"{self.host_id}:{settings.data_dir}"  # attempts.placed_by
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,7 +95,7 @@ class Scheduler:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.reconcile_lost_attempts()
+        self._lead()
         self._thread = threading.Thread(target=self._run, name="kiln-scheduler", daemon=True)
         self._thread.start()
 
@@ -97,6 +105,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.executor.shutdown()
+        self.lease.release()
 
     def wake(self) -> None:
         """Called by the executor when events are ready."""
@@ -112,12 +121,21 @@ class Scheduler:
             self._wake.clear()
             try:
                 with self.metrics.time_tick():
-                    busy = self.tick()
+                    busy = self._lead() and self.tick()
             except Exception:  # the loop must survive anything; the error is logged with its traceback
                 log.exception("scheduler tick failed")
                 busy = False
             if not busy:
                 self._wake.wait(self.settings.scheduler_interval_seconds)
+
+    def _lead(self) -> bool:
+        """Whether this server schedules now. On gaining the lease it first reconciles the attempts
+        the previous leader (or this server's previous process) had placed."""
+        held = self.lease.held()
+        if held and not self._leading:
+            self.reconcile_lost_attempts()
+        self._leading = held
+        return held
 
     # -- one tick ------------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -304,7 +322,7 @@ class Scheduler:
             attempt_rows.append({"task_id": task_id, "job_id": job["id"], "number": number,
                                  "compute_environment": placement.environment, "log_stream": stream,
                                  "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
-                                 "active": True})  # fmt: skip
+                                 "active": True, "placed_by": self.placer})  # fmt: skip
             attempt = self._attempt_spec(job, spec, task_id, number, placement.environment, stream)
             launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
         transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
@@ -383,7 +401,10 @@ class Scheduler:
             attempts = repo.active_attempts()
             jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
             specs = self._specs(repo, list(jobs.values()))
-            adoption = self.executor.adopt([attempt["task_id"] for attempt in attempts])
+            # Only this server's executor can know its own attempts; after a takeover on a shared
+            # PostgreSQL database, those the previous leader placed are lost with its host.
+            ours = [a["task_id"] for a in attempts if a["placed_by"] in (None, self.placer)]
+            adoption = self.executor.adopt(ours)
             exits, relaunch = [], []
             for attempt in attempts:
                 job = jobs.get(attempt["job_id"])

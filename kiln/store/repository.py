@@ -26,6 +26,7 @@ from kiln.store.schema import (
 Row = dict[str, Any]
 # SQLite caps bound parameters per statement; stay well below it.
 _CHUNK = 500
+_INT32_MAX = 2**31 - 1
 
 
 def _rows(result: Any) -> list[Row]:
@@ -38,6 +39,12 @@ def _same_keys(rows: Sequence[Row]) -> list[list[Row]]:
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
     return list(groups.values())
+
+
+def _integer_bound(value: int) -> int:
+    """A bound compared with an INTEGER column: PostgreSQL binds it as a 32-bit integer (SQLite has
+    no such limit), so "no limit" (a huge number) is clamped to the largest one."""
+    return min(value, _INT32_MAX)
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -281,7 +288,7 @@ class Repository:
                 jobs.c.queue_arn == queue_arn,
                 jobs.c.status == "RUNNABLE",
                 jobs.c.vcpus <= max_vcpus,
-                jobs.c.memory_mib <= max_memory_mib,
+                jobs.c.memory_mib <= _integer_bound(max_memory_mib),
             )
             .order_by(jobs.c.runnable_at, jobs.c.array_index, jobs.c.id)  # children in index order
             .limit(limit)
@@ -479,7 +486,7 @@ class Repository:
                 jobs.c.queue_arn == queue_arn,
                 jobs.c.status == "RUNNABLE",
                 jobs.c.vcpus <= max_vcpus,
-                jobs.c.memory_mib <= max_memory_mib,
+                jobs.c.memory_mib <= _integer_bound(max_memory_mib),
             )
             .subquery()
         )
@@ -494,7 +501,7 @@ class Repository:
         """Per share of a fair-share queue: decayed vCPU-seconds (`usage`) and attempts holding
         capacity (`running`). The same formula as `kiln.batch.fair_share.decayed_usage`, summed in
         SQL so that a queue with thousands of recent attempts costs one row per share."""
-        from sqlalchemy import case  # local: keeps the module's import line untouched
+        from sqlalchemy import Float, Integer, case, cast  # local: keeps the module's import line untouched
 
         active = attempts.c.active.is_(True)
         end = case((active, now_ms), (attempts.c.stopped_at.is_(None), now_ms), else_=attempts.c.stopped_at)
@@ -509,8 +516,9 @@ class Repository:
         query = (
             select(
                 job_shares.c.share_identifier,
-                func.sum(charge * fade).label("usage"),
-                func.sum(case((active, 1), else_=0)).label("running"),
+                # PostgreSQL sums these as NUMERIC (Decimal); both stores return plain numbers.
+                cast(func.sum(charge * fade), Float).label("usage"),
+                cast(func.sum(case((active, 1), else_=0)), Integer).label("running"),
             )
             .join_from(job_shares, attempts, attempts.c.job_id == job_shares.c.job_id)
             .where(job_shares.c.queue_arn == queue_arn, or_(active, attempts.c.stopped_at >= now_ms - window_ms))

@@ -118,6 +118,9 @@ attempts = Table(
     Column("exit_code", Integer),
     Column("reason", Text),
     Column("status_reason", Text),
+    # "<host id>:<data dir>" of the server that placed it (migration 0003): only that server's
+    # supervisor can account for it after a restart or a takeover.
+    Column("placed_by", String(1024)),
     Index("ix_attempts_job", "job_id", "number"),
     Index("ix_attempts_active", "active"),
 )

@@ -23,8 +23,8 @@ from kiln.store.repository import Repository
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[BatchService]:
-    db = Database(f"sqlite:///{tmp_path}/k.db")
+def service(tmp_path: Path, database_url: str) -> Iterator[BatchService]:
+    db = Database(database_url)
     yield BatchService(db, Settings(data_dir=tmp_path))
     db.close()
 

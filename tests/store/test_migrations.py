@@ -1,23 +1,23 @@
-"""The Alembic migrations build exactly the schema that `kiln.store.schema` declares."""
+"""The Alembic migrations build exactly the schema that `kiln.store.schema` declares, on SQLite and
+on PostgreSQL (`database_url` runs each test once per store)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+import sys
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
+from kiln.errors import ValidationError
 from kiln.store import migrate
 from kiln.store.database import Database
 from kiln.store.schema import metadata
-
-
-def _engine(tmp_path: Path) -> Engine:
-    return create_engine(f"sqlite:///{tmp_path}/migrated.db", future=True)
 
 
 def _differences(engine: Engine) -> list[Any]:
@@ -37,8 +37,22 @@ def _version(engine: Engine) -> str:
         return str(connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
 
 
-def test_fresh_database_matches_the_declared_schema(tmp_path: Path) -> None:
-    engine = _engine(tmp_path)
+def _schema(engine: Engine) -> dict[str, Any]:
+    """Every table's columns, indexes, unique and foreign keys, as the database reports them."""
+    inspector = inspect(engine)
+    return {
+        table: (
+            [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+            sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)),
+            sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)),
+            sorted((tuple(f["constrained_columns"]), f["referred_table"]) for f in inspector.get_foreign_keys(table)),
+        )
+        for table in sorted(inspector.get_table_names())
+    }
+
+
+def test_fresh_database_matches_the_declared_schema(database_url: str) -> None:
+    engine = create_engine(database_url)
     migrate.upgrade(engine)
     assert _differences(engine) == []
     assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
@@ -46,8 +60,8 @@ def test_fresh_database_matches_the_declared_schema(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_upgrade_twice_is_a_no_op(tmp_path: Path) -> None:
-    engine = _engine(tmp_path)
+def test_upgrade_twice_is_a_no_op(database_url: str) -> None:
+    engine = create_engine(database_url)
     migrate.upgrade(engine)
     with engine.begin() as connection:
         connection.execute(
@@ -56,9 +70,10 @@ def test_upgrade_twice_is_a_no_op(tmp_path: Path) -> None:
                 "VALUES ('q', 'arn:q', 'ENABLED', 'VALID', 1, 0, '{}')"
             )
         )
-    schema_before = _schema_sql(engine)
+    schema_before = _schema(engine)
+    assert len(schema_before) == len(metadata.tables) + 1
     migrate.upgrade(engine)
-    assert _schema_sql(engine) == schema_before
+    assert _schema(engine) == schema_before
     assert _version(engine) == _head()
     with engine.connect() as connection:
         assert connection.execute(text("SELECT name FROM job_queues")).scalars().all() == ["q"]
@@ -66,11 +81,10 @@ def test_upgrade_twice_is_a_no_op(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_database_runs_migrations_on_open_and_reopen(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/k.db"
-    first = Database(url)
+def test_database_runs_migrations_on_open_and_reopen(database_url: str) -> None:
+    first = Database(database_url)
     first.close()
-    second = Database(url)
+    second = Database(database_url)
     try:
         assert _differences(second.engine) == []
         assert _version(second.engine) == _head()
@@ -78,7 +92,38 @@ def test_database_runs_migrations_on_open_and_reopen(tmp_path: Path) -> None:
         second.close()
 
 
-def _schema_sql(engine: Engine) -> list[tuple[str, str, str]]:
-    with engine.connect() as connection:
-        rows = connection.execute(text("SELECT type, name, COALESCE(sql, '') FROM sqlite_master ORDER BY type, name"))
-        return [(row[0], row[1], row[2]) for row in rows]
+def test_servers_opening_one_empty_postgresql_database_together_all_succeed(fresh_postgres_url: str) -> None:
+    """Three processes open a new PostgreSQL database at once: one migrates, the others wait for it
+    and find the schema at head. (One SQLite file has one server: the data-dir lock sees to it.)"""
+    code = "import sys; from kiln.store.database import Database; Database(sys.argv[1]).close()"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, fresh_postgres_url], stderr=subprocess.PIPE) for _ in range(3)
+    ]
+    outcomes = [(process.wait(timeout=120), process.stderr.read() if process.stderr else b"") for process in processes]
+    assert outcomes == [(0, b"")] * 3
+    engine = create_engine(fresh_postgres_url)
+    assert _version(engine) == _head()
+    assert _differences(engine) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "cannot parse the database URL"),
+        ("mysql://u@127.0.0.1/k", "unsupported database URL mysql://u@127.0.0.1/k"),
+        ("postgresql+nosuchdriver://u@127.0.0.1/k", "cannot use the database URL"),
+    ],
+)
+def test_unusable_database_url_is_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Database(url)
+
+
+def test_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:
+    from kiln.cli.embedded_server import free_port
+
+    url = f"postgresql+psycopg://kiln:s3cret@127.0.0.1:{free_port()}/kiln"
+    with pytest.raises(ValidationError, match="cannot open the database") as raised:
+        Database(url)
+    assert "s3cret" not in raised.value.message
