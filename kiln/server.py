@@ -17,7 +17,9 @@ from kiln.api.job_logs import log_routes
 from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
-from kiln.errors import ConflictError
+from kiln.errors import ConflictError, ValidationError
+from kiln.executors.base import Executor
+from kiln.executors.docker import DockerExecutor
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.local import LocalExecutor
 from kiln.render import image as render_image
@@ -46,15 +48,24 @@ def lock_data_dir(settings: Settings) -> int:
     return fd  # held (and so locked) until the process exits
 
 
+def make_executor(settings: Settings) -> Executor:
+    """`settings.executor`: the local one by default, Docker only when asked for."""
+    if settings.executor == "docker":
+        return DockerExecutor.connect(settings)
+    if settings.executor != "local":
+        raise ValidationError(f"unknown executor {settings.executor!r}: use local or docker")
+    catalogue = ImageCatalogue(settings.images)
+    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
+    return LocalExecutor(settings, catalogue)
+
+
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
     for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
         directory.mkdir(parents=True, exist_ok=True)
     lock_data_dir(settings)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
-    catalogue = ImageCatalogue(settings.images)
-    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
-    executor = LocalExecutor(settings, catalogue)
+    executor = make_executor(settings)
     service = BatchService(db, settings)
     scheduler = Scheduler(db, executor, settings, service.arns)
     service.on_change = scheduler.notify_change

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from kiln.cli.embedded_server import free_port
+from tests.docker_daemon import DockerDaemon, DockerMissing, docker_daemon
 
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
@@ -92,3 +94,14 @@ def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer
 @pytest.fixture(scope="module")
 def batch(kiln_server: KilnServer) -> Any:
     return kiln_server.client()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerDaemon]:
+    """A Docker daemon (started here when none answers) holding the busybox test image."""
+    with contextlib.ExitStack() as stack:
+        try:
+            daemon = stack.enter_context(docker_daemon())
+        except DockerMissing as exc:
+            pytest.skip(f"no Docker here: {exc}")
+        yield daemon

@@ -22,6 +22,19 @@ OOM_EXIT_CODE = 137
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """One `mountPoints` entry joined with its `volumes` entry from the job definition.
+
+    `host_path` None: a volume without `host.sourcePath`, which the container engine creates
+    empty for the attempt (Docker: an anonymous volume, removed with the container).
+    """
+
+    container_path: str
+    host_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class AttemptSpec:
     """Everything needed to run one attempt, already resolved by the domain."""
 
@@ -37,6 +50,7 @@ class AttemptSpec:
     gpus: int = 0
     timeout_seconds: int | None = None
     cpu_hard_cap: bool = False  # also set a CFS quota of `vcpus` CPUs, not just a weight
+    volumes: tuple[VolumeMount, ...] = ()  # container executors only: the local one runs on the host's paths
 
 
 @dataclass(frozen=True)
