@@ -231,7 +231,9 @@ class DockerExecutor:
                 continue
             container_id = summary["Id"]
             timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
-            attempt = _Attempt(attempt_id, Path(labels.get(LABEL_LOG) or os.devnull), timeout, container_id)
+            attempt = _Attempt(
+                attempt_id, Path(labels.get(LABEL_LOG) or os.devnull), timeout, container_id=container_id
+            )
             attempt.started = True
             attempt.launched.set()
             with self._lock:
