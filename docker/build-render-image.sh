@@ -7,6 +7,9 @@
 # The Debian mirror is $DEBIAN_MIRROR, else the first one this machine's apt sources name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rootfs=""
+cleanup() { rm -f docker/.build-ca.crt; [ -z "$rootfs" ] || rm -rf "$rootfs"; }
+trap cleanup EXIT
 BASE=${KILN_BASE_IMAGE:-kiln/debian-base:bookworm}
 IMAGE=${KILN_RENDER_IMAGE:-kiln/render:latest}
 # bpy's shared libraries (X11 client libs, GL dispatch) and what pip needs to fetch wheels.
@@ -22,7 +25,6 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   [ -n "$MIRROR" ] || { echo "no Debian mirror: set DEBIAN_MIRROR" >&2; exit 1; }
   command -v debootstrap >/dev/null || { echo "debootstrap is missing: apt-get install debootstrap" >&2; exit 1; }
   rootfs=$(mktemp -d /tmp/kiln-rootfs.XXXXXX)
-  trap 'rm -rf "$rootfs"' EXIT
   echo "debootstrap bookworm from $MIRROR into $rootfs"
   debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
@@ -31,6 +33,5 @@ fi
 # pip inside the build trusts what this host trusts ($PIP_CERT, else the system bundle).
 CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 if [ -s "$CA" ]; then cp "$CA" docker/.build-ca.crt; else : > docker/.build-ca.crt; fi
-trap 'rm -f docker/.build-ca.crt' EXIT
 docker build --network host --build-arg BASE="$BASE" -f docker/render.Dockerfile -t "$IMAGE" .
 docker image inspect "$IMAGE" --format "$IMAGE: {{.Size}} bytes"
