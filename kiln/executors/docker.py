@@ -277,6 +277,15 @@ class DockerExecutor:
     # -- starting ---------------------------------------------------------------------------
 
     def _launch(self, attempt: _Attempt, spec: AttemptSpec) -> None:
+        try:
+            self._create_and_start(attempt, spec)
+        except Exception as exc:  # the daemon went away mid-call: the attempt must not hang in STARTING
+            logger.exception("cannot start attempt %s", attempt.attempt_id)
+            if attempt.container_id is not None:
+                self._remove(attempt.container_id)
+            self._not_started(attempt, f"{CANNOT_START_PREFIX}: {exc}")
+
+    def _create_and_start(self, attempt: _Attempt, spec: AttemptSpec) -> None:
         """Create (pulling the image if the daemon lacks it) and start the container."""
         try:
             try:
@@ -408,7 +417,10 @@ class DockerExecutor:
                 attempt.started = True
                 at = int(event.get("timeNano", time.time_ns())) // 1_000_000
                 self._emit(AttemptRunning(attempt.attempt_id, at))
-            elif action == "die" and attempt.started and not attempt.finishing:
+            elif action == "die" and not attempt.finishing and (attempt.started or attempt.launched.is_set()):
+                if not attempt.started:  # its start event was lost (a reconnect): the order still holds
+                    attempt.started = True
+                    self._emit(AttemptRunning(attempt.attempt_id, now_ms()))
                 attempt.finishing = True
                 self._pool_submit(self._finish, attempt)
             elif action == "oom" and not attempt.finishing:
@@ -478,6 +490,17 @@ class DockerExecutor:
     # -- exits ------------------------------------------------------------------------------
 
     def _finish(self, attempt: _Attempt) -> None:
+        try:
+            self._collect_exit(attempt)
+        except Exception as exc:  # the daemon went away: report the exit without its code rather than hang
+            logger.exception("cannot read the exit of attempt %s", attempt.attempt_id)
+            event = AttemptExited(attempt.attempt_id, now_ms(), None, ESSENTIAL_CONTAINER_EXITED,
+                                  f"kiln: cannot read the container's exit: {exc}")  # fmt: skip
+            with self._lock:
+                if self._attempts.pop(attempt.attempt_id, None) is not None:
+                    self._emit(event)
+
+    def _collect_exit(self, attempt: _Attempt) -> None:
         """Wait for the output to be copied, read the exit, remove the container, report."""
         attempt.launched.wait(JOIN_SECONDS)
         if attempt.log_thread is None and attempt.container_id is not None:  # adopted after it ended
