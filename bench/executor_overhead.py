@@ -5,7 +5,9 @@ kiln.toml) runs an array of N children of `true` on a compute environment of <co
 (one vCPU per job, so <cores> run at once). Reported per executor:
 - wall time SubmitJob -> parent SUCCEEDED, and jobs per second;
 - per-attempt cost: wall x concurrency / N (how long one no-op occupies a vCPU slot);
-- median attempt duration as DescribeJobs reports it (startedAt -> stoppedAt).
+- the floor: the same N no-ops started without Kiln, <cores> at a time
+  (local: `seq N | xargs -P<cores> -n1 true`; Docker: `docker run --rm --network host IMAGE true`
+  through the SDK, one thread per core), and Kiln's wall time over it.
 
 The Docker run uses the daemon at $KILN_TEST_DOCKER_HOST/$DOCKER_HOST/the default socket, or
 starts one as the tests do, with the busybox test image (tests/docker_daemon.py); `true` runs
@@ -20,13 +22,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
+import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import boto3
+import docker
 
 from kiln.cli.embedded_server import start_embedded_server
 from tests.docker_daemon import docker_daemon
@@ -75,15 +79,23 @@ def _measure(batch: Any, image: str, jobs: int, cores: int) -> dict[str, float]:
     wall = time.perf_counter() - started
     if job["status"] != "SUCCEEDED":
         raise SystemExit(f"array ended {job['status']}: {job['arrayProperties']['statusSummary']}")
-    ids = [f"{parent['jobId']}:{index}" for index in range(jobs)]
-    children = [c for start in range(0, jobs, 100) for c in batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]]
-    durations = [(c["stoppedAt"] - c["startedAt"]) / 1000 for c in children]
-    return {
-        "wall": wall,
-        "rate": jobs / wall,
-        "slot": wall * cores / jobs,
-        "duration": statistics.median(durations),
-    }
+    return {"wall": wall, "rate": jobs / wall, "slot": wall * cores / jobs}
+
+
+def local_floor(jobs: int, cores: int) -> float:
+    started = time.perf_counter()
+    subprocess.run(f"seq {jobs} | xargs -P{cores} -n1 true", shell=True, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def docker_floor(url: str, image: str, jobs: int, cores: int) -> float:
+    client = docker.DockerClient(base_url=url, version="auto", max_pool_size=cores + 4)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(lambda _: client.containers.run(image, ["true"], remove=True, network_mode="host"), range(jobs)))
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed
 
 
 def main() -> None:
@@ -98,15 +110,16 @@ def main() -> None:
         for executor in executors:
             if executor == "local":
                 results[executor] = run("local", "host", args.jobs, cores, None)
+                results[executor]["floor"] = local_floor(args.jobs, cores)
             else:
                 daemon = stack.enter_context(docker_daemon())
                 results[executor] = run("docker", daemon.image, args.jobs, cores, daemon.url)
+                results[executor]["floor"] = docker_floor(daemon.url, daemon.image, args.jobs, cores)
     print(f"{args.jobs} no-op jobs (`true`), {cores} cores, {cores} at a time")
-    print(f"{'executor':10} {'wall s':>8} {'jobs/s':>8} {'s per attempt-slot':>20} {'median attempt s':>18}")
-    for executor, figures in results.items():
-        print(
-            f"{executor:10} {figures['wall']:8.2f} {figures['rate']:8.1f} {figures['slot']:20.3f} {figures['duration']:18.3f}"
-        )
+    print(f"{'executor':10} {'wall s':>8} {'jobs/s':>8} {'s per attempt-slot':>20} {'floor s':>9} {'wall/floor':>11}")
+    for executor, f in results.items():
+        ratio = f["wall"] / f["floor"]
+        print(f"{executor:10} {f['wall']:8.2f} {f['rate']:8.1f} {f['slot']:20.3f} {f['floor']:9.2f} {ratio:10.2f}x")
 
 
 if __name__ == "__main__":

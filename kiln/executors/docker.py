@@ -112,6 +112,7 @@ class _Attempt:
     deadline: float | None = None  # epoch seconds, set once the container runs (AWS counts from startedAt)
     container_id: str | None = None
     started: bool = False  # the daemon reported `start` (or the container was adopted running)
+    started_ms: int = 0  # the time reported with AttemptRunning
     finishing: bool = False  # an exit is being collected: later die events change nothing
     timed_out: bool = False
     terminated: bool = False
@@ -244,7 +245,7 @@ class DockerExecutor:
                 self._forget(attempt)
                 continue
             if state["Status"] in {"running", "paused", "restarting"}:
-                started_ms = docker_time_ms(state.get("StartedAt")) or now_ms()
+                started_ms = attempt.started_ms = docker_time_ms(state.get("StartedAt")) or now_ms()
                 self._emit(AttemptRunning(attempt_id, started_ms))
                 self._follow_logs(attempt)
                 self._schedule_timeout(attempt, started_ms / 1000)
@@ -415,12 +416,12 @@ class DockerExecutor:
             action = event.get("status") or event.get("Action")
             if action == "start" and not attempt.started:
                 attempt.started = True
-                at = int(event.get("timeNano", time.time_ns())) // 1_000_000
-                self._emit(AttemptRunning(attempt.attempt_id, at))
+                attempt.started_ms = int(event.get("timeNano", time.time_ns())) // 1_000_000
+                self._emit(AttemptRunning(attempt.attempt_id, attempt.started_ms))
             elif action == "die" and not attempt.finishing and (attempt.started or attempt.launched.is_set()):
                 if not attempt.started:  # its start event was lost (a reconnect): the order still holds
-                    attempt.started = True
-                    self._emit(AttemptRunning(attempt.attempt_id, now_ms()))
+                    attempt.started, attempt.started_ms = True, now_ms()
+                    self._emit(AttemptRunning(attempt.attempt_id, attempt.started_ms))
                 attempt.finishing = True
                 self._pool_submit(self._finish, attempt)
             elif action == "oom" and not attempt.finishing:
@@ -525,7 +526,8 @@ class DockerExecutor:
             status_reason = ESSENTIAL_CONTAINER_EXITED
         event = AttemptExited(
             attempt_id=attempt.attempt_id,
-            at_ms=docker_time_ms(state.get("FinishedAt")) or now_ms(),
+            # The daemon's start event can come after a quick container already finished: never stop before starting.
+            at_ms=max(docker_time_ms(state.get("FinishedAt")) or now_ms(), attempt.started_ms),
             exit_code=OOM_EXIT_CODE if oom else state.get("ExitCode"),
             status_reason=status_reason,
             reason=OOM_REASON if oom else None,
