@@ -170,7 +170,7 @@ class DockerExecutor:
         return Capacity(
             vcpus=float(self._info.get("NCPU") or self._settings.host_vcpus),
             memory_mib=int(self._info.get("MemTotal") or 0) // MIB or self._settings.host_memory_mib,
-            gpus=0,
+            gpus=self._settings.docker_gpus,
             notes=self.describe(),
         )
 

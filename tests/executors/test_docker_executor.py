@@ -112,3 +112,16 @@ def test_missing_command_fails_to_start(executor: DockerExecutor, docker_engine:
     )
     assert "no-such-program" in event.reason
     assert _containers(docker_engine, attempt.attempt_id) == []
+
+
+def test_gpus_are_device_requests(executor: DockerExecutor, docker_engine: DockerDaemon, tmp_path: Path) -> None:
+    # No GPU runtime in the test daemon: the device request is refused, which shows it was made.
+    attempt = spec(tmp_path, docker_engine, "true", gpus=1)
+    executor.start(attempt)
+    (event,) = wait_for_exit(executor, attempt.attempt_id)
+    assert isinstance(event, AttemptExited)
+    assert (event.started, event.status_reason) == (False, "Task failed to start")
+    assert event.reason is not None and event.reason.startswith(
+        "CannotStartContainerError: Error response from daemon: "
+    )
+    assert "[[gpu]]" in event.reason
