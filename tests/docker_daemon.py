@@ -93,8 +93,15 @@ def _own_dockerd() -> Iterator[str]:
             process.kill()
             process.wait(timeout=10)
         log.close()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        _unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unmount_below(root: Path) -> None:
+    """dockerd leaves its network namespace bind-mounted (`exec/netns/default`): unmount, deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
 
 def _with_image(url: str) -> DockerDaemon:
