@@ -136,3 +136,18 @@ def test_unknown_executor_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "unknown executor 'kubernetes': use local or docker" in result.stderr
+
+
+def test_kiln_toml_chooses_the_docker_executor(tmp_path: Path, docker_engine: DockerDaemon) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kiln.toml").write_text(f'[server]\nexecutor = "docker"\ndocker_host = "{docker_engine.url}"\n')
+    server = start_server(tmp_path, FAST_FLAGS)
+    try:
+        batch = server.client()
+        job_id = submit(batch, make_queue(batch), _register(batch, docker_engine, "cat /etc/passwd | head -1"))
+        job = wait_for(batch, job_id)
+        assert job["status"] == "SUCCEEDED", job
+        assert _log(server, job_id) == "root:x:0:0:root:/root:/bin/sh\n"  # the busybox image's file, not the host's
+    finally:
+        server.stop()
