@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck install clean chromium postgres
+.PHONY: demo test lint typecheck install clean chromium postgres docker-test-deps
 
 # The tests start a real PostgreSQL server (tests/postgres.py) with initdb/pg_ctl from PATH or
 # /usr/lib/postgresql/*/bin; when neither has them, install Debian's package (as root, or via sudo).
@@ -40,7 +40,16 @@ ifneq ($(PG_FOUND),yes)
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
 endif
 
-test: lint typecheck chromium postgres
+# The Docker executor's tests start their own dockerd and import a busybox image (no registry):
+# they need Debian's docker.io and busybox-static, installed here when missing (a no-op otherwise).
+docker-test-deps:
+	@if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s busybox-static >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io busybox-static; \
+	  else echo "docker.io/busybox-static missing and not installable here (needs root and apt): Docker tests will skip"; fi; \
+	fi
+
+test: lint typecheck chromium postgres docker-test-deps
 	$(BIN)/pytest
 
 clean:

@@ -27,7 +27,8 @@ from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
 from kiln.errors import ConflictError, ValidationError
-from kiln.executors.base import local_host_id
+from kiln.executors.base import Executor, local_host_id
+from kiln.executors.docker import DockerExecutor
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.supervised import SupervisedExecutor
 from kiln.observability.metrics import ServerMetrics
@@ -94,6 +95,17 @@ def auth_middleware(settings: Settings) -> list[Middleware]:
     return [Middleware(SigV4Middleware, verifier=SignatureVerifier(keys, settings.region))]
 
 
+def make_executor(settings: Settings) -> Executor:
+    """`settings.executor`: the local one by default, Docker only when asked for."""
+    if settings.executor == "docker":
+        return DockerExecutor.connect(settings)
+    if settings.executor != "local":
+        raise ValidationError(f"unknown executor {settings.executor!r}: use local or docker")
+    catalogue = ImageCatalogue(settings.images)
+    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
+    return SupervisedExecutor(settings, catalogue, local_host_id())
+
+
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
     check_exposure(settings)
@@ -103,9 +115,7 @@ def build_server(settings: Settings) -> Server:
     if settings.database_url is None:
         create_private_file(settings.database_path)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
-    catalogue = ImageCatalogue(settings.images)
-    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
-    executor = SupervisedExecutor(settings, catalogue, local_host_id())
+    executor = make_executor(settings)
     service = BatchService(db, settings)
     scheduler = Scheduler(db, executor, settings, service.arns)
     service.on_change = scheduler.notify_change

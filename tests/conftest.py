@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from kiln.cli.embedded_server import free_port
 from kiln.executors.supervised import stop_supervisor
+from tests.docker_daemon import DockerDaemon, DockerMissing, docker_daemon
 
 # A real PostgreSQL server for the tests: fixtures postgres_cluster, fresh_postgres_url, database_url.
 from tests.postgres import database_url, fresh_postgres_url, postgres_cluster, server_store_flags  # noqa: F401
@@ -116,3 +118,14 @@ def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer
 @pytest.fixture(scope="module")
 def batch(kiln_server: KilnServer) -> Any:
     return kiln_server.client()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerDaemon]:
+    """A Docker daemon (started here when none answers) holding the busybox test image."""
+    with contextlib.ExitStack() as stack:
+        try:
+            daemon = stack.enter_context(docker_daemon())
+        except DockerMissing as exc:
+            pytest.skip(f"no Docker here: {exc}")
+        yield daemon

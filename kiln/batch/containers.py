@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import ValidationError
+from kiln.executors.base import VolumeMount
 
 MIN_MEMORY_MIB = 4
 MAX_RESOURCE_VALUE = 2**31 - 1  # the model's `vcpus`/`memory` are 32-bit integers; the strings get the same cap
@@ -140,3 +141,17 @@ def environment_of(container: dict[str, Any], batch_variables: dict[str, str]) -
     env = {item["name"]: item.get("value", "") for item in container.get("environment") or []}
     env.update(batch_variables)
     return env
+
+
+def volume_mounts(container: dict[str, Any]) -> tuple[VolumeMount, ...]:
+    """`mountPoints` joined with their `volumes` (by `sourceVolume` = name); a mount point naming
+    no volume is skipped, as it has nothing to mount."""
+    volumes = {item.get("name"): item for item in container.get("volumes") or []}
+    mounts = []
+    for point in container.get("mountPoints") or []:
+        volume = volumes.get(point.get("sourceVolume"))
+        if volume is None or not point.get("containerPath"):
+            continue
+        source = (volume.get("host") or {}).get("sourcePath") or None
+        mounts.append(VolumeMount(point["containerPath"], source, bool(point.get("readOnly", False))))
+    return tuple(mounts)

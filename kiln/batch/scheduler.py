@@ -25,7 +25,7 @@ from typing import Any
 from kiln.batch import progress, scheduling, share_queue, time_limits
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
-from kiln.batch.containers import environment_of
+from kiln.batch.containers import environment_of, volume_mounts
 from kiln.batch.start_ahead import Chained, StartAhead
 from kiln.batch.status import TERMINAL, Move, Status, set_reason, transition_each
 from kiln.config import Settings
@@ -372,6 +372,7 @@ class Scheduler:
             environment=environment_of(container, variables), vcpus=job["vcpus"], memory_mib=job["memory_mib"],
             gpus=job["gpus"], log_path=log_path(self.settings, stream), workdir=self.settings.work_dir / task_id,
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
+            volumes=volume_mounts(container),
         )  # fmt: skip
 
     def _specs(self, repo: Repository, jobs: list[Row]) -> dict[str, Row]:

@@ -75,6 +75,13 @@ def server(
     min_state_time_limit_seconds: Annotated[
         int | None, typer.Option(help="Testing: lower AWS's 600 s jobStateTimeLimitActions floor.")
     ] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="What runs jobs: local (processes) or docker (containers) [default: local].")
+    ] = None,
+    docker_host: Annotated[
+        str | None,
+        typer.Option(help="Docker daemon for --executor docker [default: $DOCKER_HOST or the local socket]."),
+    ] = None,
 ) -> None:
     """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
     from kiln.server import serve
@@ -85,7 +92,7 @@ def server(
             insecure=insecure,
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
-            min_state_time_limit_seconds=min_state_time_limit_seconds,
+            min_state_time_limit_seconds=min_state_time_limit_seconds, executor=executor, docker_host=docker_host,
         )  # fmt: skip
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)

@@ -30,6 +30,19 @@ def local_host_id() -> str:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """One `mountPoints` entry joined with its `volumes` entry from the job definition.
+
+    `host_path` None: a volume without `host.sourcePath`, which the container engine creates
+    empty for the attempt (Docker: an anonymous volume, removed with the container).
+    """
+
+    container_path: str
+    host_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class AttemptSpec:
     """Everything needed to run one attempt, already resolved by the domain."""
 
@@ -45,6 +58,7 @@ class AttemptSpec:
     gpus: int = 0
     timeout_seconds: int | None = None
     cpu_hard_cap: bool = False  # also set a CFS quota of `vcpus` CPUs, not just a weight
+    volumes: tuple[VolumeMount, ...] = ()  # container executors only: the local one runs on the host's paths
     # Start only once this attempt (same resources, same compute environment) has ended: it hands
     # its place over without a round trip through the scheduler. Only for executors whose
     # `Capacity.start_after` is True.

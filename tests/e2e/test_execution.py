@@ -1,4 +1,8 @@
-"""Jobs really run: memory limits, timeouts, retries, evaluateOnExit, images, terminate, environment."""
+"""Jobs really run: memory limits, timeouts, retries, evaluateOnExit, images, terminate, environment.
+
+Every scenario runs on the local executor and on Docker (tests/e2e/conftest.py): scripts are
+busybox `sh`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,15 @@ import psutil
 import pytest
 
 from tests.conftest import KilnServer
-from tests.support import make_queue, register_shell, submit, wait_for
+from tests.e2e.conftest import Runtime, Shell
+from tests.support import make_queue, submit, wait_for
 
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+
+
+@pytest.fixture(scope="module")
+def kiln_server(runtime_server: KilnServer) -> KilnServer:
+    return runtime_server
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +38,10 @@ def _log(kiln_server: KilnServer, job_id: str, attempt: int | None = None) -> st
     return str(response.json()["text"])
 
 
-def test_job_sees_aws_batch_environment(batch: Any, queue: str, kiln_server: KilnServer) -> None:
-    definition = register_shell(
-        batch,
+def test_job_sees_aws_batch_environment(
+    batch: Any, queue: str, kiln_server: KilnServer, shell: Shell, runtime: Runtime
+) -> None:
+    definition = shell(
         'echo "id=$AWS_BATCH_JOB_ID attempt=$AWS_BATCH_JOB_ATTEMPT jq=$AWS_BATCH_JQ_NAME ce=$AWS_BATCH_CE_NAME '
         'mine=$MINE pwd=$(pwd)"',
         **{},
@@ -43,16 +54,13 @@ def test_job_sees_aws_batch_environment(batch: Any, queue: str, kiln_server: Kil
     text = _log(kiln_server, job_id)
     assert f"id={job_id} attempt=1 jq={queue} ce=" in text
     assert "mine=from-override" in text
-    assert f"/work/{job['attempts'][0]['container']['taskArn'].rsplit('/', 1)[-1]}" in text
+    assert runtime.workdir_marker(job["attempts"][0]["container"]["taskArn"].rsplit("/", 1)[-1]) in text
 
 
-def test_memory_limit_kills_with_oom_reason_and_nothing_survives(batch: Any, queue: str) -> None:
-    # Allocates 3x its 64 MiB limit and starts a detached sleeper that must die with it.
-    script = (
-        "setsid sleep 1717 & echo sleeper=$! ; "
-        'python3 -c "import time; b=bytearray(192*1024*1024); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(30)"'
-    )
-    definition = register_shell(batch, script, memory=64)
+def test_memory_limit_kills_with_oom_reason_and_nothing_survives(batch: Any, shell: Shell, queue: str) -> None:
+    # `tail` holds its one 192 MiB line (3x the 64 MiB limit); a detached sleeper must die with it.
+    script = "setsid sleep 1717 & echo sleeper=$! ; head -c 201326592 /dev/zero | tail; sleep 30"
+    definition = shell(script, memory=64)
     started = time.monotonic()
     job = wait_for(batch, submit(batch, queue, definition), timeout=60)
     assert job["status"] == "FAILED"
@@ -65,8 +73,8 @@ def test_memory_limit_kills_with_oom_reason_and_nothing_survives(batch: Any, que
     assert stragglers == []
 
 
-def test_timeout_fails_with_timeout_reason_and_is_not_retried(batch: Any, queue: str) -> None:
-    definition = register_shell(batch, "trap '' TERM; sleep 30", retryStrategy={"attempts": 3})
+def test_timeout_fails_with_timeout_reason_and_is_not_retried(batch: Any, shell: Shell, queue: str) -> None:
+    definition = shell("trap '' TERM; sleep 30", retryStrategy={"attempts": 3})
     started = time.monotonic()
     job = wait_for(batch, submit(batch, queue, definition, timeout={"attemptDurationSeconds": 1}), timeout=30)
     assert job["status"] == "FAILED"
@@ -76,9 +84,11 @@ def test_timeout_fails_with_timeout_reason_and_is_not_retried(batch: Any, queue:
     assert time.monotonic() - started < 20
 
 
-def test_fails_once_then_succeeds_on_second_attempt(batch: Any, queue: str, kiln_server: KilnServer) -> None:
+def test_fails_once_then_succeeds_on_second_attempt(
+    batch: Any, shell: Shell, queue: str, kiln_server: KilnServer
+) -> None:
     script = 'echo "attempt $AWS_BATCH_JOB_ATTEMPT"; [ "$AWS_BATCH_JOB_ATTEMPT" -ge 2 ] || exit 3'
-    definition = register_shell(batch, script, retryStrategy={"attempts": 3})
+    definition = shell(script, retryStrategy={"attempts": 3})
     job_id = submit(batch, queue, definition)
     job = wait_for(batch, job_id)
     assert job["status"] == "SUCCEEDED"
@@ -89,21 +99,21 @@ def test_fails_once_then_succeeds_on_second_attempt(batch: Any, queue: str, kiln
     assert _log(kiln_server, job_id).strip() == "attempt 2"
 
 
-def test_evaluate_on_exit_exit_action_stops_retries(batch: Any, queue: str) -> None:
+def test_evaluate_on_exit_exit_action_stops_retries(batch: Any, shell: Shell, queue: str) -> None:
     strategy = {
         "attempts": 5,
         "evaluateOnExit": [{"onExitCode": "4*", "action": "EXIT"}, {"onReason": "*", "action": "RETRY"}],
     }
-    definition = register_shell(batch, "exit 42", retryStrategy=strategy)
+    definition = shell("exit 42", retryStrategy=strategy)
     job = wait_for(batch, submit(batch, queue, definition))
     assert job["status"] == "FAILED"
     assert len(job["attempts"]) == 1
     assert job["container"]["exitCode"] == 42
 
 
-def test_no_matching_rule_retries_until_attempts_run_out(batch: Any, queue: str) -> None:
+def test_no_matching_rule_retries_until_attempts_run_out(batch: Any, shell: Shell, queue: str) -> None:
     strategy = {"attempts": 2, "evaluateOnExit": [{"onExitCode": "9", "action": "EXIT"}]}
-    definition = register_shell(batch, "exit 1", retryStrategy=strategy)
+    definition = shell("exit 1", retryStrategy=strategy)
     job = wait_for(batch, submit(batch, queue, definition))
     assert job["status"] == "FAILED"
     assert len(job["attempts"]) == 2
@@ -124,8 +134,8 @@ def test_unknown_image_fails_before_running(batch: Any, queue: str) -> None:
     assert job["container"].get("exitCode") is None
 
 
-def test_terminate_stops_the_whole_process_tree(batch: Any, queue: str) -> None:
-    definition = register_shell(batch, "sleep 300 & sleep 300; wait", retryStrategy={"attempts": 3})
+def test_terminate_stops_the_whole_process_tree(batch: Any, shell: Shell, queue: str) -> None:
+    definition = shell("sleep 300 & sleep 300; wait", retryStrategy={"attempts": 3})
     job_id = submit(batch, queue, definition)
     wait_for(batch, job_id, {"RUNNING"})
     batch.terminate_job(jobId=job_id, reason="stopped by test")
@@ -142,8 +152,8 @@ def test_terminate_stops_the_whole_process_tree(batch: Any, queue: str) -> None:
     assert not any(p.info["cmdline"] == ["sleep", "300"] for p in psutil.process_iter(["cmdline"]))
 
 
-def test_array_children_and_dependent_job(batch: Any, queue: str, kiln_server: KilnServer) -> None:
-    definition = register_shell(batch, 'echo "index=$AWS_BATCH_JOB_ARRAY_INDEX size=$AWS_BATCH_JOB_ARRAY_SIZE"')
+def test_array_children_and_dependent_job(batch: Any, shell: Shell, queue: str, kiln_server: KilnServer) -> None:
+    definition = shell('echo "index=$AWS_BATCH_JOB_ARRAY_INDEX size=$AWS_BATCH_JOB_ARRAY_SIZE"')
     parent = submit(batch, queue, definition, arrayProperties={"size": 3})
     after = submit(batch, queue, definition, dependsOn=[{"jobId": parent, "type": "SEQUENTIAL"}])
     assert wait_for(batch, after)["status"] == "SUCCEEDED"
@@ -156,10 +166,10 @@ def test_array_children_and_dependent_job(batch: Any, queue: str, kiln_server: K
         assert _log(kiln_server, f"{parent}:{index}").strip() == f"index={index} size=3"
 
 
-def test_failed_dependency_fails_dependents_without_running(batch: Any, queue: str) -> None:
-    failing = submit(batch, queue, register_shell(batch, "exit 1"))
-    dependent = submit(batch, queue, register_shell(batch, "true"), dependsOn=[{"jobId": failing}])
-    chained = submit(batch, queue, register_shell(batch, "true"), dependsOn=[{"jobId": dependent}])
+def test_failed_dependency_fails_dependents_without_running(batch: Any, shell: Shell, queue: str) -> None:
+    failing = submit(batch, queue, shell("exit 1"))
+    dependent = submit(batch, queue, shell("true"), dependsOn=[{"jobId": failing}])
+    chained = submit(batch, queue, shell("true"), dependsOn=[{"jobId": dependent}])
     for job_id in (dependent, chained):
         job = wait_for(batch, job_id)
         assert job["status"] == "FAILED"

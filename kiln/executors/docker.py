@@ -1,0 +1,601 @@
+"""Run each attempt as a Docker container, the way AWS Batch (through ECS) runs it.
+
+The job definition's `image` is passed to the daemon as it is: an image the daemon has is used,
+anything else is pulled, and a failed pull fails the attempt before RUNNING with AWS's
+`CannotPullContainerError: <daemon message>`. The container gets the job's command (the image's
+entrypoint stays), only the job's environment (not the server's), `memory` as a hard limit with
+swap equal to it (the kernel kills at the limit), CPU shares of 1,024 per vCPU (plus a CFS quota
+for hard-capped compute environments), GPUs as device requests, the definition's volumes, and the
+host's network, so a job reaches services on 127.0.0.1 as on the local executor.
+
+An OOM kill anywhere in the container ends the attempt (cgroup v1 kills only the largest process;
+the rest is killed too, as on the local executor), reported as AWS's `OutOfMemoryError`, exit 137.
+
+Threads: one reads the daemon's event stream (container start, die, oom: no thread per container
+waits for an exit); one fires timeouts and SIGKILLs after the grace period; a small pool makes the
+blocking API calls (create, pull, start, inspect, remove); and one thread per running container
+copies its output into the attempt's log file while it runs.
+
+Containers carry labels (attempt id, job id, log path, timeout), so a restarted server
+re-adopts them: attempts keep running while no server watches them, and one that ended meanwhile
+reports its real exit code. A container is removed once its output is in the log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, Mount
+
+from kiln.config import Settings
+from kiln.errors import KilnError
+
+from .base import (
+    CANNOT_PULL_PREFIX,
+    ESSENTIAL_CONTAINER_EXITED,
+    OOM_EXIT_CODE,
+    OOM_REASON,
+    TASK_FAILED_TO_START,
+    TIMEOUT_STATUS_REASON,
+    Adoption,
+    AttemptEvent,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    Capacity,
+)
+
+logger = logging.getLogger(__name__)
+
+LABEL_ATTEMPT = "kiln.attempt-id"
+LABEL_JOB = "kiln.job-id"
+LABEL_LOG = "kiln.log-path"
+LABEL_TIMEOUT = "kiln.timeout-seconds"  # counted from the container's start, also after a restart
+CANNOT_START_PREFIX = "CannotStartContainerError"
+CANNOT_CREATE_PREFIX = "CannotCreateContainerError"
+DAEMON_PREFIX = "Error response from daemon: "
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+API_WORKERS = 4
+JOIN_SECONDS = 10.0
+RECONNECT_SECONDS = 1.0
+CPU_SHARES_PER_VCPU = 1024
+MIB = 1024 * 1024
+
+
+class DockerUnavailable(KilnError):
+    """`kiln server --executor docker` with no daemon to talk to."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"no Docker daemon answers at {url}: start dockerd or use --executor local ({detail})")
+
+
+def docker_url(settings: Settings) -> str:
+    """The daemon Kiln talks to: `docker_host` from the settings, else `$DOCKER_HOST`, else the default socket."""
+    return settings.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def docker_time_ms(text: str | None) -> int | None:
+    """Docker's RFC 3339 nanosecond times (`2026-11-25T21:00:24.39686714Z`) in epoch ms; None when unset."""
+    if not text or text.startswith("0001-"):
+        return None
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    stamp = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return int(stamp * 1000) + int((fraction + "000")[:3])
+
+
+@dataclass
+class _Attempt:
+    """One container and what has happened to it (fields guarded by the executor's lock)."""
+
+    attempt_id: str
+    log_path: Path
+    timeout_seconds: float | None
+    deadline: float | None = None  # epoch seconds, set once the container runs (AWS counts from startedAt)
+    container_id: str | None = None
+    started: bool = False  # the daemon reported `start` (or the container was adopted running)
+    started_ms: int = 0  # the time reported with AttemptRunning
+    finishing: bool = False  # an exit is being collected: later die events change nothing
+    timed_out: bool = False
+    terminated: bool = False
+    terminate_reason: str = ""
+    launched: threading.Event = field(default_factory=threading.Event)  # create/start call returned
+    log_thread: threading.Thread | None = None
+    log_stream: Any = None  # the daemon's follow stream, closed at shutdown
+
+    @property
+    def stopping(self) -> bool:
+        return self.timed_out or self.terminated or self.finishing
+
+
+class DockerExecutor:
+    """The `Executor` on a Docker daemon (local socket or any `DOCKER_HOST`)."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._api = client.api
+        self._url = docker_url(settings)
+        self._attempts: dict[str, _Attempt] = {}
+        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._listener: Callable[[], None] = lambda: None
+        self._pool = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="kiln-docker-api")
+        self._timers: list[tuple[float, int, str, str]] = []  # (epoch seconds, tiebreak, action, attempt id)
+        self._timer_ids = itertools.count()
+        self._timer_wake = threading.Condition(self._lock)
+        info = self._api.info()
+        self._info = info
+        # Subscribe before anything starts, so no container's start or death can be missed.
+        self._event_stream = self._subscribe(since=None)
+        self._watcher = threading.Thread(target=self._watch_events, name="kiln-docker-events", daemon=True)
+        self._watcher.start()
+        self._timer_thread = threading.Thread(target=self._run_timers, name="kiln-docker-timers", daemon=True)
+        self._timer_thread.start()
+        logger.info("docker executor: daemon %s at %s", info.get("ServerVersion", "?"), self._url)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> DockerExecutor:
+        """Connect to the daemon, or `DockerUnavailable` with what to do about it."""
+        url = docker_url(settings)
+        try:
+            client = docker.DockerClient(base_url=url, version="auto", max_pool_size=64, timeout=60)
+            client.ping()
+        except (docker.errors.DockerException, OSError) as exc:
+            raise DockerUnavailable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        return cls(settings, client)
+
+    # -- the Executor protocol ----------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        return Capacity(
+            vcpus=float(self._info.get("NCPU") or self._settings.host_vcpus),
+            memory_mib=int(self._info.get("MemTotal") or 0) // MIB or self._settings.host_memory_mib,
+            gpus=self._settings.docker_gpus,
+            notes=self.describe(),
+        )
+
+    def describe(self) -> list[str]:
+        return [
+            f"containers: Docker {self._info.get('ServerVersion', '?')} at {self._url}",
+            "memory: container hard limit, swap equal (the kernel kills at the limit)",
+            "cpu: cpu.shares 1024 per vCPU; CFS quota for hard-capped compute environments",
+            f"network: {self._settings.docker_network}",
+        ]
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listener = listener
+
+    def start(self, spec: AttemptSpec) -> None:
+        """Register the attempt and create/start its container on the API pool; returns at once."""
+        attempt = _Attempt(spec.attempt_id, spec.log_path, spec.timeout_seconds)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the docker executor has been shut down")
+            if spec.attempt_id in self._attempts:
+                raise ValueError(f"attempt {spec.attempt_id} is already running")
+            self._attempts[spec.attempt_id] = attempt
+        self._pool.submit(self._launch, attempt, spec)
+
+    def terminate(self, attempt_id: str, reason: str) -> None:
+        with self._lock:
+            attempt = self._attempts.get(attempt_id)
+            if attempt is None or attempt.stopping:
+                return
+            attempt.terminated = True
+            attempt.terminate_reason = reason
+        self._pool.submit(self._stop, attempt)
+
+    def poll(self) -> list[AttemptEvent]:
+        events: list[AttemptEvent] = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def running(self) -> set[str]:
+        with self._lock:
+            return set(self._attempts)
+
+    def acknowledge(self, attempt_ids: Collection[str]) -> None:
+        """Nothing to forget: a container is removed once its exit is reported."""
+
+    def adopt(self, attempt_ids: Collection[str]) -> Adoption:
+        """Find the attempts' containers by label: running ones are watched again (their output
+        is copied from the start once more), ended ones report their real exit, never-started ones
+        (created, never run) are removed and may be started again."""
+        wanted = set(attempt_ids)
+        if not wanted:
+            return Adoption()
+        adopted: set[str] = set()
+        never_started: set[str] = set()
+        for summary in self._api.containers(all=True, filters={"label": LABEL_ATTEMPT}):
+            labels = summary.get("Labels") or {}
+            attempt_id = labels.get(LABEL_ATTEMPT)
+            if attempt_id not in wanted or attempt_id in adopted:
+                continue
+            container_id = summary["Id"]
+            timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
+            attempt = _Attempt(
+                attempt_id, Path(labels.get(LABEL_LOG) or os.devnull), timeout, container_id=container_id
+            )
+            attempt.started = True
+            attempt.launched.set()
+            with self._lock:
+                self._attempts[attempt_id] = attempt  # before the inspection: a death from now on is seen
+            try:
+                state = self._api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:
+                self._forget(attempt)
+                continue
+            if state["Status"] in {"running", "paused", "restarting"}:
+                started_ms = attempt.started_ms = docker_time_ms(state.get("StartedAt")) or now_ms()
+                self._emit(AttemptRunning(attempt_id, started_ms))
+                self._follow_logs(attempt)
+                self._schedule_timeout(attempt, started_ms / 1000)
+                adopted.add(attempt_id)
+            elif state["Status"] in {"exited", "dead"}:
+                if self._claim_exit(attempt):  # unless its die event got there first
+                    self._finish(attempt)
+                adopted.add(attempt_id)
+            else:  # created but never started: the previous server died while starting it
+                self._remove(container_id)
+                self._forget(attempt)
+                never_started.add(attempt_id)
+        return Adoption(frozenset(adopted), frozenset(never_started))
+
+    def shutdown(self) -> None:
+        """Stop watching; containers keep running for the next server to adopt."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            streams = [a.log_stream for a in self._attempts.values() if a.log_stream is not None]
+            self._timer_wake.notify_all()
+        self._close(self._event_stream)
+        for stream in streams:
+            self._close(stream)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._watcher.join(timeout=5.0)
+        self._timer_thread.join(timeout=5.0)
+        self._client.close()
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def _launch(self, attempt: _Attempt, spec: AttemptSpec) -> None:
+        try:
+            self._create_and_start(attempt, spec)
+        except Exception as exc:  # the daemon went away mid-call: the attempt must not hang in STARTING
+            logger.exception("cannot start attempt %s", attempt.attempt_id)
+            if attempt.container_id is not None:
+                self._remove(attempt.container_id)
+            self._not_started(attempt, f"{CANNOT_START_PREFIX}: {exc}")
+
+    def _create_and_start(self, attempt: _Attempt, spec: AttemptSpec) -> None:
+        """Create (pulling the image if the daemon lacks it) and start the container."""
+        try:
+            try:
+                container_id = self._create(spec)
+            except docker.errors.ImageNotFound:
+                try:
+                    self._pull(spec.image)
+                except docker.errors.APIError as exc:
+                    self._not_started(attempt, f"{CANNOT_PULL_PREFIX}: {DAEMON_PREFIX}{_explain(exc)}")
+                    return
+                container_id = self._create(spec)
+        except docker.errors.APIError as exc:
+            self._not_started(attempt, f"{CANNOT_CREATE_PREFIX}: {DAEMON_PREFIX}{_explain(exc)}")
+            return
+        attempt.container_id = container_id
+        try:
+            self._api.start(container_id)
+        except docker.errors.APIError as exc:  # e.g. the command is not in the image
+            self._remove(container_id)
+            self._not_started(attempt, f"{CANNOT_START_PREFIX}: {DAEMON_PREFIX}{_explain(exc)}")
+            return
+        self._schedule_timeout(attempt, time.time())
+        self._follow_logs(attempt)
+        attempt.launched.set()
+        with self._lock:
+            stop = attempt.terminated  # TerminateJob arrived while the container was being created
+        if stop:
+            self._stop(attempt)
+
+    def _create(self, spec: AttemptSpec) -> str:
+        labels = {LABEL_ATTEMPT: spec.attempt_id, LABEL_JOB: spec.job_id, LABEL_LOG: str(spec.log_path)}
+        if spec.timeout_seconds:
+            labels[LABEL_TIMEOUT] = str(spec.timeout_seconds)
+        host_config = self._api.create_host_config(
+            mem_limit=spec.memory_mib * MIB,
+            memswap_limit=spec.memory_mib * MIB,
+            cpu_shares=max(2, int(CPU_SHARES_PER_VCPU * spec.vcpus)),
+            nano_cpus=int(spec.vcpus * 1e9) if spec.cpu_hard_cap else None,
+            device_requests=[DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
+            mounts=[
+                Mount(m.container_path, m.host_path, type="bind" if m.host_path else "volume", read_only=m.read_only)
+                for m in spec.volumes
+            ],
+            network_mode=self._settings.docker_network,
+        )
+        # KILN_VCPUS: how many threads the job may use, as on the local executor (the render worker reads it).
+        environment = {"KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
+        created = self._api.create_container(
+            spec.image,
+            command=list(spec.command) or None,  # none: the image's CMD, as on AWS
+            environment=environment,
+            labels=labels,
+            host_config=host_config,
+            name=f"kiln-{spec.attempt_id}",
+        )
+        return str(created["Id"])
+
+    def _pull(self, image: str) -> None:
+        repository, tag = _split_tag(image)
+        self._api.pull(repository, tag=tag)
+
+    def _not_started(self, attempt: _Attempt, reason: str) -> None:
+        logger.info("attempt %s failed to start: %s", attempt.attempt_id, reason)
+        attempt.launched.set()
+        with self._lock:
+            if self._attempts.pop(attempt.attempt_id, None) is None:
+                return
+        event = AttemptExited(attempt.attempt_id, now_ms(), None, TASK_FAILED_TO_START, reason, started=False)
+        self._emit(event)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _follow_logs(self, attempt: _Attempt) -> None:
+        """Copy the container's output (stdout and stderr, as they come) into the attempt's log.
+
+        Always from the first byte, written over the file from its start: after a restart the
+        file gets the same bytes again, so a reader's offsets stay valid and nothing is lost.
+        """
+        assert attempt.container_id is not None
+        try:
+            stream = self._api.logs(attempt.container_id, stream=True, follow=True, stdout=True, stderr=True)
+        except docker.errors.APIError as exc:
+            logger.warning("cannot follow the output of %s: %s", attempt.attempt_id, _explain(exc))
+            return
+        attempt.log_stream = stream
+        thread = threading.Thread(
+            target=_copy_output,
+            args=(stream, attempt.log_path),
+            name=f"kiln-docker-log-{attempt.attempt_id}",
+            daemon=True,
+        )
+        attempt.log_thread = thread
+        thread.start()
+
+    # -- events, timeouts, stops -----------------------------------------------------------
+
+    def _subscribe(self, since: float | None) -> Any:
+        filters = {"type": "container", "label": [LABEL_ATTEMPT], "event": ["start", "die", "oom"]}
+        return self._api.events(decode=True, filters=filters, since=since)
+
+    def _watch_events(self) -> None:
+        """The one thread that learns of starts and exits; reconnects if the stream breaks."""
+        stream = self._event_stream
+        while True:
+            last = time.time()
+            try:
+                for event in stream:
+                    last = event.get("time", last)
+                    self._on_event(event)
+            except Exception:  # a broken connection: reconnect below, unless shutting down
+                logger.debug("docker event stream broke", exc_info=True)
+            with self._lock:
+                if self._closed:
+                    return
+            time.sleep(RECONNECT_SECONDS)
+            try:
+                stream = self._event_stream = self._subscribe(since=last)
+            except docker.errors.DockerException as exc:
+                logger.warning("docker event stream lost (%s); retrying", exc)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        attempt_id = (event.get("Actor") or {}).get("Attributes", {}).get(LABEL_ATTEMPT)
+        with self._lock:
+            attempt = self._attempts.get(attempt_id or "")
+            if attempt is None:
+                return
+            action = event.get("status") or event.get("Action")
+            if action == "start" and not attempt.started:
+                attempt.started = True
+                attempt.started_ms = int(event.get("timeNano", time.time_ns())) // 1_000_000
+                self._emit(AttemptRunning(attempt.attempt_id, attempt.started_ms))
+            elif action == "die" and not attempt.finishing and (attempt.started or attempt.launched.is_set()):
+                if not attempt.started:  # its start event was lost (a reconnect): the order still holds
+                    attempt.started, attempt.started_ms = True, now_ms()
+                    self._emit(AttemptRunning(attempt.attempt_id, attempt.started_ms))
+                attempt.finishing = True
+                self._pool_submit(self._finish, attempt)
+            elif action == "oom" and not attempt.finishing:
+                # The kernel killed one process (the largest); like the local executor, and like
+                # a container whose essential process died, nothing else of the attempt runs on.
+                self._pool_submit(self._kill, attempt)
+
+    def _claim_exit(self, attempt: _Attempt) -> bool:
+        """True for the one caller that collects the attempt's exit (die event or adoption)."""
+        with self._lock:
+            if attempt.finishing:
+                return False
+            attempt.finishing = True
+            return True
+
+    def _pool_submit(self, work: Callable[[_Attempt], None], attempt: _Attempt) -> None:
+        with contextlib.suppress(RuntimeError):  # shutting down: the next server adopts the container
+            self._pool.submit(work, attempt)
+
+    def _schedule_timeout(self, attempt: _Attempt, started: float) -> None:
+        if attempt.timeout_seconds:
+            attempt.deadline = started + attempt.timeout_seconds
+            self._add_timer(attempt.deadline, "timeout", attempt.attempt_id)
+
+    def _add_timer(self, when: float, action: str, attempt_id: str) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (when, next(self._timer_ids), action, attempt_id))
+            self._timer_wake.notify()
+
+    def _run_timers(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and (not self._timers or self._timers[0][0] > time.time()):
+                    wait = None if not self._timers else max(0.0, self._timers[0][0] - time.time())
+                    self._timer_wake.wait(wait)
+                if self._closed:
+                    return
+                _, _, action, attempt_id = heapq.heappop(self._timers)
+                attempt = self._attempts.get(attempt_id)
+                if attempt is None or attempt.finishing:
+                    continue
+                if action == "timeout":
+                    if attempt.stopping:
+                        continue
+                    attempt.timed_out = True
+            if action == "timeout":
+                self._pool_submit(self._stop, attempt)
+            else:
+                self._pool_submit(self._kill, attempt)
+
+    def _stop(self, attempt: _Attempt) -> None:
+        """SIGTERM now, SIGKILL after the grace period (Docker's `stop`, without holding a thread)."""
+        if not attempt.launched.is_set() or attempt.container_id is None:
+            return  # still being created: `_launch` stops it once it runs
+        self._signal(attempt, signal.SIGTERM)
+        self._add_timer(time.time() + self._settings.termination_grace_seconds, "kill", attempt.attempt_id)
+
+    def _kill(self, attempt: _Attempt) -> None:
+        self._signal(attempt, signal.SIGKILL)
+
+    def _signal(self, attempt: _Attempt, signum: signal.Signals) -> None:
+        try:
+            self._api.kill(attempt.container_id, signal=signum.name)
+        except docker.errors.APIError as exc:  # already stopped: its die event follows
+            logger.debug("signal %s to %s: %s", signum.name, attempt.attempt_id, _explain(exc))
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def _finish(self, attempt: _Attempt) -> None:
+        try:
+            self._collect_exit(attempt)
+        except Exception as exc:  # the daemon went away: report the exit without its code rather than hang
+            logger.exception("cannot read the exit of attempt %s", attempt.attempt_id)
+            event = AttemptExited(attempt.attempt_id, now_ms(), None, ESSENTIAL_CONTAINER_EXITED,
+                                  f"kiln: cannot read the container's exit: {exc}")  # fmt: skip
+            with self._lock:
+                if self._attempts.pop(attempt.attempt_id, None) is not None:
+                    self._emit(event)
+
+    def _collect_exit(self, attempt: _Attempt) -> None:
+        """Wait for the output to be copied, read the exit, remove the container, report."""
+        attempt.launched.wait(JOIN_SECONDS)
+        if attempt.log_thread is None and attempt.container_id is not None:  # adopted after it ended
+            self._follow_logs(attempt)
+        if attempt.log_thread is not None:
+            attempt.log_thread.join(JOIN_SECONDS)
+        assert attempt.container_id is not None
+        try:
+            state = self._api.inspect_container(attempt.container_id)["State"]
+        except docker.errors.NotFound:
+            state = {"ExitCode": None, "OOMKilled": False}
+        with self._lock:
+            if self._closed:
+                return  # the next server adopts it and reads the same exit
+        self._remove(attempt.container_id)
+        oom = bool(state.get("OOMKilled"))
+        if attempt.terminated:
+            status_reason = attempt.terminate_reason
+        elif attempt.timed_out:
+            status_reason = TIMEOUT_STATUS_REASON
+        else:
+            status_reason = ESSENTIAL_CONTAINER_EXITED
+        event = AttemptExited(
+            attempt_id=attempt.attempt_id,
+            # The daemon's start event can come after a quick container already finished: never stop before starting.
+            at_ms=max(docker_time_ms(state.get("FinishedAt")) or now_ms(), attempt.started_ms),
+            exit_code=OOM_EXIT_CODE if oom else state.get("ExitCode"),
+            status_reason=status_reason,
+            reason=OOM_REASON if oom else None,
+            oom=oom,
+            timed_out=attempt.timed_out,
+            terminated=attempt.terminated,
+        )
+        with self._lock:
+            if self._attempts.pop(attempt.attempt_id, None) is not None:
+                self._emit(event)
+
+    def _remove(self, container_id: str) -> None:
+        try:
+            self._api.remove_container(container_id, v=True, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            logger.warning("cannot remove container %s: %s", container_id[:12], _explain(exc))
+
+    def _forget(self, attempt: _Attempt) -> None:
+        with self._lock:
+            self._attempts.pop(attempt.attempt_id, None)
+
+    def _emit(self, event: AttemptEvent) -> None:
+        self._events.put(event)
+        self._listener()
+
+    @staticmethod
+    def _close(stream: Any) -> None:
+        try:
+            stream.close()
+        except Exception:  # already closed or broken: nothing left to release
+            logger.debug("closing a docker stream", exc_info=True)
+
+
+def _copy_output(stream: Iterator[bytes], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    written = 0
+    try:
+        for chunk in stream:
+            os.write(fd, chunk)
+            written += len(chunk)
+        os.ftruncate(fd, written)  # the whole output is in: nothing stale may follow it
+    except Exception:  # stream closed at shutdown or the daemon went away: the next server copies again
+        logger.debug("output copy to %s stopped", path, exc_info=True)
+    finally:
+        os.close(fd)
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    """The daemon's own message (what AWS puts after `Error response from daemon:`)."""
+    return str(exc.explanation or exc)
+
+
+def _split_tag(image: str) -> tuple[str, str]:
+    """`repo[:tag]` or `repo@digest` -> (repository, tag or digest); `latest` when none, as Docker does."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"
