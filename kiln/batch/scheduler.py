@@ -263,23 +263,20 @@ class Scheduler:
 
     def place_ahead(self, repo: Repository, now: int) -> list[_Launch]:
         """Queue the next children of fast arrays behind running siblings (see start_ahead)."""
-        if not self._ahead.wants() or not self.executor.capacity().start_after:
+        room = self._ahead.room()
+        if not room or not self.executor.capacity().start_after:
             return []
         launches: list[_Launch] = []
         for queue in self._queues:
             if queue.get("schedulingPolicyArn"):
                 continue  # fair-share order is decided per tick by share_queue
-            rows = self._repo_candidates(repo, queue["jobQueueArn"])
+            rows = repo.runnable_candidates(queue["jobQueueArn"], min(room, AHEAD_CANDIDATES), float("inf"), 2**62)
             chained = self._ahead.chain(
                 [(r["id"], r["parent_id"], (r["vcpus"], r["memory_mib"], r["gpus"])) for r in rows]
             )
             if chained:
                 launches += self._record_placements(repo, chained, now)
         return launches
-
-    @staticmethod
-    def _repo_candidates(repo: Repository, queue_arn: str) -> list[Row]:
-        return repo.runnable_candidates(queue_arn, AHEAD_CANDIDATES, float("inf"), 2**62)
 
     def _candidates(self, repo: Repository, queues: list[Row], free: scheduling.Resources, diagnose: bool) -> list[Row]:
         """Per queue (so a huge queue never hides a higher-priority one): everything for a

@@ -112,8 +112,9 @@ class StartAhead:
         for follower in rest:
             self._head_of[follower] = successor
 
-    def wants(self) -> bool:
-        return any(self._room(slot) > 0 for slot in self._slots.values())
+    def room(self) -> int:
+        """How many placements the chains could take now."""
+        return sum(max(0, self._room(slot)) for slot in self._slots.values())
 
     def _room(self, slot: _Slot) -> int:
         speed = self._speed.get(slot.parent_id)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from kiln.cli import render_command
 from kiln.cli.client import batch_client, default_endpoint, sign_request
+from kiln.cli.executor_command import executor_app
 from kiln.cli.keys_command import keys_app
 from kiln.config import DEFAULT_PORT, load_settings
 from kiln.errors import KilnError
@@ -31,6 +32,7 @@ err = Console(stderr=True)
 app.command("render")(render_command.render)
 app.command("sample-scene")(render_command.sample_scene)
 app.add_typer(keys_app, name="keys")
+app.add_typer(executor_app, name="executor")
 
 EndpointOption = Annotated[
     str | None,

@@ -91,19 +91,25 @@ class Supervisor:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "engine")
         while True:
             for key, _ in self.selector.select(SELECT_SECONDS):
-                if key.data == "accept":
-                    self._accept(listener)
-                elif key.data == "engine":
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self.wake_r, 4096)
-                    self._drain_engine()
-                else:
-                    self._read_client()
+                try:
+                    self._ready(key, listener)
+                except Exception:  # dying here would lose every attempt: log it and carry on
+                    log.exception("supervisor loop: %s failed", key.data)
             self._drain_engine()
             if self._should_exit():
                 break
         self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the monitor thread
         self.journal.close()
+
+    def _ready(self, key: selectors.SelectorKey, listener: socket.socket) -> None:
+        if key.data == "accept":
+            self._accept(listener)
+        elif key.data == "engine":
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+            self._drain_engine()
+        elif key.fileobj is self.client and self.client is not None:  # not one dropped earlier in this batch
+            self._read_client(self.client)
 
     def _should_exit(self) -> bool:
         busy = self.client is not None or self.engine.running() or self.queued
@@ -131,10 +137,9 @@ class Supervisor:
             self.client.close()
             self.client = None
 
-    def _read_client(self) -> None:
-        assert self.client is not None
+    def _read_client(self, client: socket.socket) -> None:
         try:
-            chunk = self.client.recv(1 << 20)
+            chunk = client.recv(1 << 20)
         except OSError:
             chunk = b""
         if not chunk:

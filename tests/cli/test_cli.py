@@ -1,4 +1,4 @@
-"""`kiln jobs`, `kiln describe` and `kiln logs` against a real server, as a person runs them."""
+"""`kiln jobs`, `kiln describe`, `kiln logs` and `kiln executor` against a real server, as a person runs them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import KilnServer
+import psutil
+
+from tests.conftest import KilnServer, start_server
 from tests.support import make_queue, register_shell, submit, wait_for
 
 
@@ -54,3 +57,21 @@ def test_errors_are_readable(kiln_server: KilnServer) -> None:
     assert no_log.returncode == 1
     assert "Job no-such-job not found." in no_log.stderr
     assert "Traceback" not in missing.stderr + no_log.stderr
+
+
+def test_executor_status_and_stop_end_the_attempts_a_stopped_server_left(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    batch = server.client()
+    job_id = submit(batch, make_queue(batch), register_shell(batch, "sleep 617"))
+    wait_for(batch, job_id, {"RUNNING"})
+    server.stop()  # the attempt keeps running: it belongs to the supervisor
+    kiln = [sys.executable, "-m", "kiln", "executor"]
+    status = subprocess.run([*kiln, "status", "--data-dir", str(server.data_dir)], capture_output=True, text=True)
+    assert status.returncode == 0 and "an attempt supervisor runs" in status.stdout
+    assert [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "617"]]
+    stop = subprocess.run([*kiln, "stop", "--data-dir", str(server.data_dir)], capture_output=True, text=True)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "stopped the attempt supervisor" in stop.stdout
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "617"]]
+    status = subprocess.run([*kiln, "status", "--data-dir", str(server.data_dir)], capture_output=True, text=True)
+    assert status.returncode == 1 and "no attempt supervisor runs" in status.stdout
