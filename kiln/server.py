@@ -38,6 +38,7 @@ from kiln.store.database import Database
 from kiln.web.routes import dashboard_routes
 
 log = logging.getLogger("kiln")
+MAX_REQUEST_HEAD_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -146,4 +147,9 @@ def build_server(settings: Settings) -> Server:
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = build_server(settings)
-    uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+        # A request line or headers up to the API's largest body reach the app, which answers an
+        # oversized one in AWS's error form (h11's own limit answers with a bare text 400).
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+    )  # fmt: skip

@@ -66,6 +66,9 @@ def create_app(
     # A path the catch-all's `.*` cannot match (a percent-encoded newline) would get Starlette's
     # plain-text 404; the Batch endpoint answers it in AWS form instead.
     app.router.default = batch
+    # ...and one that matches nothing with or without a trailing slash gets that error too, never a
+    # 307 to a path that does not exist (the dashboard's `/ui` -> `/ui/` is an explicit route).
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
 
