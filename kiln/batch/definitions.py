@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from kiln.batch import pagination
+from kiln.batch import fargate, pagination
 from kiln.batch.arns import parse_arn
 from kiln.batch.containers import check_container
 from kiln.batch.context import Context
@@ -35,24 +35,17 @@ def check_scheduling_priority(value: int | None, field: str) -> None:
         raise ValidationError(f"{field} must be between 0 and 9999 (got {value})")
 
 
-def _check_platform(params: dict[str, Any]) -> None:
-    capabilities = params.get("platformCapabilities") or ["EC2"]
-    if params["type"] == "multinode" and "FARGATE" in capabilities:
-        raise ValidationError("Multi-node parallel job definitions cannot use the FARGATE platform")
-    container = params.get("containerProperties") or {}
-    if "FARGATE" in capabilities:
-        if container.get("vcpus") is not None or container.get("memory") is not None:
-            raise ValidationError("Fargate job definitions must give VCPU and MEMORY in resourceRequirements")
-        kinds = {item.get("type") for item in container.get("resourceRequirements") or []}
-        if not {"VCPU", "MEMORY"} <= kinds:
-            raise ValidationError("Fargate job definitions must give VCPU and MEMORY in resourceRequirements")
-        if "GPU" in kinds:
-            raise ValidationError("Fargate job definitions cannot request GPUs")
-        if not container.get("executionRoleArn"):
-            raise ValidationError("Fargate job definitions need containerProperties.executionRoleArn")
+def _check_platform(params: dict[str, Any]) -> str:
+    """The definition's platform (EC2 or FARGATE), after that platform's rules (kiln.batch.fargate)."""
+    platform = fargate.platform_of(params.get("platformCapabilities"))
+    if platform == fargate.FARGATE:
+        fargate.check_definition(params["type"], params.get("containerProperties"))
+    else:
+        fargate.check_ec2_container(params.get("containerProperties"))
+    return platform
 
 
-def _check_body(ctx: Context, params: dict[str, Any]) -> None:
+def _check_body(ctx: Context, params: dict[str, Any]) -> str:
     check_resource_name(params["jobDefinitionName"], "jobDefinitionName")
     size = len(json.dumps(params, separators=(",", ":")).encode())
     if size > MAX_DEFINITION_BYTES:
@@ -71,7 +64,7 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> None:
         check_container(params["containerProperties"])
     elif not params.get("nodeProperties"):
         raise ValidationError("A multinode job definition needs nodeProperties")
-    _check_platform(params)
+    platform = _check_platform(params)
     check_retry_strategy(params.get("retryStrategy"))
     check_timeout(ctx, params.get("timeout"))
     check_scheduling_priority(params.get("schedulingPriority"), "schedulingPriority")
@@ -79,10 +72,11 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> None:
     for key, value in (params.get("parameters") or {}).items():
         if not isinstance(value, str):
             raise ValidationError(f"parameters.{key} must be a string")
+    return platform
 
 
 def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _check_body(ctx, params)
+    platform = _check_body(ctx, params)
     name = params["jobDefinitionName"]
     revision = ctx.repo.latest_revision(name) + 1
     arn = ctx.arns.job_definition(name, revision)
@@ -91,11 +85,13 @@ def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, A
         jobDefinitionArn=arn,
         revision=revision,
         status="ACTIVE",
-        platformCapabilities=params.get("platformCapabilities") or ["EC2"],
+        platformCapabilities=[platform],
         containerOrchestrationType="ECS",
         parameters=params.get("parameters") or {},
         tags=params.get("tags") or {},
     )
+    if platform == fargate.FARGATE:
+        doc["containerProperties"] = fargate.with_defaults(doc["containerProperties"])
     ctx.repo.insert_definition(
         {
             "name": name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kiln.batch import pagination
+from kiln.batch import fargate, pagination
 from kiln.batch.arns import name_from_reference
 from kiln.batch.context import Context
 from kiln.batch.names import check_resource_name
@@ -18,20 +18,13 @@ from kiln.errors import ConflictError, NotFoundError, ValidationError
 
 CE_HEALTHY = "ComputeEnvironment Healthy"
 QUEUE_HEALTHY = "JobQueue Healthy"
-FARGATE_TYPES = frozenset({"FARGATE", "FARGATE_SPOT"})
-FARGATE_FORBIDDEN = (
-    "allocationStrategy", "minvCpus", "desiredvCpus", "instanceTypes", "imageId", "ec2KeyPair",
-    "instanceRole", "tags", "placementGroup", "bidPercentage", "spotIamFleetRole", "launchTemplate",
-    "ec2Configuration",
-)  # fmt: skip
 MAX_CES_PER_QUEUE = 3
 MAX_DESCRIBE = 100
 MAX_STATE_TIME_LIMIT_SECONDS = 86_400
 
 
 def _family(ce_doc: dict[str, Any]) -> str:
-    resources = ce_doc.get("computeResources") or {}
-    return "FARGATE" if resources.get("type") in FARGATE_TYPES else "EC2"
+    return fargate.FARGATE if fargate.is_fargate_ce(ce_doc) else fargate.EC2
 
 
 def _check_compute_resources(ce_type: str, resources: dict[str, Any] | None) -> None:
@@ -47,14 +40,8 @@ def _check_compute_resources(ce_type: str, resources: dict[str, Any] | None) -> 
         raise ValidationError("computeResources vCPU counts cannot be negative")
     if min_v > max_v or (desired is not None and not min_v <= desired <= max_v):
         raise ValidationError("computeResources must satisfy minvCpus <= desiredvCpus <= maxvCpus")
-    if resources["type"] in FARGATE_TYPES:
-        present = [key for key in FARGATE_FORBIDDEN if resources.get(key) is not None]
-        if present:
-            raise ValidationError(f"Fargate compute environments cannot set: {', '.join(present)}")
-        if not resources.get("subnets") or not resources.get("securityGroupIds"):
-            raise ValidationError("Fargate compute environments need subnets and securityGroupIds")
-        if len(resources["subnets"]) > 16:
-            raise ValidationError("A compute environment can have at most 16 subnets")
+    if resources["type"] in fargate.FARGATE_CE_TYPES:
+        fargate.check_compute_resources(resources)
 
 
 def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +147,8 @@ def delete_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     return {}
 
 
-def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The order with ARNs, sorted, and the queue type its compute environments give it."""
     if not 1 <= len(order) <= MAX_CES_PER_QUEUE:
         raise ValidationError(f"computeEnvironmentOrder must list 1 to {MAX_CES_PER_QUEUE} compute environments")
     if len({item["order"] for item in order}) != len(order):
@@ -174,7 +162,17 @@ def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> list[dict[str, 
         resolved.append({"order": item["order"], "computeEnvironment": ce["computeEnvironmentArn"]})
     if len(families) > 1:
         raise ValidationError("A job queue cannot mix EC2/SPOT and FARGATE/FARGATE_SPOT compute environments")
-    return sorted(resolved, key=lambda item: item["order"])
+    queue_type = fargate.FARGATE_QUEUE_TYPE if families == {fargate.FARGATE} else fargate.EC2_QUEUE_TYPE
+    return sorted(resolved, key=lambda item: item["order"]), queue_type
+
+
+def _queue_type(requested: str | None, derived: str) -> str:
+    """AWS sets ECS or ECS_FARGATE from the compute environments; a contradicting request is refused."""
+    if requested in (fargate.EC2_QUEUE_TYPE, fargate.FARGATE_QUEUE_TYPE) and requested != derived:
+        raise ValidationError(
+            f"jobQueueType {requested} does not match the job queue's compute environments ({derived})"
+        )
+    return requested or derived
 
 
 def _check_time_limit_actions(ctx: Context, actions: list[dict[str, Any]] | None) -> None:
@@ -229,7 +227,8 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         raise ConflictError(f"Object already exists: job queue {name}")
     policy_arn = _policy_arn(ctx, params["schedulingPolicyArn"]) if "schedulingPolicyArn" in params else None
     _check_priority(params["priority"])
-    order = _resolve_order(ctx, params.get("computeEnvironmentOrder") or [])
+    order, derived_type = _resolve_order(ctx, params.get("computeEnvironmentOrder") or [])
+    queue_type = _queue_type(params.get("jobQueueType"), derived_type)
     _check_time_limit_actions(ctx, params.get("jobStateTimeLimitActions"))
     check_tags(params.get("tags"))
     arn = ctx.arns.job_queue(name)
@@ -244,7 +243,7 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         "computeEnvironmentOrder": order,
         "tags": params.get("tags") or {},
         "jobStateTimeLimitActions": params.get("jobStateTimeLimitActions") or [],
-        "jobQueueType": params.get("jobQueueType") or "ECS",
+        "jobQueueType": queue_type,
     }
     if policy_arn is not None:
         doc["schedulingPolicyArn"] = policy_arn
@@ -273,7 +272,8 @@ def update_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _check_priority(params["priority"])
         doc["priority"] = params["priority"]
     if params.get("computeEnvironmentOrder") is not None:
-        doc["computeEnvironmentOrder"] = _resolve_order(ctx, params["computeEnvironmentOrder"])
+        doc["computeEnvironmentOrder"], derived_type = _resolve_order(ctx, params["computeEnvironmentOrder"])
+        doc["jobQueueType"] = _queue_type(None, derived_type)
     if params.get("jobStateTimeLimitActions") is not None:
         _check_time_limit_actions(ctx, params["jobStateTimeLimitActions"])
         doc["jobStateTimeLimitActions"] = params["jobStateTimeLimitActions"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kiln.batch import containers
+from kiln.batch import containers, fargate
 from kiln.batch.context import Context
 from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
 from kiln.batch.environments import get_job_queue
@@ -100,8 +100,13 @@ def _resolved_spec(
     ctx: Context, params: dict[str, Any], definition: dict[str, Any], queue: dict[str, Any]
 ) -> dict[str, Any]:
     parameters = {**(definition.get("parameters") or {}), **(params.get("parameters") or {})}
+    platform = fargate.platform_of(definition.get("platformCapabilities"))
+    if platform == fargate.FARGATE:
+        fargate.check_overrides(params.get("containerOverrides"))
     container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
     containers.check_container(container, where="container")
+    if platform == fargate.FARGATE:
+        fargate.check_resources(container)
     container["command"] = containers.substitute(container.get("command") or [], parameters)
     retry = params.get("retryStrategy") or definition.get("retryStrategy")
     check_retry_strategy(retry)
@@ -122,7 +127,7 @@ def _resolved_spec(
         "timeout": timeout,
         "tags": tags,
         "propagateTags": bool(propagate),
-        "platformCapabilities": definition.get("platformCapabilities") or ["EC2"],
+        "platformCapabilities": [platform],
         "schedulingPriority": params.get("schedulingPriorityOverride", definition.get("schedulingPriority")),
         "dependsOn": params.get("dependsOn") or [],
         "shareIdentifier": share,
@@ -137,6 +142,7 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     definition = resolve_active(ctx, params["jobDefinition"])
     if definition["type"] != "container":
         raise ValidationError("Kiln does not run multinode (multi-node parallel) jobs yet")
+    fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
     if params.get("nodeOverrides") or params.get("ecsPropertiesOverride") or params.get("eksPropertiesOverride"):
         raise ValidationError("nodeOverrides, ecsPropertiesOverride and eksPropertiesOverride are not supported")
     size = _array_size(params)
