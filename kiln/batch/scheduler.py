@@ -51,6 +51,7 @@ CANDIDATES_PER_QUEUE = 64
 AHEAD_CANDIDATES = 256  # per queue and tick, for start-ahead chains
 DIAGNOSED_PER_QUEUE = 1000
 SWEEP_SECONDS = 1.0
+TICK_SPACING_SECONDS = 0.02  # between busy ticks, unless the API changed something
 RETENTION_CHECK_SECONDS = 60.0
 PARENT_SPEC_CACHE = 10_000
 
@@ -127,6 +128,11 @@ class Scheduler:
                 busy = False
             if not busy:
                 self._wake.wait(self.settings.scheduler_interval_seconds)
+            elif not self._changed.is_set():
+                # Let executor events gather for a moment: a tick's fixed cost (a transaction, a
+                # few queries) is then paid per batch, not per event, and the CPU it would spend
+                # spinning on single events is left to the jobs. Start-ahead keeps the executor fed.
+                self._stop.wait(TICK_SPACING_SECONDS)
 
     def _lead(self) -> bool:
         """Whether this server schedules now. On gaining the lease it first reconciles the attempts

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning
 
 HORIZON_MS = 250.0
-MAX_DEPTH = 32
+MAX_DEPTH = 200
 SMOOTHING = 0.2  # weight of the newest duration in the moving average
 MIN_SAMPLES = 4  # children that must have ended before an array counts as fast
 
