@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import start_server
+from tests.conftest import FAST_FLAGS, start_server
 from tests.support import make_queue, register_shell
 
 KILLS = 10
@@ -36,10 +36,12 @@ def _all_jobs(batch: Any, queue: str, arrays: list[str]) -> dict[str, dict[str, 
     return jobs
 
 
-def test_random_sigkills_lose_nothing_and_run_nothing_twice(tmp_path: Path) -> None:
+def test_random_sigkills_lose_nothing_and_run_nothing_twice(tmp_path: Path, database_url: str) -> None:
+    """On SQLite and on PostgreSQL, 10 kills each."""
+    kills = KILLS
     rng = random.Random(20261125)
     ledger = tmp_path / "ledger"
-    server = start_server(tmp_path)
+    server = start_server(tmp_path, [*FAST_FLAGS, "--database-url", database_url])
     batch = server.client()
     queue = make_queue(batch)
     last_step = f'echo "$AWS_BATCH_JOB_ID" >> {ledger}'
@@ -47,12 +49,12 @@ def test_random_sigkills_lose_nothing_and_run_nothing_twice(tmp_path: Path) -> N
     retried = register_shell(batch, f"sleep 0.02; {last_step}", retryStrategy={"attempts": 3})
     arrays: list[str] = []
     plain_left = PLAIN_JOBS
-    for kill in range(KILLS):
+    for kill in range(kills):
         if len(arrays) < ARRAYS:
             definition = retried if len(arrays) % 2 else plain
             arrays.append(batch.submit_job(jobName=f"array-{kill}", jobQueue=queue, jobDefinition=definition,
                                            arrayProperties={"size": ARRAY_SIZE})["jobId"])  # fmt: skip
-        for _ in range(min(plain_left, PLAIN_JOBS // KILLS)):
+        for _ in range(plain_left if kill == kills - 1 else min(plain_left, PLAIN_JOBS // kills)):
             batch.submit_job(jobName="plain", jobQueue=queue, jobDefinition=rng.choice([plain, retried]))
             plain_left -= 1
         time.sleep(rng.uniform(0.2, 2.0))
