@@ -7,6 +7,7 @@ the same AWS reason strings, so the domain never knows which one ran the attempt
 
 from __future__ import annotations
 
+import queue
 import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -22,6 +23,16 @@ CANNOT_PULL_PREFIX = "CannotPullContainerError"
 OOM_EXIT_CODE = 137
 # The host an attempt ran on went away (AWS's text; `evaluateOnExit` may match `Host EC2*`).
 HOST_TERMINATED = "Host EC2 (instance {host}) terminated."
+
+
+def drain(events: queue.SimpleQueue[AttemptEvent]) -> list[AttemptEvent]:
+    """Everything queued so far, in order, without waiting (every executor's `poll`)."""
+    drained: list[AttemptEvent] = []
+    while True:
+        try:
+            drained.append(events.get_nowait())
+        except queue.Empty:
+            return drained
 
 
 def local_host_id() -> str:

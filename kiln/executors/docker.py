@@ -59,6 +59,7 @@ from .base import (
     AttemptRunning,
     AttemptSpec,
     Capacity,
+    drain,
 )
 
 logger = logging.getLogger(__name__)
@@ -207,12 +208,7 @@ class DockerExecutor:
         self._pool.submit(self._stop, attempt)
 
     def poll(self) -> list[AttemptEvent]:
-        events: list[AttemptEvent] = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:

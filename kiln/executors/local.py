@@ -46,6 +46,7 @@ from .base import (
     AttemptRunning,
     AttemptSpec,
     Capacity,
+    drain,
 )
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
 from .images import ImageCatalogue, ImageNotFound
@@ -230,12 +231,7 @@ class LocalExecutor:
             self._begin_stop(attempt, self._settings.termination_grace_seconds)
 
     def poll(self) -> list[AttemptEvent]:
-        events: list[AttemptEvent] = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:

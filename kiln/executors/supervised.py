@@ -26,7 +26,7 @@ from typing import Any
 from kiln.config import Settings
 from kiln.private_files import create_private_file, make_private_dir
 
-from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity
+from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity, drain
 from .images import ImageCatalogue
 from .supervisor_wire import LOG_NAME, SOCKET_NAME, LineReader, encode, event_from_wire, spec_to_wire
 
@@ -232,12 +232,7 @@ class SupervisedExecutor:
         self._send({"op": "terminate", "id": attempt_id, "reason": reason})
 
     def poll(self) -> list[AttemptEvent]:
-        events: list[AttemptEvent] = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:
