@@ -11,6 +11,7 @@ can tell them apart, and a fixed CPU count and memory so capacity is predictable
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,10 +39,8 @@ class RayNode:
 
     def kill(self) -> None:
         """Lose the node: SIGKILL its raylet, object store and workers (its whole process group)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -106,7 +105,11 @@ class RayCluster:
                     raise RuntimeError(f"ray node {node.name} exited:\n{node.log.read_text()[-3000:]}")
             try:
                 done = subprocess.run(
-                    [sys.executable, "-c", script, self.address], capture_output=True, text=True, timeout=30, check=False
+                    [sys.executable, "-c", script, self.address],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 continue
