@@ -118,6 +118,19 @@ class RayCluster:
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster did not reach {count} live nodes in {START_SECONDS} s")
 
+    def node_ids(self) -> dict[str, str]:
+        """Test node name -> Ray node id, for the live nodes (read through a short-lived driver)."""
+        script = (
+            "import json,ray,sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1', logging_level='ERROR');"
+            "print(json.dumps({r: n['NodeID'] for n in ray.nodes() if n['Alive'] for r in n['Resources']"
+            " if r.startswith('kiln_test_')}))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, self.address], capture_output=True, text=True, timeout=60, check=True
+        )
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        return {name.removeprefix("kiln_test_"): node_id for name, node_id in found.items()}
+
     def stop(self) -> None:
         for node in reversed(list(self.nodes.values())):
             node.stop()
