@@ -124,7 +124,7 @@ def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succee
     definition = register_shell(
         batch, script, vcpus=2,
         retryStrategy={"attempts": 2, "evaluateOnExit": [
-            {"onReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
+            {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
         ]},
     )  # fmt: skip
     jobs = [submit(batch, queue, definition) for _ in range(3)]
@@ -144,7 +144,7 @@ def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succee
         match = HOST_LOST.match(attempts[0]["statusReason"])
         assert match and match.group(1) == victim, attempts[0]
         job = wait_for(batch, lost_job, timeout=60)
-        assert job["status"] == "SUCCEEDED", job
+        assert job["status"] == "SUCCEEDED", (job["statusReason"], job["attempts"])
         assert len(job["attempts"]) == 2
         assert "done 2" in _log(server, lost_job, attempt=2)
         assert _node_prefix(_log(server, lost_job, attempt=2)) != victim[:12]
