@@ -63,13 +63,15 @@ class Settings:
     cpu_hard_cap_environments: frozenset[str] = frozenset()
     # image name -> entrypoint prepended to the job's command; "host" is built in (empty entrypoint).
     images: dict[str, list[str]] = field(default_factory=dict)
-    # What runs attempts: "local" (processes on this host) or "docker" (a container per attempt).
+    # What runs attempts: "local" (processes on this host), "docker" (a container per attempt) or "ray".
     executor: str = "local"
     # Docker executor: the daemon URL (default: $DOCKER_HOST, else the local socket) and the
     # containers' network mode ("host": jobs reach services on 127.0.0.1, as on the local executor).
     docker_host: str | None = None
     docker_network: str = "host"
     docker_gpus: int = 0  # GPUs the daemon can hand out (NVIDIA container toolkit); GPU jobs wait for them
+    # Ray executor: the cluster's GCS address (HOST:PORT); None joins the local cluster or starts one.
+    ray_address: str | None = None
 
     @property
     def database_path(self) -> Path:
@@ -126,6 +128,7 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "retention_days": _NUMBER, "scheduler_interval_seconds": _NUMBER, "min_timeout_seconds": int,
     "termination_grace_seconds": _NUMBER, "min_state_time_limit_seconds": int, "host_vcpus": int, "host_memory_mib": int,
     "cpu_hard_cap_environments": list, "executor": str, "docker_host": str, "docker_network": str, "docker_gpus": int,
+    "ray_address": str,
 }  # fmt: skip
 
 

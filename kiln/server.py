@@ -97,11 +97,15 @@ def auth_middleware(settings: Settings) -> list[Middleware]:
 
 
 def make_executor(settings: Settings) -> Executor:
-    """`settings.executor`: the local one by default, Docker only when asked for."""
+    """`settings.executor`: the local one by default, Docker or Ray only when asked for."""
     if settings.executor == "docker":
         return DockerExecutor.connect(settings)
+    if settings.executor == "ray":
+        from kiln.executors.ray_cluster import RayExecutor  # imports Ray (slow) only when used
+
+        return RayExecutor(settings)
     if settings.executor != "local":
-        raise ValidationError(f"unknown executor {settings.executor!r}: use local or docker")
+        raise ValidationError(f"unknown executor {settings.executor!r}: use local, docker or ray")
     catalogue = ImageCatalogue(settings.images)
     catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
     return SupervisedExecutor(settings, catalogue, local_host_id())

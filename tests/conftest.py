@@ -22,6 +22,7 @@ from tests.docker_daemon import DockerDaemon, DockerMissing, docker_daemon
 
 # A real PostgreSQL server for the tests: fixtures postgres_cluster, fresh_postgres_url, database_url.
 from tests.postgres import database_url, fresh_postgres_url, postgres_cluster, server_store_flags  # noqa: F401
+from tests.ray_cluster import RayCluster, start_cluster
 
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
@@ -129,3 +130,13 @@ def docker_engine() -> Iterator[DockerDaemon]:
         except DockerMissing as exc:
             pytest.skip(f"no Docker here: {exc}")
         yield daemon
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One real local Ray cluster (head + two workers, tests/ray_cluster.py) for the whole session."""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -261,6 +261,7 @@ class Scheduler:
             _environment_views(self._environments, usage),
             free,
             total,
+            None if capacity.largest_host is None else scheduling.Resources(*capacity.largest_host),
         )
         if diagnose:
             self._record_diagnostics(repo, runnable, decision)

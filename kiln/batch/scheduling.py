@@ -65,9 +65,14 @@ class Plan:
     diagnostics: dict[str, str | None] = field(default_factory=dict)
 
 
-def _never_fits(job: Candidate, envs: Sequence[EnvironmentView], host_total: Resources) -> str | None:
-    if job.vcpus > host_total.vcpus or job.memory_mib > host_total.memory_mib or job.gpus > host_total.gpus:
-        return JOB_REQUIREMENT
+def _never_fits(
+    job: Candidate, envs: Sequence[EnvironmentView], host_total: Resources, largest_host: Resources | None = None
+) -> str | None:
+    for limit in (host_total, largest_host):
+        if limit is not None and (
+            job.vcpus > limit.vcpus or job.memory_mib > limit.memory_mib or job.gpus > limit.gpus
+        ):
+            return JOB_REQUIREMENT
     caps = [env.max_vcpus for env in envs]
     if caps and all(cap is not None and job.vcpus > cap for cap in caps):
         return MAX_RESOURCE
@@ -80,8 +85,12 @@ def plan(
     environments: Sequence[EnvironmentView],
     host_free: Resources,
     host_total: Resources,
+    largest_host: Resources | None = None,
 ) -> Plan:
-    """Choose which runnable jobs start now and where. `candidates` are in RUNNABLE order."""
+    """Choose which runnable jobs start now and where. `candidates` are in RUNNABLE order.
+
+    `largest_host`: where capacity is spread over several hosts, the biggest one (no job larger
+    than it can ever start)."""
     result = Plan()
     envs = {env.name: env for env in environments}
     used = {env.name: env.used_vcpus for env in environments}
@@ -92,7 +101,7 @@ def plan(
     for queue in sorted(queues, key=lambda q: (-q.priority, q.arn)):
         queue_envs = [envs[name] for name in queue.environments if name in envs]
         for job in by_queue.get(queue.arn, []):
-            problem = _never_fits(job, queue_envs, host_total)
+            problem = _never_fits(job, queue_envs, host_total, largest_host)
             if problem is not None:
                 result.diagnostics[job.job_id] = problem
                 continue

@@ -78,11 +78,20 @@ def server(
         int | None, typer.Option(help="Testing: lower AWS's 600 s jobStateTimeLimitActions floor.")
     ] = None,
     executor: Annotated[
-        str | None, typer.Option(help="What runs jobs: local (processes) or docker (containers) [default: local].")
+        str | None,
+        typer.Option(
+            help="What runs jobs: local (processes), docker (containers) or ray (a Ray cluster) [default: local]."
+        ),
     ] = None,
     docker_host: Annotated[
         str | None,
         typer.Option(help="Docker daemon for --executor docker [default: $DOCKER_HOST or the local socket]."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster (GCS HOST:PORT) for --executor ray [default: join the local one, or start one]."
+        ),
     ] = None,
 ) -> None:
     """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
@@ -95,6 +104,7 @@ def server(
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
             min_state_time_limit_seconds=min_state_time_limit_seconds, executor=executor, docker_host=docker_host,
+            ray_address=ray_address,
         )  # fmt: skip
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)

@@ -82,6 +82,7 @@ class AttemptRunning:
 
     attempt_id: str
     at_ms: int
+    host: str | None = None  # the node it runs on, for executors with several (Ray)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class AttemptExited:
     # When it began running, if known: lets a server that missed the `AttemptRunning` (it was
     # down) still record the real start.
     started_at: int | None = None
+    host: str | None = None  # the node it ran on, for executors with several (Ray)
 
 
 AttemptEvent = AttemptRunning | AttemptExited
@@ -120,6 +122,9 @@ class Capacity:
     gpus: int = 0
     notes: list[str] = field(default_factory=list)
     start_after: bool = False  # honours `AttemptSpec.start_after`
+    # (vcpus, memory MiB, gpus) of the largest single host, where there are several (Ray): a job
+    # larger than it never fits, however much the hosts have together.
+    largest_host: tuple[float, int, int] | None = None
 
 
 @dataclass(frozen=True)

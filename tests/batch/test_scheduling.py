@@ -375,3 +375,14 @@ def test_nothing_to_do() -> None:
     result = _plan([], [QueueView("q", 1, ("ce",))], [EnvironmentView("ce", True, None)])
     assert result.placements == []
     assert result.diagnostics == {}
+
+
+def test_job_bigger_than_the_largest_of_several_hosts_never_fits_even_if_the_total_has_room() -> None:
+    """Ray: three 2-CPU/2-GiB nodes make 6 CPUs in all, yet a 3-CPU or 3-GiB job fits none of them."""
+    envs = [EnvironmentView("ce", True, 1024.0)]
+    queues = [QueueView("q", 1, ("ce",))]
+    jobs = [Candidate("cpu", "q", 3.0, 64), Candidate("mem", "q", 1.0, 3072), Candidate("ok", "q", 2.0, 2048)]
+    total, largest = Resources(6.0, 6144), Resources(2.0, 2048)
+    result = plan(jobs, queues, envs, total, total, largest)
+    assert result.placements == [Placement("ok", "ce")]
+    assert result.diagnostics == dict.fromkeys(["cpu", "mem"], JOB_REQUIREMENT)

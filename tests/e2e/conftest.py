@@ -1,4 +1,5 @@
-"""The core scenarios run once per executor: the same test code on local processes and on Docker.
+"""The core scenarios run once per executor: the same test code on local processes, on Docker and
+on a Ray cluster (tests/ray_cluster.py).
 
 A scenario module opts in by defining `kiln_server` from `runtime_server` and registering its
 job definitions through `shell` (a busybox-compatible `sh -c` script): on the local executor the
@@ -51,14 +52,18 @@ class Runtime:
         return f"{name}:{result['revision']}"
 
     def workdir_marker(self, task_id: str) -> str:
-        """What `pwd=$(pwd)` prints: the attempt's own dir locally, the image's WORKDIR (/) in Docker."""
-        return f"/work/{task_id}\n" if self.name == "local" else "pwd=/\n"
+        """What `pwd=$(pwd)` prints: the attempt's own dir locally (on Ray: in the node's temp dir),
+        the image's WORKDIR (/) in Docker."""
+        return "pwd=/\n" if self.name == "docker" else f"/work/{task_id}\n"
 
 
-@pytest.fixture(scope="module", params=["local", "docker"])
+@pytest.fixture(scope="module", params=["local", "docker", "ray"])
 def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     if request.param == "local":
         return Runtime("local", "host", FAST_FLAGS)
+    if request.param == "ray":  # the local engine on each Ray node: same image, paths and limits
+        cluster = request.getfixturevalue("ray_cluster")
+        return Runtime("ray", "host", [*FAST_FLAGS, "--executor", "ray", "--ray-address", cluster.address])
     daemon = request.getfixturevalue("docker_engine")
     flags = [*FAST_FLAGS, "--executor", "docker", "--docker-host", daemon.url]
     return Runtime("docker", daemon.image, flags, shared_dir=tmp_path_factory.getbasetemp())

@@ -135,7 +135,7 @@ def test_unknown_executor_is_a_clear_error(tmp_path: Path) -> None:
                "--executor", "kubernetes"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "unknown executor 'kubernetes': use local or docker" in result.stderr
+    assert "unknown executor 'kubernetes': use local, docker or ray" in result.stderr
 
 
 def test_kiln_toml_chooses_the_docker_executor(tmp_path: Path, docker_engine: DockerDaemon) -> None:

@@ -1,0 +1,155 @@
+"""What only the Ray executor does, through a real `kiln server --executor ray` and boto3 on a real
+three-node Ray cluster: logs streaming back from the node, spreading over nodes, jobs no node can
+fit, and losing a node mid-attempt. The shared scenarios (success, exit codes, retries, OOM,
+timeouts, terminate, arrays, dependencies) run on Ray in tests/e2e (the `ray` runtime).
+
+The node-loss test kills a worker node and starts a replacement, so it runs last in this module.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.ray_cluster import RayCluster
+from tests.support import make_queue, register_shell, submit, wait_for
+
+HOST_LOST = re.compile(r"^Host EC2 \(instance ([0-9a-f]{56})\) terminated\.$")
+NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
+JOB_REQUIREMENT = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+    flags = [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address]
+    server = start_server(tmp_path_factory.mktemp("kiln-ray"), flags)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def batch(server: KilnServer) -> Any:
+    return server.client()
+
+
+def _log(server: KilnServer, job_id: str, attempt: int | None = None) -> str:
+    params = {} if attempt is None else {"attempt": attempt}
+    response = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id}", params=params, timeout=10)
+    if response.status_code != 200:
+        return ""
+    return str(response.json()["text"])
+
+
+def _wait_log(server: KilnServer, job_id: str, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = _log(server, job_id)
+        if text in log:
+            return log
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {_log(server, job_id)!r}")
+
+
+def _node_prefix(log: str) -> str:
+    """The node an attempt ran on, from its workdir (`pwd`): the agent's dir names the node."""
+    match = NODE_IN_PATH.search(log)
+    assert match, log
+    return match.group(1)
+
+
+def test_log_streams_back_while_the_attempt_runs(batch: Any, server: KilnServer) -> None:
+    queue = make_queue(batch, max_vcpus=2)
+    job_id = submit(batch, queue, register_shell(batch, "echo first; sleep 4; echo second"))
+    wait_for(batch, job_id, {"RUNNING"}, timeout=60)
+    running_log = _wait_log(server, job_id, "first\n")
+    assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
+    assert "second" not in running_log
+    job = wait_for(batch, job_id, timeout=60)
+    assert job["status"] == "SUCCEEDED", job
+    assert _log(server, job_id) == "first\nsecond\n"
+
+
+def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, ray_cluster: RayCluster) -> None:
+    queue = make_queue(batch, max_vcpus=6)
+    definition = register_shell(batch, 'sleep 1; echo "child=$AWS_BATCH_JOB_ARRAY_INDEX pwd=$(pwd)"')
+    parent = submit(batch, queue, definition, arrayProperties={"size": 20})
+    job = wait_for(batch, parent, timeout=120)
+    assert job["status"] == "SUCCEEDED", job
+    nodes: dict[str, int] = {}
+    for index in range(20):
+        log = _log(server, f"{parent}:{index}")
+        assert f"child={index} " in log
+        node = _node_prefix(log)
+        nodes[node] = nodes.get(node, 0) + 1
+    # 6 one-vCPU children at a time on three 2-CPU nodes: every node must have taken some.
+    live = {node_id[:12] for node_id in ray_cluster.node_ids().values()}
+    assert set(nodes) == live, (nodes, live)
+
+
+@pytest.mark.parametrize(("vcpus", "memory"), [(3, 128), (1, 3 * 1024)])
+def test_job_larger_than_every_node_stays_runnable_with_a_reason(batch: Any, vcpus: int, memory: int) -> None:
+    """The cluster has 6 CPUs and 6 GiB in all, but no node more than 2 CPUs or 2 GiB."""
+    queue = make_queue(batch, max_vcpus=8)
+    job_id = submit(batch, queue, register_shell(batch, "echo never", vcpus=vcpus, memory=memory))
+    deadline = time.monotonic() + 30
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+        if job.get("statusReason", "").startswith(JOB_REQUIREMENT):
+            break
+        time.sleep(0.2)
+    assert job["status"] == "RUNNABLE", job
+    assert job["statusReason"].startswith(JOB_REQUIREMENT), job
+    batch.cancel_job(jobId=job_id, reason="test over")
+    assert wait_for(batch, job_id, timeout=30)["status"] == "FAILED"
+
+
+def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succeeds(
+    batch: Any, server: KilnServer, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    names = ray_cluster.node_ids()
+    queue = make_queue(batch, max_vcpus=6)
+    # One 2-vCPU job per node; the first attempts sleep, so the lost one is retried on a node
+    # freed by another job.
+    script = (
+        'echo "pwd=$(pwd)"; if [ "$AWS_BATCH_JOB_ATTEMPT" = 1 ]; then sleep 12; fi; echo "done $AWS_BATCH_JOB_ATTEMPT"'
+    )
+    definition = register_shell(
+        batch, script, vcpus=2,
+        retryStrategy={"attempts": 2, "evaluateOnExit": [
+            {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
+        ]},
+    )  # fmt: skip
+    jobs = [submit(batch, queue, definition) for _ in range(3)]
+    where = {job_id: _node_prefix(_wait_log(server, job_id, "pwd=", timeout=60)) for job_id in jobs}
+    victim_name = "w2"
+    victim = names[victim_name]
+    (lost_job,) = [job_id for job_id, node in where.items() if node == victim[:12]]
+    killed_at = time.monotonic()
+    ray_cluster.nodes[victim_name].kill()
+    try:
+        deadline = killed_at + 15
+        attempts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not attempts:
+            attempts = batch.describe_jobs(jobs=[lost_job])["jobs"][0].get("attempts", [])
+            time.sleep(0.2)
+        assert attempts, f"the attempt on the lost node did not fail within 15 s of the kill ({lost_job})"
+        match = HOST_LOST.match(attempts[0]["statusReason"])
+        assert match and match.group(1) == victim, attempts[0]
+        job = wait_for(batch, lost_job, timeout=60)
+        assert job["status"] == "SUCCEEDED", (job["statusReason"], job["attempts"])
+        assert len(job["attempts"]) == 2
+        assert "done 2" in _log(server, lost_job, attempt=2)
+        assert _node_prefix(_log(server, lost_job, attempt=2)) != victim[:12]
+        for other in set(jobs) - {lost_job}:
+            assert wait_for(batch, other, timeout=60)["status"] == "SUCCEEDED"
+    finally:
+        ray_cluster.start_node("w3")  # the rest of the session keeps three nodes
+        ray_cluster.wait_for_nodes(3)

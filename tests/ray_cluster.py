@@ -1,0 +1,153 @@
+"""A real local Ray cluster for the tests: a head and two worker nodes as separate `ray start` processes.
+
+Each node is its own `ray start --block` process in its own session, so the tests own exactly its
+processes: stopping (or "losing") a node is a signal to that process group, never `ray stop`, which
+would stop every Ray on the machine. Nodes are given `--node-ip-address=127.0.0.1`, but Ray 2.60 replaces a
+loopback address with the machine's routable one and listens on all interfaces for some of its
+ports (shared/design/execution-facts.md): the tests cannot change that; every node still runs here.
+Every node has a custom resource naming it (`node:<name>`-like, here `kiln_test_<name>`) so a test
+can tell them apart, and a fixed CPU count and memory so capacity is predictable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.cli.embedded_server import free_port
+
+NODE_CPUS = 2
+NODE_MEMORY_BYTES = 2 * 1024**3
+START_SECONDS = 90
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@dataclass
+class RayNode:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """Lose the node: SIGKILL its raylet, object store and workers (its whole process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class RayCluster:
+    """`address` is the GCS address (`127.0.0.1:PORT`) for `kiln server --ray-address`."""
+
+    root: Path
+    port: int
+    nodes: dict[str, RayNode] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_node(self, name: str, *, head: bool = False) -> RayNode:
+        log = self.root / f"{name}.log"
+        resources = json.dumps({f"kiln_test_{name}": 1})
+        common = [
+            "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--num-gpus=0",
+            f"--memory={NODE_MEMORY_BYTES}", f"--resources={resources}", "--disable-usage-stats",
+            f"--object-store-memory={100 * 1024**2}", f"--dashboard-agent-listen-port={free_port()}",
+            # Nodes on one machine need session dirs (and so sockets) of their own.
+            f"--temp-dir={self.root / name}",
+        ]  # fmt: skip
+        if head:
+            where = [
+                "--head", f"--port={self.port}", "--include-dashboard=false",
+            ]  # fmt: skip
+        else:
+            where = [f"--address={self.address}"]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [RAY, "start", *where, *common], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        node = RayNode(name, process, log)
+        self.nodes[name] = node
+        return node
+
+    def wait_for_nodes(self, count: int) -> None:
+        """Until `count` nodes are alive in the GCS (bounded)."""
+        deadline = time.monotonic() + START_SECONDS
+        script = (
+            "import ray,sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1', logging_level='ERROR');"
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
+        while time.monotonic() < deadline:
+            for node in self.nodes.values():
+                if node.process.poll() is not None and node.process.returncode not in (None, -9):
+                    raise RuntimeError(f"ray node {node.name} exited:\n{node.log.read_text()[-3000:]}")
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", script, self.address],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the Ray cluster did not reach {count} live nodes in {START_SECONDS} s")
+
+    def node_ids(self) -> dict[str, str]:
+        """Test node name -> Ray node id, for the live nodes (read through a short-lived driver)."""
+        script = (
+            "import json,ray,sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1', logging_level='ERROR');"
+            "print(json.dumps({r: n['NodeID'] for n in ray.nodes() if n['Alive'] for r in n['Resources']"
+            " if r.startswith('kiln_test_')}))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, self.address], capture_output=True, text=True, timeout=60, check=True
+        )
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        return {name.removeprefix("kiln_test_"): node_id for name, node_id in found.items()}
+
+    def stop(self) -> None:
+        for node in reversed(list(self.nodes.values())):
+            node.stop()
+        if os.environ.get("KILN_KEEP_RAY_LOGS") is None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_cluster(workers: tuple[str, ...] = ("w1", "w2")) -> RayCluster:
+    # Short root: Ray's unix sockets live under it and socket paths are limited to 107 bytes.
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="kray")), free_port())
+    try:
+        cluster.start_node("head", head=True)
+        cluster.wait_for_nodes(1)
+        for name in workers:
+            cluster.start_node(name)
+        cluster.wait_for_nodes(1 + len(workers))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
