@@ -46,6 +46,7 @@ from .base import (
     AttemptRunning,
     AttemptSpec,
     Capacity,
+    drain,
 )
 from .cgroups import MIB
 from .local import now_ms
@@ -163,12 +164,7 @@ class RayExecutor:
             node.agent.terminate.remote(attempt_id, reason)
 
     def poll(self) -> list[AttemptEvent]:
-        events: list[AttemptEvent] = []
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:
