@@ -171,15 +171,16 @@ def test_main_exit_kills_leftover_processes(executor: LocalExecutor, make_spec: 
 
 
 def test_timeout_escalates_to_sigkill(executor: LocalExecutor, make_spec: SpecFactory) -> None:
-    # A shell ignores SIGTERM from its first instruction; a Python interpreter might not be up
-    # by the time the 1 s timeout fires on a loaded machine.
-    spec = make_spec(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"], timeout_seconds=1)
+    # A shell ignores SIGTERM from its first instruction; 2 s leaves even a very loaded machine
+    # time to reach that instruction before the timeout fires (a Python interpreter might not be up).
+    spec = make_spec(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"], timeout_seconds=2)
     started = time.monotonic()
     executor.start(spec)
+    wait_for_log(spec.log_path, "ready", timeout=2)
     event = exited(wait_for_exit(executor, spec.attempt_id, timeout=15))
     elapsed = time.monotonic() - started
 
-    assert elapsed > 1.9, "SIGTERM at 1 s, SIGKILL only one grace second later"
+    assert elapsed > 2.9, "SIGTERM at 2 s, SIGKILL only one grace second later"
     assert (event.timed_out, event.status_reason, event.exit_code) == (True, TIMEOUT_STATUS_REASON, 137)
     assert not event.oom and not event.terminated
 
