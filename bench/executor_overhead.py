@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,8 @@ import boto3
 import docker
 
 from kiln.cli.embedded_server import start_embedded_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' Docker daemon helper, run as a script
 from tests.docker_daemon import docker_daemon
 
 DEADLINE_SECONDS = 600
