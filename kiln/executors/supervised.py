@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import Settings
+from kiln.errors import ServerError
 from kiln.private_files import create_private_file, make_private_dir
 
 from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity, drain
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 20.0
 REPLY_SECONDS = 60.0
+
+
+class SupervisorUnavailable(ServerError):
+    """No attempt supervisor could be started or reached (the server cannot run jobs)."""
 
 
 def connect(state_dir: Path) -> socket.socket | None:
@@ -72,7 +77,7 @@ def connect_or_spawn(state_dir: Path) -> socket.socket:
         if process.poll() is not None and connect(state_dir) is None:
             process = spawn_supervisor(state_dir)  # lost a race with an exiting one: try again
         time.sleep(0.02)
-    raise RuntimeError(f"the attempt supervisor did not start; see {state_dir / LOG_NAME}")
+    raise SupervisorUnavailable(f"the attempt supervisor did not start; see {state_dir / LOG_NAME}")
 
 
 def stop_supervisor(state_dir: Path, timeout: float = 60.0) -> bool:
@@ -132,7 +137,9 @@ class SupervisedExecutor:
         while not pending:
             chunk = sock.recv(1 << 16)
             if not chunk:
-                raise RuntimeError(f"the attempt supervisor closed the connection; see {self._state_dir / LOG_NAME}")
+                raise SupervisorUnavailable(
+                    f"the attempt supervisor closed the connection; see {self._state_dir / LOG_NAME}"
+                )
             pending = reader.feed(chunk)
         sock.settimeout(None)
         self._notes = list(pending[0].get("notes", []))
@@ -177,7 +184,7 @@ class SupervisedExecutor:
             try:
                 self._sock, self._reader = self._connect()
                 break
-            except (OSError, RuntimeError):  # e.g. reset by the dying one's listener
+            except (OSError, SupervisorUnavailable):  # e.g. reset by the dying one's listener
                 if time.monotonic() >= deadline:
                     log.exception("cannot restart the attempt supervisor")
                     return False
