@@ -473,12 +473,14 @@ class Repository:
             func.row_number()
             .over(
                 partition_by=job_shares.c.share_identifier,
-                order_by=(job_shares.c.scheduling_priority.desc(), jobs.c.runnable_at, jobs.c.id),
+                # created_at: jobs made RUNNABLE by the same sweep share runnable_at; submit order decides
+                order_by=(job_shares.c.scheduling_priority.desc(), jobs.c.runnable_at, jobs.c.created_at, jobs.c.id),
             )
             .label("share_rank")
         )
         columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus, jobs.c.status_reason,
-                   jobs.c.runnable_at, job_shares.c.share_identifier, job_shares.c.scheduling_priority)  # fmt: skip
+                   jobs.c.runnable_at, jobs.c.created_at, job_shares.c.share_identifier,
+                   job_shares.c.scheduling_priority)  # fmt: skip
         ranked = (
             select(*columns, rank)
             .join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
@@ -493,7 +495,7 @@ class Repository:
         query = (
             select(*(ranked.c[c.name] for c in columns))
             .where(ranked.c.share_rank <= per_share)
-            .order_by(ranked.c.runnable_at, ranked.c.id)
+            .order_by(ranked.c.runnable_at, ranked.c.created_at, ranked.c.id)
         )
         return _rows(self.connection.execute(query))
 
