@@ -2,7 +2,8 @@
 
 Both servers run as their own processes on 127.0.0.1 in the same run, and each gets the same
 client: one boto3 `batch` client, retries off, a few warm-up calls, then `--calls` SubmitJob and
-`--calls` DescribeJobs of `--ids` ids each, one at a time. Prints p50/p99 and Kiln/moto ratios.
+`--calls` DescribeJobs of `--ids` ids each, one at a time, the two servers taking turns call by
+call. Prints p50/p99 and Kiln/moto ratios.
 Targets (issue 8): Kiln p50 <= moto p50, Kiln p99 <= 15 ms on 2 cores.
 
 - Kiln: `kiln server` on SQLite with its default settings (WAL, `synchronous=NORMAL`: a commit
@@ -119,33 +120,50 @@ def setup(batch: Any, endpoint: str, server: str) -> None:
     )  # fmt: skip
 
 
-def measure(server: str, endpoint: str, calls: int, ids: int, warmup: int, deadline_s: float) -> dict[str, list[float]]:
-    """Milliseconds per call for `submit` and `describe`, measured with one client, one call at a time."""
-    batch = client(endpoint)
-    setup(batch, endpoint, server)
-    job_ids: list[str] = []
+SERVERS = ("kiln", "moto")
+
+
+def timed_ms(call: Any, **kwargs: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    answer = call(**kwargs)
+    return (time.perf_counter() - started) * 1000, answer
+
+
+def measure(endpoints: dict[str, str], calls: int, ids: int, warmup: int, deadline_s: float) -> dict[str, Any]:
+    """Milliseconds per call, by server then by `submit`/`describe`: one client per server, one call at a time.
+
+    The two servers take turns call by call, so a burst of load from elsewhere hits both alike.
+    """
+    clients = {server: client(endpoint) for server, endpoint in endpoints.items()}
+    for server, batch in clients.items():
+        setup(batch, endpoints[server], server)
+    job_ids: dict[str, list[str]] = {server: [] for server in SERVERS}
+    samples: dict[str, dict[str, list[float]]] = {server: {"submit": [], "describe": []} for server in SERVERS}
     for index in range(warmup):
-        job_ids.append(batch.submit_job(jobName=f"warm-{index}", jobQueue="bench", jobDefinition="true")["jobId"])
-        batch.describe_jobs(jobs=job_ids[-ids:])
+        for server, batch in clients.items():
+            job_ids[server].append(
+                batch.submit_job(jobName=f"w{index}", jobQueue="bench", jobDefinition="true")["jobId"]
+            )
+            batch.describe_jobs(jobs=job_ids[server][-ids:])
     deadline = time.monotonic() + deadline_s
-    samples: dict[str, list[float]] = {"submit": [], "describe": []}
     for index in range(calls):
         if time.monotonic() > deadline:
             break
-        started = time.perf_counter()
-        job_id = batch.submit_job(jobName=f"job-{index}", jobQueue="bench", jobDefinition="true")["jobId"]
-        samples["submit"].append((time.perf_counter() - started) * 1000)
-        job_ids.append(job_id)
+        for server, batch in clients.items():
+            ms, answer = timed_ms(batch.submit_job, jobName=f"job-{index}", jobQueue="bench", jobDefinition="true")
+            samples[server]["submit"].append(ms)
+            job_ids[server].append(answer["jobId"])
     for index in range(calls):
         if time.monotonic() > deadline:
             break
-        start = (index * ids) % max(1, len(job_ids) - ids)
-        wanted = job_ids[start : start + ids]
-        started = time.perf_counter()
-        found = batch.describe_jobs(jobs=wanted)["jobs"]
-        samples["describe"].append((time.perf_counter() - started) * 1000)
-        if len(found) != len(wanted):
-            raise SystemExit(f"{endpoint}: DescribeJobs returned {len(found)} of {len(wanted)} jobs")
+        for server, batch in clients.items():
+            known = job_ids[server]
+            start = (index * ids) % max(1, len(known) - ids)
+            wanted = known[start : start + ids]
+            ms, answer = timed_ms(batch.describe_jobs, jobs=wanted)
+            samples[server]["describe"].append(ms)
+            if len(answer["jobs"]) != len(wanted):
+                raise SystemExit(f"{server}: DescribeJobs returned {len(answer['jobs'])} of {len(wanted)} jobs")
     return samples
 
 
@@ -159,22 +177,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="SubmitJob calls, and as many DescribeJobs")
     parser.add_argument("--ids", type=int, default=20, help="job ids per DescribeJobs")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--deadline", type=float, default=120.0, help="seconds of measuring per server")
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds of measuring, both servers")
     parser.add_argument("--fsync", action="store_true", help="Kiln with synchronous=FULL (power-loss safe)")
     args = parser.parse_args()
-    results: dict[str, dict[str, list[float]]] = {}
-    with kiln_server(args.fsync) as endpoint:
-        server = "kiln"
-        results[server] = measure(server, endpoint, args.calls, args.ids, args.warmup, args.deadline)
-    with moto_server() as endpoint:
-        server = "moto"
-        results[server] = measure(server, endpoint, args.calls, args.ids, args.warmup, args.deadline)
+    with kiln_server(args.fsync) as kiln_endpoint, moto_server() as moto_endpoint:
+        endpoints = {"kiln": kiln_endpoint, "moto": moto_endpoint}
+        results = measure(endpoints, args.calls, args.ids, args.warmup, args.deadline)
     cores = os.cpu_count() or 1
     durability = "synchronous=FULL" if args.fsync else "synchronous=NORMAL"
     print(f"{cores} cores, load average {os.getloadavg()[0]:.1f}; Kiln on SQLite WAL {durability}; moto batch_simple")
     print(f"{'call':<22} {'server':<6} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for call, label in (("submit", "SubmitJob"), ("describe", f"DescribeJobs ({args.ids} ids)")):
-        for server in ("kiln", "moto"):
+        for server in SERVERS:
             values = results[server][call]
             print(
                 f"{label:<22} {server:<6} {len(values):>5} {percentile(values, 0.5):>8.2f} "
