@@ -322,7 +322,9 @@ def serialize_output(operation: str, result: Mapping[str, Any] | None, service: 
 def _prune(value: Any, shape: Shape) -> Any:
     kind = shape.type_name
     if kind == "structure" and isinstance(value, Mapping) and not shape.is_document_type:
-        kept = {name: _prune(value.get(name), member) for name, member in shape.members.items()}
+        # Recurse only into the members the value has (in the shape's order, as before): a JobDetail
+        # shape has dozens of members and a job sets few, so this keeps DescribeJobs of many jobs cheap.
+        kept = {name: _prune(value[name], member) for name, member in shape.members.items() if name in value}
         return {name: item for name, item in kept.items() if item is not None}
     if kind == "list" and isinstance(value, list | tuple):
         return [_prune(item, shape.member) for item in value if item is not None]
