@@ -337,8 +337,8 @@ def test_server_healthy_and_store_consistent_afterwards(target: Target) -> None:
     assert ACCEPTED.get("shaped", 0) >= 200, ACCEPTED
     assert target.http.get("/healthz").json() == {"status": "ok"}
     batch = target.server.client()
+    # (Fuzzed DeleteJobQueue calls with real names may have removed the world's queue: no queue is fine.)
     queues = [q for page in batch.get_paginator("describe_job_queues").paginate() for q in page["jobQueues"]]
-    assert queues, "the fuzz world's queue at least"
     listed: set[str] = set()
     for queue in queues:
         for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):

@@ -26,7 +26,14 @@ CELL_COLOUR_JS = """(index) => {
 }"""
 
 
+GRID_READY_JS = """() => {
+  const canvas = document.getElementById("array-grid");
+  return canvas !== null && Number(canvas.dataset.columns) > 0 && Number(canvas.dataset.ratio) > 0;
+}"""
+
+
 def cell_colour(page: Page, index: int) -> str:
+    page.wait_for_function(GRID_READY_JS, timeout=10_000)  # visible before its first paint sets the geometry
     return str(page.evaluate(CELL_COLOUR_JS, index))
 
 
