@@ -242,13 +242,17 @@ class LocalExecutor:
 
     def adopt(self, attempt_ids: Collection[str]) -> Adoption:
         """Attempts of a previous server process died with it: remove what is left of them."""
+        self.discard_leftovers(attempt_ids)
+        return Adoption()
+
+    def discard_leftovers(self, attempt_ids: Collection[str]) -> None:
+        """Kill and remove what is left of attempts another process started (found by their cgroups)."""
         support = self._support
         parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
         for attempt_id in attempt_ids:
             name = attempt_group_name(attempt_id)
             paths = [None if parent is None or not (parent / name).is_dir() else parent / name for parent in parents]
             AttemptCgroups(*paths).remove()
-        return Adoption()
 
     def shutdown(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop every attempt (SIGTERM, SIGKILL after `grace_seconds`), wait for them, stop the thread.

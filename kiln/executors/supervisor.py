@@ -35,7 +35,6 @@ from kiln.config import Settings
 from kiln.private_files import make_private_dir
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
-from .cgroups import AttemptCgroups, attempt_group_name
 from .images import ImageCatalogue
 from .local import LocalExecutor, now_ms
 from .supervisor_journal import Journal
@@ -77,12 +76,7 @@ class Supervisor:
     def _discard_orphans(self, attempt_ids: list[str]) -> None:
         """Attempts a previous supervisor started but never saw end cannot be reaped by this one:
         kill what is left of them (their cgroups know) and let the server fail them as lost."""
-        support = self.engine.cgroup_support
-        parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
-        for attempt_id in attempt_ids:
-            name = attempt_group_name(attempt_id)
-            groups = [None if p is None or not (p / name).is_dir() else p / name for p in parents]
-            AttemptCgroups(*groups).remove()
+        self.engine.discard_leftovers(attempt_ids)
         if attempt_ids:
             log.warning("attempts of a previous supervisor were lost: %s", ", ".join(attempt_ids))
 
