@@ -1,7 +1,7 @@
 """A real local Ray cluster for the tests: a head and two worker nodes as separate `ray start` processes.
 
 Each node is its own `ray start --block` process in its own session, so the tests own exactly its
-processes: stopping (or "losing") a node is a signal to that process group, never `ray stop`, which
+processes: stopping (or "losing") a node signals that session's processes, never `ray stop`, which
 would stop every Ray on the machine. Nodes are given `--node-ip-address=127.0.0.1`, but Ray 2.60 replaces a
 loopback address with the machine's routable one and listens on all interfaces for some of its
 ports (shared/design/execution-facts.md): the tests cannot change that; every node still runs here.
@@ -31,6 +31,29 @@ START_SECONDS = 90
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def _host_processes(session: int) -> set[int]:
+    """The pids of session `session` and all their descendants, from /proc."""
+    parents: dict[int, int] = {}
+    members: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        pid, ppid, sid = int(entry.name), int(fields[1]), int(fields[3])
+        parents[pid] = ppid
+        if sid == session:
+            members.add(pid)
+    grown = True
+    while grown:
+        children = {pid for pid, ppid in parents.items() if ppid in members} - members
+        members |= children
+        grown = bool(children)
+    return members
+
+
 @dataclass
 class RayNode:
     name: str
@@ -38,9 +61,25 @@ class RayNode:
     log: Path
 
     def kill(self) -> None:
-        """Lose the node: SIGKILL its raylet, object store and workers (its whole process group)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """Lose the node as a host is lost: SIGKILL everything that runs on it at once.
+
+        That is the node's session (raylet, object store, and Ray workers, which put themselves in
+        process groups of their own) and every descendant of those (the attempts, which the Kiln
+        agent starts in sessions of their own). The processes are stopped first, so nothing forks
+        between the scan and the kill.
+        """
+        stopped: set[int] = set()
+        while True:  # stop what is found until a scan finds nothing new (stopped processes cannot fork)
+            found = _host_processes(self.process.pid) - stopped  # started with start_new_session: sid = pid
+            if not found:
+                break
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= found
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self) -> None:

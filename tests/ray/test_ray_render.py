@@ -2,7 +2,7 @@
 
 A real `kiln server --executor ray` on the session's three-node Ray cluster renders Pottery (6 tiny
 frames, one frame per array child) into a directory every local node sees. Once a render child runs
-on a worker node, that node is killed (its whole process group). The lost attempt must fail with
+on a worker node, that node is lost (every process on it killed at once). The lost attempt must fail with
 AWS's `Host EC2 (instance <node id>) terminated.` and be retried by the render definition's
 `retryStrategy` (attempts 3, kiln/cli/render_pipeline.py), and the pipeline must still finish with
 every frame and an MP4 of exactly as many frames.
@@ -31,6 +31,7 @@ from tests.render.conftest import POTTERY_CANDIDATES
 from tests.render.images import video_frames
 
 FRAMES = 6
+FRESH_SECONDS = 0.5  # a render process younger than this has seconds of work left (importing bpy alone takes more)
 HOST_LOST = re.compile(r"^Host EC2 \(instance ([0-9a-f]{56})\) terminated\.$")
 SUBMITTED = re.compile(r"submitted \S+ \((?P<render>[0-9a-f-]+)[:)].*? and \S+ \((?P<stitch>[0-9a-f-]+)\)")
 NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
@@ -55,8 +56,18 @@ def server(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     server.stop()
 
 
+def _age_seconds(proc: Path) -> float:
+    """How long ago the process `proc` (a /proc/<pid> entry) started."""
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time, ticks after boot
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - started
+
+
 def _render_nodes(node_prefixes: set[str]) -> set[str]:
-    """Node-id prefixes (of `node_prefixes`) on which a `python -m kiln.render render` process runs now."""
+    """Node-id prefixes (of `node_prefixes`) on which a `python -m kiln.render render` process started
+    less than FRESH_SECONDS ago: it is still importing Blender, so killing its node now lands mid-render
+    (a render caught near its end could finish and report before the node's death is noticed)."""
     found: set[str] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -66,7 +77,9 @@ def _render_nodes(node_prefixes: set[str]) -> set[str]:
             if b"kiln.render" not in argv or b"render" not in argv:
                 continue
             cwd = os.readlink(entry / "cwd")
-        except OSError:  # gone meanwhile, or not ours
+            if _age_seconds(entry) > FRESH_SECONDS:
+                continue
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours
             continue
         match = NODE_IN_PATH.search(cwd + "/")
         if match and match.group(1) in node_prefixes:
@@ -84,7 +97,7 @@ def _wait_for_render_on_a_worker(workers: dict[str, str], render: subprocess.Pop
         running = _render_nodes(set(by_prefix))
         if running:
             return by_prefix[sorted(running)[0]]
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"no render child ran on a worker node {sorted(workers)} within {timeout} s")
 
 
