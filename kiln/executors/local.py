@@ -51,6 +51,7 @@ from .base import (
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
+from .workdirs import WorkdirPool
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class LocalExecutor:
         self._epoll = select.epoll()
         self._by_pidfd: dict[int, _Attempt] = {}
         self._log_dirs: set[Path] = set()
+        self._workdirs = WorkdirPool()
         self._base_environment: dict[str, str] = dict(os.environ)
         logger.info("local executor: %s", "; ".join(self.describe()))
 
@@ -278,7 +280,7 @@ class LocalExecutor:
         try:
             attempt = self._spawn(spec, argv)
         except OSError as exc:
-            remove_workdir(spec.workdir)
+            self._workdirs.release(spec.workdir)
             self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
         with self._lock:
@@ -326,12 +328,7 @@ class LocalExecutor:
 
     def _make_dirs(self, spec: AttemptSpec) -> None:
         """The attempt's workdir, and its log directory the first time it is seen."""
-        try:
-            spec.workdir.mkdir()
-        except FileNotFoundError:
-            spec.workdir.mkdir(parents=True)
-        except FileExistsError:
-            pass
+        self._workdirs.make(spec.workdir)
         if spec.log_path.parent not in self._log_dirs:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_dirs.add(spec.log_path.parent)
@@ -465,23 +462,13 @@ class LocalExecutor:
     def _finish(self, attempt: _Attempt) -> None:
         """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
         attempt.cgroups.remove()
-        remove_workdir(attempt.spec.workdir)
+        self._workdirs.release(attempt.spec.workdir)
         with self._lock:
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
                 self._epoll.unregister(attempt.pidfd)
                 os.close(attempt.pidfd)
             if self._attempts.pop(attempt.spec.attempt_id, None) is not None:
                 self._emit(attempt.exit_event())
-
-
-def remove_workdir(workdir: Path) -> None:
-    """Most jobs leave their workdir empty: one rmdir, and the tree walk only when needed."""
-    try:
-        workdir.rmdir()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str]) -> list[str]:

@@ -23,7 +23,8 @@ from kiln.render import image as render_image
 
 from .base import AttemptEvent, AttemptExited, AttemptSpec
 from .images import ImageCatalogue
-from .local import LocalExecutor, remove_workdir
+from .local import LocalExecutor
+from .workdirs import remove_tree
 
 LOG_CHUNK_BYTES = 1024 * 1024  # most log bytes one `report` carries per attempt (the rest comes next time)
 # The server's variables that describe its own machine, not the job: the node keeps its own.
@@ -137,4 +138,4 @@ class NodeAgent:
     def _forget(self, attempt_id: str) -> None:
         self._offsets.pop(attempt_id, None)
         (self._logs_dir / f"{attempt_id}.log").unlink(missing_ok=True)
-        remove_workdir(self._work_dir / attempt_id)
+        remove_tree(self._work_dir / attempt_id)
