@@ -186,7 +186,7 @@ def _probe(parent: Path, settings: dict[str, str]) -> str | None:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot configure a group: {exc}"
     finally:
-        _rmdir(child)
+        rmdir_group(child)
 
 
 def attempt_group_name(attempt_id: str) -> str:
@@ -216,9 +216,9 @@ class AttemptCgroups:
         """Create and configure every group the host supports; a failing one degrades, not aborts."""
         name = attempt_group_name(attempt_id)
         return cls(
-            memory=_make(support.memory_parent, name, lambda path: _limit_memory(path, memory_mib)),
-            cpu=_make(support.cpu_parent, name, lambda path: _limit_cpu(path, vcpus, cpu_hard_cap)),
-            tracking=_make(support.tracking_parent, name, lambda path: None),
+            memory=make_group(support.memory_parent, name, lambda path: _limit_memory(path, memory_mib)),
+            cpu=make_group(support.cpu_parent, name, lambda path: _limit_cpu(path, vcpus, cpu_hard_cap)),
+            tracking=make_group(support.tracking_parent, name, lambda path: None),
         )
 
     def paths(self) -> list[Path]:
@@ -276,10 +276,10 @@ class AttemptCgroups:
     def remove(self, wait_seconds: float = 2.0) -> bool:
         """Kill what is left, then remove the groups; False (and a warning) if one stays busy."""
         deadline = time.monotonic() + wait_seconds
-        remaining = [path for path in self.paths() if not _rmdir(path)]  # usually empty already
+        remaining = [path for path in self.paths() if not rmdir_group(path)]  # usually empty already
         while remaining:
             self.kill()
-            remaining = [path for path in remaining if not _rmdir(path)]
+            remaining = [path for path in remaining if not rmdir_group(path)]
             if remaining and time.monotonic() >= deadline:
                 logger.warning("cgroups still busy, left in place: %s", ", ".join(map(str, remaining)))
                 return False
@@ -288,7 +288,8 @@ class AttemptCgroups:
         return True
 
 
-def _make(parent: Path | None, name: str, configure: _Configure) -> Path | None:
+def make_group(parent: Path | None, name: str, configure: _Configure = lambda path: None) -> Path | None:
+    """`parent/name`, created and configured; None (and a warning) when that fails."""
     if parent is None:
         return None
     path = parent / name
@@ -298,7 +299,7 @@ def _make(parent: Path | None, name: str, configure: _Configure) -> Path | None:
         return path
     except OSError as exc:
         logger.warning("cannot set up cgroup %s, using the fallback for this attempt: %s", path, exc)
-        _rmdir(path)
+        rmdir_group(path)
         return None
 
 
@@ -341,7 +342,7 @@ def _write_quietly(path: Path, value: str) -> None:
         path.write_text(value)
 
 
-def _rmdir(path: Path) -> bool:
+def rmdir_group(path: Path) -> bool:
     """Remove a group directory (rmdir, never rm -r: cgroup files cannot be unlinked)."""
     try:
         path.rmdir()

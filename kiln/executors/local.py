@@ -48,6 +48,7 @@ from .base import (
     Capacity,
     drain,
 )
+from .cgroup_pool import CgroupPool
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
@@ -163,6 +164,7 @@ class LocalExecutor:
         self._by_pidfd: dict[int, _Attempt] = {}
         self._log_dirs: set[Path] = set()
         self._workdirs = WorkdirPool()
+        self._cgroups = CgroupPool(self._support)
         self._base_environment: dict[str, str] = dict(os.environ)
         logger.info("local executor: %s", "; ".join(self.describe()))
 
@@ -271,6 +273,8 @@ class LocalExecutor:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5.0)
+        with self._lock:
+            self._cgroups.close()
         if self.running():
             logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
 
@@ -308,18 +312,16 @@ class LocalExecutor:
         if program is None:
             raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
         self._make_dirs(spec)
-        cgroups = AttemptCgroups.create(
-            self._support,
-            spec.attempt_id,
-            memory_mib=spec.memory_mib,
-            vcpus=spec.vcpus,
-            cpu_hard_cap=spec.cpu_hard_cap,
-        )
+        with self._lock:
+            cgroups = self._cgroups.acquire(
+                spec.attempt_id, memory_mib=spec.memory_mib, vcpus=spec.vcpus, cpu_hard_cap=spec.cpu_hard_cap
+            )
         try:
             # The wrapper joins the groups in the child, on the job's CPU time, not the server's.
             process = self._posix_spawn(spec, wrapped_command(spec.workdir, cgroups.procs_files(), argv))
         except OSError:
-            cgroups.remove()
+            with self._lock:
+                self._cgroups.release(spec.attempt_id, cgroups)
             raise
         tracker = cgroups.pids if cgroups.tracks_processes else None
         started = time.monotonic()
@@ -461,7 +463,8 @@ class LocalExecutor:
 
     def _finish(self, attempt: _Attempt) -> None:
         """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
-        attempt.cgroups.remove()
+        with self._lock:
+            self._cgroups.release(attempt.spec.attempt_id, attempt.cgroups)
         self._workdirs.release(attempt.spec.workdir)
         with self._lock:
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:

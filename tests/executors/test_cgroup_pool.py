@@ -1,0 +1,130 @@
+"""The cgroup pool: configured v1 groups reused by rename, only when clean, never across limits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.executors.cgroup_pool import FREE_PREFIX, REUSE_MAX_CHARGED_BYTES, CgroupPool
+from kiln.executors.cgroups import MIB, CgroupSupport, attempt_group_name, detect_cgroups
+from kiln.executors.local import LocalExecutor
+
+from .helpers import SpecFactory, exited, wait_for_exit
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def support() -> CgroupSupport:
+    found = detect_cgroups()
+    if found.memory_parent is None or found.cpu_parent is None:
+        pytest.skip(f"cgroup v1 memory and cpu groups are not writable on this host: {found.notes}")
+    return found
+
+
+@pytest.fixture
+def pool(support: CgroupSupport) -> Iterator[CgroupPool]:
+    made = CgroupPool(support)
+    yield made
+    made.close()
+
+
+def _spares(support: CgroupSupport) -> set[str]:
+    assert support.memory_parent is not None
+    return {name for name in os.listdir(support.memory_parent) if name.startswith(f"{FREE_PREFIX}{os.getpid()}-")}
+
+
+def _join_and_run(groups_files: list[Path], script: str) -> None:
+    """Run `script` in a shell that first joins the groups (as the executor's wrapper does)."""
+    joins = "; ".join(f'echo $$ > "{path}"' for path in groups_files)
+    subprocess.run(["sh", "-c", f"{joins}; {script}"], check=True)
+
+
+def test_an_emptied_group_is_reused_under_the_next_attempts_name(pool: CgroupPool, support: CgroupSupport) -> None:
+    first = pool.acquire("a-1", memory_mib=64, vcpus=2, cpu_hard_cap=False)
+    assert first.memory is not None and first.cpu is not None
+    inode = first.memory.stat().st_ino
+    _join_and_run(first.procs_files(), "true")
+    assert pool.release("a-1", first)
+    assert not first.memory.exists() and len(_spares(support)) == 1
+
+    second = pool.acquire("a-2", memory_mib=64, vcpus=2, cpu_hard_cap=False)
+    assert second.memory is not None and second.cpu is not None
+    assert second.memory.name == attempt_group_name("a-2")
+    assert second.memory.stat().st_ino == inode  # the same group, renamed: no mkdir
+    assert int((second.memory / "memory.limit_in_bytes").read_text()) == 64 * MIB
+    assert (second.cpu / "cpu.shares").read_text().strip() == "2048"
+    assert second.oom_kills() == 0
+    assert second.tracking is None or second.tracking.is_dir()  # cgroup2 groups are always new
+    assert _spares(support) == set()
+    assert pool.release("a-2", second)
+
+
+def test_other_limits_get_their_own_groups(pool: CgroupPool, support: CgroupSupport) -> None:
+    small = pool.acquire("s-1", memory_mib=32, vcpus=1, cpu_hard_cap=False)
+    assert pool.release("s-1", small)
+    big = pool.acquire("b-1", memory_mib=128, vcpus=1, cpu_hard_cap=False)
+    assert big.memory is not None
+    assert int((big.memory / "memory.limit_in_bytes").read_text()) == 128 * MIB
+    assert len(_spares(support)) == 1  # the 32 MiB spare waits for a 32 MiB attempt
+    assert pool.release("b-1", big)
+
+
+def test_a_group_still_charged_with_memory_is_removed_not_reused(pool: CgroupPool, support: CgroupSupport) -> None:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm (tmpfs) on this host to leave memory charged to a group")
+    groups = pool.acquire("shm-1", memory_mib=256, vcpus=1, cpu_hard_cap=False)
+    leftover = Path("/dev/shm") / f"kiln-test-{os.getpid()}-leftover"
+    size = 2 * REUSE_MAX_CHARGED_BYTES
+    try:
+        _join_and_run(groups.procs_files(), f"head -c {size} /dev/zero > {leftover}")  # tmpfs pages stay charged
+        assert groups.memory is not None
+        assert int((groups.memory / "memory.usage_in_bytes").read_text()) > REUSE_MAX_CHARGED_BYTES
+        assert pool.release("shm-1", groups)
+        assert _spares(support) == set()
+        assert not groups.memory.exists()
+    finally:
+        leftover.unlink(missing_ok=True)
+
+
+def test_spares_of_a_dead_executor_are_removed_by_the_next(support: CgroupSupport) -> None:
+    script = (
+        "from kiln.executors.cgroup_pool import CgroupPool\n"
+        "from kiln.executors.cgroups import detect_cgroups\n"
+        "import os\n"
+        "pool = CgroupPool(detect_cgroups())\n"
+        "groups = pool.acquire('dead-1', memory_mib=16, vcpus=1, cpu_hard_cap=False)\n"
+        "pool.release('dead-1', groups)\n"
+        "print(os.getpid())\n"
+        "os._exit(0)  # dies without closing its pool\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    dead = done.stdout.strip()
+    assert support.memory_parent is not None
+    left = [name for name in os.listdir(support.memory_parent) if name.startswith(f"{FREE_PREFIX}{dead}-")]
+    assert len(left) == 1, done.stderr
+    CgroupPool(support).close()
+    assert not (support.memory_parent / left[0]).exists()
+
+
+def test_array_like_attempts_reuse_groups_and_leave_none_behind(
+    support: CgroupSupport, cgroup_executor: LocalExecutor, make_spec: SpecFactory
+) -> None:
+    executor = cgroup_executor
+    inodes = set()
+    for index in range(5):
+        spec = make_spec(["sh", "-c", "cat /proc/self/cgroup; sleep 0.3"], memory_mib=48)
+        executor.start(spec)
+        groups = executor.attempt_cgroups(spec.attempt_id)
+        assert groups is not None and groups.memory is not None
+        inodes.add(groups.memory.stat().st_ino)
+        assert exited(wait_for_exit(executor, spec.attempt_id)).exit_code == 0, index
+        assert f"/{attempt_group_name(spec.attempt_id)}" in spec.log_path.read_text()
+    assert len(inodes) == 1  # one attempt at a time: every one reused the first one's group
+    executor.shutdown(grace_seconds=0.2)
+    assert _spares(support) == set()
