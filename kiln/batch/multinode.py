@@ -171,7 +171,7 @@ def resolve(node_properties: Row, overrides: Row | None, parameters: dict[str, s
         )
     resolved_ranges = []
     for (text, r), entry in zip(ranges, node_properties["nodeRangeProperties"], strict=True):
-        container = entry["container"]
+        container = containers.apply_overrides(entry["container"], None)  # a copy: the definition stays as it is
         for container_overrides in by_span.get((r.start, r.end), []):
             container = containers.apply_overrides(container, container_overrides)
         containers.check_container(container, where=f"node range {text} container")
