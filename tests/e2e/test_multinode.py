@@ -7,6 +7,7 @@ not at all; the main node's end ends the job and stops the others; retries resta
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -138,6 +139,10 @@ def test_three_nodes_meet_over_tcp_at_the_main_node_address(batch: Any, kiln_ser
         text = log_of(kiln_server, f"{job_id}#{index}")
         assert f"env {index} 3 0 127.0.0.1 {job_id}#{index}" in text
         assert "main answered ack" in text
+
+    cli = subprocess.run([sys.executable, "-m", "kiln", "logs", f"{job_id}#2", "--endpoint-url", kiln_server.endpoint],
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert cli.returncode == 0 and "main answered ack" in cli.stdout, cli
 
     first = batch.list_jobs(multiNodeJobId=job_id, jobStatus="SUCCEEDED", maxResults=2)
     second = batch.list_jobs(multiNodeJobId=job_id, jobStatus="SUCCEEDED", maxResults=2, nextToken=first["nextToken"])
