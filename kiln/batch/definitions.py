@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from kiln.batch import fargate, pagination
+from kiln.batch import fargate, multinode, pagination
 from kiln.batch.arns import parse_arn
 from kiln.batch.containers import check_container
 from kiln.batch.context import Context
@@ -42,6 +42,8 @@ def _check_platform(params: dict[str, Any]) -> str:
         fargate.check_definition(params["type"], params.get("containerProperties"))
     else:
         fargate.check_ec2_container(params.get("containerProperties"))
+        for entry in (params.get("nodeProperties") or {}).get("nodeRangeProperties") or []:
+            fargate.check_ec2_container(entry.get("container"))
     return platform
 
 
@@ -64,7 +66,12 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
         check_container(params["containerProperties"])
     elif not params.get("nodeProperties"):
         raise ValidationError("A multinode job definition needs nodeProperties")
+    elif params.get("containerProperties"):
+        raise ValidationError("containerProperties is only valid for type container; a multinode job definition "
+                              "gives each node range its container in nodeProperties")  # fmt: skip
     platform = _check_platform(params)
+    if params["type"] == "multinode":
+        multinode.check_node_properties(params["nodeProperties"])
     check_retry_strategy(params.get("retryStrategy"))
     check_timeout(ctx, params.get("timeout"))
     check_scheduling_priority(params.get("schedulingPriority"), "schedulingPriority")

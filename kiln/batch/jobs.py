@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.batch import pagination, views
+from kiln.batch import multinode, pagination, views
 from kiln.batch.context import Context
 from kiln.batch.definitions import get_definition_by_arn
 from kiln.batch.environments import check_queue_deletable, get_job_queue
@@ -21,11 +21,21 @@ Row = dict[str, Any]
 
 
 def _specs(ctx: Context, jobs: list[Row]) -> dict[str, Row]:
-    """Each job's resolved spec; array children share their parent's."""
-    specs = {job["id"]: job["spec"] for job in jobs if job["parent_id"] is None}
-    missing = sorted({job["parent_id"] for job in jobs if job["parent_id"] and job["parent_id"] not in specs})
-    specs.update({parent["id"]: parent["spec"] for parent in ctx.repo.get_jobs(missing)})
-    return specs
+    """Each job's resolved spec: array children share their parent's; an MNP node overlays its
+    job's with its own container."""
+    parents = {job["id"]: job["spec"] for job in jobs if job["parent_id"] is None}
+    missing = sorted({job["parent_id"] for job in jobs if job["parent_id"] and job["parent_id"] not in parents})
+    parents.update({parent["id"]: parent["spec"] for parent in ctx.repo.get_jobs(missing)})
+    return {job["id"]: {**parents[job["parent_id"]], **job["spec"]} if job["parent_id"] else job["spec"]
+            for job in jobs}  # fmt: skip
+
+
+def _attempts(ctx: Context, jobs: list[Row]) -> dict[str, list[Row]]:
+    """Each job's attempts; an MNP job shows its main node's (AWS fills them from the main node)."""
+    mains = {job["id"]: multinode.node_id(job["id"], job["spec"]["nodeProperties"]["mainNode"])
+             for job in jobs if job["num_nodes"] is not None}  # fmt: skip
+    found = ctx.repo.attempts_of([job["id"] for job in jobs] + list(mains.values()))
+    return {job["id"]: found[mains[job["id"]] if job["id"] in mains else job["id"]] for job in jobs}
 
 
 def describe_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -35,11 +45,10 @@ def describe_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     found = {job["id"]: job for job in ctx.repo.get_jobs(ids)}
     jobs = [found[job_id] for job_id in dict.fromkeys(ids) if job_id in found]
     specs = _specs(ctx, jobs)
-    attempts = ctx.repo.attempts_of([job["id"] for job in jobs])
+    attempts = _attempts(ctx, jobs)
     summaries = ctx.repo.status_counts([job["id"] for job in jobs if job["array_size"] is not None])
     details = [
-        views.job_detail(ctx, job, specs[job["parent_id"] or job["id"]], attempts[job["id"]], summaries.get(job["id"]))
-        for job in jobs
+        views.job_detail(ctx, job, specs[job["id"]], attempts[job["id"]], summaries.get(job["id"])) for job in jobs
     ]
     return {"jobs": details}
 
@@ -98,28 +107,26 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         statuses = [params["jobStatus"]] if params.get("jobStatus") else None
     limit = pagination.page_size(params.get("maxResults"), default=DEFAULT_LIST_PAGE, maximum=MAX_LIST_PAGE)
     # Tokens are [array_index] for an array's children, [created_at, id] for a queue (see below).
-    after = pagination.keyset_of(params.get("nextToken"), (int,) if params.get("arrayJobId") else (int, str))
+    # Tokens are [index] for an array's children or an MNP job's nodes, [created_at, id] for a queue.
+    after = pagination.keyset_of(params.get("nextToken"), (int, str) if params.get("jobQueue") else (int,))
     queue_arn = parent_id = None
     if params.get("jobQueue"):
         queue_arn = get_job_queue(ctx, params["jobQueue"])["jobQueueArn"]
-    elif params.get("arrayJobId"):
-        parent_id = params["arrayJobId"]
     else:
-        return {"jobSummaryList": []}  # multinode jobs are not run by Kiln yet, so none exist
+        parent_id = params.get("arrayJobId") or params["multiNodeJobId"]
+    nodes = bool(params.get("multiNodeJobId"))
     rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses, after=after,
-                              limit=limit + 1, share_identifier=share, **filters)  # fmt: skip
+                              limit=limit + 1, share_identifier=share, nodes=nodes, **filters)  # fmt: skip
     page = rows[:limit]
-    last_attempts = ctx.repo.attempts_of([job["id"] for job in page])
+    last_attempts = _attempts(ctx, page)
     token = None
     if len(rows) > limit:
         last = page[-1]
-        token = pagination.encode_token([last["array_index"]] if parent_id else [last["created_at"], last["id"]])
+        index = last["node_index"] if nodes else last["array_index"]
+        token = pagination.encode_token([index] if parent_id else [last["created_at"], last["id"]])
     specs = _specs(ctx, page)
-    summaries = [
-        views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None),
-                          specs[job["parent_id"] or job["id"]].get("shareIdentifier"))
-        for job in page
-    ]  # fmt: skip
+    summaries = [views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None), specs[job["id"]])
+                 for job in page]  # fmt: skip
     return {"jobSummaryList": summaries, "nextToken": token}
 
 
@@ -132,6 +139,8 @@ def _stop_not_started(ctx: Context, jobs: list[Row], reason: str, flag: str) -> 
     """Fail jobs that never started. For an array parent, fail its children that never started;
     the parent itself ends (with `reason`) once every child is done, as on AWS."""
     ids = [job["id"] for job in jobs if job["array_size"] is None]
+    for mnp in (job for job in jobs if job["num_nodes"] is not None):  # its nodes wait with it, and end with it
+        ids += [node["id"] for node in ctx.repo.children(mnp["id"], [Status.SUBMITTED.value])]
     for parent in (job for job in jobs if job["array_size"] is not None):
         ids += [child["id"] for child in ctx.repo.children(parent["id"], [s.value for s in NOT_STARTED])]
         ctx.repo.update_job_fields(parent["id"], {flag: True, "spec": {**parent["spec"], "stopReason": reason}})
@@ -146,7 +155,11 @@ def _request_termination(ctx: Context, jobs: list[Row], reason: str) -> None:
 
 
 def _targets(ctx: Context, job_id: str) -> list[Row]:
-    job = ctx.repo.get_job(job_id)
+    """The job named; for a node of an MNP job (`<job>#<i>`), the MNP job, which ends all its nodes."""
+    node = multinode.split_node_id(job_id)
+    job = ctx.repo.get_job(node[0] if node else job_id)
+    if node and (job is None or job["num_nodes"] is None):
+        job = ctx.repo.get_job(job_id)  # not a node after all
     return [] if job is None else [job]
 
 
@@ -165,7 +178,7 @@ def terminate(ctx: Context, job_ids: list[str], reason: str) -> None:
     # A PENDING array parent may have running children: terminate reaches them too.
     running = [job for job in jobs if Status(job["status"]) in ACTIVE]
     for job in jobs:
-        if job["array_size"] is not None:
+        if job["array_size"] is not None or job["num_nodes"] is not None:
             running += ctx.repo.children(job["id"], [s.value for s in ACTIVE])
     _request_termination(ctx, running, reason)
 

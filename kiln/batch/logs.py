@@ -22,6 +22,9 @@ class LogLocation:
 def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation:
     """The log of attempt `attempt_number` (1-based; default: the latest) of a job."""
     job = require_job(ctx, job_id)
+    if job["num_nodes"] is not None:  # an MNP job's log is its main node's
+        job_id = f"{job_id}#{job['spec']['nodeProperties']['mainNode']}"
+        job = require_job(ctx, job_id)
     if job["array_size"] is not None:
         raise ValidationError(f"Job {job_id} is an array parent; ask for a child's log, e.g. {job_id}:0")
     attempts = ctx.repo.attempts_of([job_id])[job_id]

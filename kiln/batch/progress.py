@@ -133,7 +133,9 @@ def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[
     if event.terminated or job["is_terminated"]:
         return Status.FAILED, job["spec"].get("stopReason") or event.status_reason
     outcome = AttemptOutcome(event.status_reason, event.reason, event.exit_code)
-    if not event.timed_out and should_retry(retry_strategy, job["attempt_count"], outcome):
+    # A node of a multi-node parallel job is never retried alone: its job is (kiln/batch/gangs.py).
+    is_node = job.get("node_index") is not None
+    if not event.timed_out and not is_node and should_retry(retry_strategy, job["attempt_count"], outcome):
         return Status.RUNNABLE, None
     return Status.FAILED, event.status_reason
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.batch import progress, scheduling, share_queue, time_limits
+from kiln.batch import gangs, progress, scheduling, share_queue, time_limits
 from kiln.batch.arns import Arns
 from kiln.batch.clock import now_ms
 from kiln.batch.containers import environment_of, volume_mounts
 from kiln.batch.start_ahead import Chained, StartAhead
-from kiln.batch.status import TERMINAL, Move, Status, set_reason, transition_each
+from kiln.batch.status import TERMINAL, Move, Status, set_reason, transition, transition_each
 from kiln.config import Settings
 from kiln.executors.base import (
     HOST_TERMINATED,
@@ -37,6 +37,7 @@ from kiln.executors.base import (
     AttemptRunning,
     AttemptSpec,
     Executor,
+    GangMember,
     local_host_id,
 )
 from kiln.observability.metrics import SchedulerMetrics
@@ -54,6 +55,7 @@ SWEEP_SECONDS = 1.0
 TICK_SPACING_SECONDS = 0.02  # between busy ticks, unless the API changed something
 RETENTION_CHECK_SECONDS = 60.0
 PARENT_SPEC_CACHE = 10_000
+LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
 
 
 def log_stream_name(definition_name: str, task_id: str) -> str:
@@ -92,6 +94,7 @@ class Scheduler:
         self._parent_specs: dict[str, Row] = {}
         self._unapplied: list[AttemptEvent] = []
         self._ahead = StartAhead()
+        self._gangs: set[str] = set()  # MNP jobs one of whose nodes had an event this tick
         executor.subscribe(self.wake)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class Scheduler:
         parents they touched, releases dependents of jobs that ended, and places what fits.
         """
         now = now_ms()
+        stop_nodes = False
         sweep = self._changed.is_set() or time.monotonic() - self._last_sweep >= SWEEP_SECONDS
         if sweep:
             self._changed.clear()
@@ -176,13 +180,18 @@ class Scheduler:
                 parents = None if sweep else sorted(finished_parents)
                 if progress.finish_array_parents(repo, now, parents):
                     moved = self._unblocked = True  # the stitch-after-render case
+            if sweep or self._gangs:  # MNP jobs follow their main node (all of them on a sweep)
+                stop_nodes = gangs.sync(repo, now, None if sweep else sorted(self._gangs))
+                moved |= stop_nodes or bool(self._gangs)
             if sweep:
+                moved |= gangs.fail_stranded(repo, now)
                 self._refresh_config(repo)
             to_start = self.place(repo, now, diagnose=sweep) + self.place_ahead(repo, now)
         self._unapplied = []
+        self._gangs = set()
         self.executor.acknowledge([e.attempt_id for e in events if isinstance(e, AttemptExited)])
         self._launch(to_start)
-        if sweep:
+        if sweep or stop_nodes:
             self.signal_terminations()
         self.purge_expired(now)
         return moved or bool(to_start)
@@ -203,6 +212,8 @@ class Scheduler:
             job = None if attempt is None else jobs.get(attempt["job_id"])
             if attempt is None or job is None or not attempt["active"]:
                 continue  # purged meanwhile, or replayed by the executor after a restart
+            if job["node_index"] is not None:
+                self._gangs.add(job["parent_id"])
             if isinstance(event, AttemptRunning):
                 attempt["started_at"] = event.at_ms
                 started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
@@ -256,7 +267,12 @@ class Scheduler:
             return []
         total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
         decision = scheduling.plan(
-            [scheduling.Candidate(j["id"], j["queue_arn"], j["vcpus"], j["memory_mib"], j["gpus"]) for j in runnable],
+            [
+                scheduling.Candidate(
+                    j["id"], j["queue_arn"], j["vcpus"], j["memory_mib"], j["gpus"], j.get("num_nodes") is not None
+                )
+                for j in runnable
+            ],
             [_queue_view(q) for q in self._queues],
             _environment_views(self._environments, usage),
             free,
@@ -321,8 +337,11 @@ class Scheduler:
                 continue
             task_id, number = placement.task_id, job["attempt_count"] + 1
             spec = job_specs[job["id"]]
-            stream = log_stream_name(spec["jobDefinitionName"], task_id)
             moves.append(Move(job["id"], now, None, {"attempt_count": number}))
+            if job["num_nodes"] is not None:  # a multi-node parallel job: its nodes start as one gang
+                launches += self._place_gang(repo, job, number, placement.environment, now)
+                continue
+            stream = log_stream_name(spec["jobDefinitionName"], task_id)
             attempt_rows.append({"task_id": task_id, "job_id": job["id"], "number": number,
                                  "compute_environment": placement.environment, "log_stream": stream,
                                  "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
@@ -331,6 +350,29 @@ class Scheduler:
             launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
         transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
         repo.insert_attempts(attempt_rows)
+        return launches
+
+    def _place_gang(self, repo: Repository, job: Row, number: int, environment: str, now: int) -> list[_Launch]:
+        """Every node of an MNP job placed, in the same transaction as the job: SUBMITTED nodes
+        pass through RUNNABLE to STARTING with an attempt each, the main node first."""
+        nodes = sorted(repo.children(job["id"], [Status.SUBMITTED.value]), key=lambda node: node["node_index"])
+        main = gangs.main_node(job)
+        nodes.sort(key=lambda node: node["node_index"] != main)
+        transition(repo, [node["id"] for node in nodes], Status.RUNNABLE, None, now)
+        node_specs = self._specs(repo, nodes)
+        moves, rows, launches = [], [], []
+        for node in nodes:
+            task_id, spec = uuid.uuid4().hex, node_specs[node["id"]]
+            stream = log_stream_name(spec["jobDefinitionName"], task_id)
+            moves.append(Move(node["id"], now, None, {"attempt_count": number}))
+            rows.append({"task_id": task_id, "job_id": node["id"], "number": number,
+                         "compute_environment": environment, "log_stream": stream, "vcpus": node["vcpus"],
+                         "memory_mib": node["memory_mib"], "gpus": node["gpus"], "active": True,
+                         "placed_by": self.placer})  # fmt: skip
+            attempt = self._attempt_spec(node, spec, task_id, number, environment, stream)
+            launches.append(_Launch(attempt, None, environment))
+        transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
+        repo.insert_attempts(rows)
         return launches
 
     def _launch(self, launches: list[_Launch]) -> None:
@@ -367,16 +409,21 @@ class Scheduler:
             "AWS_BATCH_JQ_NAME": job["queue_arn"].rsplit("/", 1)[-1],
             "AWS_BATCH_CE_NAME": environment,
         }
-        if job["parent_id"] is not None:
+        gang = None
+        if job["array_index"] is not None:
             variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job["array_index"])
             variables["AWS_BATCH_JOB_ARRAY_SIZE"] = str(spec["arrayProperties"]["size"])
+        elif job["node_index"] is not None:
+            nodes = spec["nodeProperties"]
+            gang = GangMember(f"{job['parent_id']}/{number}", job["node_index"], nodes["numNodes"], nodes["mainNode"])
+            variables.update(_node_variables(gang))
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
         return AttemptSpec(
             attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
             environment=environment_of(container, variables), vcpus=job["vcpus"], memory_mib=job["memory_mib"],
             gpus=job["gpus"], log_path=log_path(self.settings, stream), workdir=self.settings.work_dir / task_id,
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
-            volumes=volume_mounts(container),
+            volumes=volume_mounts(container), gang=gang,
         )  # fmt: skip
 
     def _specs(self, repo: Repository, jobs: list[Row]) -> dict[str, Row]:
@@ -453,6 +500,19 @@ class _Launch:
     spec: AttemptSpec
     parent_id: str | None  # the array parent of a child (start-ahead follows arrays)
     environment: str
+
+
+def _node_variables(gang: GangMember) -> dict[str, str]:
+    """AWS's MNP variables; the main node's address only on the other nodes (executors on several
+    hosts replace it with the main node's own)."""
+    variables = {
+        "AWS_BATCH_JOB_NODE_INDEX": str(gang.index),
+        "AWS_BATCH_JOB_NUM_NODES": str(gang.size),
+        "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(gang.main),
+    }
+    if gang.index != gang.main:
+        variables["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = LOCAL_MAIN_NODE_ADDRESS
+    return variables
 
 
 def _queue_view(queue: Row) -> scheduling.QueueView:

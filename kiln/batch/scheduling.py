@@ -15,6 +15,11 @@ MAX_RESOURCE = (
     "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - All compute environments have a maxVcpu "
     "setting that is smaller than the job requirements."
 )
+# A multi-node parallel job's nodes start together or not at all: while the whole gang does not
+# fit the free capacity, it waits with AWS's capacity diagnostic (nothing of it holds capacity).
+INSUFFICIENT_CAPACITY = (
+    "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - All compute environments have insufficient capacity to service the job."
+)
 JOB_REQUIREMENT = (
     "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - All compute environments have no connected "
     "instances that meet the job requirements."
@@ -28,6 +33,7 @@ class Candidate:
     vcpus: float
     memory_mib: int
     gpus: int = 0
+    gang: bool = False  # all nodes of an MNP job: the resources are their sum, placed in one decision
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,9 @@ def plan(
                 result.diagnostics[job.job_id] = problem
                 continue
             need = (job.vcpus, float(job.memory_mib), float(job.gpus))
+            waiting = INSUFFICIENT_CAPACITY if job.gang else None
             if any(n > f + 1e-9 for n, f in zip(need, free, strict=True)):
-                result.diagnostics[job.job_id] = None
+                result.diagnostics[job.job_id] = waiting
                 continue
             target = next(
                 (
@@ -118,7 +125,7 @@ def plan(
                 None,
             )
             if target is None:
-                result.diagnostics[job.job_id] = None
+                result.diagnostics[job.job_id] = waiting
                 continue
             used[target] += job.vcpus
             free = [f - n for f, n in zip(free, need, strict=True)]

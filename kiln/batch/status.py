@@ -111,3 +111,16 @@ _TIME_COLUMN = {
 def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:
     """Change only the reason of jobs staying in `in_status` (RUNNABLE capacity diagnostics)."""
     return repo.update_jobs(job_ids, [in_status.value], {"status_reason": reason})
+
+
+def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
+    """A retried multi-node parallel job's nodes wait again (SUBMITTED) for the job's next placement.
+
+    The one way out of a terminal state, and only for node jobs (`<job>#<i>`): AWS gives every node
+    of an MNP job a new attempt when the job is retried. A node leaves SUCCEEDED/FAILED only, so
+    one whose attempt still runs stays put; the terminate flag set when the main node ended is cleared.
+    """
+    ids = [job_id for job_id in node_ids if "#" in job_id]
+    values = {"status": Status.SUBMITTED.value, "status_reason": None, "started_at": None, "stopped_at": None,
+              "is_terminated": False}  # fmt: skip
+    return repo.update_jobs(ids, [s.value for s in TERMINAL], values)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kiln.batch import containers, fargate
+from kiln.batch import containers, fargate, multinode
 from kiln.batch.context import Context
 from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
 from kiln.batch.environments import get_job_queue
@@ -96,11 +96,20 @@ def _share_identifier(ctx: Context, params: dict[str, Any], queue: dict[str, Any
     return str(share)
 
 
-def _resolved_spec(
-    ctx: Context, params: dict[str, Any], definition: dict[str, Any], queue: dict[str, Any]
-) -> dict[str, Any]:
-    parameters = {**(definition.get("parameters") or {}), **(params.get("parameters") or {})}
-    platform = fargate.platform_of(definition.get("platformCapabilities"))
+def _resolved_run(
+    params: dict[str, Any], definition: dict[str, Any], platform: str, parameters: dict[str, str]
+) -> tuple[dict[str, Any], multinode.ResolvedNodes | None]:
+    """What the job runs: one container, or (multinode) the node ranges and each node's container."""
+    if definition["type"] == "multinode":
+        if params.get("containerOverrides"):
+            raise ValidationError(
+                "containerOverrides is not valid for a multi-node parallel job; override node ranges through "
+                "nodeOverrides.nodePropertyOverrides"
+            )
+        nodes = multinode.resolve(definition["nodeProperties"], params.get("nodeOverrides"), parameters)
+        return {"nodeProperties": nodes.node_properties}, nodes
+    if params.get("nodeOverrides"):
+        raise ValidationError("nodeOverrides is only valid for a job definition of type multinode")
     if platform == fargate.FARGATE:
         fargate.check_overrides(params.get("containerOverrides"))
     container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
@@ -108,6 +117,15 @@ def _resolved_spec(
     if platform == fargate.FARGATE:
         fargate.check_resources(container)
     container["command"] = containers.substitute(container.get("command") or [], parameters)
+    return {"container": container}, None
+
+
+def _resolved_spec(
+    ctx: Context, params: dict[str, Any], definition: dict[str, Any], queue: dict[str, Any]
+) -> tuple[dict[str, Any], multinode.ResolvedNodes | None]:
+    parameters = {**(definition.get("parameters") or {}), **(params.get("parameters") or {})}
+    platform = fargate.platform_of(definition.get("platformCapabilities"))
+    run, nodes = _resolved_run(params, definition, platform, parameters)
     retry = params.get("retryStrategy") or definition.get("retryStrategy")
     check_retry_strategy(retry)
     timeout = params.get("timeout") or definition.get("timeout")
@@ -119,9 +137,9 @@ def _resolved_spec(
     tags = {**(definition.get("tags") or {}), **(params.get("tags") or {})} if propagate else params.get("tags") or {}
     if len(tags) > MAX_TAGS_COMBINED:
         raise ValidationError(f"propagateTags would give the job more than {MAX_TAGS_COMBINED} tags")
-    return {
+    spec = {
         "jobDefinitionName": definition["jobDefinitionName"],
-        "container": container,
+        **run,
         "parameters": parameters,
         "retryStrategy": retry,
         "timeout": timeout,
@@ -132,6 +150,32 @@ def _resolved_spec(
         "dependsOn": params.get("dependsOn") or [],
         "shareIdentifier": share,
     }
+    return spec, nodes
+
+
+def _check_multinode_queue(ctx: Context, params: dict[str, Any], queue: dict[str, Any]) -> None:
+    """AWS runs MNP jobs neither as arrays nor on Spot capacity."""
+    if params.get("arrayProperties"):
+        raise ValidationError("Array jobs are not supported for multi-node parallel job definitions")
+    for item in queue["computeEnvironmentOrder"]:
+        name = item["computeEnvironment"].rsplit("/", 1)[-1]
+        row = ctx.repo.get_named("ce", name)
+        kind = ((row or {}).get("doc", {}).get("computeResources") or {}).get("type")
+        if kind in ("SPOT", "FARGATE_SPOT"):
+            raise ValidationError(
+                f"Multi-node parallel jobs aren't supported on compute environments that use Spot Instances: "
+                f"JobQueue {queue['jobQueueName']} uses {name} ({kind})"
+            )
+
+
+def _node_rows(base: dict[str, Any], job_id: str, nodes: multinode.ResolvedNodes) -> list[dict[str, Any]]:
+    rows = []
+    for index, container in enumerate(nodes.containers):
+        resources = containers.resources_of(container)
+        rows.append({**base, "id": multinode.node_id(job_id, index), "parent_id": job_id, "array_index": None,
+                     "array_size": None, "num_nodes": None, "node_index": index, "vcpus": resources.vcpus,
+                     "memory_mib": resources.memory_mib, "gpus": resources.gpus, "spec": {"container": container}})  # fmt: skip
+    return rows
 
 
 def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -140,29 +184,39 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if queue["state"] != "ENABLED":
         raise ValidationError(f"JobQueue {queue['jobQueueName']} is DISABLED; enable it before submitting jobs")
     definition = resolve_active(ctx, params["jobDefinition"])
-    if definition["type"] != "container":
-        raise ValidationError("Kiln does not run multinode (multi-node parallel) jobs yet")
+    if definition["type"] == "multinode":
+        _check_multinode_queue(ctx, params, queue)
     fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
-    if params.get("nodeOverrides") or params.get("ecsPropertiesOverride") or params.get("eksPropertiesOverride"):
-        raise ValidationError("nodeOverrides, ecsPropertiesOverride and eksPropertiesOverride are not supported")
+    if params.get("ecsPropertiesOverride") or params.get("eksPropertiesOverride"):
+        raise ValidationError("ecsPropertiesOverride and eksPropertiesOverride are not supported")
     size = _array_size(params)
-    spec = _resolved_spec(ctx, params, definition, queue)
+    spec, nodes = _resolved_spec(ctx, params, definition, queue)
     if size is not None:
         spec["arrayProperties"] = {"size": size}
     entries = _dependencies(ctx, params, size)
     job_id = str(uuid.uuid4())
-    resources = containers.resources_of(spec["container"])
+    node_rows = []
+    if nodes is None:
+        resources = containers.resources_of(spec["container"])
+    else:  # the job's row holds the whole gang's resources: it is what the scheduler places
+        node_rows = _node_rows({}, job_id, nodes)
+        resources = containers.Resources(sum(r["vcpus"] for r in node_rows),
+                                         sum(r["memory_mib"] for r in node_rows), sum(r["gpus"] for r in node_rows))  # fmt: skip
     base = {
         "name": params["jobName"], "queue_arn": queue["jobQueueArn"], "definition_arn": definition["jobDefinitionArn"],
         "status": Status.SUBMITTED.value, "created_at": ctx.now, "attempt_count": 0, "vcpus": resources.vcpus,
         "memory_mib": resources.memory_mib, "gpus": resources.gpus, "is_cancelled": False, "is_terminated": False,
         "status_reason": None, "runnable_at": None, "started_at": None, "stopped_at": None,
     }  # fmt: skip
-    rows = [{**base, "id": job_id, "parent_id": None, "array_index": None, "array_size": size, "spec": spec}]
+    num_nodes = None if nodes is None else nodes.num_nodes
+    rows = [{**base, "id": job_id, "parent_id": None, "array_index": None, "array_size": size, "spec": spec,
+             "num_nodes": num_nodes, "node_index": None}]  # fmt: skip
     rows += [
-        {**base, "id": f"{job_id}:{i}", "parent_id": job_id, "array_index": i, "array_size": None, "spec": {}}
+        {**base, "id": f"{job_id}:{i}", "parent_id": job_id, "array_index": i, "array_size": None, "spec": {},
+         "num_nodes": None, "node_index": None}
         for i in range(size or 0)
-    ]
+    ]  # fmt: skip
+    rows += [{**base, **row} for row in node_rows]
     ctx.repo.insert_jobs(rows)
     ctx.repo.insert_dependencies(_dependency_rows(job_id, size, entries))
     if spec["shareIdentifier"] is not None:

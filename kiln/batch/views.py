@@ -34,10 +34,11 @@ def attempt_detail(ctx: Context, attempt: Row) -> dict[str, Any]:
 def job_detail(
     ctx: Context, job: Row, spec: Row, attempts: list[Row], summary: dict[str, int] | None
 ) -> dict[str, Any]:
-    """`spec` is the job's own (or, for an array child, its parent's) resolved specification."""
+    """`spec` is the job's resolved specification (an array child's is its parent's; an MNP node's
+    its job's with the node's own container); an MNP job's `attempts` are its main node's."""
     container = dict(spec.get("container") or {})
     current = attempts[-1] if attempts else None
-    if current is not None:
+    if current is not None and job["num_nodes"] is None:
         container.update(
             exitCode=current["exit_code"],
             reason=current["reason"],
@@ -78,13 +79,17 @@ def job_detail(
         }
     elif job["array_index"] is not None:
         detail["arrayProperties"] = {"index": job["array_index"]}
+    if job["num_nodes"] is not None:  # an MNP job: its nodes are described as `<jobId>#<i>`
+        detail["nodeProperties"] = spec["nodeProperties"]
+        del detail["container"]
+    elif job["node_index"] is not None:
+        main = spec["nodeProperties"]["mainNode"]
+        detail["nodeDetails"] = {"nodeIndex": job["node_index"], "isMainNode": job["node_index"] == main}
     return detail
 
 
-def job_summary(
-    ctx: Context, job: Row, last_attempt: Row | None, share_identifier: str | None = None
-) -> dict[str, Any]:
-    """`share_identifier` comes from the job's (or its array parent's) spec."""
+def job_summary(ctx: Context, job: Row, last_attempt: Row | None, spec: Row) -> dict[str, Any]:
+    """`spec` as for `job_detail`; `last_attempt` is an MNP job's main node's."""
     summary: dict[str, Any] = {
         "jobArn": ctx.arns.job(job["id"]),
         "jobId": job["id"],
@@ -95,7 +100,7 @@ def job_summary(
         "status": job["status"],
         "statusReason": job["status_reason"],
         "jobDefinition": job["definition_arn"],
-        "shareIdentifier": share_identifier,
+        "shareIdentifier": spec.get("shareIdentifier"),
     }
     if last_attempt is not None and last_attempt["stopped_at"] is not None:
         summary["container"] = {"exitCode": last_attempt["exit_code"], "reason": last_attempt["reason"]}
@@ -103,6 +108,12 @@ def job_summary(
         summary["arrayProperties"] = {"size": job["array_size"]}
     elif job["array_index"] is not None:
         summary["arrayProperties"] = {"index": job["array_index"]}
+    if job["num_nodes"] is not None:
+        summary["nodeProperties"] = {"numNodes": job["num_nodes"]}
+    elif job["node_index"] is not None:
+        nodes = spec["nodeProperties"]
+        summary["nodeProperties"] = {"nodeIndex": job["node_index"], "isMainNode": job["node_index"] == nodes["mainNode"],
+                                     "numNodes": nodes["numNodes"]}  # fmt: skip
     if job["is_cancelled"]:
         summary["isCancelled"] = True
     if job["is_terminated"]:

@@ -173,7 +173,8 @@ def _fetch_log(endpoint: str, job_id: str, attempt: int | None, offset: int) -> 
     params: dict[str, Any] = {"offset": offset}
     if attempt is not None:
         params["attempt"] = attempt
-    request = sign_request(httpx.Request("GET", f"{endpoint.rstrip('/')}/kiln/v1/logs/{job_id}", params=params))
+    path = job_id.replace("#", "%23")  # an MNP node `<job>#<i>`: '#' would start the URL's fragment
+    request = sign_request(httpx.Request("GET", f"{endpoint.rstrip('/')}/kiln/v1/logs/{path}", params=params))
     with httpx.Client(timeout=30) as client:
         response = client.send(request)
     if response.status_code != 200:

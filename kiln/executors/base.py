@@ -54,6 +54,21 @@ class VolumeMount:
 
 
 @dataclass(frozen=True)
+class GangMember:
+    """The attempt is node `index` of a multi-node parallel job placed as one gang of `size`.
+
+    All members of a gang are handed to `start` in one scheduler pass, the main node first. An
+    executor spanning several hosts places them together and gives the other nodes the main
+    node's address in `AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS` (one host: 127.0.0.1).
+    """
+
+    gang_id: str  # the MNP job's id and attempt number: the same for every member of one gang
+    index: int
+    size: int
+    main: int
+
+
+@dataclass(frozen=True)
 class AttemptSpec:
     """Everything needed to run one attempt, already resolved by the domain."""
 
@@ -74,6 +89,7 @@ class AttemptSpec:
     # its place over without a round trip through the scheduler. Only for executors whose
     # `Capacity.start_after` is True.
     start_after: str | None = None
+    gang: GangMember | None = None  # a node of a multi-node parallel job
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ NODES_EVERY_SECONDS = 1.0  # how often `ray.nodes()` is read: node loss is notic
 CALL_TIMEOUT_SECONDS = 10.0  # an agent that does not answer a report in this long is lost
 NAMESPACE = "kiln"
 NO_NODE_FITS = "CannotStartContainerError: no live Ray node has {need}"
+NO_GANGS = "CannotStartContainerError: Kiln's Ray executor does not run multi-node parallel jobs yet; use the local or Docker executor"
 RemoteAgent = ray.remote(NodeAgent)
 
 
@@ -145,6 +146,9 @@ class RayExecutor:
         )
 
     def start(self, spec: AttemptSpec) -> None:
+        if spec.gang is not None:  # not built yet: one placement group per gang (SPREAD), main node's IP
+            self._emit(AttemptExited(spec.attempt_id, now_ms(), None, TASK_FAILED_TO_START, NO_GANGS, started=False))
+            return
         group = placement_group([bundle(spec)], strategy="STRICT_PACK", name=f"kiln-{spec.attempt_id}")
         with self._lock:
             self._attempts[spec.attempt_id] = _Attempt(spec, group)

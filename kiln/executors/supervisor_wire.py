@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
+from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember
 
 SOCKET_NAME = "supervisor.sock"
 LOCK_NAME = "supervisor.lock"
@@ -32,6 +32,8 @@ def spec_from_wire(wire: dict[str, Any]) -> AttemptSpec:
     values = dict(wire)
     for name in _PATH_FIELDS:
         values[name] = Path(values[name])
+    if values.get("gang") is not None:
+        values["gang"] = GangMember(**values["gang"])
     return AttemptSpec(**values)
 
 

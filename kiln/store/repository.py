@@ -190,16 +190,19 @@ class Repository:
         created_before: int | None = None,
         created_after: int | None = None,
         share_identifier: str | None = None,
+        nodes: bool = False,
     ) -> list[Row]:
-        """Top-level jobs of a queue newest first, or children of an array in index order."""
+        """Top-level jobs of a queue newest first, or children of an array (`nodes`: of a
+        multi-node parallel job) in index order."""
         query = select(jobs)
         if share_identifier is not None:
             query = query.join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
             query = query.where(job_shares.c.share_identifier == share_identifier)
         if parent_id is not None:
-            query = query.where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
+            index = jobs.c.node_index if nodes else jobs.c.array_index
+            query = query.where(jobs.c.parent_id == parent_id).order_by(index)
             if after is not None:
-                query = query.where(jobs.c.array_index > after[0])
+                query = query.where(index > _integer_bound(after[0]))
         else:
             query = query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None))
             query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
@@ -281,7 +284,7 @@ class Repository:
     def runnable_candidates(self, queue_arn: str, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
         """A queue's RUNNABLE jobs that could fit the free capacity, FIFO, without their specs."""
         columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.parent_id, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus,
-                   jobs.c.status_reason)  # fmt: skip
+                   jobs.c.status_reason, jobs.c.num_nodes)  # fmt: skip
         query = (
             select(*columns)
             .where(
@@ -479,7 +482,7 @@ class Repository:
             .label("share_rank")
         )
         columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus, jobs.c.status_reason,
-                   jobs.c.runnable_at, jobs.c.created_at, job_shares.c.share_identifier,
+                   jobs.c.num_nodes, jobs.c.runnable_at, jobs.c.created_at, job_shares.c.share_identifier,
                    job_shares.c.scheduling_priority)  # fmt: skip
         ranked = (
             select(*columns, rank)
@@ -610,3 +613,29 @@ class Repository:
             .group_by(jobs.c.queue_arn, jobs.c.status)
         )
         return [(str(queue), str(status), int(count)) for queue, status, count in self.connection.execute(query)]
+
+    # -- multi-node parallel jobs (kiln/batch/gangs.py); appended here --------------------------
+    def multinode_jobs(self, statuses: Sequence[str], ids: Sequence[str] | None = None) -> list[Row]:
+        """MNP jobs (not their nodes) in `statuses`, all of them or those among `ids`."""
+        query = select(jobs).where(jobs.c.status.in_(list(statuses)), jobs.c.num_nodes.is_not(None))
+        if ids is None:
+            return _rows(self.connection.execute(query))
+        found: list[Row] = []
+        for chunk in _chunks(list(ids)):
+            found += _rows(self.connection.execute(query.where(jobs.c.id.in_(list(chunk)))))
+        return found
+
+    def stranded_nodes(self) -> list[Row]:
+        """Node jobs still SUBMITTED whose MNP job has ended without them (cancelled, a dependency
+        failed, a time limit): `id` and the job's `status_reason`."""
+        parent = jobs.alias("parent")
+        query = (
+            select(jobs.c.id, parent.c.status_reason)
+            .join_from(jobs, parent, parent.c.id == jobs.c.parent_id)
+            .where(
+                jobs.c.status == "SUBMITTED",
+                jobs.c.node_index.is_not(None),
+                parent.c.status.in_(["SUCCEEDED", "FAILED"]),
+            )
+        )
+        return _rows(self.connection.execute(query))

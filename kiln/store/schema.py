@@ -74,6 +74,9 @@ jobs = Table(
     Column("parent_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE")),
     Column("array_index", Integer),
     Column("array_size", Integer),
+    # Multi-node parallel (migration 0004): the job's node count; a node job's index (id `<job>#<i>`).
+    Column("num_nodes", Integer),
+    Column("node_index", Integer),
     Column("attempt_count", Integer, nullable=False, default=0),
     Column("vcpus", Float, nullable=False),
     Column("memory_mib", Integer, nullable=False),
@@ -89,6 +92,7 @@ jobs = Table(
     Index("ix_jobs_parent_index", "parent_id", "array_index"),
     Index("ix_jobs_parent_status", "parent_id", "status"),
     Index("ix_jobs_stopped", "stopped_at"),
+    Index("ix_jobs_status_node", "status", "node_index"),
 )
 
 job_dependencies = Table(

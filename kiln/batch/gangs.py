@@ -1,0 +1,95 @@
+"""A running multi-node parallel job follows its main node (aws-batch-facts.md §2.2, §6).
+
+The scheduler places an MNP job's nodes together (one decision for the whole gang, see
+`scheduling.plan`), and every tick with node events it calls `sync`: the job becomes RUNNING when
+its main node does, and when the main node ends the job takes its result. The other nodes are
+then stopped. If the job's `retryStrategy` grants another attempt, the job goes back to RUNNABLE
+only once every node has stopped (their capacity is free), and its nodes wait again for the next
+gang placement. A node that ends on its own does not affect the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kiln.batch.retry import AttemptOutcome, should_retry
+from kiln.batch.status import ACTIVE, TERMINAL, Move, Status, restart_nodes, transition, transition_each
+from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
+from kiln.store.repository import Repository
+
+Row = dict[str, Any]
+MAIN_NODE_EXITED = "Stopped: the main node (#{main}) of its multi-node parallel job exited"
+
+
+def main_node(job: Row) -> int:
+    return int(job["spec"]["nodeProperties"]["mainNode"])
+
+
+def outcome(job: Row, main: Row, last_attempt: Row | None) -> tuple[Status, str | None]:
+    """The MNP job's next state once its main node has ended: its result, a retry, or a failure.
+
+    Pure. Only a main-node failure consumes an attempt (AWS); a terminated or timed-out job is
+    never retried."""
+    if main["status"] == Status.SUCCEEDED.value:
+        return Status.SUCCEEDED, ESSENTIAL_CONTAINER_EXITED
+    if job["is_terminated"]:
+        return Status.FAILED, job["spec"].get("stopReason") or main["status_reason"]
+    status_reason = last_attempt["status_reason"] if last_attempt else main["status_reason"]
+    if last_attempt is not None and status_reason != TIMEOUT_STATUS_REASON:
+        attempt = AttemptOutcome(status_reason, last_attempt["reason"], last_attempt["exit_code"])
+        if should_retry(job["spec"].get("retryStrategy"), job["attempt_count"], attempt):
+            return Status.RUNNABLE, None
+    return Status.FAILED, main["status_reason"]
+
+
+def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
+    """Move STARTING/RUNNING MNP jobs (those in `job_ids`, or all) along with their main node.
+
+    Returns True when nodes were asked to stop (the scheduler then delivers the signals)."""
+    stopping = False
+    for job in repo.multinode_jobs([s.value for s in ACTIVE], job_ids):
+        nodes = sorted(repo.children(job["id"]), key=lambda node: node["node_index"])
+        main = nodes[main_node(job)]
+        if main["started_at"] is not None and job["status"] == Status.STARTING.value:
+            transition_each(repo, Status.RUNNING, [Move(job["id"], main["started_at"])])
+        if Status(main["status"]) not in TERMINAL:
+            continue
+        last = repo.attempts_of([main["id"]])[main["id"]]
+        target, reason = outcome(job, main, last[-1] if last else None)
+        stopping |= _stop_others(repo, nodes, main_node(job))
+        if target is Status.RUNNABLE:
+            _retry_when_stopped(repo, job, nodes, now)
+        else:
+            transition(repo, [job["id"]], target, reason, now, only_from=ACTIVE)
+    return stopping
+
+
+def _stop_others(repo: Repository, nodes: list[Row], main: int) -> bool:
+    live = [node for node in nodes if Status(node["status"]) in ACTIVE and not node["is_terminated"]]
+    for node in live:
+        spec = {**node["spec"], "stopReason": MAIN_NODE_EXITED.format(main=main)}
+        repo.update_job_fields(node["id"], {"is_terminated": True, "spec": spec})
+    return bool(live)
+
+
+def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) -> None:
+    if any(Status(node["status"]) not in TERMINAL for node in nodes):
+        return  # stopping nodes still hold their capacity: the next gang waits for them
+    for node in nodes:
+        spec = {key: value for key, value in node["spec"].items() if key != "stopReason"}
+        repo.update_job_fields(node["id"], {"spec": spec})
+    restart_nodes(repo, [node["id"] for node in nodes])
+    transition(repo, [job["id"]], Status.RUNNABLE, None, now, only_from=ACTIVE)
+
+
+def fail_stranded(repo: Repository, now: int) -> bool:
+    """Nodes of an MNP job that ended before placing them (cancelled, a dependency failed, a
+    time limit) end with it, with its reason."""
+    stranded = repo.stranded_nodes()
+    by_reason: dict[str | None, list[str]] = {}
+    for row in stranded:
+        by_reason.setdefault(row["status_reason"], []).append(row["id"])
+    for reason, ids in by_reason.items():
+        transition(repo, ids, Status.FAILED, reason, now, only_from=frozenset({Status.SUBMITTED}))
+    return bool(stranded)
