@@ -243,7 +243,7 @@ class Repository:
         query = (
             select(jobs)
             .where(jobs.c.queue_arn == queue_arn, jobs.c.status == "RUNNABLE")
-            .order_by(jobs.c.runnable_at, jobs.c.id)
+            .order_by(jobs.c.runnable_at, jobs.c.created_at, jobs.c.array_index, jobs.c.id)
             .limit(limit)
         )
         return _rows(self.connection.execute(query))
@@ -293,7 +293,8 @@ class Repository:
                 jobs.c.vcpus <= max_vcpus,
                 jobs.c.memory_mib <= _integer_bound(max_memory_mib),
             )
-            .order_by(jobs.c.runnable_at, jobs.c.array_index, jobs.c.id)  # children in index order
+            # Released together (same runnable_at): submit order first, then children in index order.
+            .order_by(jobs.c.runnable_at, jobs.c.created_at, jobs.c.array_index, jobs.c.id)
             .limit(limit)
         )
         return _rows(self.connection.execute(query))

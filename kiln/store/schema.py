@@ -88,7 +88,8 @@ jobs = Table(
     Column("spec", JSON, nullable=False),
     Index("ix_jobs_queue_status_created", "queue_arn", "status", "created_at"),
     Index("ix_jobs_status_runnable", "status", "runnable_at"),
-    Index("ix_jobs_queue_status_runnable", "queue_arn", "status", "runnable_at", "array_index", "id"),
+    # Candidates: released together (same runnable_at) -> submit order -> array index.
+    Index("ix_jobs_queue_status_runnable", "queue_arn", "status", "runnable_at", "created_at", "array_index", "id"),
     Index("ix_jobs_parent_index", "parent_id", "array_index"),
     Index("ix_jobs_parent_status", "parent_id", "status"),
     Index("ix_jobs_stopped", "stopped_at"),
