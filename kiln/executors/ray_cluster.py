@@ -151,6 +151,7 @@ class RayExecutor:
         self._ended_groups: dict[str, PlacementGroup | None] = {}
         self._acked: list[str] = []  # acknowledged, for the monitor to pass on to the agents
         self._unclaimed: list[PlacementGroup] = []  # groups of attempts `adopt` did not find
+        self._doomed: list[PlacementGroup] = []  # unclaimed groups whose attempts' ends are recorded
         self._lock = threading.Lock()
         self._reports = threading.Lock()  # one exchange of reports at a time: `adopt` rewinds them
         self._stop = threading.Event()
@@ -213,7 +214,9 @@ class RayExecutor:
         """
         with self._lock:
             self._acked.extend(attempt_ids)
-            if self._unclaimed or attempt_ids:
+            self._doomed.extend(self._unclaimed)
+            self._unclaimed = []
+            if self._doomed or attempt_ids:
                 self._wake.set()
 
     def adopt(self, attempt_ids: Collection[str]) -> Adoption:
@@ -463,8 +466,8 @@ class RayExecutor:
         """Pass acknowledgements on: agents forget those exits, their groups are removed."""
         with self._lock:
             acked, self._acked = self._acked, []
-            groups: list[PlacementGroup | None] = [*self._unclaimed]
-            self._unclaimed = []
+            groups: list[PlacementGroup | None] = [*self._doomed]
+            self._doomed = []
             by_node: dict[str, list[str]] = {}
             for attempt_id in acked:
                 groups.append(self._ended_groups.pop(attempt_id, None))
@@ -481,7 +484,7 @@ class RayExecutor:
     def _remove_group(group: PlacementGroup | None) -> None:
         if group is None:
             return
-        with contextlib.suppress(RayError):  # already gone with its node or its creator
+        with contextlib.suppress(RayError, ValueError):  # already removed
             remove_placement_group(group)
 
 

@@ -9,7 +9,10 @@ restart, is decided by the test, not by timing.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from tests.support import make_queue, register_shell, submit, wait_for
 
 ESSENTIAL = "Essential container in task exited"
 PID = re.compile(r"^pid=(\d+)$", re.MULTILINE)
+NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
+HOST_LOST_PREFIX = "Host EC2 (instance "
 # Retries are allowed, so a restart that lost the attempt would show as a second attempt.
 RETRY_ONCE = {"attempts": 2}
 
@@ -52,11 +57,32 @@ def _gated(gate: Path, after: str = "echo after; exit 0") -> str:
     return f'echo "pid=$$"; echo before; while [ ! -e {gate} ]; do sleep 0.1; done; {after}'
 
 
-def _start_gated_job(server: KilnServer, gate: Path, after: str = "echo after; exit 0") -> tuple[str, int]:
+def _groups(ray_cluster: RayCluster, attempt_ids: list[str]) -> dict[str, str]:
+    """Attempt id -> the state of its placement group (`kiln-<tag>-<attempt id>` in Kiln's Ray
+    namespace), read through a short-lived driver; attempts without one are left out."""
+    script = (
+        "import json,ray,sys; ray.init(address=sys.argv[1], namespace='kiln', _node_ip_address='127.0.0.1',"
+        " logging_level='ERROR'); print(json.dumps({g['name']: g['state'] for g in"
+        " ray.util.placement_group_table().values()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, ray_cluster.address], capture_output=True, text=True, timeout=60, check=True
+    )
+    table: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {a: state for name, state in table.items() for a in attempt_ids if name.endswith(f"-{a}")}
+
+
+def _task_id(attempt: dict[str, Any]) -> str:
+    return str(attempt["container"]["taskArn"].rsplit("/", 1)[-1])
+
+
+def _start_gated_job(
+    server: KilnServer, gate: Path, after: str = "echo after; exit 0", retries: dict[str, int] = RETRY_ONCE
+) -> tuple[str, int]:
     """Submit a gated job and wait until it runs on a node; returns its id and its shell's pid."""
     batch = server.client()
     queue = make_queue(batch, max_vcpus=2)
-    job_id = submit(batch, queue, register_shell(batch, _gated(gate, after), retryStrategy=RETRY_ONCE))
+    job_id = submit(batch, queue, register_shell(batch, _gated(gate, after), retryStrategy=retries))
     wait_for(batch, job_id, {"RUNNING"}, timeout=90)
     match = PID.search(_wait_log(server, job_id, "before\n"))
     assert match, _log(server, job_id)
@@ -102,6 +128,12 @@ def test_a_sigkilled_server_readopts_its_running_ray_attempt(ray_cluster: RayClu
     assert psutil.pid_exists(pid)  # the attempt did not die with the server
     server.start()
     _finish_after_restart(server, job_id, pid, gate)
+    # Its placement group (which outlived the first server) is gone with the recorded exit.
+    (attempt,) = server.client().describe_jobs(jobs=[job_id])["jobs"][0]["attempts"]
+    deadline = time.monotonic() + 10
+    while _groups(ray_cluster, [_task_id(attempt)]) != {_task_id(attempt): "REMOVED"}:
+        assert time.monotonic() < deadline, _groups(ray_cluster, [_task_id(attempt)])
+        time.sleep(0.5)
     server.stop()
 
 
@@ -110,7 +142,8 @@ def test_a_ray_attempt_that_ends_while_no_server_runs_keeps_its_real_exit(
 ) -> None:
     server = _server(ray_cluster, tmp_path)
     gate, ended = tmp_path / "go", tmp_path / "ended"
-    job_id, pid = _start_gated_job(server, gate, after=f"echo ending; touch {ended}; exit 7")
+    # No retry: exit 7 fails the job at once, and a lost attempt would fail it with another reason.
+    job_id, pid = _start_gated_job(server, gate, after=f"echo ending; touch {ended}; exit 7", retries={"attempts": 1})
     server.stop(kill=True)
     gate.touch()
     deadline = time.monotonic() + 30
@@ -160,3 +193,51 @@ def test_servers_of_two_data_dirs_on_one_cluster_adopt_only_their_own(ray_cluste
     _finish_after_restart(second, job_b, pid_b, gates[1])
     first.stop()
     second.stop()
+
+
+def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """One 2-vCPU job per node (each node has 2 CPUs); a worker node dies while the server is
+    down. Its attempt is not adopted: it fails with the host-lost reason and is retried; the other
+    two are adopted and succeed once."""
+    server = _server(ray_cluster, tmp_path)
+    batch = server.client()
+    queue = make_queue(batch, max_vcpus=6)
+    gate = tmp_path / "go"
+    retry = {"attempts": 2, "evaluateOnExit": [
+        {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
+    ]}  # fmt: skip
+    definition = register_shell(batch, f'echo "pwd=$(pwd)"; {_gated(gate)}', vcpus=2, retryStrategy=retry)
+    jobs = [submit(batch, queue, definition) for _ in range(3)]
+    where = {job_id: NODE_IN_PATH.search(_wait_log(server, job_id, "before\n")) for job_id in jobs}
+    nodes = ray_cluster.node_ids()
+    victim = next(name for name in nodes if name != "head")
+    (lost_job,) = [j for j, match in where.items() if match and match.group(1) == nodes[victim][:12]]
+    server.stop(kill=True)
+    ray_cluster.nodes[victim].kill()
+    try:
+        server.start()
+        batch = server.client()
+        deadline = time.monotonic() + 60
+        job = batch.describe_jobs(jobs=[lost_job])["jobs"][0]
+        while not job.get("attempts") and time.monotonic() < deadline:  # reconciled: the first attempt ended
+            time.sleep(0.2)
+            job = batch.describe_jobs(jobs=[lost_job])["jobs"][0]
+        (first,) = job["attempts"]
+        assert first["statusReason"].startswith(HOST_LOST_PREFIX), first
+        # Nothing of the lost attempt is left reserving Ray resources.
+        deadline = time.monotonic() + 10
+        while _groups(ray_cluster, [_task_id(first)]) not in ({}, {_task_id(first): "REMOVED"}):
+            assert time.monotonic() < deadline, _groups(ray_cluster, [_task_id(first)])
+            time.sleep(0.5)
+        gate.touch()
+        for job_id in jobs:
+            job = wait_for(batch, job_id, timeout=90)
+            assert job["status"] == "SUCCEEDED", job
+            assert len(job["attempts"]) == (2 if job_id == lost_job else 1), job["attempts"]
+            assert _log(server, job_id).endswith("before\nafter\n")
+        server.stop()
+    finally:
+        ray_cluster.start_node(f"w{len(ray_cluster.nodes) + 1}")  # the rest of the session keeps three nodes
+        ray_cluster.wait_for_nodes(3)
