@@ -72,8 +72,9 @@ def _groups(ray_cluster: RayCluster, attempt_ids: list[str]) -> dict[str, str]:
     return {a: state for name, state in table.items() for a in attempt_ids if name.endswith(f"-{a}")}
 
 
-def _task_id(attempt: dict[str, Any]) -> str:
-    return str(attempt["container"]["taskArn"].rsplit("/", 1)[-1])
+def _task_id(attempt_or_job: dict[str, Any]) -> str:
+    """The attempt id (of a job: of its current attempt), the end of its task ARN."""
+    return str(attempt_or_job["container"]["taskArn"].rsplit("/", 1)[-1])
 
 
 def _start_gated_job(
@@ -124,15 +125,17 @@ def test_a_sigkilled_server_readopts_its_running_ray_attempt(ray_cluster: RayClu
     server = _server(ray_cluster, tmp_path)
     gate = tmp_path / "go"
     job_id, pid = _start_gated_job(server, gate)
+    task_id = _task_id(server.client().describe_jobs(jobs=[job_id])["jobs"][0])
     server.stop(kill=True)
     assert psutil.pid_exists(pid)  # the attempt did not die with the server
     server.start()
+    # Its placement group outlived the server that created it: its resources stayed reserved.
+    assert _groups(ray_cluster, [task_id]) == {task_id: "CREATED"}
     _finish_after_restart(server, job_id, pid, gate)
-    # Its placement group (which outlived the first server) is gone with the recorded exit.
-    (attempt,) = server.client().describe_jobs(jobs=[job_id])["jobs"][0]["attempts"]
+    # ... and is removed once the exit is recorded.
     deadline = time.monotonic() + 10
-    while _groups(ray_cluster, [_task_id(attempt)]) != {_task_id(attempt): "REMOVED"}:
-        assert time.monotonic() < deadline, _groups(ray_cluster, [_task_id(attempt)])
+    while _groups(ray_cluster, [task_id]) != {task_id: "REMOVED"}:
+        assert time.monotonic() < deadline, _groups(ray_cluster, [task_id])
         time.sleep(0.5)
     server.stop()
 
