@@ -13,6 +13,13 @@ that no longer answers - so every attempt on it fails at once with AWS's host-te
 and the scheduler retries it per its `retryStrategy`. A group no live node could ever hold fails
 to start instead of waiting inside Ray forever, and `capacity()` counts live nodes only, with the
 largest node's size so the scheduler never places a job that fits the cluster but no node.
+
+Attempts outlive the server, as with the local executor's supervisor: the agents are detached
+named actors (`kiln-agent-<tag>-<node id>`, the tag naming this host and data dir) and each
+attempt's placement group is detached and named `kiln-<tag>-<attempt id>`, both in Kiln's Ray
+namespace. A restarted server finds them again, `adopt`s what its agents still run or hold the
+exit of, and acknowledges each exit once it is recorded: only then does the agent forget it and the
+server remove the group. Attempts that no agent of a live node knows are lost with their node.
 """
 
 from __future__ import annotations
@@ -28,11 +35,18 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
-from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kiln.config import Settings
@@ -57,6 +71,7 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 NODES_EVERY_SECONDS = 1.0  # how often `ray.nodes()` is read: node loss is noticed within about this
 CALL_TIMEOUT_SECONDS = 10.0  # an agent that does not answer a report in this long is lost
+ADOPT_TIMEOUT_SECONDS = 60.0  # the first call to a new agent waits for its worker process to start
 NAMESPACE = "kiln"
 NO_NODE_FITS = "CannotStartContainerError: no live Ray node has {need}"
 NO_GANGS = "CannotStartContainerError: Kiln's Ray executor does not run multi-node parallel jobs yet; use the local or Docker executor"
@@ -73,10 +88,22 @@ class _Node:
 @dataclass
 class _Attempt:
     spec: AttemptSpec
-    group: PlacementGroup
+    group: PlacementGroup | None  # None: adopted, and its group was already gone
     node_id: str | None = None  # set once the group is placed and the agent was asked to start it
     started_at: int | None = None
     stop_reason: str | None = None  # terminate asked before the attempt reached its node
+
+
+def group_name(tag: str, attempt_id: str) -> str:
+    """The attempt's placement group: named so a restarted server (same tag) finds it again."""
+    return f"kiln-{tag}-{attempt_id}"
+
+
+def named_group(name: str) -> PlacementGroup | None:
+    try:
+        return get_placement_group(name)
+    except ValueError:  # no such group (in this namespace)
+        return None
 
 
 def loopback(address: str | None) -> str | None:
@@ -119,7 +146,15 @@ class RayExecutor:
         self._attempts: dict[str, _Attempt] = {}
         self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._lost: set[str] = set()  # nodes given up on: never used again, even if Ray still lists them
+        # Exits handed to the scheduler and not yet acknowledged: the node whose agent holds each
+        # (told once it is recorded) and the group still reserving its resources.
+        self._held_on: dict[str, str] = {}
+        self._ended_groups: dict[str, PlacementGroup | None] = {}
+        self._acked: list[str] = []  # acknowledged, for the monitor to pass on to the agents
+        self._unclaimed: list[PlacementGroup] = []  # groups of attempts `adopt` did not find
+        self._doomed: list[PlacementGroup] = []  # unclaimed groups whose attempts' ends are recorded
         self._lock = threading.Lock()
+        self._reports = threading.Lock()  # one exchange of reports at a time: `adopt` rewinds them
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._listener: Callable[[], None] = lambda: None
@@ -149,7 +184,8 @@ class RayExecutor:
         if spec.gang is not None:  # not built yet: one placement group per gang (SPREAD), main node's IP
             self._emit(AttemptExited(spec.attempt_id, now_ms(), None, TASK_FAILED_TO_START, NO_GANGS, started=False))
             return
-        group = placement_group([bundle(spec)], strategy="STRICT_PACK", name=f"kiln-{spec.attempt_id}")
+        name = group_name(self._tag, spec.attempt_id)
+        group = placement_group([bundle(spec)], strategy="STRICT_PACK", name=name, lifetime="detached")
         with self._lock:
             self._attempts[spec.attempt_id] = _Attempt(spec, group)
         self._wake.set()
@@ -175,43 +211,96 @@ class RayExecutor:
             return set(self._attempts)
 
     def acknowledge(self, attempt_ids: Collection[str]) -> None:
-        """Nothing to forget: exits are handed over once, through `poll`."""
+        """Recorded: the agents may forget these exits and their groups can go (on the monitor).
+
+        Called after every committed tick, so it is also when the groups of attempts `adopt` did
+        not find are removed: their host-lost ends are committed by then.
+        """
+        with self._lock:
+            self._acked.extend(attempt_ids)
+            self._doomed.extend(self._unclaimed)
+            self._unclaimed = []
+            if self._doomed or attempt_ids:
+                self._wake.set()
 
     def adopt(self, attempt_ids: Collection[str]) -> Adoption:
-        """Attempts of a previous server are not taken back on Ray: whatever is left of them on
-        the nodes is stopped, and the scheduler fails them as lost (and retries them)."""
+        """Take back the attempts a previous server process of this data dir placed.
+
+        Known: an agent (of a live node) still runs it or holds its exit; its log goes on from
+        where the server's copy stops, and a start or exit the server missed is reported again.
+        Never started: no agent knows it and it has no placement group, so it was never handed
+        over. The rest are lost; their groups are removed at the next acknowledgement, and the
+        agents stop whatever they run that no id here claims.
+        """
         wanted = set(attempt_ids)
-        with self._lock:
-            agents = [node.agent for node in self._nodes.values() if node.agent is not None]
-        for agent in agents:
+        with self._reports:
+            with self._lock:
+                agents = {node_id: node.agent for node_id, node in self._nodes.items() if node.agent is not None}
+                tracked = wanted & set(self._attempts)
+            asks = {node_id: agent.adopt.remote(sorted(wanted)) for node_id, agent in agents.items()}
+            found: dict[str, dict[str, tuple[AttemptSpec, int | None]]] = {}
+            for node_id, call in asks.items():
+                try:
+                    found[node_id] = ray.get(call, timeout=ADOPT_TIMEOUT_SECONDS)
+                except (RayError, GetTimeoutError) as exc:
+                    logger.warning("the agent of Ray node %s failed while adopting: %s", node_id, exc)
+                    self._lose_node(node_id)
+            resumes = []
+            for node_id, known_here in found.items():
+                adopted = {a: v for a, v in known_here.items() if a not in tracked}
+                offsets = {attempt_id: _size(spec.log_path) for attempt_id, (spec, _) in adopted.items()}
+                resumes.append(agents[node_id].resume.remote(offsets))
+                with self._lock:
+                    for attempt_id, (spec, started_at) in adopted.items():
+                        group = named_group(group_name(self._tag, attempt_id))
+                        self._attempts[attempt_id] = _Attempt(spec, group, node_id, started_at)
             try:
-                leftovers = wanted & set(ray.get(agent.running.remote(), timeout=CALL_TIMEOUT_SECONDS))
-                for attempt_id in leftovers:
-                    agent.terminate.remote(attempt_id, "Terminated: its Kiln server restarted")
-            except (RayError, GetTimeoutError):
-                logger.warning("a Ray node agent did not answer while adopting", exc_info=True)
-        return Adoption()
+                ray.get(resumes, timeout=CALL_TIMEOUT_SECONDS)
+            except (RayError, GetTimeoutError) as exc:  # the next report notices a failed agent
+                logger.warning("a Ray node agent failed while resuming adopted attempts: %s", exc)
+        known = tracked | {attempt_id for known_here in found.values() for attempt_id in known_here}
+        never_started = set()
+        for attempt_id in wanted - known:
+            group = named_group(group_name(self._tag, attempt_id))
+            if group is None:
+                never_started.add(attempt_id)
+            else:
+                with self._lock:
+                    self._unclaimed.append(group)
+        if known or wanted:
+            logger.info(
+                "adopted %d Ray attempt(s); %d never started, %d lost",
+                len(known), len(never_started), len(wanted - known - never_started),
+            )  # fmt: skip
+        self._wake.set()
+        return Adoption(frozenset(known), frozenset(never_started))
 
     def shutdown(self) -> None:
-        """Stop the attempts (Ray attempts are not adopted by the next server) and the agents."""
+        """Leave the attempts running for the next server (and the agents that run them or hold
+        their exits); remove only the agents with nothing left to do.
+
+        An attempt still waiting for its group is not handed over any more: its group goes, so the
+        next server finds it never started and starts it.
+        """
         if self._stop.is_set():
             return
         self._stop.set()
         self._wake.set()
         self._monitor.join(timeout=10)
+        self._release()
         with self._lock:
-            nodes, attempts = list(self._nodes.values()), list(self._attempts.values())
-        grace = min(self._settings.termination_grace_seconds, 5.0)
-        calls = [node.agent.stop_all.remote(grace) for node in nodes if node.agent is not None]
-        try:
-            ray.get(calls, timeout=grace + 10)
-        except (RayError, GetTimeoutError):
-            logger.warning("some Ray node agents did not stop their attempts", exc_info=True)
-        for attempt in attempts:
+            nodes = list(self._nodes.values())
+            waiting = [a for a in self._attempts.values() if a.node_id is None]
+        for attempt in waiting:
             self._remove_group(attempt.group)
         for node in nodes:
-            if node.agent is not None:
-                ray.kill(node.agent)
+            if node.agent is None:
+                continue
+            try:
+                if ray.get(node.agent.idle.remote(), timeout=CALL_TIMEOUT_SECONDS):
+                    ray.kill(node.agent)
+            except (RayError, GetTimeoutError):
+                logger.warning("the agent of Ray node %s did not answer at shutdown", node.node_id)
         ray.shutdown()
 
     # -- monitor ----------------------------------------------------------------------------------
@@ -223,6 +312,7 @@ class RayExecutor:
                     self._refresh_nodes()
                 self._place()
                 self._collect()
+                self._release()
             except Exception:  # the monitor must outlive any one surprise from the cluster
                 logger.exception("the Ray executor's monitor pass failed")
             self._wake.wait(TICK_SECONDS)
@@ -275,7 +365,7 @@ class RayExecutor:
         logger.warning("Ray node %s is gone; %d attempt(s) on it lost", node_id, len(lost))
         reason = HOST_TERMINATED.format(host=node_id)
         for attempt in lost:
-            self._remove_group(attempt.group)
+            self._ended(attempt, None)
             self._emit(
                 AttemptExited(
                     attempt_id=attempt.spec.attempt_id,
@@ -316,7 +406,7 @@ class RayExecutor:
     def _not_started(self, attempt: _Attempt, status_reason: str, reason: str | None, *, started: bool) -> None:
         with self._lock:
             self._attempts.pop(attempt.spec.attempt_id, None)
-        self._remove_group(attempt.group)
+        self._ended(attempt, None)
         self._emit(
             AttemptExited(
                 attempt_id=attempt.spec.attempt_id,
@@ -331,17 +421,18 @@ class RayExecutor:
 
     def _collect(self) -> None:
         """Pull logs and events from every node that runs something; a silent agent is a lost node."""
-        with self._lock:
-            busy = {a.node_id for a in self._attempts.values() if a.node_id is not None}
-            calls = {node_id: self._nodes[node_id].agent.report.remote() for node_id in busy if node_id in self._nodes}
-        for node_id, call in calls.items():
-            try:
-                report: NodeReport = ray.get(call, timeout=CALL_TIMEOUT_SECONDS)
-            except (RayError, GetTimeoutError) as exc:
-                logger.warning("the agent of Ray node %s failed: %s", node_id, exc)
-                self._lose_node(node_id)
-                continue
-            self._apply(node_id, report)
+        with self._reports:
+            with self._lock:
+                busy = {a.node_id for a in self._attempts.values() if a.node_id is not None}
+                calls = {n: self._nodes[n].agent.report.remote() for n in busy if n in self._nodes}
+            for node_id, call in calls.items():
+                try:
+                    report: NodeReport = ray.get(call, timeout=CALL_TIMEOUT_SECONDS)
+                except (RayError, GetTimeoutError) as exc:
+                    logger.warning("the agent of Ray node %s failed: %s", node_id, exc)
+                    self._lose_node(node_id)
+                    continue
+                self._apply(node_id, report)
 
     def _apply(self, node_id: str, report: NodeReport) -> None:
         for attempt_id, chunk in report.logs.items():
@@ -363,11 +454,47 @@ class RayExecutor:
                 logger.info("attempt %s running on Ray node %s", event.attempt_id, node_id)
                 self._emit(AttemptRunning(event.attempt_id, event.at_ms, host=node_id))
             else:
-                self._remove_group(attempt.group)
+                self._ended(attempt, node_id)
                 started_at = event.started_at if event.started_at is not None else attempt.started_at
                 self._emit(replace(event, host=node_id, started_at=started_at))
 
+    def _ended(self, attempt: _Attempt, node_id: str | None) -> None:
+        """The attempt's exit goes to the scheduler: keep its group (and, with `node_id`, the
+        agent's copy of the exit) until the scheduler acknowledges having recorded it."""
+        with self._lock:
+            self._ended_groups[attempt.spec.attempt_id] = attempt.group
+            if node_id is not None:
+                self._held_on[attempt.spec.attempt_id] = node_id
+
+    def _release(self) -> None:
+        """Pass acknowledgements on: agents forget those exits, their groups are removed."""
+        with self._lock:
+            acked, self._acked = self._acked, []
+            groups: list[PlacementGroup | None] = [*self._doomed]
+            self._doomed = []
+            by_node: dict[str, list[str]] = {}
+            for attempt_id in acked:
+                groups.append(self._ended_groups.pop(attempt_id, None))
+                node_id = self._held_on.pop(attempt_id, None)
+                if node_id is not None:
+                    by_node.setdefault(node_id, []).append(attempt_id)
+            agents = {n: self._nodes[n].agent for n in by_node if n in self._nodes}
+        for node_id, agent in agents.items():
+            agent.acknowledge.remote(by_node[node_id])
+        for group in groups:
+            self._remove_group(group)
+
     @staticmethod
-    def _remove_group(group: PlacementGroup) -> None:
-        with contextlib.suppress(RayError):  # already gone with its node or its creator
+    def _remove_group(group: PlacementGroup | None) -> None:
+        if group is None:
+            return
+        with contextlib.suppress(RayError, ValueError):  # already removed
             remove_placement_group(group)
+
+
+def _size(path: Path) -> int:
+    """How much of an attempt's log the server already has."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

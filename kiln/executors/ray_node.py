@@ -9,6 +9,11 @@ the node share no filesystem.
 
 The actor takes no Ray resources itself (`num_cpus=0`): the attempt's resources are held by the
 placement group the server creates for it, which is also how Ray picks the node.
+
+The agent is detached: it outlives its server, and so do the attempts it runs. It keeps every
+attempt's exit (and log) until the server acknowledges having recorded it, so a restarted server
+`adopt`s what is still running and what ended meanwhile, with the log from where its own copy stops
+(the supervisor's contract for local attempts, see supervisor.py).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from pathlib import Path
 from kiln.config import Settings
 from kiln.render import image as render_image
 
-from .base import AttemptEvent, AttemptExited, AttemptSpec
+from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
 from .images import ImageCatalogue
 from .local import LocalExecutor
 from .workdirs import remove_tree
 
 LOG_CHUNK_BYTES = 1024 * 1024  # most log bytes one `report` carries per attempt (the rest comes next time)
+ORPHAN_REASON = "Terminated because its Kiln server no longer knows the attempt"
 # The server's variables that describe its own machine, not the job: the node keeps its own.
 HOST_SPECIFIC = frozenset(
     {"PATH", "HOME", "PWD", "OLDPWD", "SHELL", "HOSTNAME", "TMPDIR", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV"}
@@ -63,6 +69,11 @@ class NodeAgent:
         self._executor: LocalExecutor | None = None
         self._offsets: dict[str, int] = {}  # attempt id -> log bytes already reported
         self._pending: list[AttemptEvent] = []  # exits waiting for the rest of their log
+        # Attempts received and not yet acknowledged, as the server sent them (its log paths).
+        self._specs: dict[str, AttemptSpec] = {}
+        self._started: dict[str, int] = {}  # attempt id -> when it began running
+        self._held: dict[str, AttemptExited] = {}  # exits reported, kept until acknowledged
+        self._orphans: set[str] = set()  # stopped because no server claims them: not reported
 
     def configure(self, settings: Settings, server_environment: dict[str, str]) -> str:
         """Take the (re)connecting server's settings; returns this node's id."""
@@ -78,25 +89,26 @@ class NodeAgent:
         return self._engine().describe()
 
     def start(self, spec: AttemptSpec) -> None:
+        if spec.attempt_id in self._specs:
+            return  # sent twice: already ours
         local = replace(
             spec, log_path=self._logs_dir / f"{spec.attempt_id}.log", workdir=self._work_dir / spec.attempt_id
         )
+        self._specs[spec.attempt_id] = spec
         self._offsets[spec.attempt_id] = 0
         self._engine().start(local)
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         self._engine().terminate(attempt_id, reason)
 
-    def running(self) -> list[str]:
-        return sorted(self._engine().running())
-
     def report(self) -> NodeReport:
         report = NodeReport()
-        self._pending.extend(self._engine().poll())
+        self._absorb()
         for attempt_id in list(self._offsets):
-            chunk = self._read_log(attempt_id)
-            if chunk:
-                report.logs[attempt_id] = chunk
+            if attempt_id not in self._held:
+                chunk = self._read_log(attempt_id)
+                if chunk:
+                    report.logs[attempt_id] = chunk
         waiting: list[AttemptEvent] = []
         for event in self._pending:
             if isinstance(event, AttemptExited) and (waiting or report.logs.get(event.attempt_id)):
@@ -104,20 +116,75 @@ class NodeAgent:
             else:
                 report.events.append(event)
                 if isinstance(event, AttemptExited):
-                    self._forget(event.attempt_id)
+                    self._held[event.attempt_id] = event  # until the server has recorded it
         self._pending = waiting
         return report
 
-    def stop_all(self, grace_seconds: float) -> None:
-        """Stop every attempt of this node (a server leaving, or one that lost track of them)."""
-        engine = self._engine()
-        for attempt_id in engine.running():
-            engine.terminate(attempt_id, "Terminated because the Kiln server is shutting down")
-        engine.shutdown(grace_seconds)
-        self._executor = None
-        for attempt_id in list(self._offsets):
-            self._forget(attempt_id)
-        self._pending = []
+    def acknowledge(self, attempt_ids: list[str]) -> None:
+        """The server has durably recorded these exits: forget them, their logs and workdirs."""
+        for attempt_id in attempt_ids:
+            if self._held.pop(attempt_id, None) is not None:
+                self._forget(attempt_id)
+
+    def adopt(self, attempt_ids: list[str]) -> dict[str, tuple[AttemptSpec, int | None]]:
+        """A (re)started server claims `attempt_ids`: which of them this node knows, with the spec
+        the server sent and when each began running. Attempts the server does not claim are over
+        for it (it recorded their end, or lost them): they are stopped and forgotten here."""
+        if self._executor is None:
+            return {}  # a new agent: it has run nothing yet
+        self._absorb()
+        claimed = set(attempt_ids)
+        for attempt_id in sorted(set(self._specs) - claimed):
+            if attempt_id in self._engine().running():
+                self._orphans.add(attempt_id)
+                self._pending = [e for e in self._pending if e.attempt_id != attempt_id]
+                self._engine().terminate(attempt_id, ORPHAN_REASON)
+            else:
+                self._drop(attempt_id)
+        return {a: (self._specs[a], self._started.get(a)) for a in sorted(claimed & set(self._specs))}
+
+    def resume(self, offsets: dict[str, int]) -> None:
+        """Report adopted attempts again: their log from `offsets` (what the server already has),
+        a start it may have missed, and any exit it had not recorded."""
+        replay: list[AttemptEvent] = []
+        exits: list[AttemptEvent] = []
+        for attempt_id, offset in offsets.items():
+            if attempt_id not in self._specs:
+                continue
+            self._offsets[attempt_id] = offset
+            held = self._held.pop(attempt_id, None)
+            if held is not None:
+                exits.append(held)
+            elif attempt_id in self._started:
+                replay.append(AttemptRunning(attempt_id, self._started[attempt_id]))
+        rest = [e for e in self._pending if not (isinstance(e, AttemptRunning) and e.attempt_id in offsets)]
+        self._pending = [*replay, *rest, *exits]
+
+    def idle(self) -> bool:
+        """Nothing runs here and no exit waits for a server: the agent may be removed."""
+        if self._executor is None:
+            return True
+        self._absorb()
+        return not self._specs and not self._engine().running()
+
+    def _absorb(self) -> None:
+        """Take the engine's new events; exits of attempts no server claims are dropped here."""
+        for event in self._engine().poll():
+            if isinstance(event, AttemptRunning):
+                self._started[event.attempt_id] = event.at_ms
+            elif event.started and event.started_at is None:
+                event = replace(event, started_at=self._started.get(event.attempt_id))
+            if event.attempt_id in self._orphans:
+                if isinstance(event, AttemptExited):
+                    self._drop(event.attempt_id)
+                continue
+            self._pending.append(event)
+
+    def _drop(self, attempt_id: str) -> None:
+        self._orphans.discard(attempt_id)
+        self._held.pop(attempt_id, None)
+        self._pending = [e for e in self._pending if e.attempt_id != attempt_id]
+        self._forget(attempt_id)
 
     def _engine(self) -> LocalExecutor:
         if self._executor is None:
@@ -137,5 +204,7 @@ class NodeAgent:
 
     def _forget(self, attempt_id: str) -> None:
         self._offsets.pop(attempt_id, None)
+        self._specs.pop(attempt_id, None)
+        self._started.pop(attempt_id, None)
         (self._logs_dir / f"{attempt_id}.log").unlink(missing_ok=True)
         remove_tree(self._work_dir / attempt_id)
