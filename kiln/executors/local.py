@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -49,6 +49,7 @@ from .base import (
     drain,
 )
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
+from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus, visible_devices_environment
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 
@@ -162,12 +163,14 @@ class LocalExecutor:
         self._by_pidfd: dict[int, _Attempt] = {}
         self._log_dirs: set[Path] = set()
         self._base_environment: dict[str, str] = dict(os.environ)
+        self._gpus = GpuAllocator(host_gpus(settings.gpus))
         logger.info("local executor: %s", "; ".join(self.describe()))
 
     def reconfigure(self, settings: Settings, catalogue: ImageCatalogue, environment: dict[str, str]) -> None:
         """Take a (re)connecting server's settings, images and environment (the supervisor outlives
         servers, and attempts inherit the environment of the server that placed them)."""
         self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
+        self._gpus.reconfigure(host_gpus(settings.gpus))
 
     @property
     def catalogue(self) -> ImageCatalogue:
@@ -184,7 +187,7 @@ class LocalExecutor:
     def describe(self) -> list[str]:
         """Mechanisms and the reasons for any fallback, one line each (logs, docs, capacity notes)."""
         lines = [f"{what}: {how}" for what, how in self.mechanisms().items()]
-        return lines + list(self._support.notes)
+        return lines + list(self._support.notes) + [self._gpus.inventory.note]
 
     def attempt_cgroups(self, attempt_id: str) -> AttemptCgroups | None:
         """The cgroups of a live attempt (for diagnostics and tests), None when it is not running."""
@@ -200,7 +203,7 @@ class LocalExecutor:
         return Capacity(
             vcpus=float(self._settings.host_vcpus),
             memory_mib=self._settings.host_memory_mib,
-            gpus=0,
+            gpus=len(self._gpus.inventory.devices),
             notes=self.describe(),
         )
 
@@ -218,6 +221,11 @@ class LocalExecutor:
             return
         if not argv:
             self._not_started(spec, NO_COMMAND_REASON)
+            return
+        try:
+            spec = self._confine_to_gpus(spec)
+        except NotEnoughGpus as exc:
+            self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
         self._launch(spec, argv)
 
@@ -272,12 +280,23 @@ class LocalExecutor:
         if self.running():
             logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
 
+    def gpu_holders(self) -> dict[str, tuple[str, ...]]:
+        """Live attempts' GPU devices (diagnostics and tests)."""
+        return self._gpus.held()
+
     # -- starting ---------------------------------------------------------------------------------
+
+    def _confine_to_gpus(self, spec: AttemptSpec) -> AttemptSpec:
+        """Hand the attempt free devices of its own (in its environment, after the job's own variables)."""
+        devices = self._gpus.assign(spec.attempt_id, spec.gpus)
+        confined = visible_devices_environment(devices, bool(self._gpus.inventory.devices))
+        return replace(spec, environment={**spec.environment, **confined}) if confined else spec
 
     def _launch(self, spec: AttemptSpec, argv: list[str]) -> None:
         try:
             attempt = self._spawn(spec, argv)
         except OSError as exc:
+            self._gpus.release(spec.attempt_id)
             remove_workdir(spec.workdir)
             self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
@@ -466,6 +485,7 @@ class LocalExecutor:
         """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
         attempt.cgroups.remove()
         remove_workdir(attempt.spec.workdir)
+        self._gpus.release(attempt.spec.attempt_id)  # before the exit is reported: the place is free
         with self._lock:
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
                 self._epoll.unregister(attempt.pidfd)
