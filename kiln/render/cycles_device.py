@@ -49,6 +49,7 @@ def choose_device(preferences: Any, environ: Mapping[str, str]) -> DeviceChoice:
     assigned = assigned_gpus(environ)
     if not assigned:
         return DeviceChoice("CPU", "NONE", (), f"{VISIBLE_DEVICES} is unset or empty: this job was given no GPU")
+    preferences.refresh_devices()  # Cycles' advice: fill every list once, so later lookups never re-allocate it
     tried = []
     for backend in GPU_BACKENDS:
         try:
