@@ -6,15 +6,19 @@ GPU needs one: it runs where nvidia-smi lists a GPU and is skipped, saying so, e
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from kiln.cli.render_pipeline import DEFAULT_QUEUE
 from kiln.executors.gpu_devices import detect_gpus
 from kiln.render.image import IMAGE
-from tests.conftest import start_server
+from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.support import make_queue, unique, wait_for
 
 from .conftest import run_bpy, run_worker
@@ -36,6 +40,14 @@ result = {"device": choice.device, "backend": choice.backend, "line": choice.des
 
 def choose(job_environment: dict[str, str], hidden: str = "") -> dict[str, Any]:
     return dict(run_bpy(CHOOSE, job_environment=job_environment, hidden=hidden))
+
+
+def job_log(server: KilnServer, job: dict[str, Any]) -> str:
+    """The job's last attempt's log, through the CloudWatch Logs API."""
+    logs = boto3.client("logs", endpoint_url=server.endpoint, region_name="us-east-1")
+    stream = job["attempts"][-1]["container"]["logStreamName"]
+    events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream, startFromHead=True)["events"]
+    return "\n".join(event["message"] for event in events)
 
 
 def test_a_job_without_gpus_renders_on_the_cpu() -> None:
@@ -92,11 +104,32 @@ def test_a_gpu_job_renders_on_its_gpu(sample_blend: Path, tmp_path: Path) -> Non
     )
     job_id = batch.submit_job(jobName=name, jobQueue=queue, jobDefinition=name)["jobId"]
     job = wait_for(batch, job_id, timeout=300)
-    logs = boto3.client("logs", endpoint_url=server.endpoint, region_name="us-east-1")
-    stream = job["attempts"][-1]["container"]["logStreamName"]
-    events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream, startFromHead=True)["events"]
-    text = "\n".join(event["message"] for event in events)
+    text = job_log(server, job)
     assert job["status"] == "SUCCEEDED", text
     assert "Cycles renders on the GPU (" in text, text
     assert "CUDA_VISIBLE_DEVICES=" + inventory.devices[0] in text, text
+    assert (output / "frames" / "0001.png").is_file()
+
+
+def test_kiln_render_with_gpus_gives_each_render_job_a_device(sample_blend: Path, tmp_path: Path) -> None:
+    """`kiln render --gpus 1` on a server with one GPU (configured; the real one where there is
+    one): the render job reserves it, is handed device 0, and Cycles uses it or says it cannot."""
+    server = start_server(tmp_path, [*FAST_FLAGS, "--gpus", "1"])
+    output = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "kiln", "render", str(sample_blend), "-o", str(output), "--frames", "1",
+         "--gpus", "1", "--resolution-percent", "10", "--samples", "1", "--endpoint-url", server.endpoint],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    batch = server.client()
+    listed = batch.list_jobs(jobQueue=DEFAULT_QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
+    render_id = next(job["jobId"] for job in listed if job["jobName"].endswith("-render"))
+    job = batch.describe_jobs(jobs=[render_id])["jobs"][0]
+    assert {"type": "GPU", "value": "1"} in job["container"]["resourceRequirements"]
+    text = job_log(server, job)
+    if detect_gpus().devices:
+        assert "Cycles renders on the GPU (" in text, text
+    else:
+        assert "Cycles renders on the CPU; CUDA_VISIBLE_DEVICES=0 but Cycles found no GPU device" in text, text
     assert (output / "frames" / "0001.png").is_file()
