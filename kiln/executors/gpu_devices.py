@@ -16,6 +16,7 @@ Attempts a dead supervisor left behind are killed before the next one starts any
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import threading
@@ -34,8 +35,13 @@ class GpuInventory:
     note: str
 
 
+@functools.cache
 def detect_gpus() -> GpuInventory:
-    """The GPUs `nvidia-smi` lists (their indices); none when it is missing or fails."""
+    """The GPUs `nvidia-smi` lists (their indices); none when it is missing or fails.
+
+    Asked once per process (it can take a second with the driver idle); the supervisor asks again
+    whenever it is restarted, which happens after 10 s with nothing to do.
+    """
     binary = shutil.which("nvidia-smi")
     if binary is None:
         return GpuInventory((), "gpus: none (no nvidia-smi on PATH)")
