@@ -21,7 +21,9 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .base import AttemptSpec
 
 NVIDIA_SMI_QUERY = ("--query-gpu=index,uuid", "--format=csv,noheader")
 NVIDIA_SMI_TIMEOUT_SECONDS = 20.0
@@ -121,6 +123,13 @@ class GpuAllocator:
                 )
             self._held[attempt_id] = tuple(free[:count])
             return self._held[attempt_id]
+
+    def confine(self, spec: AttemptSpec) -> AttemptSpec:
+        """`spec` with devices of its own in its environment, after the job's own variables (so a
+        job cannot widen them); unchanged on a host without GPUs. Raises `NotEnoughGpus`."""
+        devices = self.assign(spec.attempt_id, spec.gpus)
+        confined = visible_devices_environment(devices, bool(self._inventory.devices))
+        return replace(spec, environment={**spec.environment, **confined}) if confined else spec
 
     def release(self, attempt_id: str) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -49,7 +49,7 @@ from .base import (
     drain,
 )
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
-from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus, visible_devices_environment
+from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 
@@ -223,7 +223,7 @@ class LocalExecutor:
             self._not_started(spec, NO_COMMAND_REASON)
             return
         try:
-            spec = self._confine_to_gpus(spec)
+            spec = self._gpus.confine(spec)  # its own devices, in its environment
         except NotEnoughGpus as exc:
             self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
@@ -285,12 +285,6 @@ class LocalExecutor:
         return self._gpus.held()
 
     # -- starting ---------------------------------------------------------------------------------
-
-    def _confine_to_gpus(self, spec: AttemptSpec) -> AttemptSpec:
-        """Hand the attempt free devices of its own (in its environment, after the job's own variables)."""
-        devices = self._gpus.assign(spec.attempt_id, spec.gpus)
-        confined = visible_devices_environment(devices, bool(self._gpus.inventory.devices))
-        return replace(spec, environment={**spec.environment, **confined}) if confined else spec
 
     def _launch(self, spec: AttemptSpec, argv: list[str]) -> None:
         try:
