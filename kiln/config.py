@@ -59,6 +59,8 @@ class Settings:
     min_state_time_limit_seconds: int = 600
     host_vcpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     host_memory_mib: int = field(default_factory=host_memory_mib)
+    # Local executor: GPUs attempts may be given; None finds them with nvidia-smi (docs/gpus.md).
+    gpus: int | None = None
     # CE names whose jobs get a hard CPU quota (cfs) on top of cpu.shares.
     cpu_hard_cap_environments: frozenset[str] = frozenset()
     # image name -> entrypoint prepended to the job's command; "host" is built in (empty entrypoint).
@@ -129,6 +131,7 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "termination_grace_seconds": _NUMBER, "min_state_time_limit_seconds": int, "host_vcpus": int, "host_memory_mib": int,
     "cpu_hard_cap_environments": list, "executor": str, "docker_host": str, "docker_network": str, "docker_gpus": int,
     "ray_address": str,
+    "gpus": int,
 }  # fmt: skip
 
 

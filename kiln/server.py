@@ -137,7 +137,9 @@ def build_server(settings: Settings) -> Server:
             scheduler.stop()
             db.close()
 
-    dashboard = dashboard_routes(service, DashboardReads(db, settings), settings.data_dir / "dashboard-cache")
+    dashboard = dashboard_routes(
+        service, DashboardReads(db, settings, lambda: executor.capacity().gpus), settings.data_dir / "dashboard-cache"
+    )
     app = create_app(
         service,
         extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard],

@@ -6,6 +6,7 @@ in the Batch API reports the capacity attempts hold; both come from one SQL quer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,10 @@ class CapacityInUse:
 class DashboardReads:
     """Queries over their own read transaction, like `BatchService`'s READS."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, host_gpus: Callable[[], int] = lambda: 0) -> None:
         self.db = db
         self.settings = settings
+        self.host_gpus = host_gpus  # the executor's GPU count (it finds them; settings may not say)
 
     def array_children(self, parent_id: str) -> dict[str, Any]:
         """`{"size": N, "children": [[index, status], ...]}` for an array parent."""
@@ -62,7 +64,11 @@ class DashboardReads:
                 held.gpus + int(row["gpus"] or 0),
             )
         return {
-            "host": {"vcpus": self.settings.host_vcpus, "memoryMiB": self.settings.host_memory_mib},
+            "host": {
+                "vcpus": self.settings.host_vcpus,
+                "memoryMiB": self.settings.host_memory_mib,
+                "gpus": self.host_gpus(),
+            },
             "computeEnvironments": [
                 {
                     "computeEnvironmentName": held.compute_environment,

@@ -93,6 +93,10 @@ def server(
             help="Ray cluster (GCS HOST:PORT) for --executor ray [default: join the local one, or start one]."
         ),
     ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(min=0, help="GPUs the local executor hands out [default: those nvidia-smi lists]."),
+    ] = None,
 ) -> None:
     """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
     from kiln.server import serve
@@ -104,7 +108,7 @@ def server(
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
             min_state_time_limit_seconds=min_state_time_limit_seconds, executor=executor, docker_host=docker_host,
-            ray_address=ray_address,
+            ray_address=ray_address, gpus=gpus,
         )  # fmt: skip
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)

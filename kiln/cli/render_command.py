@@ -92,6 +92,9 @@ def render(
     memory: Annotated[
         int | None, typer.Option(min=4, help=f"Memory limit per render job, MiB [default: {DEFAULT_MEMORY_MIB}].")
     ] = None,
+    gpus: Annotated[
+        int, typer.Option(min=0, help="GPUs per render job; Cycles renders on them (docs/gpus.md) [default: 0].")
+    ] = 0,
     resolution_percent: Annotated[
         int | None, typer.Option(min=1, max=32767, help="Override the scene's resolution percentage.")
     ] = None,
@@ -121,7 +124,7 @@ def render(
     plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
     with _connected(endpoint_url, embedded, data_dir) as connection:
         batch = batch_client(connection.endpoint)
-        jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory)
+        jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus)
         try:
             _say_submitted(
                 jobs, plan, queue, connection.endpoint
@@ -220,7 +223,14 @@ def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> NoReturn:
 
 
 def _submit(
-    batch: object, plan: RenderPlan, connection: Connection, *, queue: str, vcpus: float | None, memory_mib: int | None
+    batch: object,
+    plan: RenderPlan,
+    connection: Connection,
+    *,
+    queue: str,
+    vcpus: float | None,
+    memory_mib: int | None,
+    gpus: int = 0,
 ) -> SubmittedPipeline:
     try:
         if ensure_queue(batch, queue):
@@ -228,7 +238,9 @@ def _submit(
         definition, registered = ensure_definition(batch, DEFINITION_NAME)
         if registered:
             console.print(f"registered job definition {definition} (image kiln/render)")
-        jobs = submit_pipeline(batch, plan, queue=queue, definition=definition, vcpus=vcpus, memory_mib=memory_mib)
+        jobs = submit_pipeline(
+            batch, plan, queue=queue, definition=definition, vcpus=vcpus, memory_mib=memory_mib, gpus=gpus
+        )
     except PlanError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except (ClientError, BotoCoreError) as exc:

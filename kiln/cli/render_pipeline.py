@@ -205,12 +205,14 @@ class SubmittedPipeline:
     slices: int
 
 
-def resource_overrides(vcpus: float | None, memory_mib: int | None) -> list[dict[str, str]]:
+def resource_overrides(vcpus: float | None, memory_mib: int | None, gpus: int = 0) -> list[dict[str, str]]:
     requirements = []
     if vcpus is not None:
         requirements.append({"type": "VCPU", "value": f"{vcpus:g}"})
     if memory_mib is not None:
         requirements.append({"type": "MEMORY", "value": str(memory_mib)})
+    if gpus:
+        requirements.append({"type": "GPU", "value": str(gpus)})  # Cycles then renders on them (docs/gpus.md)
     return requirements
 
 
@@ -222,12 +224,13 @@ def submit_pipeline(
     definition: str,
     vcpus: float | None = None,
     memory_mib: int | None = None,
+    gpus: int = 0,
 ) -> SubmittedPipeline:
     """The render job (an array only when it has more than one slice: AWS rejects size 1), then the
     stitch job, which waits for the whole array (`dependsOn` the parent, no type)."""
     base = job_base_name(plan.scene_uri)
     render_overrides: dict[str, Any] = {"command": plan.render_command()}
-    resources = resource_overrides(vcpus, memory_mib)
+    resources = resource_overrides(vcpus, memory_mib, gpus)
     if resources:
         render_overrides["resourceRequirements"] = resources
     render_request: dict[str, Any] = {

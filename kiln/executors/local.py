@@ -50,6 +50,7 @@ from .base import (
 )
 from .cgroup_pool import CgroupPool
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
+from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus
 from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 from .workdirs import WorkdirPool
@@ -166,12 +167,14 @@ class LocalExecutor:
         self._workdirs = WorkdirPool()
         self._cgroups = CgroupPool(self._support)
         self._base_environment: dict[str, str] = dict(os.environ)
+        self._gpus = GpuAllocator(host_gpus(settings.gpus))
         logger.info("local executor: %s", "; ".join(self.describe()))
 
     def reconfigure(self, settings: Settings, catalogue: ImageCatalogue, environment: dict[str, str]) -> None:
         """Take a (re)connecting server's settings, images and environment (the supervisor outlives
         servers, and attempts inherit the environment of the server that placed them)."""
         self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
+        self._gpus.reconfigure(host_gpus(settings.gpus))
 
     @property
     def catalogue(self) -> ImageCatalogue:
@@ -188,7 +191,7 @@ class LocalExecutor:
     def describe(self) -> list[str]:
         """Mechanisms and the reasons for any fallback, one line each (logs, docs, capacity notes)."""
         lines = [f"{what}: {how}" for what, how in self.mechanisms().items()]
-        return lines + list(self._support.notes)
+        return lines + list(self._support.notes) + [self._gpus.inventory.note]
 
     def attempt_cgroups(self, attempt_id: str) -> AttemptCgroups | None:
         """The cgroups of a live attempt (for diagnostics and tests), None when it is not running."""
@@ -204,7 +207,7 @@ class LocalExecutor:
         return Capacity(
             vcpus=float(self._settings.host_vcpus),
             memory_mib=self._settings.host_memory_mib,
-            gpus=0,
+            gpus=len(self._gpus.inventory.devices),
             notes=self.describe(),
         )
 
@@ -222,6 +225,11 @@ class LocalExecutor:
             return
         if not argv:
             self._not_started(spec, NO_COMMAND_REASON)
+            return
+        try:
+            spec = self._gpus.confine(spec)  # its own devices, in its environment
+        except NotEnoughGpus as exc:
+            self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
         self._launch(spec, argv)
 
@@ -278,12 +286,17 @@ class LocalExecutor:
         if self.running():
             logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
 
+    def gpu_holders(self) -> dict[str, tuple[str, ...]]:
+        """Live attempts' GPU devices (diagnostics and tests)."""
+        return self._gpus.held()
+
     # -- starting ---------------------------------------------------------------------------------
 
     def _launch(self, spec: AttemptSpec, argv: list[str]) -> None:
         try:
             attempt = self._spawn(spec, argv)
         except OSError as exc:
+            self._gpus.release(spec.attempt_id)
             self._workdirs.release(spec.workdir)
             self._not_started(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
@@ -466,6 +479,7 @@ class LocalExecutor:
         with self._lock:
             self._cgroups.release(attempt.spec.attempt_id, attempt.cgroups)
         self._workdirs.release(attempt.spec.workdir)
+        self._gpus.release(attempt.spec.attempt_id)  # before the exit is reported: the place is free
         with self._lock:
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
                 self._epoll.unregister(attempt.pidfd)

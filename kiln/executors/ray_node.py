@@ -80,6 +80,7 @@ class NodeAgent:
         catalogue = ImageCatalogue(settings.images)
         catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's render worker, this node's venv
         environment = job_environment(dict(os.environ), server_environment)
+        settings = replace(settings, gpus=None)  # the server's `gpus` is its own host's: each node finds its own
         if self._executor is None:
             self._executor = LocalExecutor(settings, catalogue)
         self._executor.reconfigure(settings, catalogue, environment)

@@ -117,6 +117,7 @@ class SupervisedExecutor:
         self._send_lock = threading.Lock()
         self._closed = False
         self._notes: list[str] = []
+        self._gpus = 0
         self._sock, self._reader = self._connect()
         self._thread = threading.Thread(target=self._read, name="kiln-supervisor-client", daemon=True)
         self._thread.start()
@@ -131,6 +132,7 @@ class SupervisedExecutor:
             "images": self._catalogue.entries(),
             "built_in_images": self._catalogue.built_in(),
             "environment": dict(os.environ),
+            "gpus": self._settings.gpus,
         }))  # fmt: skip
         sock.settimeout(REPLY_SECONDS)
         pending: list[dict[str, Any]] = []
@@ -143,6 +145,7 @@ class SupervisedExecutor:
             pending = reader.feed(chunk)
         sock.settimeout(None)
         self._notes = list(pending[0].get("notes", []))
+        self._gpus = int(pending[0].get("gpus", 0))  # the supervisor's engine finds and hands out GPUs
         for message in pending[1:]:
             self._dispatch(message)
         return sock, reader
@@ -223,6 +226,7 @@ class SupervisedExecutor:
         return Capacity(
             vcpus=float(self._settings.host_vcpus),
             memory_mib=self._settings.host_memory_mib,
+            gpus=self._gpus,
             notes=list(self._notes),
             start_after=True,
         )

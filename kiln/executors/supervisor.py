@@ -157,7 +157,8 @@ class Supervisor:
         op = message["op"]
         if op == "hello":
             self._configure(message)
-            self._send([{"op": "welcome", "notes": self.engine.describe(), "pid": os.getpid()}])
+            gpus = self.engine.capacity().gpus
+            self._send([{"op": "welcome", "notes": self.engine.describe(), "pid": os.getpid(), "gpus": gpus}])
         elif op == "start":
             for wire in message["specs"]:
                 self._start(spec_from_wire(wire))
@@ -177,6 +178,7 @@ class Supervisor:
         settings = replace(
             Settings(data_dir=self.state_dir.parent),
             termination_grace_seconds=float(message["termination_grace_seconds"]),
+            gpus=message.get("gpus"),
         )
         catalogue = ImageCatalogue(message["images"])
         for name in message["built_in_images"]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .cycles_device import apply_device, choose_device
 from .errors import RenderError
 
 _SAMPLE_SETTINGS = {  # engine -> (settings group on the scene, samples property)
@@ -91,6 +92,15 @@ class BlenderScene:
         group, attribute = _SAMPLE_SETTINGS[self.engine]
         setattr(getattr(self.scene, group), attribute, samples)
         return []
+
+    def choose_device(self, environ: Mapping[str, str]) -> str:
+        """Cycles on the job's own GPUs when it was given some, else the CPU; returns the log line."""
+        if self.engine != "CYCLES":
+            return f"the {self.engine} engine renders as Blender decides (Kiln picks devices for Cycles only)"
+        preferences = self._bpy.context.preferences.addons["cycles"].preferences
+        choice = choose_device(preferences, environ)
+        apply_device(self.scene, preferences, choice)
+        return choice.describe()
 
     def frame_file(self, frame: int) -> Path:
         """Where Blender names frame `frame` (`0001.png`, `-0001.png`, `12345.png`) in the output folder."""

@@ -8,6 +8,7 @@ per job, since loading a production scene can take longer than rendering a small
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ def render_slice(job: RenderJob, say: Callable[[str], None] = print) -> list[int
             threads=job.threads, resolution_percent=job.resolution_percent, samples=job.samples
         ):
             say(note)
+        say(scene.choose_device(os.environ))
         covered = frames_to_cover(
             scene.frames, frame_start=job.frame_start, frame_end=job.frame_end, total_frames=job.total_frames
         )

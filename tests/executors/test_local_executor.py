@@ -260,9 +260,9 @@ def test_shutdown_stops_everything_and_reports_it(settings: Settings, make_spec:
 
 
 def test_capacity_comes_from_settings(tmp_path: Path) -> None:
-    executor = LocalExecutor(Settings(data_dir=tmp_path, host_vcpus=6, host_memory_mib=12345))
+    executor = LocalExecutor(Settings(data_dir=tmp_path, host_vcpus=6, host_memory_mib=12345, gpus=3))
     capacity = executor.capacity()
-    assert (capacity.vcpus, capacity.memory_mib, capacity.gpus) == (6, 12345, 0)
+    assert (capacity.vcpus, capacity.memory_mib, capacity.gpus) == (6, 12345, 3)
     assert any(note.startswith("memory: ") for note in capacity.notes)
 
 

@@ -217,6 +217,7 @@ function environmentCard(env, used, host) {
     meter("vCPUs", held.vcpus, vcpuLimit, `${fmtNumber(held.vcpus)} of ${vcpuLimit}` +
       (maxVcpus > host.vcpus ? ` (maxvCpus ${maxVcpus}, host ${host.vcpus})` : "")),
     meter("Memory", held.memoryMiB, host.memoryMiB, `${fmtMiB(held.memoryMiB)} of ${fmtMiB(host.memoryMiB)} (host)`),
+    host.gpus || held.gpus ? meter("GPUs", held.gpus, host.gpus, `${held.gpus} of ${host.gpus || 0} (host)`) : null,
     h("div", { class: "muted small" }, `${held.runningAttempts} running attempt${held.runningAttempts === 1 ? "" : "s"}`));
 }
 
