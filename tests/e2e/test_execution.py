@@ -6,6 +6,7 @@ busybox `sh`.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -135,7 +136,8 @@ def test_unknown_image_fails_before_running(batch: Any, queue: str) -> None:
 
 
 def test_terminate_stops_the_whole_process_tree(batch: Any, shell: Shell, queue: str) -> None:
-    definition = shell("sleep 300 & sleep 300; wait", retryStrategy={"attempts": 3})
+    seconds = str(random.randint(300_000, 399_999))  # a duration no other test or suite uses
+    definition = shell(f"sleep {seconds} & sleep {seconds}; wait", retryStrategy={"attempts": 3})
     job_id = submit(batch, queue, definition)
     wait_for(batch, job_id, {"RUNNING"})
     batch.terminate_job(jobId=job_id, reason="stopped by test")
@@ -144,12 +146,14 @@ def test_terminate_stops_the_whole_process_tree(batch: Any, shell: Shell, queue:
     assert job["statusReason"] == "stopped by test"
     assert job["isTerminated"] is True
     assert len(job["attempts"]) == 1  # terminated jobs are never retried
+
+    def ours_alive() -> bool:
+        return any(p.info["cmdline"] == ["sleep", seconds] for p in psutil.process_iter(["cmdline"]))
+
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(
-        p.info["cmdline"] == ["sleep", "300"] for p in psutil.process_iter(["cmdline"])
-    ):
+    while time.monotonic() < deadline and ours_alive():
         time.sleep(0.1)
-    assert not any(p.info["cmdline"] == ["sleep", "300"] for p in psutil.process_iter(["cmdline"]))
+    assert not ours_alive()
 
 
 def test_array_children_and_dependent_job(batch: Any, shell: Shell, queue: str, kiln_server: KilnServer) -> None:
