@@ -292,6 +292,9 @@ def run(paths: ZygotePaths) -> int:
     if os.fork() != 0:
         os._exit(0)
     os.setsid()
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())  # who serves (for operators and tests)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # SIGTERM: remove the socket on the way out
     try:
         import bpy  # noqa: F401 - the point of the zygote
 
@@ -304,6 +307,10 @@ def run(paths: ZygotePaths) -> int:
         paths.disable(f"the zygote failed: {error!r}")
         raise
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 def main() -> None:
