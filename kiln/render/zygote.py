@@ -10,7 +10,8 @@ its own session, the job's descriptors, directory and environment, and runs `kil
 zygote reports the child's exit status back, and SIGKILLs the child if the job's process goes away.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message): the job sends
-`{"argv": [...], "cwd": "...", "env": {...}}` with its three descriptors; the child answers
+`{"argv": [...], "cwd": "...", "env": {...}, "umask": n, "cpus": [...]}` with its three descriptors
+(stdin, stdout, stderr); the child answers
 `{"started": pid}` once it is in the job's groups, or `{"refused": why}` before doing anything (the
 job then renders in-process); the zygote finally sends `{"exit": status}`, where status is
 `os.waitstatus_to_exitcode`'s (negative: killed by that signal).
@@ -184,6 +185,11 @@ class Zygote:
             os.chdir(request.get("cwd") or "/")
             os.environ.clear()
             os.environ.update({str(name): str(value) for name, value in request["env"].items()})
+            tempfile.tempdir = None  # cached from the zygote's environment; the job's TMPDIR counts
+            if isinstance(request.get("umask"), int):
+                os.umask(request["umask"])
+            if request.get("cpus"):
+                os.sched_setaffinity(0, [int(cpu) for cpu in request["cpus"]])
             argv = [str(argument) for argument in request["argv"]]
             sys.argv = ["kiln-render", *argv]
             self._pools.restore()
@@ -212,7 +218,10 @@ class Zygote:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        zygote = os.getppid()
         _set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != zygote:  # the zygote died before the request took effect
+            os._exit(1)
         connection.settimeout(None)
 
     def _reap(self, job: _Job) -> None:

@@ -21,11 +21,13 @@ from types import FrameType
 
 from . import zygote_cgroups
 from .zygote import receive, send
-from .zygote_paths import UnsafeFolder, ZygotePaths
+from .zygote_paths import KEY_VARIABLE_PREFIXES, UnsafeFolder, ZygotePaths
 
 SWITCH_VARIABLE = "KILN_RENDER_ZYGOTE"  # "off" (or 0/false/no) renders every job in-process
 _OFF = {"0", "off", "false", "no"}
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_ZYGOTE_VARIABLES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"}
+_ZYGOTE_VARIABLE_PREFIXES = ("LC_", "XDG_", *KEY_VARIABLE_PREFIXES)
 CONNECT_TIMEOUT_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 15.0  # from the request to the child's "started" (fork + joining cgroups)
 
@@ -80,9 +82,19 @@ def _start_zygote(paths: ZygotePaths) -> None:
             stdout=log,
             stderr=log,
             cwd="/",
-            env={name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
+            env=zygote_environment(os.environ),
             start_new_session=True,
         )
+
+
+def zygote_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the zygote keeps of the starting job's environment: what Python and Blender need to load,
+    never the job's own variables (credentials among them; each forked job gets its own environment)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _ZYGOTE_VARIABLES or name.startswith(_ZYGOTE_VARIABLE_PREFIXES)
+    }
 
 
 class _Relay:
@@ -114,7 +126,16 @@ class _Relay:
     def _start(self, argv: list[str], environ: dict[str, str]) -> int | None:
         self._connection.settimeout(START_TIMEOUT_SECONDS)
         try:
-            send(self._connection, {"argv": argv, "cwd": os.getcwd(), "env": environ}, [0, 1, 2])
+            umask = os.umask(0o022)
+            os.umask(umask)
+            request = {
+                "argv": argv,
+                "cwd": os.getcwd(),
+                "env": environ,
+                "umask": umask,
+                "cpus": sorted(os.sched_getaffinity(0)),
+            }
+            send(self._connection, request, [0, 1, 2])
             reply, _ = receive(self._connection)
         except (OSError, ValueError):
             return None

@@ -1,8 +1,8 @@
 """Where a render zygote lives: one per user and installation, found by jobs without any registry.
 
 The key covers what the zygote's `import bpy` and Kiln code depend on (interpreter, this package's
-folder, `sys.path`, Blender and Python variables), so a job never talks to a zygote that would run
-other code than its own. The folder is the user's own (0700, checked), since the socket hands a
+folder and its render code's files, `sys.path`, Blender and Python variables), so a job never talks
+to a zygote that would run other code than its own. The folder is the user's own (0700, checked), since the socket hands a
 process the job's descriptors and cgroups.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-_KEY_VARIABLE_PREFIXES = ("BLENDER_", "OCIO", "PYTHON", "LD_", "TBB_", "OMP_", "KILN_RENDER_ZYGOTE")
+KEY_VARIABLE_PREFIXES = ("BLENDER_", "OCIO", "PYTHON", "LD_", "TBB_", "OMP_", "KILN_RENDER_ZYGOTE")
 DISABLED_FOR_SECONDS = 600.0  # after a zygote could not start, jobs stop trying for this long
 
 
@@ -74,7 +74,14 @@ class ZygotePaths:
 
 def installation_key(environ: Mapping[str, str]) -> str:
     kiln_folder = Path(__file__).resolve().parents[1]
-    variables = {name: value for name, value in environ.items() if name.startswith(_KEY_VARIABLE_PREFIXES)}
+    variables = {name: value for name, value in environ.items() if name.startswith(KEY_VARIABLE_PREFIXES)}
     # sys.path[0] is the job's working directory under `python -m`: not part of the installation.
-    identity = [sys.executable, str(kiln_folder), sys.path[1:], sorted(variables.items())]
+    # The render code's files (size, mtime) stand for its version: an upgrade gets a new zygote.
+    sources = [(path.name, *_size_and_mtime(path)) for path in sorted((kiln_folder / "render").glob("*.py"))]
+    identity = [sys.executable, str(kiln_folder), sys.path[1:], sorted(variables.items()), sources]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
