@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import zygote_cgroups
 from .zygote_paths import ZygotePaths
@@ -89,7 +89,6 @@ class Zygote:
         self._selector = selectors.DefaultSelector()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._jobs: dict[int, _Job] = {}  # by pidfd
-        self._by_connection: dict[int, _Job] = {}  # by connection fd
 
     def serve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -104,10 +103,14 @@ class Zygote:
                 for key, _ in self._selector.select(timeout):
                     if key.fileobj is self._listener:
                         self._accept()
-                    elif key.data == "exit":
-                        self._reap(self._jobs[key.fd])
+                        continue
+                    what, job = cast(tuple[str, _Job], key.data)
+                    if self._jobs.get(job.pidfd) is not job:
+                        continue  # an event of a job forgotten earlier in this batch
+                    if what == "exit":
+                        self._reap(job)
                     else:
-                        self._client_gone(self._by_connection[key.fd])
+                        self._client_gone(job)
                 if self._jobs:
                     idle_since = time.monotonic()
         finally:
@@ -116,7 +119,10 @@ class Zygote:
             self._listener.close()
 
     def _accept(self) -> None:
-        connection, _ = self._listener.accept()
+        try:
+            connection, _ = self._listener.accept()
+        except OSError:  # out of descriptors, or the client gave up: it renders in-process
+            return
         try:
             connection.settimeout(REQUEST_TIMEOUT_SECONDS)
             pid, uid, _ = socket_peer(connection)
@@ -149,9 +155,8 @@ class Zygote:
                 os.close(fd)
         job = _Job(connection, child, os.pidfd_open(child))
         self._jobs[job.pidfd] = job
-        self._by_connection[connection.fileno()] = job
-        self._selector.register(job.pidfd, selectors.EVENT_READ, "exit")
-        self._selector.register(connection, selectors.EVENT_READ, "client")
+        self._selector.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
+        self._selector.register(connection, selectors.EVENT_READ, ("client", job))
 
     def _refusal(self, pid: int, uid: int, request: dict[str, Any], fds: list[int]) -> str | None:
         if uid != os.getuid():
@@ -234,13 +239,13 @@ class Zygote:
         """The job's process exited or was killed: its render must not outlive it."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(job.pid, signal.SIGKILL)
-        self._selector.unregister(job.connection)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(job.connection)
 
     def _forget(self, job: _Job) -> None:
         self._selector.unregister(job.pidfd)
         os.close(job.pidfd)
         del self._jobs[job.pidfd]
-        self._by_connection.pop(job.connection.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(job.connection)
         job.connection.close()
