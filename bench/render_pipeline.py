@@ -6,7 +6,9 @@ Frames 1-24 of the workshop's Pottery scene at 25 % resolution and 8 samples, ti
 - parallel floor: one bpy process per core, each rendering a contiguous share of the frames on one
   thread: the same split the pipeline makes, without a scheduler (what Kiln itself costs);
 - pipeline: the `kiln render` command's wall time against a running server (header read, submit,
-  render array, stitch to MP4), at 1 and 6 frames per job.
+  render array, stitch to MP4), at 1 and 6 frames per job, with render jobs forked from the render
+  zygote (Kiln's default); 1 frame per job is also timed with the zygote off (every job loads
+  Blender itself), on a second server, unless `--zygote on|off` picks one setting for all.
 
 Fair share of the CPU: the compute environment may use every core (`maxvCpus` = cores) and each
 render job asks for 1 vCPU, so `cores` jobs render side by side on one thread each, as AWS Batch
@@ -17,7 +19,7 @@ ever adds time. Each pipeline's time is broken down from the server's own record
 stop times, the worker's per-frame times in the job logs).
 
 Usage: python bench/render_pipeline.py [--scene PATH] [--frames 1-24] [--resolution-percent 25] [--samples 8]
-                                       [--rounds 2]
+                                       [--rounds 2] [--zygote on|off|both]
 Everything runs on 127.0.0.1 in a temporary directory; every wait is bounded.
 """
 
@@ -111,11 +113,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, zygote: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The server; its jobs inherit KILN_RENDER_ZYGOTE (render jobs fork from a pre-loaded Blender or not)."""
     port = free_port()
     log = (data_dir.parent / "server.log").open("ab")
     command = [sys.executable, "-m", "kiln", "server", "--data-dir", str(data_dir), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "KILN_RENDER_ZYGOTE": zygote}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,6 +145,7 @@ class PipelineRun:
 
 
 PIPELINES = ((1, 1), (6, 1), (6, 0))  # (frames per job, vCPUs per job; 0 = every core)
+WITHOUT_ZYGOTE = ((1, 1),)  # also timed with the render zygote off under `--zygote both`
 _FRAME_TIME = re.compile(r"^frame -?\d+ done \(\d+/\d+, ([0-9.]+) s\)", re.MULTILINE)
 _SUBMITTED = re.compile(r"submitted \S+ \((?P<render>[0-9a-f-]{36})[:)].*? and \S+ \((?P<stitch>[0-9a-f-]{36})\)")
 
@@ -198,18 +203,26 @@ def log_text(endpoint: str, job_id: str) -> str:
     return str(httpx.get(f"{endpoint}/kiln/v1/logs/{job_id}", timeout=30).json()["text"])
 
 
-def pipeline_name(frames_per_job: int, vcpus: int) -> str:
-    return f"pipeline_{frames_per_job}fpj_{vcpus}vcpu"
+def pipeline_name(frames_per_job: int, vcpus: int, zygote: str = "on") -> str:
+    return f"pipeline_{frames_per_job}fpj_{vcpus}vcpu" + ("_nozygote" if zygote == "off" else "")
 
 
-def run(settings: Settings, rounds: int) -> tuple[dict[str, list[float]], dict[str, PipelineRun]]:
+def pipelines(zygote: str) -> list[tuple[int, int, str]]:
+    """(frames per job, vCPUs per job, zygote on/off) of every pipeline measured, in order."""
+    if zygote != "both":
+        return [(frames, vcpus, zygote) for frames, vcpus in PIPELINES]
+    return [(frames, vcpus, "on") for frames, vcpus in PIPELINES] + [(f, v, "off") for f, v in WITHOUT_ZYGOTE]
+
+
+def run(settings: Settings, rounds: int, zygote: str) -> tuple[dict[str, list[float]], dict[str, PipelineRun]]:
     """`rounds` interleaved rounds of every measurement; the best pipeline run of each kind is kept
     for its breakdown. Interleaving spreads the noise of a shared machine over all of them."""
     times: dict[str, list[float]] = {}
     best: dict[str, PipelineRun] = {}
     with tempfile.TemporaryDirectory(prefix="kiln-render-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        server, endpoint = start_server(scratch / "data")
+        settings_used = sorted({setting for _, _, setting in pipelines(zygote)})
+        servers = {setting: start_server(scratch / f"data-{setting}", setting) for setting in settings_used}
         try:
             for round_number in range(rounds):
                 floor = blender_floor(settings, scratch / f"floor-{round_number}", 1)
@@ -217,17 +230,18 @@ def run(settings: Settings, rounds: int) -> tuple[dict[str, list[float]], dict[s
                 _record(
                     times, "parallel_floor", blender_floor(settings, scratch / f"pf-{round_number}", settings.cores)
                 )
-                for frames_per_job, vcpus in PIPELINES:
+                for frames_per_job, vcpus, setting in pipelines(zygote):
                     vcpus = vcpus or settings.cores
-                    name = pipeline_name(frames_per_job, vcpus)
+                    name = pipeline_name(frames_per_job, vcpus, setting)
                     output = scratch / f"{name}-{round_number}"
-                    result = pipeline_run(settings, endpoint, output, frames_per_job, vcpus)
+                    result = pipeline_run(settings, servers[setting][1], output, frames_per_job, vcpus)
                     _record(times, name, result.seconds)
                     if name not in best or result.seconds < best[name].seconds:
                         best[name] = result
         finally:
-            server.terminate()
-            server.wait(timeout=120)
+            for server, _ in servers.values():
+                server.terminate()
+                server.wait(timeout=120)
     return times, best
 
 
@@ -236,7 +250,7 @@ def _record(times: dict[str, list[float]], name: str, seconds: float) -> None:
     print(f"{name}: {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
-def report(settings: Settings, times: dict[str, list[float]], best: dict[str, PipelineRun]) -> None:
+def report(settings: Settings, times: dict[str, list[float]], best: dict[str, PipelineRun], zygote: str) -> None:
     """Best of the rounds for each measurement (interference only ever adds time); all runs in the JSON."""
     floor, parallel = min(times["floor"]), min(times["parallel_floor"])
     print(f"Pottery frames {settings.first}-{settings.last} at {settings.percent} %, {settings.samples} samples, "
@@ -245,13 +259,13 @@ def report(settings: Settings, times: dict[str, list[float]], best: dict[str, Pi
     print(
         f"parallel floor ({settings.cores} bpy processes x 1 thread): {parallel:.1f} s = {parallel / floor:.2f}x floor"
     )
-    for frames_per_job, vcpus in PIPELINES:
+    for frames_per_job, vcpus, setting in pipelines(zygote):
         vcpus = vcpus or settings.cores
-        name = pipeline_name(frames_per_job, vcpus)
+        name = pipeline_name(frames_per_job, vcpus, setting)
         seconds, run = min(times[name]), best[name]
         target = TARGETS.get(frames_per_job) if vcpus == 1 else None
         verdict = "" if target is None else f"; target <= {target}x {'met' if seconds / floor <= target else 'MISSED'}"
-        print(f"pipeline {frames_per_job} frame(s)/job, {vcpus} vCPU/job: {seconds:.1f} s = {seconds / floor:.2f}x floor, "
+        print(f"pipeline {frames_per_job} frame(s)/job, {vcpus} vCPU/job, zygote {setting}: {seconds:.1f} s = {seconds / floor:.2f}x floor, "
               f"{seconds / parallel:.2f}x parallel floor{verdict}")  # fmt: skip
         print(f"    before first job {run.before_first_job_s:.1f} s, render span {run.render_span_s:.1f} s, "
               f"fixed cost per job {run.job_fixed_cost_s:.2f} s, idle slot time {run.slot_idle_s:.1f} s, "
@@ -266,13 +280,16 @@ def main() -> None:
     parser.add_argument("--resolution-percent", type=int, default=25)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best of each is reported")
+    parser.add_argument("--zygote", choices=("on", "off", "both"), default="both",
+                        help="render jobs fork from the render zygote (on, Kiln's default) or load Blender "
+                             "themselves (off); both: every pipeline with it, 1 frame/job also without")  # fmt: skip
     arguments = parser.parse_args()
     first, last = (int(part) for part in arguments.frames.split("-"))
     cores = len(os.sched_getaffinity(0))
     settings = Settings(arguments.scene.resolve(), first, last, arguments.resolution_percent, arguments.samples, cores)
     if not settings.scene.is_file():
         raise SystemExit(f"scene not found: {settings.scene} (pass --scene or set KILN_POTTERY_BLEND)")
-    report(settings, *run(settings, arguments.rounds))
+    report(settings, *run(settings, arguments.rounds, arguments.zygote), arguments.zygote)
 
 
 if __name__ == "__main__":

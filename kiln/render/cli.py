@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one action; returns the process exit status."""
+def main(argv: Sequence[str] | None = None, *, use_zygote: bool = True) -> int:
+    """Run one action; returns the process exit status.
+
+    `render` goes through the render zygote (a pre-loaded Blender forked per job) where it can,
+    and renders in this process otherwise (see kiln.render.zygote_client).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if not argv:
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unknown action {argv[0]!r}: expected one of {', '.join(ACTIONS)}")
         arguments = build_parser().parse_args(argv)
         if arguments.action == "render":
+            if use_zygote and (status := _render_via_zygote(argv)) is not None:
+                return status
             _render(arguments)
         else:
             _stitch(arguments)
@@ -109,6 +115,12 @@ def _render(arguments: argparse.Namespace) -> None:
         ),
         say=_say,
     )
+
+
+def _render_via_zygote(argv: list[str]) -> int | None:
+    from .zygote_client import render_via_zygote
+
+    return render_via_zygote(argv)
 
 
 def _stitch(arguments: argparse.Namespace) -> None:

@@ -1,0 +1,123 @@
+"""Which cgroups a process is in, and moving this process into (or out of) a job's groups.
+
+The render zygote must put each forked render into the cgroups the executor made for the job, so
+the job's memory limit, CPU weight and kill-the-whole-attempt still apply, and must itself stay out
+of them, so no job pays for (or kills) the shared zygote. The local executor names every
+per-attempt group `kiln-<attempt id>`; that prefix is how an attempt's groups are recognised.
+Read like an outside program would (the render worker never imports the executors), from
+`/proc/<pid>/cgroup` and this process's `/proc/self/mountinfo`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+ATTEMPT_GROUP_PREFIX = "kiln-"
+
+
+class CgroupError(Exception):
+    """A group could not be read or joined."""
+
+
+@dataclass(frozen=True)
+class Membership:
+    """One line of /proc/<pid>/cgroup: a hierarchy (its controllers; "" for cgroup2) and the path in it."""
+
+    hierarchy: str
+    path: str
+
+    @property
+    def in_attempt_group(self) -> bool:
+        return any(part.startswith(ATTEMPT_GROUP_PREFIX) for part in PurePosixPath(self.path).parts)
+
+    @property
+    def outside_attempt_group(self) -> str:
+        """The path just above the first attempt group (where the process that made it lives)."""
+        parts = PurePosixPath(self.path).parts
+        for index, part in enumerate(parts):
+            if part.startswith(ATTEMPT_GROUP_PREFIX):
+                return str(PurePosixPath(*parts[:index]))
+        return self.path
+
+
+def memberships(pid: int | str = "self") -> dict[str, Membership]:
+    """The groups of `pid`, by hierarchy (named by its controllers, "" for cgroup2)."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError as error:
+        raise CgroupError(f"cannot read the cgroups of process {pid}: {error}") from None
+    found: dict[str, Membership] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            found[parts[1]] = Membership(parts[1], parts[2])
+    return found
+
+
+def in_attempt_group(pid: int | str = "self") -> bool:
+    """Whether the executor placed `pid` in per-attempt groups (so it tracks, limits and kills it)."""
+    try:
+        return any(member.in_attempt_group for member in memberships(pid).values())
+    except CgroupError:
+        return False
+
+
+def join(targets: dict[str, Membership]) -> None:
+    """Move this process into `targets` (every hierarchy whose path differs from its own)."""
+    own = memberships()
+    mounts = _mount_points()
+    for hierarchy, target in targets.items():
+        current = own.get(hierarchy)
+        if current is not None and current.path == target.path:
+            continue
+        key = hierarchy.split(",")[0]  # "cpu,cpuacct" is mounted once, under each name
+        if key not in mounts:
+            raise CgroupError(f"cgroup hierarchy {hierarchy or 'cgroup2'!r} is not mounted here")
+        point, root = mounts[key]
+        relative = target.path
+        if root != "/" and (relative == root or relative.startswith(root.rstrip("/") + "/")):
+            relative = relative[len(root.rstrip("/")) :]
+        procs = point / relative.lstrip("/") / "cgroup.procs"
+        try:
+            procs.write_text(str(os.getpid()))
+        except OSError as error:
+            raise CgroupError(f"cannot join {procs}: {error}") from None
+
+
+def leave_attempt_groups() -> None:
+    """Move this process up out of any per-attempt group it was started in."""
+    join(
+        {
+            hierarchy: Membership(hierarchy, member.outside_attempt_group)
+            for hierarchy, member in memberships().items()
+            if member.in_attempt_group
+        }
+    )
+
+
+def _mount_points() -> dict[str, tuple[Path, str]]:
+    """Controller (or `name=...`; "" for cgroup2) -> (mount point, root of the mount)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError as error:
+        raise CgroupError(f"cannot read mountinfo: {error}") from None
+    mounts: dict[str, tuple[Path, str]] = {}
+    for line in text.splitlines():
+        head, separator, tail = line.partition(" - ")
+        fields, extra = head.split(), tail.split()
+        if not separator or len(fields) < 5 or len(extra) < 3:
+            continue
+        point = (Path(_unescape(fields[4])), _unescape(fields[3]))
+        if extra[0] == "cgroup2":
+            mounts.setdefault("", point)
+        elif extra[0] == "cgroup":
+            for option in extra[2].split(","):
+                mounts.setdefault(option, point)
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)

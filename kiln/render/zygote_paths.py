@@ -1,0 +1,87 @@
+"""Where a render zygote lives: one per user and installation, found by jobs without any registry.
+
+The key covers what the zygote's `import bpy` and Kiln code depend on (interpreter, this package's
+folder and its render code's files, `sys.path`, Blender and Python variables), so a job never talks
+to a zygote that would run other code than its own. The folder is the user's own (0700, checked), since the socket hands a
+process the job's descriptors and cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_VARIABLE_PREFIXES = ("BLENDER_", "OCIO", "PYTHON", "LD_", "TBB_", "OMP_", "KILN_RENDER_ZYGOTE")
+DISABLED_FOR_SECONDS = 600.0  # after a zygote could not start, jobs stop trying for this long
+
+
+class UnsafeFolder(Exception):
+    """The socket folder is not this user's alone."""
+
+
+@dataclass(frozen=True)
+class ZygotePaths:
+    folder: Path
+    key: str
+
+    @classmethod
+    def for_this_installation(cls, environ: Mapping[str, str]) -> ZygotePaths:
+        base = Path(environ.get("XDG_RUNTIME_DIR") or "/tmp")
+        return cls(base / f"kiln-render-zygote-{os.getuid()}", installation_key(environ))
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / f"{self.key}.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / f"{self.key}.lock"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.key}.log"
+
+    @property
+    def disabled_marker(self) -> Path:
+        return self.folder / f"{self.key}.disabled"
+
+    def ensure_folder(self) -> None:
+        """Create the folder 0700, or check an existing one is ours alone (never follow a link)."""
+        with contextlib.suppress(FileExistsError):
+            self.folder.mkdir(mode=0o700)
+        info = os.lstat(self.folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise UnsafeFolder(f"{self.folder} is not a private folder of user {os.getuid()}")
+
+    def disable(self, reason: str) -> None:
+        """Record why the zygote cannot run; jobs render in-process until the marker is old."""
+        self.disabled_marker.write_text(reason + "\n")
+
+    def disabled(self) -> bool:
+        try:
+            return time.time() - self.disabled_marker.stat().st_mtime < DISABLED_FOR_SECONDS
+        except OSError:
+            return False
+
+
+def installation_key(environ: Mapping[str, str]) -> str:
+    kiln_folder = Path(__file__).resolve().parents[1]
+    variables = {name: value for name, value in environ.items() if name.startswith(KEY_VARIABLE_PREFIXES)}
+    # sys.path[0] is the job's working directory under `python -m`: not part of the installation.
+    # The render code's files (size, mtime) stand for its version: an upgrade gets a new zygote.
+    sources = [(path.name, *_size_and_mtime(path)) for path in sorted((kiln_folder / "render").glob("*.py"))]
+    identity = [sys.executable, str(kiln_folder), sys.path[1:], sorted(variables.items()), sources]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns

@@ -1,0 +1,243 @@
+"""The render zygote through the real local executor: real cgroups, real bpy, tiny Pottery renders.
+
+Every job here is a real attempt (the executor's own process start, cgroups, log and kill paths);
+the zygote is the real daemon, started on demand by the first job, in a socket folder of this
+module's own. What is checked: a forked render gives the same pixels as an in-process one and
+logs to the job's log; the job's memory limit, terminate and timeout still reach the forked
+render; the render dies with the job's process; jobs render in-process when the zygote cannot
+serve. Plus the reason forking is safe at all: after the pools are stopped, a forked bpy child
+writes an EXR (which hangs without it) with Blender's worker threads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kiln.config import Settings
+from kiln.executors.base import OOM_EXIT_CODE, OOM_REASON, TIMEOUT_STATUS_REASON, AttemptExited, AttemptSpec
+from kiln.executors.images import ImageCatalogue
+from kiln.executors.local import LocalExecutor
+from kiln.render import image
+from kiln.render.zygote_paths import ZygotePaths
+
+from ..executors.helpers import exited, is_gone, wait_for_exit, wait_for_log
+from .conftest import run_bpy
+from .images import read_png
+
+pytestmark = pytest.mark.timeout(300)
+
+FORKED = r"render process (\d+), forked from the render zygote"
+SMALL = ["--resolution-percent", "10", "--samples", "4"]  # 108x135: about a second a frame
+_ids = itertools.count()
+
+
+@dataclass
+class Kit:
+    executor: LocalExecutor
+    folder: Path  # XDG_RUNTIME_DIR of every job: the zygote's socket folder is inside
+    work: Path
+    blend: Path
+
+    def spec(self, *extra: str, environment: dict[str, str] | None = None, **fields: Any) -> AttemptSpec:
+        attempt_id = f"zygote-test-{os.getpid()}-{next(_ids)}"  # unique on a host shared with other servers
+        output = self.work / "out" / attempt_id
+        return AttemptSpec(
+            attempt_id=attempt_id,
+            job_id=attempt_id,
+            image=image.IMAGE,
+            command=["render", "-i", str(self.blend), "-o", str(output), "-f", "1", *SMALL, *extra],
+            environment={"XDG_RUNTIME_DIR": str(self.folder), "KILN_RENDER_ZYGOTE_IDLE_SECONDS": "120"}
+            | (environment or {}),
+            vcpus=fields.pop("vcpus", 1.0),
+            memory_mib=fields.pop("memory_mib", 2048),
+            log_path=self.work / "logs" / f"{attempt_id}.log",
+            workdir=self.work / "attempts" / attempt_id,
+            **fields,
+        )
+
+    def run(self, spec: AttemptSpec, timeout: float = 120) -> tuple[AttemptExited, str]:
+        self.executor.start(spec)
+        event = exited(wait_for_exit(self.executor, spec.attempt_id, timeout=timeout))
+        return event, spec.log_path.read_text()
+
+    def frame(self, spec: AttemptSpec) -> np.ndarray:
+        return read_png(Path(spec.command[4]) / "frames" / "0001.png")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory, pottery: Path) -> Iterator[Kit]:
+    work = tmp_path_factory.mktemp("zygote")
+    settings = Settings(data_dir=work / "data", termination_grace_seconds=1.0, host_vcpus=2)
+    catalogue = ImageCatalogue()
+    catalogue.register(image.IMAGE, image.entrypoint())
+    executor = LocalExecutor(settings, catalogue)
+    support = executor.cgroup_support
+    if support.tracking_parent is None or support.memory_parent is None:
+        executor.shutdown()
+        pytest.skip(f"the zygote needs per-attempt cgroups, and this host offers none: {executor.describe()}")
+    folder = work / "runtime"
+    folder.mkdir(mode=0o700)
+    yield Kit(executor, folder, work, pottery)
+    executor.shutdown(grace_seconds=0.2)
+    for lock in folder.glob("kiln-render-zygote-*/*.lock"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def first_job(kit: Kit) -> tuple[AttemptSpec, AttemptExited, str]:
+    """The first job finds no zygote: it renders in-process and starts one for the jobs after it."""
+    spec = kit.spec()
+    event, log = kit.run(spec)
+    deadline = time.monotonic() + 90
+    while not _serving(kit.folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _serving(kit.folder), f"no zygote started; its log: {_zygote_log(kit.folder)}"
+    return spec, event, log
+
+
+def _serving(folder: Path) -> bool:
+    for path in folder.glob("kiln-render-zygote-*/*.sock"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            try:
+                probe.connect(str(path))
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def _zygote_log(folder: Path) -> str:
+    return "\n".join(path.read_text()[-2000:] for path in folder.glob("kiln-render-zygote-*/*.log"))
+
+
+def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
+    kit: Kit, first_job: tuple[AttemptSpec, AttemptExited, str]
+) -> None:
+    first, first_event, first_log = first_job
+    assert first_event.exit_code == 0, first_log
+    assert "forked from the render zygote" not in first_log
+    assert "frame 1 done" in first_log
+
+    forked = kit.spec(vcpus=2.0)  # two threads: Blender's TBB workers must work in the child
+    event, log = kit.run(forked)
+    assert event.exit_code == 0, log
+    assert "forked from the render zygote" in log, log
+    assert "slice 0: frame 1 of frames 1-199" in log and "frame 1 done (1/1" in log  # the job's own log
+    assert np.array_equal(kit.frame(forked), kit.frame(first))
+
+
+def test_the_job_memory_limit_kills_a_forked_render(kit: Kit, first_job: object) -> None:
+    spec = kit.spec(memory_mib=128)  # the render child needs well over 128 MiB of its own
+    event, log = kit.run(spec)
+    assert "forked from the render zygote" in log, log
+    assert (event.oom, event.exit_code, event.reason) == (True, OOM_EXIT_CODE, OOM_REASON)
+    assert _serving(kit.folder), "the zygote itself must survive a job's OOM"
+
+
+@pytest.mark.parametrize("stop", ["terminate", "timeout"])
+def test_stopping_the_job_stops_its_forked_render(kit: Kit, first_job: object, stop: str) -> None:
+    spec = kit.spec("--samples", "64", timeout_seconds=3 if stop == "timeout" else None)
+    kit.executor.start(spec)
+    child = int(wait_for_log(spec.log_path, FORKED, timeout=20).group(1))
+    if stop == "terminate":
+        kit.executor.terminate(spec.attempt_id, "stop it")
+    event = exited(wait_for_exit(kit.executor, spec.attempt_id, timeout=30))
+    if stop == "terminate":
+        assert (event.terminated, event.status_reason) == (True, "stop it")
+    else:
+        assert (event.timed_out, event.status_reason) == (True, TIMEOUT_STATUS_REASON)
+    assert event.exit_code in (143, 137)  # the render's own SIGTERM death, relayed (or SIGKILL after grace)
+    assert is_gone(child)
+
+
+def test_the_forked_render_dies_with_the_job_process(kit: Kit, first_job: object) -> None:
+    """A SIGKILL of only the job's process (what an outside `kill -9` does) takes its render down."""
+    spec = kit.spec("--samples", "64")
+    kit.executor.start(spec)
+    child = int(wait_for_log(spec.log_path, FORKED, timeout=20).group(1))
+    groups = kit.executor.attempt_cgroups(spec.attempt_id)
+    assert groups is not None
+    client = next(pid for pid in groups.pids() if pid != child)
+    os.kill(client, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not is_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert is_gone(child)
+    assert exited(wait_for_exit(kit.executor, spec.attempt_id)).exit_code == 137
+
+
+def test_jobs_render_in_process_when_the_zygote_cannot_serve(kit: Kit, tmp_path: Path) -> None:
+    unsafe = tmp_path / "runtime"
+    (unsafe / f"kiln-render-zygote-{os.getuid()}").mkdir(parents=True, mode=0o777)
+    os.chmod(unsafe / f"kiln-render-zygote-{os.getuid()}", 0o777)  # others could hijack the socket
+    spec = kit.spec(environment={"XDG_RUNTIME_DIR": str(unsafe)})
+    event, log = kit.run(spec)
+    assert event.exit_code == 0, log
+    assert "forked from the render zygote" not in log and "frame 1 done" in log
+    assert list((unsafe / f"kiln-render-zygote-{os.getuid()}").iterdir()) == []  # nothing started there
+
+    switched_off = kit.spec(environment={"KILN_RENDER_ZYGOTE": "off"})
+    event, log = kit.run(switched_off)
+    assert event.exit_code == 0 and "forked from the render zygote" not in log, log
+
+
+def test_a_zygote_started_by_a_job_is_not_in_its_cgroups(kit: Kit, first_job: object) -> None:
+    lock = next(kit.folder.glob("kiln-render-zygote-*/*.lock"))
+    zygote = int(lock.read_text())
+    groups = Path(f"/proc/{zygote}/cgroup").read_text()
+    assert "kiln-" not in groups, groups
+    assert ZygotePaths(lock.parent, lock.stem).socket.is_socket()
+
+
+def test_a_forked_bpy_child_writes_exr_with_worker_threads_after_the_pools_stop(tmp_path: Path) -> None:
+    result = run_bpy(
+        """
+        import os, time
+        from kiln.render.blender_fork import BlenderThreadPools
+        from kiln.render.zygote import warm_up
+        import bpy
+        warm_up()
+        pools = BlenderThreadPools()
+        pools.stop()
+        pid = os.fork()
+        if pid == 0:
+            pools.restore()
+            scene = bpy.context.scene
+            scene.render.engine = "CYCLES"
+            scene.render.resolution_x = scene.render.resolution_y = 16
+            camera = bpy.data.objects.new("c", bpy.data.cameras.new("c"))
+            scene.collection.objects.link(camera)
+            scene.camera = camera
+            scene.render.threads_mode, scene.render.threads = "FIXED", 2
+            scene.render.image_settings.file_format = "OPEN_EXR"
+            scene.render.filepath = target
+            bpy.ops.render.render(write_still=True)
+            os._exit(0 if os.path.isfile(target) else 3)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            status = -1
+        result = {"status": status, "exr_threads": pools.exr_threads}
+        """,
+        target=str(tmp_path / "frame.exr"),
+    )
+    assert result["status"] == 0, "the forked child hung or failed writing an EXR"
+    assert result["exr_threads"] > 0
