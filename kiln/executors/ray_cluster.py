@@ -501,7 +501,7 @@ class RayExecutor:
             node = placed[attempt.spec.attempt_id]
             assert node is not None
             spec = attempt.spec
-            if address is not None and MAIN_NODE_ADDRESS in spec.environment:
+            if address is not None and spec.gang is not None and spec.gang.index != spec.gang.main:
                 spec = replace(spec, environment={**spec.environment, MAIN_NODE_ADDRESS: address})
             attempt.node_id = node.node_id
             node.agent.start.remote(spec)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,10 +66,22 @@ def node_addresses(cluster: RayCluster) -> dict[str, str]:
     return found
 
 
-def log_of(server: KilnServer, job_id: str) -> str:
+def log_of(server: KilnServer, job_id: str, *, missing_ok: bool = False) -> str:
     response = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id.replace('#', '%23')}", timeout=10)
+    if missing_ok and response.status_code == 404:
+        return ""  # no log line yet
     assert response.status_code == 200, response.text
     return str(response.json()["text"])
+
+
+def wait_log(server: KilnServer, job_id: str, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = log_of(server, job_id, missing_ok=True)
+        if text in log:
+            return log
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {log_of(server, job_id)!r}")
 
 
 def test_three_nodes_spread_over_the_ray_nodes_meet_at_the_main_node_address(
@@ -145,3 +158,47 @@ def test_gang_with_a_node_larger_than_every_ray_node_fails_to_start_whole(batch:
     nodes = [wait_for(batch, f"{job_id}#{i}", timeout=30) for i in range(2)]
     assert [node["status"] for node in nodes] == ["FAILED", "FAILED"]
     assert all(not node["attempts"] or "startedAt" not in node["attempts"][-1] for node in nodes), nodes
+
+
+def test_losing_the_ray_node_of_a_gang_node_fails_it_as_host_lost_and_the_gang_rules_decide(
+    batch: Any, server: KilnServer, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """A worker node that runs a node of a 3-node gang is killed. Its attempt fails with AWS's
+    host-lost reason. If it ran the main node, the job fails with it and the other nodes are
+    stopped; otherwise the others run on and the job takes the main node's result. Which of the
+    two happens is Ray's choice of nodes (SPREAD may put the main node on the head, which the test
+    cannot kill); both are checked to the end. Kills a node, so it runs last in this module."""
+    gate = tmp_path / "go"
+    script = f'echo "pwd=$(pwd)"; while [ ! -e {gate} ]; do sleep 0.1; done; echo after'
+    queue = make_queue(batch, max_vcpus=3)
+    definition = register_multinode(batch, [{"targetNodes": "0:", "container": {
+        "image": "host", "vcpus": 1, "memory": 64, "command": ["sh", "-c", script]}}])  # fmt: skip
+    job_id = submit(batch, queue, definition)
+    wait_for(batch, job_id, {"RUNNING"}, timeout=90)
+    where = [_node_prefix(wait_log(server, f"{job_id}#{i}", "pwd=")) for i in range(3)]
+    names = {node_id[:12]: name for name, node_id in ray_cluster.node_ids().items()}
+    on_workers = [i for i in range(3) if names[where[i]] != "head"]
+    victim_index = 0 if 0 in on_workers else on_workers[0]
+    victim = names[where[victim_index]]
+    victim_id = ray_cluster.node_ids()[victim]
+    ray_cluster.nodes[victim].kill()
+    try:
+        lost = wait_for(batch, f"{job_id}#{victim_index}", timeout=30)
+        assert lost["status"] == "FAILED", lost
+        assert lost["attempts"][-1]["statusReason"] == f"Host EC2 (instance {victim_id}) terminated.", lost
+        if victim_index == 0:
+            job = wait_for(batch, job_id, timeout=30)
+            assert job["status"] == "FAILED" and job["statusReason"] == lost["statusReason"], job
+            for index in (1, 2):
+                other = wait_for(batch, f"{job_id}#{index}", timeout=30)
+                assert other["status"] == "FAILED", other
+                assert other["statusReason"].startswith("Stopped: the main node (#0)"), other
+        else:
+            assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
+            gate.touch()
+            job = wait_for(batch, job_id, timeout=60)
+            assert job["status"] == "SUCCEEDED", job
+            assert "after" in log_of(server, f"{job_id}#0")
+    finally:
+        ray_cluster.start_node(f"w{len(ray_cluster.nodes) + 1}")  # the rest of the session keeps three nodes
+        ray_cluster.wait_for_nodes(3)
