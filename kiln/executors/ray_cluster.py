@@ -14,12 +14,19 @@ and the scheduler retries it per its `retryStrategy`. A group no live node could
 to start instead of waiting inside Ray forever, and `capacity()` counts live nodes only, with the
 largest node's size so the scheduler never places a job that fits the cluster but no node.
 
+A multi-node parallel gang is one placement group with a bundle per node (SPREAD), created when
+the last of its attempts arrives; all its nodes are handed to their agents in one pass once Ray has
+placed the whole group, the other nodes told the main node's Ray node address.
+
 Attempts outlive the server, as with the local executor's supervisor: the agents are detached
 named actors (`kiln-agent-<tag>-<node id>`, the tag naming this host and data dir) and each
 attempt's placement group is detached and named `kiln-<tag>-<attempt id>`, both in Kiln's Ray
 namespace. A restarted server finds them again, `adopt`s what its agents still run or hold the
 exit of, and acknowledges each exit once it is recorded: only then does the agent forget it and the
 server remove the group. Attempts that no agent of a live node knows are lost with their node.
+Gang attempts are not re-adopted: a restarted server has their agents stop them and fails them as
+lost (their gang's group is named after the main node's attempt only, so the other nodes' attempts
+could not be matched to it), and the job's retry runs a new gang.
 """
 
 from __future__ import annotations
