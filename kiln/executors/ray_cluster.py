@@ -469,7 +469,8 @@ class RayExecutor:
             nodes = {node_id: node.resources for node_id, node in self._nodes.items()}
         groups: dict[Any, list[_Attempt]] = {}
         for attempt in waiting:
-            groups.setdefault(attempt.group.id if attempt.group is not None else None, []).append(attempt)
+            key = attempt.group.id if attempt.group is not None else attempt.spec.attempt_id
+            groups.setdefault(key, []).append(attempt)
         for members in groups.values():
             stop = next((a.stop_reason for a in members if a.stop_reason is not None), None)
             if stop is not None:  # a gang starts whole or not at all
