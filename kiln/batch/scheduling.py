@@ -74,7 +74,9 @@ class Plan:
 def _never_fits(
     job: Candidate, envs: Sequence[EnvironmentView], host_total: Resources, largest_host: Resources | None = None
 ) -> str | None:
-    for limit in (host_total, largest_host):
+    # A gang's resources are its nodes' sum, spread over hosts: only the executor can tell whether
+    # each node fits one (the Ray executor fails a gang with a node no host holds).
+    for limit in (host_total, None if job.gang else largest_host):
         if limit is not None and (
             job.vcpus > limit.vcpus or job.memory_mib > limit.memory_mib or job.gpus > limit.gpus
         ):

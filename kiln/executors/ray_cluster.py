@@ -14,12 +14,19 @@ and the scheduler retries it per its `retryStrategy`. A group no live node could
 to start instead of waiting inside Ray forever, and `capacity()` counts live nodes only, with the
 largest node's size so the scheduler never places a job that fits the cluster but no node.
 
+A multi-node parallel gang is one placement group with a bundle per node (SPREAD), created when
+the last of its attempts arrives; all its nodes are handed to their agents in one pass once Ray has
+placed the whole group, the other nodes told the main node's Ray node address.
+
 Attempts outlive the server, as with the local executor's supervisor: the agents are detached
 named actors (`kiln-agent-<tag>-<node id>`, the tag naming this host and data dir) and each
 attempt's placement group is detached and named `kiln-<tag>-<attempt id>`, both in Kiln's Ray
 namespace. A restarted server finds them again, `adopt`s what its agents still run or hold the
 exit of, and acknowledges each exit once it is recorded: only then does the agent forget it and the
 server remove the group. Attempts that no agent of a live node knows are lost with their node.
+Gang attempts are not re-adopted: a restarted server has their agents stop them and fails them as
+lost (their gang's group is named after the main node's attempt only, so the other nodes' attempts
+could not be matched to it), and the job's retry runs a new gang.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ CALL_TIMEOUT_SECONDS = 10.0  # an agent that does not answer a report in this lo
 ADOPT_TIMEOUT_SECONDS = 60.0  # the first call to a new agent waits for its worker process to start
 NAMESPACE = "kiln"
 NO_NODE_FITS = "CannotStartContainerError: no live Ray node has {need}"
-NO_GANGS = "CannotStartContainerError: Kiln's Ray executor does not run multi-node parallel jobs yet; use the local or Docker executor"
+MAIN_NODE_ADDRESS = "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"
 RemoteAgent = ray.remote(NodeAgent)
 
 
@@ -92,11 +99,32 @@ class _Attempt:
     node_id: str | None = None  # set once the group is placed and the agent was asked to start it
     started_at: int | None = None
     stop_reason: str | None = None  # terminate asked before the attempt reached its node
+    bundle_index: int = 0  # its bundle in `group` (a gang's group has one per node)
+
+
+@dataclass
+class _Gang:
+    """The nodes of one multi-node parallel job's attempt, collected as the scheduler hands them
+    over (all in one pass); the group is created once every node has arrived."""
+
+    size: int
+    main: int
+    members: dict[int, AttemptSpec]  # node index -> its attempt
 
 
 def group_name(tag: str, attempt_id: str) -> str:
     """The attempt's placement group: named so a restarted server (same tag) finds it again."""
     return f"kiln-{tag}-{attempt_id}"
+
+
+def gang_group_name(tag: str, members: dict[int, AttemptSpec], main: int) -> str:
+    """A gang's group is named after its main node's attempt, like a single attempt's group."""
+    return group_name(tag, members[main].attempt_id)
+
+
+def node_address(node_id: str) -> str | None:
+    """The Ray node's own address (`NodeManagerAddress`), which its processes are reached at."""
+    return next((str(n["NodeManagerAddress"]) for n in ray.nodes() if n["NodeID"] == node_id and n["Alive"]), None)
 
 
 def named_group(name: str) -> PlacementGroup | None:
@@ -152,6 +180,8 @@ class RayExecutor:
         self._ended_groups: dict[str, PlacementGroup | None] = {}
         self._acked: list[str] = []  # acknowledged, for the monitor to pass on to the agents
         self._unclaimed: list[PlacementGroup] = []  # groups of attempts `adopt` did not find
+        self._gangs: dict[str, _Gang] = {}  # gang id -> nodes handed over so far, until all are
+        self._waiting_members: dict[str, str] = {}  # attempt id -> gang id, for nodes in `_gangs`
         self._doomed: list[PlacementGroup] = []  # unclaimed groups whose attempts' ends are recorded
         self._lock = threading.Lock()
         self._reports = threading.Lock()  # one exchange of reports at a time: `adopt` rewinds them
@@ -181,8 +211,8 @@ class RayExecutor:
         )
 
     def start(self, spec: AttemptSpec) -> None:
-        if spec.gang is not None:  # not built yet: one placement group per gang (SPREAD), main node's IP
-            self._emit(AttemptExited(spec.attempt_id, now_ms(), None, TASK_FAILED_TO_START, NO_GANGS, started=False))
+        if spec.gang is not None:
+            self._start_gang_member(spec)
             return
         name = group_name(self._tag, spec.attempt_id)
         group = placement_group([bundle(spec)], strategy="STRICT_PACK", name=name, lifetime="detached")
@@ -190,7 +220,46 @@ class RayExecutor:
             self._attempts[spec.attempt_id] = _Attempt(spec, group)
         self._wake.set()
 
+    def _start_gang_member(self, spec: AttemptSpec) -> None:
+        """Collect a gang's nodes; with the last one, place them all as ONE group, a bundle per
+        node in node-index order, SPREAD over the Ray nodes (as AWS puts MNP nodes on separate
+        instances, where it can). Nothing of the gang starts before the whole group is placed."""
+        assert spec.gang is not None
+        with self._lock:
+            gang = self._gangs.setdefault(spec.gang.gang_id, _Gang(spec.gang.size, spec.gang.main, {}))
+            gang.members[spec.gang.index] = spec
+            if len(gang.members) < gang.size:
+                self._waiting_members[spec.attempt_id] = spec.gang.gang_id
+                return
+            del self._gangs[spec.gang.gang_id]
+            for member in gang.members.values():
+                self._waiting_members.pop(member.attempt_id, None)
+        order = sorted(gang.members)
+        name = gang_group_name(self._tag, gang.members, gang.main)
+        bundles = [bundle(gang.members[index]) for index in order]
+        group = placement_group(bundles, strategy="SPREAD", name=name, lifetime="detached")
+        with self._lock:
+            for position, index in enumerate(order):
+                member = gang.members[index]
+                self._attempts[member.attempt_id] = _Attempt(member, group, bundle_index=position)
+        self._wake.set()
+
+    def _drop_incomplete_member(self, attempt_id: str) -> bool:
+        """Forget a node whose gang never completed (only part of it was relaunched after a
+        restart, see `adopt`); False if it is not one."""
+        with self._lock:
+            gang_id = self._waiting_members.pop(attempt_id, None)
+            gang = self._gangs.get(gang_id) if gang_id is not None else None
+            if gang is not None:
+                gang.members = {i: m for i, m in gang.members.items() if m.attempt_id != attempt_id}
+                if not gang.members:
+                    del self._gangs[gang_id]  # type: ignore[arg-type]
+        return gang_id is not None
+
     def terminate(self, attempt_id: str, reason: str) -> None:
+        if self._drop_incomplete_member(attempt_id):
+            self._emit(AttemptExited(attempt_id, now_ms(), None, reason, started=False, terminated=True))
+            return
         with self._lock:
             attempt = self._attempts.get(attempt_id)
             if attempt is None:
@@ -208,7 +277,7 @@ class RayExecutor:
 
     def running(self) -> set[str]:
         with self._lock:
-            return set(self._attempts)
+            return set(self._attempts) | set(self._waiting_members)
 
     def acknowledge(self, attempt_ids: Collection[str]) -> None:
         """Recorded: the agents may forget these exits and their groups can go (on the monitor).
@@ -245,6 +314,9 @@ class RayExecutor:
                 except (RayError, GetTimeoutError) as exc:
                     logger.warning("the agent of Ray node %s failed while adopting: %s", node_id, exc)
                     self._lose_node(node_id)
+            gang_nodes = {a for known_here in found.values() for a, (spec, _) in known_here.items() if spec.gang}
+            if gang_nodes:  # not re-adopted: stopped on their agents and lost (see docs/ray.md)
+                self._disown(agents, found, wanted - gang_nodes)
             resumes = []
             for node_id, known_here in found.items():
                 adopted = {a: v for a, v in known_here.items() if a not in tracked}
@@ -262,9 +334,9 @@ class RayExecutor:
         never_started = set()
         for attempt_id in wanted - known:
             group = named_group(group_name(self._tag, attempt_id))
-            if group is None:
+            if group is None and attempt_id not in gang_nodes:
                 never_started.add(attempt_id)
-            else:
+            elif group is not None:
                 with self._lock:
                     self._unclaimed.append(group)
         if known or wanted:
@@ -274,6 +346,17 @@ class RayExecutor:
             )  # fmt: skip
         self._wake.set()
         return Adoption(frozenset(known), frozenset(never_started))
+
+    def _disown(self, agents: dict[str, Any], found: dict[str, dict[str, Any]], claimed: set[str]) -> None:
+        """Claim only `claimed` again on the agents that know other attempts: they stop the rest."""
+        for node_id in list(found):
+            if set(found[node_id]) <= claimed:
+                continue
+            try:
+                ray.get(agents[node_id].adopt.remote(sorted(claimed)), timeout=CALL_TIMEOUT_SECONDS)
+            except (RayError, GetTimeoutError) as exc:
+                logger.warning("the agent of Ray node %s failed while adopting: %s", node_id, exc)
+            found[node_id] = {a: known for a, known in found[node_id].items() if a in claimed}
 
     def shutdown(self) -> None:
         """Leave the attempts running for the next server (and the agents that run them or hold
@@ -379,29 +462,60 @@ class RayExecutor:
             )
 
     def _place(self) -> None:
-        """Hand attempts whose placement group is placed to their node's agent."""
+        """Hand attempts whose placement group is placed to their nodes' agents: a gang's nodes
+        all at once, when its whole group is placed."""
         with self._lock:
             waiting = [a for a in self._attempts.values() if a.node_id is None]
             nodes = {node_id: node.resources for node_id, node in self._nodes.items()}
+        groups: dict[Any, list[_Attempt]] = {}
         for attempt in waiting:
-            if attempt.stop_reason is not None:
-                self._not_started(attempt, attempt.stop_reason, None, started=False)
+            key = attempt.group.id if attempt.group is not None else attempt.spec.attempt_id
+            groups.setdefault(key, []).append(attempt)
+        for members in groups.values():
+            stop = next((a.stop_reason for a in members if a.stop_reason is not None), None)
+            if stop is not None:  # a gang starts whole or not at all
+                for attempt in members:
+                    self._not_started(attempt, attempt.stop_reason or stop, None, started=False)
                 continue
-            need = bundle(attempt.spec)
-            if not any(fits(need, resources) for resources in nodes.values()):
-                text = ", ".join(f"{amount:g} {name}" for name, amount in need.items())
-                self._not_started(attempt, TASK_FAILED_TO_START, NO_NODE_FITS.format(need=text), started=False)
+            needs = [bundle(a.spec) for a in members]
+            misfit = next((need for need in needs if not any(fits(need, r) for r in nodes.values())), None)
+            if misfit is not None:
+                text = ", ".join(f"{amount:g} {name}" for name, amount in misfit.items())
+                for attempt in members:
+                    self._not_started(attempt, TASK_FAILED_TO_START, NO_NODE_FITS.format(need=text), started=False)
                 continue
-            table = placement_group_table(attempt.group)
+            group = members[0].group
+            if group is None:
+                continue
+            table = placement_group_table(group)
             if table.get("state") != "CREATED":
                 continue
-            node_id = table["bundles_to_node_id"][0]
-            with self._lock:
-                node = self._nodes.get(node_id)
-            if node is None:
-                continue  # the node is gone; the next refresh fails or the group moves
-            attempt.node_id = node_id
-            node.agent.start.remote(attempt.spec)
+            self._hand_over(members, table["bundles_to_node_id"])
+
+    def _hand_over(self, members: list[_Attempt], bundle_nodes: dict[int, str]) -> None:
+        """Start a placed group's attempts on the agents of the nodes their bundles landed on;
+        a gang's other nodes get the main node's Ray node address."""
+        with self._lock:
+            placed = {a.spec.attempt_id: self._nodes.get(bundle_nodes[a.bundle_index]) for a in members}
+        if any(node is None for node in placed.values()):
+            return  # a node is gone; the next refresh fails its attempts or the group moves
+        main = next((a for a in members if a.spec.gang is not None and a.spec.gang.index == a.spec.gang.main), None)
+        address = None
+        if main is not None:
+            address = node_address(bundle_nodes[main.bundle_index])
+            if address is None:
+                return  # Ray does not list the node (any more): try again next tick
+        for attempt in members:
+            node = placed[attempt.spec.attempt_id]
+            assert node is not None
+            spec = attempt.spec
+            if address is not None and spec.gang is not None and spec.gang.index != spec.gang.main:
+                spec = replace(spec, environment={**spec.environment, MAIN_NODE_ADDRESS: address})
+            attempt.node_id = node.node_id
+            node.agent.start.remote(spec)
+        if main is not None:
+            nodes = sorted({node.node_id for node in placed.values() if node is not None})
+            logger.info("gang of %d placed on Ray node(s) %s; main node at %s", len(members), nodes, address)
 
     def _not_started(self, attempt: _Attempt, status_reason: str, reason: str | None, *, started: bool) -> None:
         with self._lock:
@@ -479,6 +593,10 @@ class RayExecutor:
                 if node_id is not None:
                     by_node.setdefault(node_id, []).append(attempt_id)
             agents = {n: self._nodes[n].agent for n in by_node if n in self._nodes}
+            # A gang's group holds every node's bundle: it goes with the last of them.
+            held = {a.group.id for a in self._attempts.values() if a.group is not None}
+            held |= {group.id for group in self._ended_groups.values() if group is not None}
+            groups = [group for group in groups if group is None or group.id not in held]
         for node_id, agent in agents.items():
             agent.acknowledge.remote(by_node[node_id])
         for group in groups:

@@ -386,3 +386,14 @@ def test_job_bigger_than_the_largest_of_several_hosts_never_fits_even_if_the_tot
     result = plan(jobs, queues, envs, total, total, largest)
     assert result.placements == [Placement("ok", "ce")]
     assert result.diagnostics == dict.fromkeys(["cpu", "mem"], JOB_REQUIREMENT)
+
+
+def test_gang_larger_than_the_largest_host_is_placed_if_the_cluster_holds_it_but_not_one_beyond_the_total() -> None:
+    """Ray: a 3-node gang of 1 CPU each (3 CPUs in all) spreads over 2-CPU nodes; 7 CPUs never fit six."""
+    envs = [EnvironmentView("ce", True, 1024.0)]
+    queues = [QueueView("q", 1, ("ce",))]
+    jobs = [Candidate("gang", "q", 3.0, 192, gang=True), Candidate("huge", "q", 7.0, 192, gang=True)]
+    total, largest = Resources(6.0, 6144), Resources(2.0, 2048)
+    result = plan(jobs, queues, envs, total, total, largest)
+    assert result.placements == [Placement("gang", "ce")]
+    assert result.diagnostics == {"huge": JOB_REQUIREMENT}

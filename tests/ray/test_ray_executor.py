@@ -111,19 +111,6 @@ def test_job_larger_than_every_node_stays_runnable_with_a_reason(batch: Any, vcp
     assert wait_for(batch, job_id, timeout=30)["status"] == "FAILED"
 
 
-def test_multi_node_parallel_jobs_are_refused_clearly(batch: Any) -> None:
-    """Not built on Ray yet: every node fails to start with a reason that says so, and so does the job."""
-    queue = make_queue(batch, max_vcpus=4)
-    container = {"image": "host", "vcpus": 1, "memory": 64, "command": ["true"]}
-    name = f"mnp-{time.monotonic_ns()}"
-    properties = {"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:", "container": container}]}
-    batch.register_job_definition(jobDefinitionName=name, type="multinode", nodeProperties=properties)
-    job = wait_for(batch, submit(batch, queue, name), timeout=60)
-    assert job["status"] == "FAILED" and job["statusReason"] == "Task failed to start", job
-    reason = job["attempts"][-1]["container"]["reason"]
-    assert reason.startswith("CannotStartContainerError: Kiln's Ray executor does not run multi-node parallel jobs")
-
-
 def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succeeds(
     batch: Any, server: KilnServer, ray_cluster: RayCluster, tmp_path: Path
 ) -> None:

@@ -244,3 +244,59 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
     finally:
         ray_cluster.start_node(f"w{len(ray_cluster.nodes) + 1}")  # the rest of the session keeps three nodes
         ray_cluster.wait_for_nodes(3)
+
+
+def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Multi-node parallel attempts on Ray are not taken back by a restarted server (docs/ray.md):
+    every node's attempt fails with the host-lost reason, what they ran is stopped, their gang's
+    placement group is removed, and the job's retry runs a new gang."""
+    server = _server(ray_cluster, tmp_path)
+    batch = server.client()
+    queue = make_queue(batch, max_vcpus=3)
+    gate = tmp_path / "go"
+    command = ["sh", "-c", _gated(gate)]
+    name = f"mnp-{time.monotonic_ns()}"
+    batch.register_job_definition(
+        jobDefinitionName=name, type="multinode", retryStrategy=RETRY_ONCE,
+        nodeProperties={"numNodes": 3, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:", "container": {
+            "image": "host", "vcpus": 1, "memory": 64, "command": command}}]},
+    )  # fmt: skip
+    job_id = submit(batch, queue, name)
+    wait_for(batch, job_id, {"RUNNING"}, timeout=90)
+    node_ids = [f"{job_id}%23{i}" for i in range(3)]  # '#' escaped in the log URL
+    pids = []
+    for node_id in node_ids:
+        match = PID.search(_wait_log(server, node_id, "before\n"))
+        assert match, _log(server, node_id)
+        pids.append(int(match.group(1)))
+    main_task = _task_id(batch.describe_jobs(jobs=[f"{job_id}#0"])["jobs"][0])
+    assert _groups(ray_cluster, [main_task]) == {main_task: "CREATED"}  # one group, named after the main node
+    server.stop(kill=True)
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    server.start()
+    batch = server.client()
+    deadline = time.monotonic() + 60
+    nodes = batch.describe_jobs(jobs=[f"{job_id}#{i}" for i in range(3)])["jobs"]
+    while not all(node.get("attempts") for node in nodes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        nodes = batch.describe_jobs(jobs=[f"{job_id}#{i}" for i in range(3)])["jobs"]
+    for node in nodes:
+        assert node["attempts"][0]["statusReason"].startswith(HOST_LOST_PREFIX), node["attempts"]
+    deadline = time.monotonic() + 15
+    while any(psutil.pid_exists(pid) for pid in pids):
+        assert time.monotonic() < deadline, [pid for pid in pids if psutil.pid_exists(pid)]
+        time.sleep(0.2)
+    deadline = time.monotonic() + 15
+    while _groups(ray_cluster, [main_task]) not in ({}, {main_task: "REMOVED"}):
+        assert time.monotonic() < deadline, _groups(ray_cluster, [main_task])
+        time.sleep(0.5)
+    gate.touch()
+    job = wait_for(batch, job_id, timeout=120)
+    assert job["status"] == "SUCCEEDED", job
+    assert len(job["attempts"]) == 2 and job["attempts"][0]["statusReason"].startswith(HOST_LOST_PREFIX)
+    nodes = [wait_for(batch, f"{job_id}#{i}", timeout=30) for i in range(3)]
+    assert [len(node["attempts"]) for node in nodes] == [2, 2, 2]
+    assert [node["status"] for node in nodes] == ["SUCCEEDED"] * 3
+    server.stop()
