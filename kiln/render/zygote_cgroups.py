@@ -11,9 +11,10 @@ Read like an outside program would (the render worker never imports the executor
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from kiln.executors.cgroups import parse_mountinfo
 
 ATTEMPT_GROUP_PREFIX = "kiln-"
 
@@ -101,23 +102,6 @@ def leave_attempt_groups() -> None:
 def _mount_points() -> dict[str, tuple[Path, str]]:
     """Controller (or `name=...`; "" for cgroup2) -> (mount point, root of the mount)."""
     try:
-        text = Path("/proc/self/mountinfo").read_text()
+        return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     except OSError as error:
         raise CgroupError(f"cannot read mountinfo: {error}") from None
-    mounts: dict[str, tuple[Path, str]] = {}
-    for line in text.splitlines():
-        head, separator, tail = line.partition(" - ")
-        fields, extra = head.split(), tail.split()
-        if not separator or len(fields) < 5 or len(extra) < 3:
-            continue
-        point = (Path(_unescape(fields[4])), _unescape(fields[3]))
-        if extra[0] == "cgroup2":
-            mounts.setdefault("", point)
-        elif extra[0] == "cgroup":
-            for option in extra[2].split(","):
-                mounts.setdefault(option, point)
-    return mounts
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
