@@ -76,8 +76,14 @@ class ProcessTree:
         return list(alive.values())
 
     def signal(self, signum: int, live: Iterable[psutil.Process] | None = None) -> None:
-        """Send `signum` to every live process of the attempt (and its process group, as a net)."""
-        for process in self.live() if live is None else live:
+        """Send `signum` to every live process of the attempt (and its process group, as a net).
+
+        Without cgroups and without a fresh `live` list, the tree is followed from a new snapshot
+        first: a child that left the process group since the last monitor pass is still caught.
+        """
+        if live is None:
+            live = self.live(None if self.uses_cgroups else children_snapshot())
+        for process in live:
             try:
                 process.send_signal(signum)
             except psutil.Error:
