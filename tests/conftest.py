@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import httpx
@@ -86,6 +87,23 @@ class KilnServer:
 
     def client(self) -> Any:
         return boto3.client("batch", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def job_log(self, job_id: str, attempt: int | None = None) -> str:
+        """The job's log (its last attempt, or `attempt`) through `/kiln/v1/logs`; "" while it has none."""
+        params = {} if attempt is None else {"attempt": attempt}
+        url = f"{self.endpoint}/kiln/v1/logs/{quote(job_id, safe='')}"  # MNP node ids: '#' -> %23
+        response = httpx.get(url, params=params, timeout=10)
+        return str(response.json()["text"]) if response.status_code == 200 else ""
+
+    def wait_for_log(self, job_id: str, text: str, timeout: float = 60) -> str:
+        """The job's log once it contains `text` (bounded in time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.job_log(job_id)
+            if text in log:
+                return log
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {self.job_log(job_id)!r}")
 
 
 def start_server(tmp_path: Path, flags: list[str] | None = None, env: dict[str, str] | None = None) -> KilnServer:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
@@ -39,24 +38,6 @@ def batch(server: KilnServer) -> Any:
     return server.client()
 
 
-def _log(server: KilnServer, job_id: str, attempt: int | None = None) -> str:
-    params = {} if attempt is None else {"attempt": attempt}
-    response = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id}", params=params, timeout=10)
-    if response.status_code != 200:
-        return ""
-    return str(response.json()["text"])
-
-
-def _wait_log(server: KilnServer, job_id: str, text: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = _log(server, job_id)
-        if text in log:
-            return log
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {_log(server, job_id)!r}")
-
-
 def _node_prefix(log: str) -> str:
     """The node an attempt ran on, from its workdir (`pwd`): the agent's dir names the node."""
     match = NODE_IN_PATH.search(log)
@@ -68,12 +49,12 @@ def test_log_streams_back_while_the_attempt_runs(batch: Any, server: KilnServer)
     queue = make_queue(batch, max_vcpus=2)
     job_id = submit(batch, queue, register_shell(batch, "echo first; sleep 4; echo second"))
     wait_for(batch, job_id, {"RUNNING"}, timeout=60)
-    running_log = _wait_log(server, job_id, "first\n")
+    running_log = server.wait_for_log(job_id, "first\n", timeout=30)
     assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
     assert "second" not in running_log
     job = wait_for(batch, job_id, timeout=60)
     assert job["status"] == "SUCCEEDED", job
-    assert _log(server, job_id) == "first\nsecond\n"
+    assert server.job_log(job_id) == "first\nsecond\n"
 
 
 def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, ray_cluster: RayCluster) -> None:
@@ -84,7 +65,7 @@ def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, r
     assert job["status"] == "SUCCEEDED", job
     nodes: dict[str, int] = {}
     for index in range(20):
-        log = _log(server, f"{parent}:{index}")
+        log = server.job_log(f"{parent}:{index}")
         assert f"child={index} " in log
         node = _node_prefix(log)
         nodes[node] = nodes.get(node, 0) + 1
@@ -128,7 +109,7 @@ def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succee
         ]},
     )  # fmt: skip
     jobs = [submit(batch, queue, definition) for _ in range(3)]
-    where = {job_id: _node_prefix(_wait_log(server, job_id, "pwd=", timeout=60)) for job_id in jobs}
+    where = {job_id: _node_prefix(server.wait_for_log(job_id, "pwd=", timeout=60)) for job_id in jobs}
     victim_name = "w2"
     victim = names[victim_name]
     (lost_job,) = [job_id for job_id, node in where.items() if node == victim[:12]]
@@ -146,8 +127,8 @@ def test_losing_a_node_fails_its_attempt_as_host_terminated_and_the_retry_succee
         job = wait_for(batch, lost_job, timeout=60)
         assert job["status"] == "SUCCEEDED", (job["statusReason"], job["attempts"])
         assert len(job["attempts"]) == 2
-        assert "done 2" in _log(server, lost_job, attempt=2)
-        assert _node_prefix(_log(server, lost_job, attempt=2)) != victim[:12]
+        assert "done 2" in server.job_log(lost_job, attempt=2)
+        assert _node_prefix(server.job_log(lost_job, attempt=2)) != victim[:12]
         for other in set(jobs) - {lost_job}:
             assert wait_for(batch, other, timeout=60)["status"] == "SUCCEEDED"
     finally:

@@ -74,16 +74,6 @@ def log_of(server: KilnServer, job_id: str, *, missing_ok: bool = False) -> str:
     return str(response.json()["text"])
 
 
-def wait_log(server: KilnServer, job_id: str, text: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = log_of(server, job_id, missing_ok=True)
-        if text in log:
-            return log
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {log_of(server, job_id)!r}")
-
-
 def test_three_nodes_spread_over_the_ray_nodes_meet_at_the_main_node_address(
     batch: Any, server: KilnServer, ray_cluster: RayCluster
 ) -> None:
@@ -175,7 +165,7 @@ def test_losing_the_ray_node_of_a_gang_node_fails_it_as_host_lost_and_the_gang_r
         "image": "host", "vcpus": 1, "memory": 64, "command": ["sh", "-c", script]}}])  # fmt: skip
     job_id = submit(batch, queue, definition)
     wait_for(batch, job_id, {"RUNNING"}, timeout=90)
-    where = [_node_prefix(wait_log(server, f"{job_id}#{i}", "pwd=")) for i in range(3)]
+    where = [_node_prefix(server.wait_for_log(f"{job_id}#{i}", "pwd=")) for i in range(3)]
     names = {node_id[:12]: name for name, node_id in ray_cluster.node_ids().items()}
     on_workers = [i for i in range(3) if names[where[i]] != "head"]
     victim_index = 0 if 0 in on_workers else on_workers[0]

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
@@ -35,21 +34,6 @@ RETRY_ONCE = {"attempts": 2}
 def _server(ray_cluster: RayCluster, root: Path) -> KilnServer:
     root.mkdir(parents=True, exist_ok=True)
     return start_server(root, [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address])
-
-
-def _log(server: KilnServer, job_id: str) -> str:
-    response = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id}", timeout=10)
-    return str(response.json()["text"]) if response.status_code == 200 else ""
-
-
-def _wait_log(server: KilnServer, job_id: str, text: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = _log(server, job_id)
-        if text in log:
-            return log
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in the log of {job_id}: {_log(server, job_id)!r}")
 
 
 def _gated(gate: Path, after: str = "echo after; exit 0") -> str:
@@ -85,8 +69,8 @@ def _start_gated_job(
     queue = make_queue(batch, max_vcpus=2)
     job_id = submit(batch, queue, register_shell(batch, _gated(gate, after), retryStrategy=retries))
     wait_for(batch, job_id, {"RUNNING"}, timeout=90)
-    match = PID.search(_wait_log(server, job_id, "before\n"))
-    assert match, _log(server, job_id)
+    match = PID.search(server.wait_for_log(job_id, "before\n"))
+    assert match, server.job_log(job_id)
     return job_id, int(match.group(1))
 
 
@@ -111,14 +95,14 @@ def _finish_after_restart(server: KilnServer, job_id: str, pid: int, gate: Path)
     batch = server.client()
     assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
     gate.touch()
-    log = _wait_log(server, job_id, "after\n")
+    log = server.wait_for_log(job_id, "after\n")
     job = wait_for(batch, job_id, timeout=60)
     assert job["status"] == "SUCCEEDED", job
     attempt = _only_attempt(job)
     assert attempt["statusReason"] == ESSENTIAL
     assert attempt["container"]["exitCode"] == 0
     # Every line once: nothing lost and nothing sent twice across the restart.
-    assert _log(server, job_id) == f"pid={pid}\nbefore\nafter\n", log
+    assert server.job_log(job_id) == f"pid={pid}\nbefore\nafter\n", log
 
 
 def test_a_sigkilled_server_readopts_its_running_ray_attempt(ray_cluster: RayCluster, tmp_path: Path) -> None:
@@ -163,7 +147,7 @@ def test_a_ray_attempt_that_ends_while_no_server_runs_keeps_its_real_exit(
     assert attempt["statusReason"] == ESSENTIAL
     assert attempt["container"]["exitCode"] == 7
     assert attempt["startedAt"] < attempt["stoppedAt"] < restarted_at  # when it really ended
-    assert _log(server, job_id) == f"pid={pid}\nbefore\nending\n"
+    assert server.job_log(job_id) == f"pid={pid}\nbefore\nending\n"
     server.stop()
 
 
@@ -213,7 +197,7 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
     ]}  # fmt: skip
     definition = register_shell(batch, f'echo "pwd=$(pwd)"; {_gated(gate)}', vcpus=2, retryStrategy=retry)
     jobs = [submit(batch, queue, definition) for _ in range(3)]
-    where = {job_id: NODE_IN_PATH.search(_wait_log(server, job_id, "before\n")) for job_id in jobs}
+    where = {job_id: NODE_IN_PATH.search(server.wait_for_log(job_id, "before\n")) for job_id in jobs}
     nodes = ray_cluster.node_ids()
     victim = next(name for name in nodes if name != "head")
     (lost_job,) = [j for j, match in where.items() if match and match.group(1) == nodes[victim][:12]]
@@ -239,7 +223,7 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
             job = wait_for(batch, job_id, timeout=90)
             assert job["status"] == "SUCCEEDED", job
             assert len(job["attempts"]) == (2 if job_id == lost_job else 1), job["attempts"]
-            assert _log(server, job_id).endswith("before\nafter\n")
+            assert server.job_log(job_id).endswith("before\nafter\n")
         server.stop()
     finally:
         ray_cluster.start_node(f"w{len(ray_cluster.nodes) + 1}")  # the rest of the session keeps three nodes
@@ -268,8 +252,8 @@ def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
     node_ids = [f"{job_id}%23{i}" for i in range(3)]  # '#' escaped in the log URL
     pids = []
     for node_id in node_ids:
-        match = PID.search(_wait_log(server, node_id, "before\n"))
-        assert match, _log(server, node_id)
+        match = PID.search(server.wait_for_log(node_id, "before\n"))
+        assert match, server.job_log(node_id)
         pids.append(int(match.group(1)))
     main_task = _task_id(batch.describe_jobs(jobs=[f"{job_id}#0"])["jobs"][0])
     assert _groups(ray_cluster, [main_task]) == {main_task: "CREATED"}  # one group, named after the main node
