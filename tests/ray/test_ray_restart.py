@@ -249,7 +249,7 @@ def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
     )  # fmt: skip
     job_id = submit(batch, queue, name)
     wait_for(batch, job_id, {"RUNNING"}, timeout=90)
-    node_ids = [f"{job_id}%23{i}" for i in range(3)]  # '#' escaped in the log URL
+    node_ids = [f"{job_id}#{i}" for i in range(3)]
     pids = []
     for node_id in node_ids:
         match = PID.search(server.wait_for_log(node_id, "before\n"))
