@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 PG_FOUND = $(shell command -v initdb >/dev/null 2>&1 && echo yes || (ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && echo yes))
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(STAMP): pyproject.toml requirements/lock.txt
+$(STAMP): pyproject.toml setup.py requirements/lock.txt kiln/executors/_spawn.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .

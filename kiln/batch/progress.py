@@ -162,18 +162,16 @@ def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
             for e in exits
         ]
     )  # fmt: skip
-    # An attempt that ran but whose start was never recorded (the server was down when it began)
-    # still passes through RUNNING, as every AWS job that ran does.
-    ran_unseen = [Move(e.job["id"], started[e.attempt["task_id"]] or e.event.at_ms) for e in exits
-                  if e.event.started and e.attempt["started_at"] is None]  # fmt: skip
-    if ran_unseen:
-        transition_each(repo, Status.RUNNING, ran_unseen, only_from=frozenset({Status.STARTING}))
+    # A job whose attempt ran passes through RUNNING, as every AWS job that ran does, also when its
+    # start was not recorded on its own (it ended in the same batch, or while the server was down).
     decided: dict[str, Status] = {}
-    moves: dict[Status, list[Move]] = {}
+    moves: dict[tuple[Status, bool], list[Move]] = {}
     for e in exits:
         target, reason = exit_decision(e.job, e.event, e.retry_strategy)
         decided[e.job["id"]] = target
-        moves.setdefault(target, []).append(Move(e.job["id"], e.event.at_ms, reason))
-    for target, batch in moves.items():
-        transition_each(repo, target, batch)
+        ran = e.event.started
+        values = {"started_at": started[e.attempt["task_id"]] or e.event.at_ms} if ran else {}
+        moves.setdefault((target, ran), []).append(Move(e.job["id"], e.event.at_ms, reason, values))
+    for (target, ran), batch in moves.items():
+        transition_each(repo, target, batch, through_running=ran)
     return decided

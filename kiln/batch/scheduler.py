@@ -207,6 +207,8 @@ class Scheduler:
         started: list[Row] = []
         running: list[Move] = []
         exits: list[progress.Exit] = []
+        # Started and ended within this batch: the exit's writes record the start too (one write each).
+        ending = {event.attempt_id for event in events if isinstance(event, AttemptExited)}
         for event in events:
             attempt = attempts.get(event.attempt_id)
             job = None if attempt is None else jobs.get(attempt["job_id"])
@@ -216,8 +218,9 @@ class Scheduler:
                 self._gangs.add(job["parent_id"])
             if isinstance(event, AttemptRunning):
                 attempt["started_at"] = event.at_ms
-                started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
-                running.append(Move(job["id"], event.at_ms))
+                if event.attempt_id not in ending:
+                    started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
+                    running.append(Move(job["id"], event.at_ms))
             elif isinstance(event, AttemptExited):
                 self._signalled.discard(event.attempt_id)
                 exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))

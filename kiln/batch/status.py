@@ -85,10 +85,22 @@ class Move:
 
 
 def transition_each(
-    repo: Repository, target: Status, moves: Sequence[Move], *, only_from: frozenset[Status] | None = None
+    repo: Repository,
+    target: Status,
+    moves: Sequence[Move],
+    *,
+    only_from: frozenset[Status] | None = None,
+    through_running: bool = False,
 ) -> None:
-    """`transition` for many jobs in one statement (group commit), each with its own time and reason."""
+    """`transition` for many jobs in one statement (group commit), each with its own time and reason.
+
+    With `through_running`, a STARTING job passes through RUNNING on its way to `target` (each
+    move's values carry its `started_at`): a job whose start and end are recorded in the same
+    transaction costs one write, as no reader can see the state in between.
+    """
     allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    if through_running and target in TRANSITIONS[Status.RUNNING]:
+        allowed |= sources_of(Status.RUNNING) & {Status.STARTING}
     time_column = _TIME_COLUMN.get(target)
     rows = []
     for move in moves:

@@ -1,11 +1,12 @@
 """Run attempts as processes on this host, with the limits and outcomes AWS Batch would give them.
 
-Each attempt is one process tree that is inside its cgroups from its first instruction: a tiny
-`/bin/sh` wrapper joins the attempt's groups and `exec`s the job (same pid, nothing left behind).
-The joining happens in the child, on the job's CPU time: moving the server's own thread in and
-out of the groups instead was measured slower, because cgroup migration is slow and it serialised
-on the server. A program that cannot be found fails to start (`CannotStartContainerError`), as
-in a container.
+Each attempt is one process tree that is inside its cgroups from its first instruction. The
+child joins the attempt's groups itself, between fork and exec, on the job's CPU time: moving the
+server's own thread in and out of the groups instead was measured slower, because cgroup migration
+is slow and it serialised on the server. The C extension `_spawn` does that in a vfork child; where
+it was not built (no C compiler at install), a tiny `/bin/sh` wrapper joins the groups and `exec`s
+the job (same pid), which costs every job a second exec. A program that cannot be found, or a step
+before its exec that fails, fails to start (`CannotStartContainerError`), as in a container.
 
 One monitor thread watches every attempt (a thread per attempt would not scale to many small
 jobs). It sleeps on the attempts' pidfds, so an exit is seen at once, not at the next poll; a
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 
@@ -55,6 +57,12 @@ from .images import ImageCatalogue, ImageNotFound
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 from .workdirs import WorkdirPool
 
+native_spawn: ModuleType | None
+try:
+    from . import _spawn as native_spawn
+except ImportError:  # built without a C compiler: the /bin/sh wrapper below does the same job
+    native_spawn = None
+
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_SECONDS = 0.05
@@ -62,10 +70,10 @@ SHUTDOWN_GRACE_SECONDS = 1.0
 SHUTDOWN_REASON = "Terminated because the Kiln server is shutting down"
 CANNOT_START_PREFIX = "CannotStartContainerError"
 NO_COMMAND_REASON = f"{CANNOT_START_PREFIX}: Error response from daemon: No command specified"
+DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}  # every one a job may catch
 WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"
 
-# Joins every cgroup listed before `--`, then becomes the job: same pid, no process left behind.
-# `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`: enter the workdir, join
+# The portable launcher: `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`: enter the workdir, join
 # every cgroup listed, then become the job (same pid, no process left behind).
 WRAPPER_SCRIPT = (
     f'cd "$1" || exit {WRAPPER_EXIT_CODE}; shift; '
@@ -145,11 +153,17 @@ class LocalExecutor:
     """The `Executor` for this host: processes, cgroup limits where possible, fallbacks elsewhere.
 
     `use_cgroups=False` forces the fallbacks (psutil watchdog, process-group tracking), for tests
-    and for hosts where cgroups misbehave.
+    and for hosts where cgroups misbehave; `shell_launcher=True` forces the `/bin/sh` wrapper
+    instead of the C launcher (tests; it is also what runs when the extension was not built).
     """
 
     def __init__(
-        self, settings: Settings, catalogue: ImageCatalogue | None = None, *, use_cgroups: bool = True
+        self,
+        settings: Settings,
+        catalogue: ImageCatalogue | None = None,
+        *,
+        use_cgroups: bool = True,
+        shell_launcher: bool = False,
     ) -> None:
         self._settings = settings
         self._catalogue = catalogue or ImageCatalogue.from_settings(settings)
@@ -166,6 +180,7 @@ class LocalExecutor:
         self._log_dirs: set[Path] = set()
         self._workdirs = WorkdirPool()
         self._cgroups = CgroupPool(self._support)
+        self._native = None if shell_launcher else native_spawn
         self._base_environment: dict[str, str] = dict(os.environ)
         self._gpus = GpuAllocator(host_gpus(settings.gpus))
         logger.info("local executor: %s", "; ".join(self.describe()))
@@ -190,7 +205,8 @@ class LocalExecutor:
 
     def describe(self) -> list[str]:
         """Mechanisms and the reasons for any fallback, one line each (logs, docs, capacity notes)."""
-        lines = [f"{what}: {how}" for what, how in self.mechanisms().items()]
+        launcher = "C launcher (vfork, no shell)" if self._native else "/bin/sh wrapper (C launcher not built)"
+        lines = [f"{what}: {how}" for what, how in self.mechanisms().items()] + [f"start: {launcher}"]
         return lines + list(self._support.notes) + [self._gpus.inventory.note]
 
     def attempt_cgroups(self, attempt_id: str) -> AttemptCgroups | None:
@@ -330,8 +346,8 @@ class LocalExecutor:
                 spec.attempt_id, memory_mib=spec.memory_mib, vcpus=spec.vcpus, cpu_hard_cap=spec.cpu_hard_cap
             )
         try:
-            # The wrapper joins the groups in the child, on the job's CPU time, not the server's.
-            process = self._posix_spawn(spec, wrapped_command(spec.workdir, cgroups.procs_files(), argv))
+            # The child joins the groups itself, on the job's CPU time, not the server's.
+            process = self._start_process(spec, program, argv, cgroups.procs_files())
         except OSError:
             with self._lock:
                 self._cgroups.release(spec.attempt_id, cgroups)
@@ -348,15 +364,28 @@ class LocalExecutor:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_dirs.add(spec.log_path.parent)
 
-    def _posix_spawn(self, spec: AttemptSpec, command: list[str]) -> SpawnedProcess:
+    def _start_process(self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path]) -> SpawnedProcess:
         """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin.
 
-        `posix_spawn` (vfork-like in glibc) costs the server a fraction of `subprocess.Popen`,
-        which matters when thousands of short jobs run back to back. Kiln's own descriptors are
-        close-on-exec (PEP 446), so none leak into the job.
+        Both launchers are vfork-like: they cost the supervisor a fraction of `subprocess.Popen`,
+        which matters when thousands of short jobs run back to back.
         """
         # KILN_VCPUS: how many threads a job may use (the render worker sizes Blender by it).
         env = {**self._base_environment, "KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
+        if self._native is None:
+            return self._posix_spawn(spec, env, wrapped_command(spec.workdir, procs, argv))
+        pid = self._native.spawn(
+            os.fsencode(program),
+            [os.fsencode(arg) for arg in argv],
+            [os.fsencode(f"{key}={value}") for key, value in env.items()],
+            os.fsencode(spec.workdir),
+            os.fsencode(spec.log_path),
+            [os.fsencode(path) for path in procs],
+        )
+        return SpawnedProcess(pid)
+
+    def _posix_spawn(self, spec: AttemptSpec, env: dict[str, str], command: list[str]) -> SpawnedProcess:
+        """The portable launcher. Kiln's own descriptors are close-on-exec (PEP 446), so none leak."""
         log = open_private_log(spec.log_path)
         try:
             actions = [
@@ -364,7 +393,17 @@ class LocalExecutor:
                 (os.POSIX_SPAWN_DUP2, log, 1),
                 (os.POSIX_SPAWN_DUP2, log, 2),
             ]
-            return SpawnedProcess(os.posix_spawn(command[0], command, env, file_actions=actions, setsid=True))
+            return SpawnedProcess(
+                os.posix_spawn(
+                    command[0],
+                    command,
+                    env,
+                    file_actions=actions,
+                    setsid=True,
+                    setsigmask=(),
+                    setsigdef=DEFAULT_SIGNALS,  # like a container; Python ignores SIGPIPE, for one
+                )
+            )
         finally:
             os.close(log)
 

@@ -23,10 +23,13 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", termination_grace_seconds=1.0, host_vcpus=2)
 
 
-@pytest.fixture(params=["cgroups", "fallback"])
+@pytest.fixture(params=["cgroups", "fallback", "shell-launcher"])
 def executor(request: pytest.FixtureRequest, settings: Settings) -> Iterator[LocalExecutor]:
-    """The same scenarios against the cgroup mechanisms and the forced fallbacks."""
-    local = LocalExecutor(settings, use_cgroups=request.param == "cgroups")
+    """The same scenarios against the cgroup mechanisms, the forced fallbacks, and the portable
+    `/bin/sh` launcher (what runs where the C launcher was not built) with cgroups."""
+    local = LocalExecutor(
+        settings, use_cgroups=request.param != "fallback", shell_launcher=request.param == "shell-launcher"
+    )
     yield local
     local.shutdown(grace_seconds=0.2)
 

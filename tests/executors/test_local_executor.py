@@ -103,6 +103,53 @@ def test_missing_program_fails_to_start_like_a_container(executor: LocalExecutor
     assert not spec.workdir.exists()
 
 
+def test_jobs_start_with_default_signals_and_nothing_blocked(executor: LocalExecutor, make_spec: SpecFactory) -> None:
+    """Like a fresh container: Python's ignored SIGPIPE (pytest's, the supervisor's) must not leak."""
+    spec = make_spec(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    executor.start(spec)
+    wait_for_exit(executor, spec.attempt_id)
+    masks = dict(line.split(":") for line in spec.log_path.read_text().splitlines())
+    standard = (1 << 31) - 1  # signals 1-31; glibc's posix_spawn may leave its own 32 and 33 ignored
+    assert int(masks["SigBlk"], 16) == 0
+    assert int(masks["SigIgn"], 16) & standard == 0
+
+
+def test_a_failed_step_before_exec_fails_to_start(executor: LocalExecutor, make_spec: SpecFactory) -> None:
+    spec = make_spec(["true"])
+    spec.log_path.mkdir(parents=True)  # the log cannot be opened: a directory is in its place
+    executor.start(spec)
+    event = exited(wait_for_exit(executor, spec.attempt_id))
+    assert (event.started, event.exit_code, event.status_reason) == (False, None, TASK_FAILED_TO_START)
+    assert event.reason is not None
+    assert event.reason.startswith("CannotStartContainerError: [Errno 21] Is a directory")
+    assert str(spec.log_path) in event.reason
+    assert not spec.workdir.exists()
+    assert executor.running() == set()
+
+
+def test_the_c_launcher_is_built_and_used(settings: Settings) -> None:
+    """`make install` compiles it (gcc is part of this machine kind); without it every job pays a shell."""
+    local = LocalExecutor(settings)
+    try:
+        assert "start: C launcher (vfork, no shell)" in local.describe()
+    finally:
+        local.shutdown()
+
+
+def test_the_c_launcher_passes_no_stray_descriptor(cgroup_executor: LocalExecutor, make_spec: SpecFactory) -> None:
+    """A descriptor the supervisor inherited without close-on-exec still never reaches a job."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        spec = make_spec(["ls", "/proc/self/fd"])
+        cgroup_executor.start(spec)
+        wait_for_exit(cgroup_executor, spec.attempt_id)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert sorted(spec.log_path.read_text().split()) == ["0", "1", "2", "3"]  # 3: ls's own listing
+
+
 def test_signal_death_reports_128_plus_signal(executor: LocalExecutor, make_spec: SpecFactory) -> None:
     spec = make_spec(["sh", "-c", "kill -USR1 $$"])
     executor.start(spec)

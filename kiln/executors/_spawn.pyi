@@ -1,0 +1,3 @@
+"""Types of the C launcher (kiln/executors/_spawn.c)."""
+
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], cwd: bytes, log: bytes, procs: list[bytes]) -> int: ...
