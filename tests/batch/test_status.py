@@ -13,10 +13,12 @@ from kiln.batch.status import (
     NOT_STARTED,
     TERMINAL,
     TRANSITIONS,
+    Move,
     Status,
     set_reason,
     sources_of,
     transition,
+    transition_each,
 )
 from kiln.store.database import Database
 from kiln.store.repository import Repository
@@ -226,3 +228,34 @@ def test_set_reason_changes_only_jobs_in_that_status(db: Database) -> None:
     assert get(db, "r")["status_reason"] == "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
     assert get(db, "r")["status"] == "RUNNABLE"
     assert get(db, "s")["status_reason"] is None
+
+
+def test_through_running_records_a_start_and_an_end_in_one_write(db: Database) -> None:
+    """An attempt that started and ended between two scheduler ticks: STARTING -> SUCCEEDED with both
+    times, never from a state that could not have run (RUNNABLE), never out of a terminal state."""
+    insert(
+        db,
+        job_row("starting", S.STARTING, runnable_at=NOW - 9),
+        job_row("running", S.RUNNING, runnable_at=NOW - 9, started_at=NOW - 5),
+        job_row("runnable", S.RUNNABLE, runnable_at=NOW - 9),
+        job_row("failed", S.FAILED, stopped_at=NOW - 1),
+    )
+    moves = [Move(job_id, NOW, "Essential container in task exited", {"started_at": NOW - 3})
+             for job_id in ("starting", "running", "runnable", "failed")]  # fmt: skip
+    with db.begin() as connection:
+        transition_each(Repository(connection), S.SUCCEEDED, moves, through_running=True)
+    assert [
+        (get(db, j)["status"], get(db, j)["started_at"], get(db, j)["stopped_at"]) for j in ("starting", "running")
+    ] == [
+        ("SUCCEEDED", NOW - 3, NOW),
+        ("SUCCEEDED", NOW - 3, NOW),
+    ]
+    assert (get(db, "runnable")["status"], get(db, "runnable")["started_at"]) == ("RUNNABLE", None)
+    assert get(db, "failed")["stopped_at"] == NOW - 1
+
+
+def test_without_through_running_a_starting_job_cannot_end(db: Database) -> None:
+    insert(db, job_row("starting", S.STARTING))
+    with db.begin() as connection:
+        transition_each(Repository(connection), S.SUCCEEDED, [Move("starting", NOW)])
+    assert get(db, "starting")["status"] == "STARTING"
