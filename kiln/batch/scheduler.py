@@ -43,7 +43,7 @@ from kiln.executors.base import (
 from kiln.observability.metrics import SchedulerMetrics
 from kiln.store import leader_lease
 from kiln.store.database import Database
-from kiln.store.repository import Repository
+from kiln.store.repository import Repository, Usage
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -256,12 +256,15 @@ class Scheduler:
         """Plan what fits now and record those placements; with `diagnose`, also refresh RUNNABLE
         reasons. Returns the attempts to start once the transaction has committed."""
         capacity = self.executor.capacity()
-        queued = self._ahead.queued()  # placed behind another attempt: they will use its place
-        usage = [a for a in repo.active_usage() if a["task_id"] not in queued]
+        usage = repo.active_usage_by_environment()
+        # Placed behind another attempt (start-ahead): they will use its place, not hold their own.
+        for environment, (vcpus, memory, gpus) in self._ahead.queued_usage().items():
+            held = usage.get(environment, (0.0, 0, 0))
+            usage[environment] = (held[0] - vcpus, held[1] - memory, held[2] - gpus)
         free = scheduling.Resources(
-            capacity.vcpus - sum(a["vcpus"] for a in usage),
-            capacity.memory_mib - sum(a["memory_mib"] for a in usage),
-            capacity.gpus - sum(a["gpus"] for a in usage),
+            capacity.vcpus - sum(u[0] for u in usage.values()),
+            capacity.memory_mib - sum(u[1] for u in usage.values()),
+            capacity.gpus - sum(u[2] for u in usage.values()),
         )
         if not diagnose and (free.vcpus <= 0 or free.memory_mib <= 0):
             return []  # nothing can start until an attempt ends (which wakes us)
@@ -523,10 +526,8 @@ def _queue_view(queue: Row) -> scheduling.QueueView:
     return scheduling.QueueView(arn=queue["jobQueueArn"], priority=queue["priority"], environments=names)
 
 
-def _environment_views(environments: list[Row], usage: list[Row]) -> list[scheduling.EnvironmentView]:
-    used: dict[str, float] = {}
-    for attempt in usage:
-        used[attempt["compute_environment"]] = used.get(attempt["compute_environment"], 0.0) + attempt["vcpus"]
+def _environment_views(environments: list[Row], usage: dict[str, Usage]) -> list[scheduling.EnvironmentView]:
+    used = {environment: held[0] for environment, held in usage.items()}
     return [
         scheduling.EnvironmentView(
             name=doc["computeEnvironmentName"],

@@ -68,10 +68,20 @@ class StartAhead:
         self._head_of: dict[str, str] = {}  # queued attempt -> the attempt whose place it takes
         self._began: dict[str, tuple[str, int]] = {}  # attempt -> (parent, started at ms)
         self._speed: dict[str, _Speed] = {}  # array parent -> its children's durations
+        self._waiting: dict[str, tuple[str, tuple[float, int, int]]] = {}  # queued -> (environment, resources)
 
     def queued(self) -> set[str]:
         """Attempts placed behind another: they hold no capacity until that one ends."""
         return set(self._head_of)
+
+    def queued_usage(self) -> dict[str, tuple[float, int, int]]:
+        """What the queued attempts' rows claim, per compute environment: capacity they do not hold."""
+        usage: dict[str, tuple[float, int, int]] = {}
+        for task_id in self._head_of:
+            environment, (vcpus, memory, gpus) = self._waiting[task_id]
+            held = usage.get(environment, (0.0, 0, 0))
+            usage[environment] = (held[0] + vcpus, held[1] + memory, held[2] + gpus)
+        return usage
 
     def placed(self, task_id: str, parent_id: str, environment: str, resources: tuple[float, int, int],
                after: str | None) -> None:  # fmt: skip
@@ -83,6 +93,7 @@ class StartAhead:
         if slot is not None:
             slot.followers.append(task_id)
             self._head_of[task_id] = head
+            self._waiting[task_id] = (environment, resources)
 
     def observe(self, events: Iterable[AttemptEvent]) -> None:
         for event in events:
@@ -100,6 +111,7 @@ class StartAhead:
             parent_id, started_ms = began
             self._speed.setdefault(parent_id, _Speed()).add(event.at_ms - started_ms)
         head = self._head_of.pop(task_id, None)
+        self._waiting.pop(task_id, None)
         if head is not None:  # ended while queued (terminated): it leaves its chain
             self._slots[head].followers.remove(task_id)
             return
@@ -108,6 +120,7 @@ class StartAhead:
             return
         successor, *rest = slot.followers  # the first follower now holds the place
         del self._head_of[successor]
+        del self._waiting[successor]
         self._slots[successor] = _Slot(slot.parent_id, slot.environment, slot.resources, rest)
         for follower in rest:
             self._head_of[follower] = successor

@@ -69,10 +69,12 @@ def test_the_first_follower_takes_the_place_when_its_predecessor_ends() -> None:
     ahead.placed(second.task_id, "p", "ce", SMALL, second.after)
     ahead.observe([AttemptRunning("t1", 0), _exit("t1", 5)])
     assert ahead.queued() == {second.task_id}
+    assert ahead.queued_usage() == {"ce": SMALL}  # what the scheduler must not count as held
     ahead.observe([_exit("t1", 5)])  # a failed tick replays events: nothing moves twice
     assert ahead.queued() == {second.task_id}
     ahead.observe([_exit(second.task_id, 6, terminated=True)])  # terminated while it waited
     assert ahead.queued() == set()
+    assert ahead.queued_usage() == {}
     assert ahead.chain([("j2", "p", SMALL)])[0].after == first.task_id
 
 

@@ -163,6 +163,7 @@ def test_attempts_usage_and_purge_cascade(db: Database) -> None:
         assert repo.active_usage() == [
             {"task_id": "t0", "compute_environment": "ce", "vcpus": 1.5, "memory_mib": 64, "gpus": 0}
         ]
+        assert repo.active_usage_by_environment() == {"ce": (1.5, 64, 0)}  # only the active attempt
         assert repo.purge_candidates(11) == ["p"]
         assert sorted(repo.log_streams_of(repo.child_ids(["p"]))) == ["s0", "s1"]
     with db.begin() as connection:
@@ -215,3 +216,17 @@ def test_two_servers_read_modify_write_never_loses_an_update(fresh_postgres_url:
     for server in servers:
         server.close()
     assert final is not None and final["attempt_count"] == 4 * rounds
+
+
+def test_active_usage_is_summed_per_environment(db: Database) -> None:
+    with db.begin() as connection:
+        repo = Repository(connection)
+        repo.insert_jobs([job(f"j{i}", status="RUNNING") for i in range(4)])
+        repo.insert_attempts([
+            {"task_id": f"t{i}", "job_id": f"j{i}", "number": 1, "compute_environment": ce,
+             "log_stream": f"s{i}", "vcpus": vcpus, "memory_mib": 100 * (i + 1), "gpus": i % 2, "active": active}
+            for i, (ce, vcpus, active) in enumerate([("a", 1.0, True), ("a", 0.5, True), ("b", 2.0, True),
+                                                     ("b", 8.0, False)])
+        ])  # fmt: skip
+    with db.read() as connection:
+        assert Repository(connection).active_usage_by_environment() == {"a": (1.5, 300, 1), "b": (2.0, 300, 0)}
