@@ -52,7 +52,7 @@ CANDIDATES_PER_QUEUE = 64
 AHEAD_CANDIDATES = 256  # per queue and tick, for start-ahead chains
 DIAGNOSED_PER_QUEUE = 1000
 SWEEP_SECONDS = 1.0
-TICK_SPACING_SECONDS = 0.02  # between busy ticks, unless the API changed something
+TICK_SPACING_SECONDS = 0.05  # between busy ticks, unless the API changed something
 RETENTION_CHECK_SECONDS = 60.0
 PARENT_SPEC_CACHE = 10_000
 LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
@@ -94,6 +94,7 @@ class Scheduler:
         self._parent_specs: dict[str, Row] = {}
         self._unapplied: list[AttemptEvent] = []
         self._ahead = StartAhead()
+        self._chained_this_tick: list[str] = []  # to forget if the tick's transaction fails
         self._gangs: set[str] = set()  # MNP jobs one of whose nodes had an event this tick
         executor.subscribe(self.wake)
 
@@ -186,7 +187,16 @@ class Scheduler:
             if sweep:
                 moved |= gangs.fail_stranded(repo, now)
                 self._refresh_config(repo)
-            to_start = self.place(repo, now, diagnose=sweep) + self.place_ahead(repo, now)
+            to_start = self.place(repo, now, diagnose=sweep)
+            self._chained_this_tick = []
+            try:
+                # This tick's new attempts can take followers at once: children that end faster
+                # than ticks come would otherwise have ended before any tick saw them running.
+                self._chain_heads(to_start)
+                to_start += self.place_ahead(repo, now)
+            except BaseException:  # not committed: nothing of this tick may stay chained
+                self._ahead.forget(self._chained_this_tick)
+                raise
         self._unapplied = []
         self._gangs = set()
         self.executor.acknowledge([e.attempt_id for e in events if isinstance(e, AttemptExited)])
@@ -304,7 +314,10 @@ class Scheduler:
                 [(r["id"], r["parent_id"], (r["vcpus"], r["memory_mib"], r["gpus"])) for r in rows]
             )
             if chained:
-                launches += self._record_placements(repo, chained, now)
+                placed = self._record_placements(repo, chained, now)
+                self._chain_heads(placed)
+                self.metrics.placed_ahead.inc(len(placed))
+                launches += placed
         return launches
 
     def _candidates(self, repo: Repository, queues: list[Row], free: scheduling.Resources, diagnose: bool) -> list[Row]:
@@ -381,15 +394,19 @@ class Scheduler:
         repo.insert_attempts(rows)
         return launches
 
+    def _chain_heads(self, launches: list[_Launch]) -> None:
+        """Array children placed now become places that start-ahead may queue followers behind."""
+        for launch in launches:
+            spec = launch.spec
+            if launch.parent_id is not None:
+                resources = (spec.vcpus, spec.memory_mib, spec.gpus)
+                self._ahead.placed(spec.attempt_id, launch.parent_id, launch.environment, resources, spec.start_after)
+                self._chained_this_tick.append(spec.attempt_id)
+
     def _launch(self, launches: list[_Launch]) -> None:
         """Start attempts whose placement is committed; a failure to start becomes an exit."""
         for launch in launches:
             attempt_spec = launch.spec
-            if launch.parent_id is not None:
-                resources = (attempt_spec.vcpus, attempt_spec.memory_mib, attempt_spec.gpus)
-                self._ahead.placed(
-                    attempt_spec.attempt_id, launch.parent_id, launch.environment, resources, attempt_spec.start_after
-                )
             try:
                 self.executor.start(attempt_spec)
             except Exception as exc:  # an executor bug must fail the attempt, not the scheduler

@@ -95,6 +95,18 @@ class StartAhead:
             self._head_of[task_id] = head
             self._waiting[task_id] = (environment, resources)
 
+    def forget(self, task_ids: Sequence[str]) -> None:
+        """Undo `placed` for attempts whose placement was not committed (newest last)."""
+        for task_id in reversed(task_ids):
+            self._waiting.pop(task_id, None)
+            head = self._head_of.pop(task_id, None)
+            if head is not None:
+                self._slots[head].followers.remove(task_id)
+            slot = self._slots.pop(task_id, None)
+            for follower in slot.followers if slot is not None else ():
+                self._head_of.pop(follower, None)
+                self._waiting.pop(follower, None)
+
     def observe(self, events: Iterable[AttemptEvent]) -> None:
         for event in events:
             if isinstance(event, AttemptRunning):

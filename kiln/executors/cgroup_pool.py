@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cgroups import AttemptCgroups, CgroupSupport, attempt_group_name, make_group, rmdir_group
+from .cgroups import AttemptCgroups, CgroupSupport, attempt_group_name, make_group, read_small, rmdir_group
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class CgroupPool:
         if groups.memory is None:
             return True
         try:
-            charged = int((groups.memory / "memory.usage_in_bytes").read_text())
+            charged = int(read_small(groups.memory / "memory.usage_in_bytes"))
         except (OSError, ValueError):
             return False
         return charged <= REUSE_MAX_CHARGED_BYTES

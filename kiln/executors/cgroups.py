@@ -242,7 +242,7 @@ class AttemptCgroups:
         """
         for procs in self.procs_files()[::-1]:  # tracking, cpu, memory: see paths()
             try:
-                return {int(line) for line in procs.read_text().split()}
+                return {int(line) for line in read_small(procs).split()}
             except (OSError, ValueError):
                 continue
         return set()
@@ -255,7 +255,7 @@ class AttemptCgroups:
         if self.memory is None:
             return 0
         try:
-            text = (self.memory / "memory.oom_control").read_text()
+            text = read_small(self.memory / "memory.oom_control").decode()
         except OSError:
             return 0
         match = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
@@ -286,6 +286,19 @@ class AttemptCgroups:
             if remaining:
                 time.sleep(0.02)
         return True
+
+
+def read_small(path: Path) -> bytes:
+    """A small control file in one read (`Path.read_text`'s text layer costs more than the read
+    itself, and the executor reads a few of these per attempt)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while chunks[-1]:  # a big cgroup.procs (thousands of processes) comes in several reads
+            chunks.append(os.read(fd, 1 << 16))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def make_group(parent: Path | None, name: str, configure: _Configure = lambda path: None) -> Path | None:

@@ -71,6 +71,11 @@ class SchedulerMetrics:
         self.attempts_failed = Counter(
             "kiln_attempts_failed", "Attempts that ended without success, by reason.", ["reason"], registry=registry
         )
+        self.placed_ahead = Counter(
+            "kiln_attempts_placed_ahead",
+            "Array children placed behind a running sibling, to start the moment it ends (start-ahead).",
+            registry=registry,
+        )
         self.attempt_duration = Histogram(
             "kiln_attempt_duration_seconds",
             "Run time of attempts that started, from RUNNING to exit, by outcome.",

@@ -34,8 +34,12 @@ def queue(batch: Any) -> str:
 
 @pytest.fixture(scope="module")
 def printed(batch: Any, queue: str) -> dict[str, Any]:
-    """A finished job that printed 25 numbered lines on stdout, an empty line, and one on stderr."""
-    script = 'for i in $(seq -w 1 25); do echo "line $i of the job"; done; echo; echo "ERROR on stderr" >&2'
+    """A finished job that printed 25 numbered lines on stdout, an empty line, and one on stderr.
+
+    It first sleeps: line times are spread between the attempt's start and the log's last write,
+    and a job this small can otherwise start and finish within one millisecond.
+    """
+    script = 'sleep 0.2; for i in $(seq -w 1 25); do echo "line $i of the job"; done; echo; echo "ERROR on stderr" >&2'
     job = wait_for(batch, submit(batch, queue, register_shell(batch, script)))
     assert job["status"] == "SUCCEEDED", job
     return job

@@ -83,3 +83,19 @@ def test_depth_is_capped() -> None:
     _warm(ahead, "p", duration_ms=0)
     ahead.placed("t1", "p", "ce", SMALL, None)
     assert len(ahead.chain([(f"j{i}", "p", SMALL) for i in range(MAX_DEPTH * 2)])) == MAX_DEPTH
+
+
+def test_forget_undoes_placements_that_were_not_committed() -> None:
+    ahead = StartAhead()
+    _warm(ahead, "p", duration_ms=10)
+    ahead.placed("kept", "p", "ce", SMALL, None)
+    ahead.placed("head", "p", "ce", SMALL, None)
+    first, second = ahead.chain([("j0", "p", SMALL), ("j1", "p", SMALL)])
+    ahead.placed(first.task_id, "p", "ce", SMALL, first.after)
+    ahead.placed(second.task_id, "p", "ce", SMALL, second.after)
+    before = ahead.room()
+    ahead.forget(["head", first.task_id, second.task_id])  # the tick that placed them failed
+    assert ahead.queued() == set()
+    assert ahead.queued_usage() == {}
+    assert ahead.room() < before  # "head" no longer offers a place
+    assert [c.after for c in ahead.chain([("j2", "p", SMALL)])] == ["kept"]

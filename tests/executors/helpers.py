@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 
 from kiln.executors.base import AttemptEvent, AttemptExited, AttemptSpec, Executor
+from kiln.executors.cgroups import AttemptCgroups
+from kiln.executors.local import LocalExecutor
 
 PYTHON = sys.executable
 
@@ -27,6 +29,16 @@ def wait_for_exit(executor: Executor, attempt_id: str, timeout: float = 20.0) ->
             return events
         time.sleep(0.02)
     raise AssertionError(f"{attempt_id} did not exit within {timeout}s; events so far: {events}")
+
+
+def wait_for_cgroups(executor: LocalExecutor, attempt_id: str, timeout: float = 5.0) -> AttemptCgroups:
+    """The groups of an attempt once its process exists (`start` hands it to the spawner thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (groups := executor.attempt_cgroups(attempt_id)) is not None:
+            return groups
+        time.sleep(0.01)
+    raise AssertionError(f"{attempt_id} has no process within {timeout}s")
 
 
 def exited(events: list[AttemptEvent]) -> AttemptExited:

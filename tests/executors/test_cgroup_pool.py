@@ -14,7 +14,7 @@ from kiln.executors.cgroup_pool import FREE_PREFIX, REUSE_MAX_CHARGED_BYTES, Cgr
 from kiln.executors.cgroups import MIB, CgroupSupport, attempt_group_name, detect_cgroups
 from kiln.executors.local import LocalExecutor
 
-from .helpers import SpecFactory, exited, wait_for_exit
+from .helpers import SpecFactory, exited, wait_for_cgroups, wait_for_exit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,8 +120,8 @@ def test_array_like_attempts_reuse_groups_and_leave_none_behind(
     for index in range(5):
         spec = make_spec(["sh", "-c", "cat /proc/self/cgroup; sleep 0.3"], memory_mib=48)
         executor.start(spec)
-        groups = executor.attempt_cgroups(spec.attempt_id)
-        assert groups is not None and groups.memory is not None
+        groups = wait_for_cgroups(executor, spec.attempt_id)
+        assert groups.memory is not None
         inodes.add(groups.memory.stat().st_ino)
         assert exited(wait_for_exit(executor, spec.attempt_id)).exit_code == 0, index
         assert f"/{attempt_group_name(spec.attempt_id)}" in spec.log_path.read_text()

@@ -22,7 +22,7 @@ from kiln.executors.cgroups import (
 )
 from kiln.executors.local import LocalExecutor
 
-from .helpers import SpecFactory, exited, is_gone, wait_for_exit, wait_for_log
+from .helpers import SpecFactory, exited, is_gone, wait_for_cgroups, wait_for_exit, wait_for_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,8 +126,8 @@ def test_cpu_shares_and_quota_are_written(cgroup_executor: LocalExecutor, make_s
         pytest.skip(f"cpu controller not writable here: {cgroup_executor.cgroup_support.notes}")
     spec = make_spec(["sleep", "5"], vcpus=2, cpu_hard_cap=True)
     cgroup_executor.start(spec)
-    groups = cgroup_executor.attempt_cgroups(spec.attempt_id)
-    assert groups is not None and groups.cpu is not None
+    groups = wait_for_cgroups(cgroup_executor, spec.attempt_id)
+    assert groups.cpu is not None
 
     assert (groups.cpu / "cpu.shares").read_text().strip() == "2048"
     period = int((groups.cpu / "cpu.cfs_period_us").read_text())
@@ -143,8 +143,8 @@ def test_soft_cpu_limit_sets_no_quota(cgroup_executor: LocalExecutor, make_spec:
         pytest.skip(f"cpu controller not writable here: {cgroup_executor.cgroup_support.notes}")
     spec = make_spec(["sleep", "5"], vcpus=0.5)
     cgroup_executor.start(spec)
-    groups = cgroup_executor.attempt_cgroups(spec.attempt_id)
-    assert groups is not None and groups.cpu is not None
+    groups = wait_for_cgroups(cgroup_executor, spec.attempt_id)
+    assert groups.cpu is not None
     assert (groups.cpu / "cpu.shares").read_text().strip() == "512"
     assert (groups.cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
     cgroup_executor.terminate(spec.attempt_id, "done")

@@ -269,6 +269,34 @@ def test_terminate_escalates_to_sigkill(executor: LocalExecutor, make_spec: Spec
     assert (event.terminated, event.exit_code) == (True, 137)
 
 
+def test_terminate_right_after_start_stops_it_whether_or_not_it_began(
+    executor: LocalExecutor, make_spec: SpecFactory
+) -> None:
+    """`start` only queues the process for the spawner: a terminate may find it not yet made."""
+    specs = [make_spec(["sleep", "30"]) for _ in range(5)]
+    for spec in specs:
+        executor.start(spec)
+    for spec in specs:
+        executor.terminate(spec.attempt_id, "Terminated by the test")
+    ends: dict[str, AttemptExited] = {}
+    deadline = time.monotonic() + 20
+    while len(ends) < len(specs) and time.monotonic() < deadline:
+        ends.update({e.attempt_id: e for e in executor.poll() if isinstance(e, AttemptExited)})
+        time.sleep(0.02)
+    assert {(e.terminated, e.status_reason) for e in ends.values()} == {(True, "Terminated by the test")}
+    assert sorted(ends) == sorted(spec.attempt_id for spec in specs)
+    assert executor.running() == set()
+
+
+def test_shutdown_right_after_start_leaves_nothing(settings: Settings, make_spec: SpecFactory) -> None:
+    local = LocalExecutor(settings)
+    spec = make_spec(["sleep", "30"])
+    local.start(spec)
+    local.shutdown(grace_seconds=0.2)
+    assert local.running() == set()
+    assert exited(wait_for_exit(local, spec.attempt_id)).terminated
+
+
 def test_terminate_unknown_or_finished_is_ignored(executor: LocalExecutor, make_spec: SpecFactory) -> None:
     executor.terminate("never-started", "whatever")
     spec = make_spec(["true"])
