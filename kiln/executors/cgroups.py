@@ -225,7 +225,7 @@ class AttemptCgroups:
         return [path for path in (self.memory, self.cpu, self.tracking) if path is not None]
 
     def procs_files(self) -> list[Path]:
-        """Files the attempt's wrapper writes its pid to before exec'ing the job."""
+        """Files the attempt's process writes itself into before exec'ing the job."""
         return [path / "cgroup.procs" for path in self.paths()]
 
     @property
@@ -236,7 +236,7 @@ class AttemptCgroups:
     def pids(self) -> set[int]:
         """Every live process of the attempt (exited processes are never listed).
 
-        The wrapper joins every group before the job starts and children inherit them all, so one
+        The launcher joins every group before the job starts and children inherit them all, so one
         group lists the whole tree: the cgroup2 one when present (it is the hardest to leave),
         else memory, else cpu. One read instead of three matters when thousands of short jobs end.
         """
