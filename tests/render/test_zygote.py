@@ -58,7 +58,11 @@ class Kit:
             job_id=attempt_id,
             image=image.IMAGE,
             command=["render", "-i", str(self.blend), "-o", str(output), "-f", "1", *SMALL, *extra],
-            environment={"XDG_RUNTIME_DIR": str(self.folder), "KILN_RENDER_ZYGOTE_IDLE_SECONDS": "120"}
+            environment={
+                "XDG_RUNTIME_DIR": str(self.folder),
+                "KILN_RENDER_ZYGOTE": "on",
+                "KILN_RENDER_ZYGOTE_IDLE_SECONDS": "120",
+            }
             | (environment or {}),
             vcpus=fields.pop("vcpus", 1.0),
             memory_mib=fields.pop("memory_mib", 2048),
@@ -191,6 +195,11 @@ def test_jobs_render_in_process_when_the_zygote_cannot_serve(kit: Kit, tmp_path:
 
     switched_off = kit.spec(environment={"KILN_RENDER_ZYGOTE": "off"})
     event, log = kit.run(switched_off)
+    assert event.exit_code == 0 and "forked from the render zygote" not in log, log
+
+    by_default = kit.spec()
+    by_default.environment.pop("KILN_RENDER_ZYGOTE")  # opt-in: without the switch, no zygote
+    event, log = kit.run(by_default)
     assert event.exit_code == 0 and "forked from the render zygote" not in log, log
 
 
