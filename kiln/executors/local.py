@@ -78,8 +78,8 @@ NO_COMMAND_REASON = f"{CANNOT_START_PREFIX}: Error response from daemon: No comm
 DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}  # every one a job may catch
 WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"
 
-# The portable launcher: `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`: enter the workdir, join
-# every cgroup listed, then become the job (same pid, no process left behind).
+# The portable launcher, `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`:
+# enter the workdir, join every cgroup listed, then become the job (same pid, nothing left behind).
 WRAPPER_SCRIPT = (
     f'cd "$1" || exit {WRAPPER_EXIT_CODE}; shift; '
     'while [ "$#" -gt 0 ] && [ "$1" != -- ]; do '
