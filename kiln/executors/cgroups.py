@@ -289,8 +289,8 @@ class AttemptCgroups:
 
 
 def read_small(path: Path) -> bytes:
-    """A small control file in one read (`Path.read_text`'s text layer costs more than the read
-    itself, and the executor reads a few of these per attempt)."""
+    """A small control file's bytes, read with plain `os.read` (`Path.read_text`'s text layer costs
+    more than the read itself, and the executor reads a few of these per attempt)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = [os.read(fd, 1 << 16)]
