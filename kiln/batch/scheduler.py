@@ -251,15 +251,11 @@ class Scheduler:
     def signal_terminations(self) -> None:
         """TerminateJob is recorded durably by the API; here the running attempt gets its signal."""
         with self.db.read() as connection:
-            repo = Repository(connection)
-            active = {a["job_id"]: a for a in repo.active_attempts()}
-            jobs = repo.job_summaries(list(active))
-            specs = {j["id"]: j["spec"] for j in repo.get_jobs([j["id"] for j in jobs if j["is_terminated"]])}
-        for job in jobs:
-            attempt = active[job["id"]]
-            if job["is_terminated"] and attempt["task_id"] not in self._signalled:
+            terminated = Repository(connection).terminated_active_attempts()
+        for attempt in terminated:
+            if attempt["task_id"] not in self._signalled:
                 self._signalled.add(attempt["task_id"])
-                self.executor.terminate(attempt["task_id"], specs[job["id"]].get("stopReason") or "Terminated")
+                self.executor.terminate(attempt["task_id"], attempt["spec"].get("stopReason") or "Terminated")
 
     # -- placement -----------------------------------------------------------------------------
     def place(self, repo: Repository, now: int, *, diagnose: bool) -> list[_Launch]:

@@ -276,14 +276,6 @@ class Repository:
             )
             self.connection.execute(statement, list(group))
 
-    def job_summaries(self, ids: Sequence[str]) -> list[Row]:
-        """The few columns the scheduler needs of many jobs (no JSON spec to decode)."""
-        columns = (jobs.c.id, jobs.c.status, jobs.c.parent_id, jobs.c.attempt_count, jobs.c.is_terminated)
-        found: list[Row] = []
-        for chunk in _chunks(list(ids)):
-            found += _rows(self.connection.execute(select(*columns).where(jobs.c.id.in_(list(chunk)))))
-        return found
-
     def runnable_candidates(self, queue_arn: str, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
         """A queue's RUNNABLE jobs that could fit the free capacity, FIFO, without their specs."""
         columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.parent_id, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus,
@@ -421,6 +413,16 @@ class Repository:
             for row in _rows(self.connection.execute(query)):
                 result[row["job_id"]].append(row)
         return result
+
+    def terminated_active_attempts(self) -> list[Row]:
+        """Attempts still active whose job a user terminated: `task_id` and the job's `spec` (its
+        stopReason). A join, so a sweep reads no row per active attempt, only the few to signal."""
+        query = (
+            select(attempts.c.task_id, jobs.c.spec)
+            .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
+            .where(attempts.c.active.is_(True), jobs.c.is_terminated.is_(True))
+        )
+        return _rows(self.connection.execute(query))
 
     def active_attempts(self) -> list[Row]:
         return _rows(self.connection.execute(select(attempts).where(attempts.c.active.is_(True))))

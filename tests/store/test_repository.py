@@ -230,3 +230,20 @@ def test_active_usage_is_summed_per_environment(db: Database) -> None:
         ])  # fmt: skip
     with db.read() as connection:
         assert Repository(connection).active_usage_by_environment() == {"a": (1.5, 300, 1), "b": (2.0, 300, 0)}
+
+
+def test_terminated_active_attempts_are_found_by_a_join(db: Database) -> None:
+    with db.begin() as connection:
+        repo = Repository(connection)
+        repo.insert_jobs([job("a", status="RUNNING", is_terminated=True, spec={"stopReason": "user asked"}),
+                          job("b", status="RUNNING", is_terminated=False),
+                          job("c", status="FAILED", is_terminated=True)])  # fmt: skip
+        repo.insert_attempts([
+            {"task_id": f"t{name}", "job_id": name, "number": 1, "compute_environment": "ce",
+             "log_stream": f"s{name}", "vcpus": 1.0, "memory_mib": 64, "gpus": 0, "active": name != "c"}
+            for name in "abc"
+        ])  # fmt: skip
+    with db.read() as connection:
+        assert Repository(connection).terminated_active_attempts() == [
+            {"task_id": "ta", "spec": {"stopReason": "user asked"}}
+        ]
