@@ -17,6 +17,7 @@ from typing import Any
 
 from .cycles_device import apply_device, choose_device
 from .errors import RenderError
+from .vcpus import thread_pools_sized
 
 _SAMPLE_SETTINGS = {  # engine -> (settings group on the scene, samples property)
     "CYCLES": ("cycles", "samples"),
@@ -38,15 +39,16 @@ def import_bpy() -> Any:
 class BlenderScene:
     """The active scene of one opened .blend file, rendered frame by frame into `output_dir`."""
 
-    def __init__(self, blend_file: Path, output_dir: Path, chatter_log: Path) -> None:
-        self._bpy = import_bpy()
+    def __init__(self, blend_file: Path, output_dir: Path, chatter_log: Path, *, threads: int) -> None:
         self._output_dir = output_dir
         self._chatter_log = chatter_log
-        try:
-            with self._quiet():
-                self._bpy.ops.wm.open_mainfile(filepath=str(blend_file), load_ui=False)
-        except RuntimeError as error:
-            raise RenderError(f"Blender cannot open the input: {_first_line(error)}") from None
+        with thread_pools_sized(threads):  # Blender's worker pool is sized as it loads
+            self._bpy = import_bpy()
+            try:
+                with self._quiet():
+                    self._bpy.ops.wm.open_mainfile(filepath=str(blend_file), load_ui=False)
+            except RuntimeError as error:
+                raise RenderError(f"Blender cannot open the input: {_first_line(error)}") from None
         self.scene = self._bpy.context.scene
 
     @property

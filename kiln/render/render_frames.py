@@ -46,7 +46,7 @@ def render_slice(job: RenderJob, say: Callable[[str], None] = print) -> list[int
         blend_file = fetch_blend(job.blend_uri, scratch / "input")
         rendered_dir = scratch / "frames"
         rendered_dir.mkdir()
-        scene = BlenderScene(blend_file, rendered_dir, chatter_log=scratch / "blender.log")
+        scene = BlenderScene(blend_file, rendered_dir, chatter_log=scratch / "blender.log", threads=job.threads)
         for note in scene.configure(
             threads=job.threads, resolution_percent=job.resolution_percent, samples=job.samples
         ):
