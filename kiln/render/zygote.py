@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import zygote_cgroups
+from .vcpus import job_vcpus, thread_pools_sized
 from .zygote_paths import ZygotePaths
 
 IDLE_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_IDLE_SECONDS"
@@ -310,11 +311,12 @@ def run(paths: ZygotePaths) -> int:
     os.write(lock, f"{os.getpid()}\n".encode())  # who serves (for operators and tests)
     signal.signal(signal.SIGTERM, _exit_on_signal)  # SIGTERM: remove the socket on the way out
     try:
-        import bpy  # noqa: F401 - the point of the zygote
+        with thread_pools_sized(job_vcpus(os.environ)):  # children keep a worker pool of the job's size
+            import bpy  # noqa: F401 - the point of the zygote
 
-        from . import render_frames  # noqa: F401 - what each job runs, imported once
+            from . import render_frames  # noqa: F401 - what each job runs, imported once
 
-        warm_up()
+            warm_up()
         idle = float(os.environ.get(IDLE_SECONDS_VARIABLE, "") or DEFAULT_IDLE_SECONDS)
         Zygote(paths, idle, lock).serve()
     except Exception as error:

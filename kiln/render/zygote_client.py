@@ -23,11 +23,8 @@ from . import zygote_cgroups
 from .zygote import receive, send
 from .zygote_paths import KEY_VARIABLE_PREFIXES, UnsafeFolder, ZygotePaths
 
-# Opt-in: "on" (or 1/true/yes) forks render jobs from the zygote. Off by default since renders in
-# a forked child were measured ~14-20 % slower per frame at 1 thread, which ate the start-up it
-# saves (docs/performance.md, "The render zygote").
-SWITCH_VARIABLE = "KILN_RENDER_ZYGOTE"
-_ON = {"1", "on", "true", "yes"}
+SWITCH_VARIABLE = "KILN_RENDER_ZYGOTE"  # "off" (or 0/false/no) renders every job in-process
+_OFF = {"0", "off", "false", "no"}
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _ZYGOTE_VARIABLES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"}
 _ZYGOTE_VARIABLE_PREFIXES = ("LC_", "XDG_", *KEY_VARIABLE_PREFIXES)
@@ -37,7 +34,7 @@ START_TIMEOUT_SECONDS = 15.0  # from the request to the child's "started" (fork 
 
 def wanted(environ: Mapping[str, str]) -> bool:
     """Whether this job may go through the zygote at all (before touching any socket)."""
-    if environ.get(SWITCH_VARIABLE, "").strip().lower() not in _ON:
+    if environ.get(SWITCH_VARIABLE, "").strip().lower() in _OFF:
         return False
     if environ.get("CUDA_VISIBLE_DEVICES", "").strip():
         return False

@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-KEY_VARIABLE_PREFIXES = ("BLENDER_", "OCIO", "PYTHON", "LD_", "TBB_", "OMP_", "KILN_RENDER_ZYGOTE")
+# KILN_VCPUS: Blender's worker pool is sized as bpy loads (vcpus.thread_pools_sized), so jobs of
+# each size get a zygote of their own whose children inherit a pool of their size.
+KEY_VARIABLE_PREFIXES = ("BLENDER_", "OCIO", "PYTHON", "LD_", "TBB_", "OMP_", "KILN_RENDER_ZYGOTE", "KILN_VCPUS")
 DISABLED_FOR_SECONDS = 600.0  # after a zygote could not start, jobs stop trying for this long
 
 

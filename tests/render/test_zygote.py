@@ -135,8 +135,15 @@ def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
     assert "forked from the render zygote" not in first_log
     assert "frame 1 done" in first_log
 
-    forked = kit.spec(vcpus=2.0)  # two threads: Blender's TBB workers must work in the child
-    event, log = kit.run(forked)
+    # Two threads: Blender's TBB workers must work in the child. Jobs of each size have a zygote of
+    # their own (its worker pool is sized as bpy loads): the first 2-vCPU job starts that one.
+    deadline = time.monotonic() + 90
+    while True:
+        forked = kit.spec(vcpus=2.0)
+        event, log = kit.run(forked)
+        if "forked from the render zygote" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert event.exit_code == 0, log
     assert "forked from the render zygote" in log, log
     assert "slice 0: frame 1 of frames 1-199" in log and "frame 1 done (1/1" in log  # the job's own log
@@ -195,11 +202,6 @@ def test_jobs_render_in_process_when_the_zygote_cannot_serve(kit: Kit, tmp_path:
 
     switched_off = kit.spec(environment={"KILN_RENDER_ZYGOTE": "off"})
     event, log = kit.run(switched_off)
-    assert event.exit_code == 0 and "forked from the render zygote" not in log, log
-
-    by_default = kit.spec()
-    by_default.environment.pop("KILN_RENDER_ZYGOTE")  # opt-in: without the switch, no zygote
-    event, log = kit.run(by_default)
     assert event.exit_code == 0 and "forked from the render zygote" not in log, log
 
 
