@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.conftest import KilnServer
 from tests.ray_cluster import RayCluster
 from tests.support import make_queue, register_shell, submit, wait_for
 
 HOST_LOST = re.compile(r"^Host EC2 \(instance ([0-9a-f]{56})\) terminated\.$")
 NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
 JOB_REQUIREMENT = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    flags = [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address]
-    server = start_server(tmp_path_factory.mktemp("kiln-ray"), flags)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def batch(server: KilnServer) -> Any:
-    return server.client()
 
 
 def _node_prefix(log: str) -> str:

@@ -17,15 +17,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from kiln.cli.embedded_server import free_port
-from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.conftest import KilnServer
 from tests.e2e.test_multinode import ESSENTIAL, NODE_PROGRAM, register_multinode
 from tests.ray.test_ray_executor import JOB_REQUIREMENT, _node_prefix
 from tests.ray_cluster import RayCluster
@@ -38,19 +36,6 @@ RAY_NODE_PROGRAM = 'print("pwd=" + __import__("os").getcwd(), flush=True)\n' + N
     LOCAL_BIND, "socket.create_server((sys.argv[2], port))"
 )
 NO_NODE_FITS = "CannotStartContainerError: no live Ray node has 3 CPU"
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    flags = [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address]
-    server = start_server(tmp_path_factory.mktemp("kiln-ray-mnp"), flags)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def batch(server: KilnServer) -> Any:
-    return server.client()
 
 
 def node_addresses(cluster: RayCluster) -> dict[str, str]:

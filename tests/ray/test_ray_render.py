@@ -19,13 +19,12 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.conftest import KilnServer
 from tests.ray_cluster import RayCluster
 from tests.render.conftest import POTTERY_CANDIDATES
 from tests.render.images import video_frames
@@ -46,14 +45,6 @@ def pottery() -> Path:
         if candidate.is_file():
             return candidate
     pytest.skip("pottery.blend not found (set KILN_POTTERY_BLEND or provide shared/data/pottery.blend)")
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    flags = [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address]
-    server = start_server(tmp_path_factory.mktemp("kiln-ray-render"), flags)
-    yield server
-    server.stop()
 
 
 def _age_seconds(proc: Path) -> float:
