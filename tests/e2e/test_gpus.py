@@ -9,6 +9,7 @@ says so, and a server restart keeps the devices of the attempts it adopts.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +98,35 @@ def metrics(server: KilnServer) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     }
 
 
-def test_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(tmp_path: Path) -> None:
+@dataclass
+class TwoGpuHolders:
+    """A server with 2 GPUs whose two 1-GPU jobs are running, and what each of them was given."""
+
+    server: KilnServer
+    batch: Any
+    queue: str
+    one_gpu: str  # the 1-GPU job definition
+    first: str
+    second: str
+    devices: dict[str, tuple[str, str]]  # job -> (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)
+
+
+def two_gpu_holders(tmp_path: Path) -> TwoGpuHolders:
     server = gpu_server(tmp_path, gpus=2)
     batch = server.client()
     queue = make_queue(batch, max_vcpus=HOST_VCPUS)
     one_gpu = register_holder(batch, tmp_path, gpus=1)
-
     first, second = submit(batch, queue, one_gpu), submit(batch, queue, one_gpu)
     wait_for(batch, first, {"RUNNING"})
     wait_for(batch, second, {"RUNNING"})
     devices = {job: seen_devices(tmp_path, job) for job in (first, second)}
+    return TwoGpuHolders(server, batch, queue, one_gpu, first, second, devices)
+
+
+def test_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(tmp_path: Path) -> None:
+    held = two_gpu_holders(tmp_path)
+    server, batch, queue, one_gpu = held.server, held.batch, held.queue, held.one_gpu
+    first, second, devices = held.first, held.second, held.devices
     assert sorted(cuda for cuda, _ in devices.values()) == ["0", "1"]  # never the same device
     assert all(cuda == nvidia for cuda, nvidia in devices.values())
 
@@ -156,14 +176,9 @@ def test_a_job_needing_more_gpus_than_the_host_has_says_so(tmp_path: Path) -> No
 
 
 def test_attempts_adopted_after_a_server_restart_keep_their_devices(tmp_path: Path) -> None:
-    server = gpu_server(tmp_path, gpus=2)
-    batch = server.client()
-    queue = make_queue(batch, max_vcpus=HOST_VCPUS)
-    one_gpu = register_holder(batch, tmp_path, gpus=1)
-    first, second = submit(batch, queue, one_gpu), submit(batch, queue, one_gpu)
-    wait_for(batch, first, {"RUNNING"})
-    wait_for(batch, second, {"RUNNING"})
-    devices = {job: seen_devices(tmp_path, job) for job in (first, second)}
+    held = two_gpu_holders(tmp_path)
+    server, queue, one_gpu = held.server, held.queue, held.one_gpu
+    first, second, devices = held.first, held.second, held.devices
 
     server.restart(kill=True)  # SIGKILL: the attempts live on under the supervisor
     batch = server.client()
