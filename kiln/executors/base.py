@@ -125,6 +125,11 @@ class AttemptExited:
     started_at: int | None = None
     host: str | None = None  # the node it ran on, for executors with several (Ray)
 
+    @classmethod
+    def stopped_before_start(cls, attempt_id: str, at_ms: int, reason: str) -> AttemptExited:
+        """Terminated (`reason`) while it waited, before any process of it existed."""
+        return cls(attempt_id, at_ms, None, reason, started=False, terminated=True)
+
 
 AttemptEvent = AttemptRunning | AttemptExited
 

@@ -374,7 +374,7 @@ class LocalExecutor:
     def _stopped_before_start(self, spec: AttemptSpec, reason: str) -> None:
         with self._lock:
             self._starting.pop(spec.attempt_id, None)
-        self._emit(AttemptExited(spec.attempt_id, now_ms(), None, reason, started=False, terminated=True))
+        self._emit(AttemptExited.stopped_before_start(spec.attempt_id, now_ms(), reason))
 
     def _emit(self, event: AttemptEvent) -> None:
         self._events.put(event)

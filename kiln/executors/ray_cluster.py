@@ -258,7 +258,7 @@ class RayExecutor:
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         if self._drop_incomplete_member(attempt_id):
-            self._emit(AttemptExited(attempt_id, now_ms(), None, reason, started=False, terminated=True))
+            self._emit(AttemptExited.stopped_before_start(attempt_id, now_ms(), reason))
             return
         with self._lock:
             attempt = self._attempts.get(attempt_id)

@@ -229,7 +229,7 @@ class Supervisor:
         for follower in self.waiting.pop(attempt_id, []):
             self.waiting[predecessor].append(follower)
             self.queued[follower.attempt_id] = predecessor
-        event = AttemptExited(attempt_id, now_ms(), None, reason, started=False, terminated=True)
+        event = AttemptExited.stopped_before_start(attempt_id, now_ms(), reason)
         self._record([event])
 
     def _stop_everything(self) -> None:
