@@ -22,6 +22,7 @@ from rich.text import Text
 from kiln.cli.render_pipeline import RenderPlan, SubmittedPipeline
 
 POLL_SECONDS = 0.5
+STITCH_POLL_SECONDS = 0.1  # the stitch job is short: its end is noticed sooner
 DEPENDENT_GRACE_SECONDS = 5.0
 SERVER_GONE_SECONDS = 30.0  # API errors for this long in a row mean the server is gone
 TERMINAL = ("SUCCEEDED", "FAILED")
@@ -145,7 +146,7 @@ def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Consol
                 render_failed_at = render_failed_at or time.monotonic()
                 if time.monotonic() - render_failed_at >= DEPENDENT_GRACE_SECONDS:
                     break
-            time.sleep(POLL_SECONDS)
+            time.sleep(STITCH_POLL_SECONDS if render["status"] == "SUCCEEDED" else POLL_SECONDS)
     failed = _blame(batch, render, stitch)
     return Outcome(failed is None, render, stitch, failed, done, time.monotonic() - started)
 

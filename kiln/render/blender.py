@@ -26,6 +26,38 @@ _SAMPLE_SETTINGS = {  # engine -> (settings group on the scene, samples property
 }
 
 
+_opened_ahead: tuple[Path, tuple[int, ...]] | None = None  # set in the render zygote: (file, identity)
+
+
+def open_ahead(blend_file: Path) -> None:
+    """Open `blend_file` in this process now, for the jobs forked from it next (the render zygote).
+
+    A forked job whose input is this very file, unchanged since, then starts with the scene open
+    instead of loading it again (`BlenderScene`); reopening is skipped while it stays unchanged.
+    """
+    global _opened_ahead
+    identity = _identity(blend_file)
+    if _opened_ahead == (blend_file, identity):
+        return
+    _opened_ahead = None
+    _open_mainfile(import_bpy(), blend_file)
+    _opened_ahead = (blend_file, identity)
+
+
+def is_open_ahead(blend_file: Path) -> bool:
+    """Whether `open_ahead` loaded this file, as it still is, into this process."""
+    try:
+        return _opened_ahead == (blend_file, _identity(blend_file))
+    except OSError:
+        return False
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or rewritten: device, inode, size, modification time."""
+    status = os.stat(path)
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 def import_bpy() -> Any:
     try:
         import bpy
@@ -42,13 +74,13 @@ class BlenderScene:
     def __init__(self, blend_file: Path, output_dir: Path, chatter_log: Path, *, threads: int) -> None:
         self._output_dir = output_dir
         self._chatter_log = chatter_log
-        with thread_pools_sized(threads):  # Blender's worker pool is sized as it loads
+        if is_open_ahead(blend_file):
             self._bpy = import_bpy()
-            try:
+        else:
+            with thread_pools_sized(threads):  # Blender's worker pool is sized as it loads
+                self._bpy = import_bpy()
                 with self._quiet():
-                    self._bpy.ops.wm.open_mainfile(filepath=str(blend_file), load_ui=False)
-            except RuntimeError as error:
-                raise RenderError(f"Blender cannot open the input: {_first_line(error)}") from None
+                    _open_mainfile(self._bpy, blend_file)
         self.scene = self._bpy.context.scene
 
     @property
@@ -140,6 +172,13 @@ class BlenderScene:
                     os.dup2(saved, 1)
         finally:
             os.close(saved)
+
+
+def _open_mainfile(bpy: Any, blend_file: Path) -> None:
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(blend_file), load_ui=False)
+    except RuntimeError as error:
+        raise RenderError(f"Blender cannot open the input: {_first_line(error)}") from None
 
 
 def _first_line(error: BaseException) -> str:

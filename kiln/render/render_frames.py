@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from . import uris
 from .blend_header import read_scene_info
-from .blender import BlenderScene
-from .errors import RenderError
+from .blender import BlenderScene, is_open_ahead
+from .errors import BlendFileError, RenderError
 from .frame_store import RenderedScene, finished_frames, frames_uri, publish_frame, write_scene
 from .slices import frames_to_cover, slice_count, slice_frames
 
@@ -43,7 +43,9 @@ def render_slice(job: RenderJob, say: Callable[[str], None] = print) -> list[int
     """Render this job's missing frames; returns the frames rendered now (skipped ones excluded)."""
     with tempfile.TemporaryDirectory(prefix="kiln-render-") as scratch_name:
         scratch = Path(scratch_name)
-        blend_file = fetch_blend(job.blend_uri, scratch / "input")
+        blend_file = local_blend(job.blend_uri, scratch / "input")
+        if is_open_ahead(blend_file):
+            say(f"{blend_file.name} was opened ahead by the render zygote")
         rendered_dir = scratch / "frames"
         rendered_dir.mkdir()
         scene = BlenderScene(blend_file, rendered_dir, chatter_log=scratch / "blender.log", threads=job.threads)
@@ -83,20 +85,31 @@ def _render_and_publish(scene: BlenderScene, frames: list[int], output_uri: str,
         say(f"frame {frame} done ({count}/{len(frames)}, {time.monotonic() - started:.1f} s)")
 
 
-def fetch_blend(blend_uri: str, folder: Path) -> Path:
-    """Download the .blend (Blender opens local files only) and check it is one before Blender starts.
+def local_blend(blend_uri: str, folder: Path) -> Path:
+    """The input as a local file (Blender opens local files only), checked to be a .blend first.
 
-    The file keeps its name, so paths relative to it (`//textures/...`) resolve like they did for
-    the artist; the header check turns a wrong input into one clear line instead of Blender's noise.
+    A local input is opened where it is, so paths relative to it (`//textures/...`) resolve as they
+    did for the artist; a remote one is downloaded under its own name. The header check turns a
+    wrong input into one clear line instead of Blender's noise; a file the render zygote opened for
+    this job (`blender.open_ahead`) passed it there.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    local = folder / (PurePosixPath(blend_uri.rstrip("/")).name or "input.blend")
-    uris.download(blend_uri, local)
+    local = uris.local_path(blend_uri)
+    if local is not None and is_open_ahead(local):
+        return local
+    if local is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / (PurePosixPath(blend_uri.rstrip("/")).name or "input.blend")
+        uris.download(blend_uri, local)
+    check_blend(local, blend_uri)
+    return local
+
+
+def check_blend(local: Path, blend_uri: str) -> None:
+    """A one-line RenderError naming `blend_uri` unless `local` (the input or its copy) is a .blend file."""
     try:
         read_scene_info(local)
-    except RenderError as error:
+    except BlendFileError as error:  # (an unreadable file's error names it already)
         raise RenderError(f"{blend_uri}: {error}") from None
-    return local
 
 
 def _my_frames(covered: range, job: RenderJob) -> range:

@@ -26,6 +26,7 @@ from fsspec.utils import get_protocol
 from .errors import RenderError
 
 _S3_PROTOCOLS = ("s3", "s3a")
+_LOCAL_PROTOCOLS = ("file", "local")
 
 
 def s3_endpoint() -> str | None:
@@ -50,6 +51,15 @@ def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
 def join(uri: str, *parts: str) -> str:
     """`uri` with path parts appended, whatever its protocol (`s3://b/out` + `frames` -> `s3://b/out/frames`)."""
     return "/".join([uri.rstrip("/"), *parts])
+
+
+def local_path(uri: str, cwd: str | None = None) -> Path | None:
+    """The local file that `uri` names (a plain path or `file://`), relative ones taken from `cwd`
+    (default: this process's); None for any other protocol."""
+    if get_protocol(uri) not in _LOCAL_PROTOCOLS:
+        return None
+    path = uri.split("://", 1)[1] if "://" in uri else uri
+    return Path(cwd or os.getcwd(), path)
 
 
 def open_input(uri: str) -> BinaryIO:

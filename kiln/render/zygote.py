@@ -140,6 +140,7 @@ class Zygote:
                 send(connection, {"refused": problem})
                 connection.close()
                 return
+            self._open_scene_ahead(request)
             self._pools.stop()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -172,6 +173,22 @@ class Zygote:
         if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
             return "malformed request"
         return None
+
+    def _open_scene_ahead(self, request: dict[str, Any]) -> None:
+        """Open a render job's local .blend here, before forking it: the next jobs of the same scene
+        then start with it open (~0.15 s per job on Pottery). A problem is the job's to report."""
+        blend_file = render_input_file(request)
+        from .blender import is_open_ahead, open_ahead
+        from .render_frames import check_blend
+
+        if blend_file is None or is_open_ahead(blend_file):
+            return
+
+        try:
+            check_blend(blend_file, str(blend_file))
+            open_ahead(blend_file)
+        except Exception as error:  # the job opens (or fails to open) its input itself
+            print(f"kiln-render zygote: {blend_file} not opened ahead: {error}", file=sys.stderr, flush=True)
 
     def _become_job(self, connection: socket.socket, client_pid: int, request: dict[str, Any], fds: list[int]) -> None:
         """In the forked child: join the job's groups, take its place, render, exit."""
@@ -250,6 +267,21 @@ class Zygote:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(job.connection)
         job.connection.close()
+
+
+def render_input_file(request: dict[str, Any]) -> Path | None:
+    """The local .blend a `render` request names (relative to the job's directory); None otherwise."""
+    from .cli import UsageError, build_parser
+    from .uris import local_path
+
+    cwd = request.get("cwd")
+    try:
+        arguments = build_parser().parse_args([str(argument) for argument in request["argv"]])
+    except (UsageError, SystemExit):  # (`--help` exits) the job reports its own arguments
+        return None
+    if arguments.action != "render" or not isinstance(cwd, str):
+        return None
+    return local_path(arguments.input, cwd=cwd)
 
 
 def socket_peer(connection: socket.socket) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import time
@@ -50,14 +51,17 @@ class Kit:
     work: Path
     blend: Path
 
-    def spec(self, *extra: str, environment: dict[str, str] | None = None, **fields: Any) -> AttemptSpec:
+    def spec(
+        self, *extra: str, environment: dict[str, str] | None = None, blend: Path | None = None, **fields: Any
+    ) -> AttemptSpec:
         attempt_id = f"zygote-test-{os.getpid()}-{next(_ids)}"  # unique on a host shared with other servers
         output = self.work / "out" / attempt_id
+        scene = str(blend or self.blend)
         return AttemptSpec(
             attempt_id=attempt_id,
             job_id=attempt_id,
             image=image.IMAGE,
-            command=["render", "-i", str(self.blend), "-o", str(output), "-f", "1", *SMALL, *extra],
+            command=["render", "-i", scene, "-o", str(output), "-f", "1", *SMALL, *extra],
             environment={
                 "XDG_RUNTIME_DIR": str(self.folder),
                 "KILN_RENDER_ZYGOTE": "on",
@@ -147,7 +151,35 @@ def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
     assert event.exit_code == 0, log
     assert "forked from the render zygote" in log, log
     assert "slice 0: frame 1 of frames 1-199" in log and "frame 1 done (1/1" in log  # the job's own log
+    assert "pottery.blend was opened ahead by the render zygote" in log
     assert np.array_equal(kit.frame(forked), kit.frame(first))
+
+
+def test_a_scene_rewritten_between_jobs_is_opened_again(
+    kit: Kit, first_job: object, tmp_path: Path, sample_blend: Path
+) -> None:
+    """The zygote keeps the last scene open for the next job, but only while the file is unchanged."""
+    scene = tmp_path / "scene.blend"
+    shutil.copyfile(kit.blend, scene)
+    pottery = kit.spec(blend=scene)
+    event, log = kit.run(pottery)
+    assert event.exit_code == 0 and "scene.blend was opened ahead by the render zygote" in log, log
+    assert "frame 1 of frames 1-199 from scene 'Scene'" in log
+
+    shutil.copyfile(sample_blend, scene)  # same path, another scene: 12 frames named 'Sample'
+    sample = kit.spec(blend=scene)
+    event, log = kit.run(sample)
+    assert event.exit_code == 0 and "scene.blend was opened ahead by the render zygote" in log, log
+    assert "frame 1 of frames 1-12 from scene 'Sample'" in log
+
+    scene.write_text("not a scene")
+    broken = kit.spec(blend=scene)
+    event, log = kit.run(broken)
+    assert event.exit_code == 1 and "forked from the render zygote" in log, log
+    assert (
+        log.strip().splitlines()[-1]
+        == f"kiln-render: error: {scene}: not a .blend file (no BLENDER header, and not gzip or zstd compressed)"
+    )
 
 
 def test_the_job_memory_limit_kills_a_forked_render(kit: Kit, first_job: object) -> None:
