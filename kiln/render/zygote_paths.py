@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +74,29 @@ class ZygotePaths:
             return False
 
 
-def installation_key(environ: Mapping[str, str]) -> str:
+def installation_key(
+    environ: Mapping[str, str], search_path: Sequence[str] | None = None, cwd: str | None = None
+) -> str:
+    """What a zygote must share with the job it serves: interpreter, Kiln's code, module search
+    path (default `sys.path`) and the variables that change how Blender or Python behave."""
     kiln_folder = Path(__file__).resolve().parents[1]
     variables = {name: value for name, value in environ.items() if name.startswith(KEY_VARIABLE_PREFIXES)}
     # sys.path[0] is the job's working directory under `python -m`: not part of the installation.
+    # A relative PYTHONPATH entry (`.`) is the job's directory too, another one for every attempt:
+    # keyed as such, or each job would start a zygote of its own.
+    cwd = cwd or os.getcwd()
+    entries = [_job_relative(entry, cwd) for entry in (sys.path[1:] if search_path is None else search_path)]
     # The render code's files (size, mtime) stand for its version: an upgrade gets a new zygote.
     sources = [(path.name, *_size_and_mtime(path)) for path in sorted((kiln_folder / "render").glob("*.py"))]
-    identity = [sys.executable, str(kiln_folder), sys.path[1:], sorted(variables.items()), sources]
+    identity = [sys.executable, str(kiln_folder), entries, sorted(variables.items()), sources]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def _job_relative(entry: str, cwd: str) -> str:
+    """`entry` with the job's directory `cwd` replaced by a placeholder when it is inside it."""
+    if cwd != os.sep and (entry == cwd or entry.startswith(cwd + os.sep)):
+        return "<job directory>" + entry[len(cwd) :]
+    return entry
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:

@@ -182,6 +182,18 @@ def test_a_scene_rewritten_between_jobs_is_opened_again(
     )
 
 
+def test_jobs_with_a_relative_python_path_share_one_zygote(kit: Kit, first_job: object) -> None:
+    """`PYTHONPATH=.` puts each job's own directory on its module path; its jobs still share a
+    zygote (the first one starts it), rather than each starting one and rendering in-process."""
+    deadline = time.monotonic() + 90
+    while True:
+        event, log = kit.run(kit.spec(environment={"PYTHONPATH": "."}))
+        if "forked from the render zygote" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert event.exit_code == 0 and "forked from the render zygote" in log, log
+
+
 def test_the_job_memory_limit_kills_a_forked_render(kit: Kit, first_job: object) -> None:
     spec = kit.spec(memory_mib=128)  # the render child needs well over 128 MiB of its own
     event, log = kit.run(spec)
