@@ -43,6 +43,10 @@ from .vcpus import job_vcpus, thread_pools_sized
 from .zygote_paths import ZygotePaths
 
 IDLE_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_IDLE_SECONDS"
+# A scene the zygote opens is in memory shared with the job, not charged to the job's memory limit:
+# only small files are opened ahead; a larger one is opened by the job, inside its limit.
+OPEN_AHEAD_VARIABLE = "KILN_RENDER_ZYGOTE_OPEN_AHEAD_MAX_MIB"
+DEFAULT_OPEN_AHEAD_MAX_MIB = 64.0
 DEFAULT_IDLE_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_MESSAGE = 1 << 20  # a job's environment and arguments; far more than any real one
@@ -80,11 +84,12 @@ class _Job:
 class Zygote:
     """The serving loop: accept jobs, fork them, report their exits, exit when idle."""
 
-    def __init__(self, paths: ZygotePaths, idle_seconds: float, lock_fd: int) -> None:
+    def __init__(self, paths: ZygotePaths, idle_seconds: float, lock_fd: int, open_ahead_max_bytes: int) -> None:
         from .blender_fork import BlenderThreadPools  # after `import bpy` (done by the caller)
 
         self._paths = paths
         self._idle_seconds = idle_seconds
+        self._open_ahead_max_bytes = open_ahead_max_bytes
         self._lock_fd = lock_fd  # held for the zygote's life; a child must not keep it
         self._pools = BlenderThreadPools()
         self._selector = selectors.DefaultSelector()
@@ -183,6 +188,11 @@ class Zygote:
 
         if blend_file is None or is_open_ahead(blend_file):
             return
+        try:
+            if os.stat(blend_file).st_size > self._open_ahead_max_bytes:
+                return
+        except OSError:
+            return  # the job reports a missing input itself
 
         try:
             check_blend(blend_file, str(blend_file))
@@ -350,7 +360,8 @@ def run(paths: ZygotePaths) -> int:
 
             warm_up()
         idle = float(os.environ.get(IDLE_SECONDS_VARIABLE, "") or DEFAULT_IDLE_SECONDS)
-        Zygote(paths, idle, lock).serve()
+        open_ahead_mib = float(os.environ.get(OPEN_AHEAD_VARIABLE, "") or DEFAULT_OPEN_AHEAD_MAX_MIB)
+        Zygote(paths, idle, lock, int(open_ahead_mib * 2**20)).serve()
     except Exception as error:
         paths.disable(f"the zygote failed: {error!r}")
         raise

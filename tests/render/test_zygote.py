@@ -182,6 +182,18 @@ def test_a_scene_rewritten_between_jobs_is_opened_again(
     )
 
 
+def test_a_scene_over_the_open_ahead_size_is_opened_by_the_job(kit: Kit, first_job: object) -> None:
+    """Memory a scene takes in the zygote is not charged to the job: only small files are opened ahead."""
+    deadline = time.monotonic() + 90
+    while True:  # another setting, another zygote: the first job starts it
+        event, log = kit.run(kit.spec(environment={"KILN_RENDER_ZYGOTE_OPEN_AHEAD_MAX_MIB": "1"}))  # Pottery: 1.5 MiB
+        if "forked from the render zygote" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert event.exit_code == 0 and "forked from the render zygote" in log, log
+    assert "opened ahead" not in log and "frame 1 done" in log
+
+
 def test_jobs_with_a_relative_python_path_share_one_zygote(kit: Kit, first_job: object) -> None:
     """`PYTHONPATH=.` puts each job's own directory on its module path; its jobs still share a
     zygote (the first one starts it), rather than each starting one and rendering in-process."""
