@@ -57,9 +57,9 @@ def advance_submitted(repo: Repository, now: int) -> bool:
     if not jobs:
         return False
     state = _dependency_state(repo, [job["id"] for job in jobs])
-    for job in jobs:
-        has_deps = state[job["id"]] != "ready" or job["array_size"] is not None
-        transition(repo, [job["id"]], Status.PENDING if has_deps else Status.RUNNABLE, None, now)
+    waits = {job["id"]: state[job["id"]] != "ready" or job["array_size"] is not None for job in jobs}
+    transition(repo, [job_id for job_id, waiting in waits.items() if waiting], Status.PENDING, None, now)
+    transition(repo, [job_id for job_id, waiting in waits.items() if not waiting], Status.RUNNABLE, None, now)
     return True
 
 

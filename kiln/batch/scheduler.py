@@ -86,7 +86,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._signalled: set[str] = set()
         self._last_purge = 0.0
-        self._last_sweep = 0.0
+        self._last_diagnosis = 0.0
         self._changed = threading.Event()  # the API committed something: sweep on the next tick
         self._unblocked = False  # a job with dependents ended: look at PENDING jobs next tick
         self._queues: list[Row] = []  # ENABLED queue documents, refreshed by each sweep
@@ -153,16 +153,21 @@ class Scheduler:
 
         Everything a tick decides is committed in ONE transaction (group commit), and only then
         are the placed attempts started. A full sweep (SUBMITTED and PENDING jobs, all array
-        parents, terminations, RUNNABLE diagnostics, queue and CE documents) runs after an API
-        change and once a second; between sweeps a tick only applies events, finishes the array
-        parents they touched, releases dependents of jobs that ended, and places what fits.
+        parents, terminations, queue and CE documents) runs after an API change and once a
+        second, RUNNABLE diagnostics with the once-a-second one only; between sweeps a tick only
+        applies events, finishes the array parents they touched, releases dependents of jobs that
+        ended, and places what fits.
         """
         now = now_ms()
         stop_nodes = False
-        sweep = self._changed.is_set() or time.monotonic() - self._last_sweep >= SWEEP_SECONDS
+        # RUNNABLE reasons are refreshed once a second, not after every API change: a diagnosis
+        # reads up to DIAGNOSED_PER_QUEUE jobs per queue, and the next submit would wait behind it.
+        diagnose = time.monotonic() - self._last_diagnosis >= SWEEP_SECONDS
+        sweep = diagnose or self._changed.is_set()
         if sweep:
             self._changed.clear()
-            self._last_sweep = time.monotonic()
+        if diagnose:
+            self._last_diagnosis = time.monotonic()
         # Events stay pending until the transaction recording them commits: a failed tick must
         # not lose an attempt's exit (its capacity would stay held forever).
         events = self._unapplied = self._unapplied + self.executor.poll()
@@ -187,7 +192,7 @@ class Scheduler:
             if sweep:
                 moved |= gangs.fail_stranded(repo, now)
                 self._refresh_config(repo)
-            to_start = self.place(repo, now, diagnose=sweep)
+            to_start = self.place(repo, now, diagnose=diagnose)
             self._chained_this_tick = []
             try:
                 # This tick's new attempts can take followers at once: children that end faster

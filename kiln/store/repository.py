@@ -27,6 +27,20 @@ Row = dict[str, Any]
 Usage = tuple[float, int, int]  # vCPUs, MiB of memory, GPUs
 # SQLite caps bound parameters per statement; stay well below it.
 _CHUNK = 500
+
+# Statements a scheduler sweep runs (after every API change), built once: building a join or an
+# alias is most of such a query's cost when it finds nothing, as it usually does.
+_PARENT = jobs.alias("parent")
+_STRANDED_NODES = (
+    select(jobs.c.id, _PARENT.c.status_reason)
+    .join_from(jobs, _PARENT, _PARENT.c.id == jobs.c.parent_id)
+    .where(jobs.c.status == "SUBMITTED", jobs.c.node_index.is_not(None), _PARENT.c.status.in_(["SUCCEEDED", "FAILED"]))
+)
+_TERMINATED_ACTIVE_ATTEMPTS = (
+    select(attempts.c.task_id, jobs.c.spec)
+    .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
+    .where(attempts.c.active.is_(True), jobs.c.is_terminated.is_(True))
+)
 _INT32_MAX = 2**31 - 1
 
 
@@ -417,12 +431,7 @@ class Repository:
     def terminated_active_attempts(self) -> list[Row]:
         """Attempts still active whose job a user terminated: `task_id` and the job's `spec` (its
         stopReason). A join, so a sweep reads no row per active attempt, only the few to signal."""
-        query = (
-            select(attempts.c.task_id, jobs.c.spec)
-            .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
-            .where(attempts.c.active.is_(True), jobs.c.is_terminated.is_(True))
-        )
-        return _rows(self.connection.execute(query))
+        return _rows(self.connection.execute(_TERMINATED_ACTIVE_ATTEMPTS))
 
     def active_attempts(self) -> list[Row]:
         return _rows(self.connection.execute(select(attempts).where(attempts.c.active.is_(True))))
@@ -650,14 +659,4 @@ class Repository:
     def stranded_nodes(self) -> list[Row]:
         """Node jobs still SUBMITTED whose MNP job has ended without them (cancelled, a dependency
         failed, a time limit): `id` and the job's `status_reason`."""
-        parent = jobs.alias("parent")
-        query = (
-            select(jobs.c.id, parent.c.status_reason)
-            .join_from(jobs, parent, parent.c.id == jobs.c.parent_id)
-            .where(
-                jobs.c.status == "SUBMITTED",
-                jobs.c.node_index.is_not(None),
-                parent.c.status.in_(["SUCCEEDED", "FAILED"]),
-            )
-        )
-        return _rows(self.connection.execute(query))
+        return _rows(self.connection.execute(_STRANDED_NODES))
