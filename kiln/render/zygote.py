@@ -182,19 +182,15 @@ class Zygote:
     def _open_scene_ahead(self, request: dict[str, Any]) -> None:
         """Open a render job's local .blend here, before forking it: the next jobs of the same scene
         then start with it open (~0.15 s per job on Pottery). A problem is the job's to report."""
-        blend_file = render_input_file(request)
         from .blender import is_open_ahead, open_ahead
         from .render_frames import check_blend
 
+        blend_file = render_input_file(request)
         if blend_file is None or is_open_ahead(blend_file):
             return
         try:
             if os.stat(blend_file).st_size > self._open_ahead_max_bytes:
-                return
-        except OSError:
-            return  # the job reports a missing input itself
-
-        try:
+                return  # the job opens it, inside its own memory limit
             check_blend(blend_file, str(blend_file))
             open_ahead(blend_file)
         except Exception as error:  # the job opens (or fails to open) its input itself

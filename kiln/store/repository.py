@@ -27,6 +27,7 @@ Row = dict[str, Any]
 Usage = tuple[float, int, int]  # vCPUs, MiB of memory, GPUs
 # SQLite caps bound parameters per statement; stay well below it.
 _CHUNK = 500
+_INT32_MAX = 2**31 - 1
 
 # Statements a scheduler sweep runs (after every API change), built once: building a join or an
 # alias is most of such a query's cost when it finds nothing, as it usually does.
@@ -41,7 +42,6 @@ _TERMINATED_ACTIVE_ATTEMPTS = (
     .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
     .where(attempts.c.active.is_(True), jobs.c.is_terminated.is_(True))
 )
-_INT32_MAX = 2**31 - 1
 
 
 def _rows(result: Any) -> list[Row]:
