@@ -15,6 +15,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import POTTERY_SETTINGS, THREADS, Run, run_bpy, run_worker
@@ -209,3 +210,48 @@ def test_a_zstd_scene_starting_at_frame_3_is_counted_and_rendered(tmp_path: Path
     assert stitched.returncode == 0, stitched.stderr
     frames, _stream = video_frames(output / "output.mp4")
     assert len(frames) == 3
+
+
+def test_a_camera_switched_by_a_timeline_marker_renders_as_in_blender(tmp_path: Path) -> None:
+    """The worker sets the frame without `frame_set` (the render evaluates the scene itself): marker
+    camera switches must still apply, pixel for pixel as Blender's own `frame_set` + render."""
+    scene = tmp_path / "cameras.blend"
+    run_bpy(
+        """
+        import bpy, mathutils
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        scene = bpy.context.scene
+        scene.render.engine, scene.cycles.device, scene.cycles.samples = "CYCLES", "CPU", 2
+        scene.render.resolution_x = scene.render.resolution_y = 32
+        scene.render.threads_mode, scene.render.threads = "FIXED", threads
+        scene.frame_start, scene.frame_end = 1, 5
+        scene.world = bpy.data.worlds.new("sky")
+        scene.world.color = (0.4, 0.5, 0.7)
+        bpy.ops.mesh.primitive_cube_add()
+        bpy.ops.object.light_add(type="SUN", location=(2, -4, 6))
+        cameras = []
+        for name, location in (("near", (3, -3, 2)), ("far", (0, -9, 9))):
+            camera = bpy.data.objects.new(name, bpy.data.cameras.new(name))
+            scene.collection.objects.link(camera)
+            camera.location = location
+            camera.rotation_euler = (-mathutils.Vector(location)).to_track_quat("-Z", "Y").to_euler()
+            cameras.append(camera)
+        scene.camera = cameras[0]
+        scene.timeline_markers.new("start", frame=1).camera = cameras[0]
+        scene.timeline_markers.new("cut", frame=5).camera = cameras[1]
+        scene.render.image_settings.file_format = "PNG"
+        bpy.ops.wm.save_as_mainfile(filepath=blend)
+        for frame in (1, 5):
+            scene.frame_set(frame)
+            scene.render.filepath = f"{folder}/reference-{frame}.png"
+            bpy.ops.render.render(write_still=True)
+        """,
+        blend=str(scene),
+        folder=str(tmp_path),
+        threads=THREADS,
+    )
+    run = render(scene, tmp_path / "out", 1, 4)  # slice 4: frame 5, after the marker's cut
+    assert run.returncode == 0, run.stderr
+    rendered = read_png(tmp_path / "out" / "frames" / "0005.png")
+    assert np.array_equal(rendered, read_png(tmp_path / "reference-5.png"))
+    assert not np.array_equal(rendered, read_png(tmp_path / "reference-1.png"))  # the cut shows
