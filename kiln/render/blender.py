@@ -74,7 +74,8 @@ class BlenderScene:
     def __init__(self, blend_file: Path, output_dir: Path, chatter_log: Path, *, threads: int) -> None:
         self._output_dir = output_dir
         self._chatter_log = chatter_log
-        if is_open_ahead(blend_file):
+        self.opened_ahead = is_open_ahead(blend_file)  # by the render zygote, before it forked this job
+        if self.opened_ahead:
             self._bpy = import_bpy()
         else:
             with thread_pools_sized(threads):  # Blender's worker pool is sized as it loads

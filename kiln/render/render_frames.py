@@ -44,11 +44,11 @@ def render_slice(job: RenderJob, say: Callable[[str], None] = print) -> list[int
     with tempfile.TemporaryDirectory(prefix="kiln-render-") as scratch_name:
         scratch = Path(scratch_name)
         blend_file = local_blend(job.blend_uri, scratch / "input")
-        if is_open_ahead(blend_file):
-            say(f"{blend_file.name} was opened ahead by the render zygote")
         rendered_dir = scratch / "frames"
         rendered_dir.mkdir()
         scene = BlenderScene(blend_file, rendered_dir, chatter_log=scratch / "blender.log", threads=job.threads)
+        if scene.opened_ahead:
+            say(f"{blend_file.name} was opened ahead by the render zygote")
         for note in scene.configure(
             threads=job.threads, resolution_percent=job.resolution_percent, samples=job.samples
         ):
