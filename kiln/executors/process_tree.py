@@ -1,11 +1,13 @@
 """Every process of one attempt: listed from its cgroups when it has any, else followed with psutil.
 
 An attempt is over only when nothing of it runs, and stopping it means signalling all of it, so the
-executor needs one answer to "which processes are this attempt?". Cgroups answer exactly (nothing
-escapes them, not even `setsid`). Without them we follow the tree with psutil: every descendant
-seen once stays known after its parent dies (so a re-parented grandchild is not lost) and the
-attempt's process group is signalled as well; a process that daemonizes between two polls can still
-escape, which is why cgroups are preferred.
+executor needs one answer to "which processes are this attempt?". Cgroups answer exactly: nothing
+escapes them, not even `setsid`. A process that moves itself into another group (which takes write
+access to cgroup files, never an accident) has left the attempt, as it would leave a container;
+the render zygote's warm processes do so between jobs. Without cgroups we follow the tree with
+psutil: every descendant seen once stays known after its parent dies (so a re-parented grandchild
+is not lost) and the attempt's process group is signalled as well; a process that daemonizes
+between two polls can still escape, which is why cgroups are preferred.
 
 Exited-but-unreaped processes (zombies) count as gone: on hosts whose init does not reap orphans
 they stay forever, yet use no memory and cannot be killed.
@@ -68,7 +70,7 @@ class ProcessTree:
     def live(self, children: ChildrenMap | None = None) -> list[psutil.Process]:
         """Processes of the attempt still alive; `children` is needed only without cgroups."""
         if self._cgroup_pids is not None:
-            self._adopt(self._cgroup_pids())
+            self._members(self._cgroup_pids())
         elif children is not None:
             self._follow(children)
         alive = {pid: process for pid, process in self._known.items() if is_alive(process)}
@@ -101,13 +103,16 @@ class ProcessTree:
                 continue
         return total
 
-    def _adopt(self, pids: set[int]) -> None:
-        # The root joins its cgroups a moment after spawning; it is known from the start anyway.
-        for pid in pids - self._known.keys():
+    def _members(self, pids: set[int]) -> None:
+        """With cgroups, the attempt is what its groups hold now (the root joins them a moment
+        after spawning; the executor knows it from the start anyway, by its process handle)."""
+        known = {pid: process for pid, process in self._known.items() if pid in pids}
+        for pid in pids - known.keys():
             try:
-                self._known[pid] = psutil.Process(pid)
+                known[pid] = psutil.Process(pid)
             except psutil.Error:
                 continue
+        self._known = known
 
     def _follow(self, children: ChildrenMap) -> None:
         pending = list(self._known.values())

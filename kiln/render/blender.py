@@ -36,7 +36,7 @@ def open_ahead(blend_file: Path) -> None:
     instead of loading it again (`BlenderScene`); reopening is skipped while it stays unchanged.
     """
     global _opened_ahead
-    identity = _identity(blend_file)
+    identity = file_identity(blend_file)
     if _opened_ahead == (blend_file, identity):
         return
     _opened_ahead = None
@@ -44,15 +44,20 @@ def open_ahead(blend_file: Path) -> None:
     _opened_ahead = (blend_file, identity)
 
 
+def opened_ahead() -> tuple[Path, tuple[int, ...]] | None:
+    """(file, identity) of the scene `open_ahead` last loaded into this process, if any."""
+    return _opened_ahead
+
+
 def is_open_ahead(blend_file: Path) -> bool:
     """Whether `open_ahead` loaded this file, as it still is, into this process."""
     try:
-        return _opened_ahead == (blend_file, _identity(blend_file))
+        return _opened_ahead == (blend_file, file_identity(blend_file))
     except OSError:
         return False
 
 
-def _identity(path: Path) -> tuple[int, ...]:
+def file_identity(path: Path) -> tuple[int, ...]:
     """What changes when a file is replaced or rewritten: device, inode, size, modification time."""
     status = os.stat(path)
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)

@@ -1,32 +1,37 @@
 """The render zygote: one process per user and installation that has already imported `bpy`, and
-forks a child per render job, so 1-frame jobs stop paying Blender's start-up (docs/performance.md).
+forks a render process per job, so 1-frame jobs stop paying Blender's start-up (docs/performance.md).
 
 Each job still starts as its own process, placed by the executor in the job's cgroups, with its
 log, timeout and termination exactly as before. That process (`kiln.render.zygote_client`) hands
 the zygote its stdin/stdout/stderr (SCM_RIGHTS), working directory, environment and arguments over
-a Unix socket; the zygote forks a child that first moves itself into the job's cgroups (read from
-/proc/<job pid>/cgroup; the job's pid comes from the kernel, SO_PEERCRED), then becomes the job:
-its own session, the job's descriptors, directory and environment, and runs `kiln-render`. The
-zygote reports the child's exit status back, and SIGKILLs the child if the job's process goes away.
+a Unix socket; the zygote forks a render process (`kiln.render.zygote_worker`) that first moves
+itself into the job's cgroups (read from /proc/<job pid>/cgroup; the job's pid comes from the
+kernel, SO_PEERCRED), then becomes the job: the job's descriptors, directory and environment, and
+runs `kiln-render`. The zygote reports the render's exit status back, and SIGKILLs the render
+process if the job's process goes away. A render process that finished a job cleanly may be kept
+warm for the next job of the same scene and settings, which is then handed to it instead of a
+fresh fork (`kiln.render.zygote_warm` says when).
 
-Protocol (SOCK_SEQPACKET, one JSON object per message): the job sends
+Protocol (SOCK_SEQPACKET, one JSON object per message, `zygote_protocol`): the job sends
 `{"argv": [...], "cwd": "...", "env": {...}, "umask": n, "cpus": [...]}` with its three descriptors
-(stdin, stdout, stderr); the child answers
-`{"started": pid}` once it is in the job's groups, or `{"refused": why}` before doing anything (the
-job then renders in-process); the zygote finally sends `{"exit": status}`, where status is
-`os.waitstatus_to_exitcode`'s (negative: killed by that signal).
+(stdin, stdout, stderr); the render process answers `{"started": pid, "jobs": n}` once it is in the
+job's groups (n: the jobs it has served, this one included), or `{"refused": why}` before doing
+anything (the job then renders in-process); the zygote finally sends `{"exit": status}`, where
+status is `os.waitstatus_to_exitcode`'s (negative: killed by that signal). Between the zygote and
+each render process runs a control socket: `{"warm": status, "needed": bytes}` from a process that
+finished its job and waits warm, `{"client_pid": pid, "request": {...}}` (with the job's connection
+and descriptors) to hand it the next job; closing it dismisses the process.
 
 The zygote starts on demand (the job that finds none starts it and renders in-process meanwhile),
 leaves the per-attempt groups it was started in (and forks once more, so the serving process was
-never in them), serves only its own user (socket in a 0700
-folder, peer uid checked) and exits after `KILN_RENDER_ZYGOTE_IDLE_SECONDS` (default 300) without jobs.
+never in them), serves only its own user (socket in a 0700 folder, peer uid checked) and exits
+after `KILN_RENDER_ZYGOTE_IDLE_SECONDS` (default 300) without jobs; its render processes die with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import selectors
 import signal
@@ -34,6 +39,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +47,8 @@ from typing import Any, cast
 from . import zygote_cgroups
 from .vcpus import job_vcpus, thread_pools_sized
 from .zygote_paths import ZygotePaths
+from .zygote_protocol import receive, send, socket_peer
+from .zygote_warm import DEFAULT_WARM_SECONDS, WARM_SECONDS_VARIABLE, WarmKey, WarmPool, warm_key
 
 IDLE_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_IDLE_SECONDS"
 # A scene the zygote opens is in memory shared with the job, not charged to the job's memory limit:
@@ -49,52 +57,43 @@ OPEN_AHEAD_VARIABLE = "KILN_RENDER_ZYGOTE_OPEN_AHEAD_MAX_MIB"
 DEFAULT_OPEN_AHEAD_MAX_MIB = 64.0
 DEFAULT_IDLE_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 10.0
-MAX_MESSAGE = 1 << 20  # a job's environment and arguments; far more than any real one
 _PR_SET_PDEATHSIG = 1
 
 
-def send(connection: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(connection, [data], fds)
-    else:
-        connection.send(data)
+@dataclass(eq=False)
+class _Worker:
+    """A forked render process: serving a job (`client` set) or idle in the warm pool."""
 
-
-def receive(connection: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and any descriptors that came with it; (None, []) when the peer has gone."""
-    data, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, max_fds)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("a zygote message must be a JSON object")
-    return message, fds
-
-
-@dataclass
-class _Job:
-    connection: socket.socket
     pid: int
     pidfd: int
+    control: socket.socket  # the zygote's end of the process's control socket
+    key: WarmKey | None  # what it has loaded, when a later job may reuse it
+    client: socket.socket | None  # the connection of the job it serves
+    needed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ZygoteSettings:
+    idle_seconds: float
+    open_ahead_max_bytes: int
+    warm_seconds: float
+    warm_capacity: int  # idle warm processes kept at most
 
 
 class Zygote:
-    """The serving loop: accept jobs, fork them, report their exits, exit when idle."""
+    """The serving loop: accept jobs, fork or hand them to warm processes, report exits, exit when idle."""
 
-    def __init__(self, paths: ZygotePaths, idle_seconds: float, lock_fd: int, open_ahead_max_bytes: int) -> None:
+    def __init__(self, paths: ZygotePaths, settings: ZygoteSettings, lock_fd: int) -> None:
         from .blender_fork import BlenderThreadPools  # after `import bpy` (done by the caller)
 
         self._paths = paths
-        self._idle_seconds = idle_seconds
-        self._open_ahead_max_bytes = open_ahead_max_bytes
+        self._settings = settings
         self._lock_fd = lock_fd  # held for the zygote's life; a child must not keep it
         self._pools = BlenderThreadPools()
         self._selector = selectors.DefaultSelector()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._jobs: dict[int, _Job] = {}  # by pidfd
+        self._workers: dict[int, _Worker] = {}  # by pidfd
+        self._warm: WarmPool[_Worker] = WarmPool(settings.warm_capacity, settings.warm_seconds)
 
     def serve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -104,25 +103,39 @@ class Zygote:
         self._selector.register(self._listener, selectors.EVENT_READ)
         idle_since = time.monotonic()
         try:
-            while self._jobs or time.monotonic() - idle_since < self._idle_seconds:
-                timeout = None if self._jobs else max(0.0, self._idle_seconds - (time.monotonic() - idle_since))
-                for key, _ in self._selector.select(timeout):
+            while self._busy() or time.monotonic() - idle_since < self._settings.idle_seconds:
+                for key, _ in self._selector.select(self._timeout(idle_since)):
                     if key.fileobj is self._listener:
                         self._accept()
                         continue
-                    what, job = cast(tuple[str, _Job], key.data)
-                    if self._jobs.get(job.pidfd) is not job:
-                        continue  # an event of a job forgotten earlier in this batch
+                    what, worker = cast(tuple[str, _Worker], key.data)
+                    if self._workers.get(worker.pidfd) is not worker:
+                        continue  # an event of a process forgotten earlier in this batch
                     if what == "exit":
-                        self._reap(job)
+                        self._reap(worker)
+                    elif what == "control":
+                        self._on_control(worker)
                     else:
-                        self._client_gone(job)
-                if self._jobs:
+                        self._client_gone(worker)
+                for worker in self._warm.stale(self._opened_ahead(), time.monotonic()):
+                    self._dismiss(worker)
+                if self._busy():
                     idle_since = time.monotonic()
         finally:
             with contextlib.suppress(OSError):
                 self._paths.socket.unlink()
             self._listener.close()
+
+    def _busy(self) -> bool:
+        return any(worker.client is not None for worker in self._workers.values())
+
+    def _timeout(self, idle_since: float) -> float | None:
+        now = time.monotonic()
+        deadlines = [] if self._busy() else [idle_since + self._settings.idle_seconds]
+        expiry = self._warm.next_expiry()
+        if expiry is not None:
+            deadlines.append(expiry)
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _accept(self) -> None:
         try:
@@ -146,24 +159,17 @@ class Zygote:
                 connection.close()
                 return
             self._open_scene_ahead(request)
-            self._pools.stop()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            child = os.fork()
-            if child == 0:
-                self._become_job(connection, pid, request, fds)  # never returns
+            key = self._warm_key(request)
+            warm = self._warm.take(key, zygote_cgroups.memory_limit_bytes(pid))
+            if warm is None or not self._hand_over(warm, connection, pid, request, fds):
+                self._fork(connection, pid, request | {"keep_warm": key is not None}, fds, key)
         except Exception as error:  # the zygote must outlive any one job's surprise
             with contextlib.suppress(OSError):
                 send(connection, {"refused": f"zygote error: {error}"})
             connection.close()
-            return
         finally:
             for fd in fds:
                 os.close(fd)
-        job = _Job(connection, child, os.pidfd_open(child))
-        self._jobs[job.pidfd] = job
-        self._selector.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
-        self._selector.register(connection, selectors.EVENT_READ, ("client", job))
 
     def _refusal(self, pid: int, uid: int, request: dict[str, Any], fds: list[int]) -> str | None:
         if uid != os.getuid():
@@ -189,61 +195,79 @@ class Zygote:
         if blend_file is None or is_open_ahead(blend_file):
             return
         try:
-            if os.stat(blend_file).st_size > self._open_ahead_max_bytes:
+            if os.stat(blend_file).st_size > self._settings.open_ahead_max_bytes:
                 return  # the job opens it, inside its own memory limit
             check_blend(blend_file, str(blend_file))
             open_ahead(blend_file)
         except Exception as error:  # the job opens (or fails to open) its input itself
             print(f"kiln-render zygote: {blend_file} not opened ahead: {error}", file=sys.stderr, flush=True)
 
-    def _become_job(self, connection: socket.socket, client_pid: int, request: dict[str, Any], fds: list[int]) -> None:
-        """In the forked child: join the job's groups, take its place, render, exit."""
-        status = 1
-        try:
-            zygote_cgroups.join(zygote_cgroups.memberships(client_pid))
-        except zygote_cgroups.CgroupError as error:
-            with contextlib.suppress(OSError):
-                send(connection, {"refused": str(error)})
-            os._exit(status)
-        try:
-            self._detach_from_zygote(connection)
-            os.setsid()
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target)
-                os.close(fd)
-            os.chdir(request.get("cwd") or "/")
-            os.environ.clear()
-            os.environ.update({str(name): str(value) for name, value in request["env"].items()})
-            tempfile.tempdir = None  # cached from the zygote's environment; the job's TMPDIR counts
-            if isinstance(request.get("umask"), int):
-                os.umask(request["umask"])
-            if request.get("cpus"):
-                os.sched_setaffinity(0, [int(cpu) for cpu in request["cpus"]])
-            argv = [str(argument) for argument in request["argv"]]
-            sys.argv = ["kiln-render", *argv]
-            self._pools.restore()
-            send(connection, {"started": os.getpid()})
-            connection.close()
-            from .cli import main
+    def _warm_key(self, request: dict[str, Any]) -> WarmKey | None:
+        if self._settings.warm_seconds <= 0 or self._settings.warm_capacity <= 0:
+            return None
+        arguments = render_arguments(request)
+        if arguments is None:
+            return None
+        return warm_key(arguments, str(request.get("cwd")), request["env"], self._opened_ahead())
 
-            status = main(argv, use_zygote=False)
-        except BaseException as error:  # report anything, then exit without unwinding
-            with contextlib.suppress(Exception):
-                print(f"kiln-render: error: zygote child failed: {error!r}", file=sys.stderr)
+    @staticmethod
+    def _opened_ahead() -> tuple[Path, tuple[int, ...]] | None:
+        """The scene opened ahead, only while its file is still the one that was opened."""
+        from .blender import is_open_ahead, opened_ahead
+
+        opened = opened_ahead()
+        return opened if opened is not None and is_open_ahead(opened[0]) else None
+
+    def _fork(
+        self, connection: socket.socket, pid: int, request: dict[str, Any], fds: list[int], key: WarmKey | None
+    ) -> None:
+        from .zygote_worker import ZygoteWorker
+
+        control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._pools.stop()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            child = os.fork()
+            if child == 0:
+                control.close()
+                self._detach_from_zygote(connection)
+                ZygoteWorker(child_control, self._pools).serve(connection, pid, request, fds)  # never returns
         finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(status)
+            child_control.close()
+        worker = _Worker(child, os.pidfd_open(child), control, key, connection)
+        self._workers[worker.pidfd] = worker
+        self._selector.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
+        self._selector.register(control, selectors.EVENT_READ, ("control", worker))
+        self._selector.register(connection, selectors.EVENT_READ, ("client", worker))
+
+    def _hand_over(
+        self, worker: _Worker, connection: socket.socket, pid: int, request: dict[str, Any], fds: list[int]
+    ) -> bool:
+        """Give the job to a warm process; False when it has gone meanwhile (the job is forked then)."""
+        try:
+            send(
+                worker.control,
+                {"client_pid": pid, "request": request | {"keep_warm": True}},
+                [connection.fileno(), *fds],
+            )
+        except OSError:
+            self._dismiss(worker)
+            return False
+        worker.client = connection
+        self._selector.register(connection, selectors.EVENT_READ, ("client", worker))
+        return True
 
     def _detach_from_zygote(self, connection: socket.socket) -> None:
-        """Drop the zygote's listener and other jobs, restore default signals, die with the zygote."""
+        """Drop the zygote's listener and other processes, restore default signals, die with the zygote."""
         self._selector.close()
         self._listener.close()
         os.close(self._lock_fd)
-        for job in self._jobs.values():
-            os.close(job.pidfd)
-            job.connection.close()
+        for worker in self._workers.values():
+            os.close(worker.pidfd)
+            worker.control.close()
+            if worker.client is not None:
+                worker.client.close()
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -253,50 +277,78 @@ class Zygote:
             os._exit(1)
         connection.settimeout(None)
 
-    def _reap(self, job: _Job) -> None:
-        _, wait_status = os.waitpid(job.pid, 0)
-        with contextlib.suppress(OSError):
-            send(job.connection, {"exit": os.waitstatus_to_exitcode(wait_status)})
-        self._forget(job)
+    def _on_control(self, worker: _Worker) -> None:
+        """A render process finished its job and waits warm: the job's status goes to the job."""
+        try:
+            message, _ = receive(worker.control)
+        except (OSError, ValueError):
+            message = None
+        if message is None or not isinstance(message.get("warm"), int) or worker.client is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.control)  # it is exiting: its exit is reaped
+            return
+        self._end_job(worker, message["warm"])
+        needed = message.get("needed")
+        worker.needed_bytes = needed if isinstance(needed, int) else 0
+        for dismissed in self._warm.park(worker, time.monotonic()):
+            self._dismiss(dismissed)
 
-    def _client_gone(self, job: _Job) -> None:
+    def _end_job(self, worker: _Worker, status: int) -> None:
+        client, worker.client = worker.client, None
+        if client is None:
+            return
+        with contextlib.suppress(OSError):
+            send(client, {"exit": status})
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(client)
+        client.close()
+
+    def _dismiss(self, worker: _Worker) -> None:
+        """An idle warm process is not needed: closing its control socket makes it exit."""
+        self._warm.discard(worker)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(worker.control)
+        worker.control.close()
+
+    def _reap(self, worker: _Worker) -> None:
+        _, wait_status = os.waitpid(worker.pid, 0)
+        self._end_job(worker, os.waitstatus_to_exitcode(wait_status))
+        self._warm.discard(worker)
+        self._selector.unregister(worker.pidfd)
+        os.close(worker.pidfd)
+        del self._workers[worker.pidfd]
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(worker.control)
+        worker.control.close()
+
+    def _client_gone(self, worker: _Worker) -> None:
         """The job's process exited or was killed: its render must not outlive it."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(job.pid, signal.SIGKILL)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(job.connection)
+            os.kill(worker.pid, signal.SIGKILL)
+        if worker.client is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.client)
 
-    def _forget(self, job: _Job) -> None:
-        self._selector.unregister(job.pidfd)
-        os.close(job.pidfd)
-        del self._jobs[job.pidfd]
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(job.connection)
-        job.connection.close()
+
+def render_arguments(request: dict[str, Any]) -> Any | None:
+    """The parsed `kiln-render` arguments of a request; None when they do not parse (the job reports them)."""
+    from .cli import UsageError, build_parser
+
+    try:
+        return build_parser().parse_args([str(argument) for argument in request["argv"]])
+    except (UsageError, SystemExit):  # (`--help` exits)
+        return None
 
 
 def render_input_file(request: dict[str, Any]) -> Path | None:
     """The local .blend a `render` request names (relative to the job's directory); None otherwise."""
-    from .cli import UsageError, build_parser
     from .uris import local_path
 
+    arguments = render_arguments(request)
     cwd = request.get("cwd")
-    try:
-        arguments = build_parser().parse_args([str(argument) for argument in request["argv"]])
-    except (UsageError, SystemExit):  # (`--help` exits) the job reports its own arguments
-        return None
-    if arguments.action != "render" or not isinstance(cwd, str):
+    if arguments is None or arguments.action != "render" or not isinstance(cwd, str):
         return None
     return local_path(arguments.input, cwd=cwd)
-
-
-def socket_peer(connection: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, as the kernel knows them."""
-    import struct
-
-    data = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", data)
-    return pid, uid, gid
 
 
 def _set_parent_death_signal(signum: int) -> None:
@@ -339,9 +391,9 @@ def run(paths: ZygotePaths) -> int:
     except zygote_cgroups.CgroupError as error:
         paths.disable(f"cannot leave the job's cgroups: {error}")
         return 1
-    # The executor remembers every process it ever saw in an attempt's groups and kills them all when
-    # the attempt ends. This process was born inside them; a child forked now never was, so the child
-    # serves and this process exits at once (before Blender is loaded: forking is still safe here).
+    # Out of the groups, the executor no longer counts this process as the job's. Forking once more
+    # also makes the server nobody's child and not the job's session's: the child serves and this
+    # process exits at once (before Blender is loaded: forking is still safe here).
     if os.fork() != 0:
         os._exit(0)
     os.setsid()
@@ -355,13 +407,22 @@ def run(paths: ZygotePaths) -> int:
             from . import render_frames  # noqa: F401 - what each job runs, imported once
 
             warm_up()
-        idle = float(os.environ.get(IDLE_SECONDS_VARIABLE, "") or DEFAULT_IDLE_SECONDS)
-        open_ahead_mib = float(os.environ.get(OPEN_AHEAD_VARIABLE, "") or DEFAULT_OPEN_AHEAD_MAX_MIB)
-        Zygote(paths, idle, lock, int(open_ahead_mib * 2**20)).serve()
+        Zygote(paths, settings_from(os.environ), lock).serve()
     except Exception as error:
         paths.disable(f"the zygote failed: {error!r}")
         raise
     return 0
+
+
+def settings_from(environ: Mapping[str, str]) -> ZygoteSettings:
+    """The zygote's settings from its environment (the variables are part of its key)."""
+    threads = job_vcpus(environ)
+    return ZygoteSettings(
+        idle_seconds=float(environ.get(IDLE_SECONDS_VARIABLE, "") or DEFAULT_IDLE_SECONDS),
+        open_ahead_max_bytes=int(float(environ.get(OPEN_AHEAD_VARIABLE, "") or DEFAULT_OPEN_AHEAD_MAX_MIB) * 2**20),
+        warm_seconds=float(environ.get(WARM_SECONDS_VARIABLE, "") or DEFAULT_WARM_SECONDS),
+        warm_capacity=max(1, len(os.sched_getaffinity(0)) // threads),  # one per job slot of this size
+    )
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

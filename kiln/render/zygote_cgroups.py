@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from kiln.executors.cgroups import parse_mountinfo
 
 ATTEMPT_GROUP_PREFIX = "kiln-"
+UNLIMITED = 1 << 63  # what `memory_limit_bytes` says of a group without a limit
 
 
 class CgroupError(Exception):
@@ -67,25 +68,64 @@ def in_attempt_group(pid: int | str = "self") -> bool:
 
 
 def join(targets: dict[str, Membership]) -> None:
-    """Move this process into `targets` (every hierarchy whose path differs from its own)."""
+    """Move this process into `targets` (every hierarchy whose path differs from its own).
+
+    cgroup2 (the executor's tracking group, which tells it what still runs of an attempt) is joined
+    last, so a process leaving an attempt is never listed gone while it is still in its other groups.
+    """
     own = memberships()
     mounts = _mount_points()
-    for hierarchy, target in targets.items():
+    for hierarchy, target in sorted(targets.items(), key=lambda item: item[0] == ""):
         current = own.get(hierarchy)
         if current is not None and current.path == target.path:
             continue
-        key = hierarchy.split(",")[0]  # "cpu,cpuacct" is mounted once, under each name
-        if key not in mounts:
-            raise CgroupError(f"cgroup hierarchy {hierarchy or 'cgroup2'!r} is not mounted here")
-        point, root = mounts[key]
-        relative = target.path
-        if root != "/" and (relative == root or relative.startswith(root.rstrip("/") + "/")):
-            relative = relative[len(root.rstrip("/")) :]
-        procs = point / relative.lstrip("/") / "cgroup.procs"
+        procs = _group_folder(mounts, target) / "cgroup.procs"
         try:
             procs.write_text(str(os.getpid()))
         except OSError as error:
             raise CgroupError(f"cannot join {procs}: {error}") from None
+
+
+def memory_limit_bytes(pid: int | str) -> int | None:
+    """The memory limit of the attempt group `pid` is in; None when it is in no such memory group."""
+    text = _read_memory_file(pid, "memory.limit_in_bytes", "memory.max")
+    if text == "max":
+        return UNLIMITED
+    return None if text is None or not text.isdigit() else int(text)
+
+
+def memory_peak_bytes() -> int | None:
+    """The most memory ever charged to this process's attempt memory group (None: in no such group).
+
+    A group the executor recycled may report an earlier attempt's peak: an overestimate, never less.
+    """
+    text = _read_memory_file("self", "memory.max_usage_in_bytes", "memory.peak")
+    return None if text is None or not text.isdigit() else int(text)
+
+
+def _read_memory_file(pid: int | str, cgroup1_name: str, cgroup2_name: str) -> str | None:
+    groups = memberships(pid)
+    mounts = _mount_points()
+    for hierarchy, name in (("memory", cgroup1_name), ("", cgroup2_name)):
+        group = groups.get(hierarchy)
+        if group is None or hierarchy not in mounts or not group.in_attempt_group:
+            continue
+        try:
+            return (_group_folder(mounts, group) / name).read_text().strip()
+        except (OSError, CgroupError):
+            continue
+    return None
+
+
+def _group_folder(mounts: dict[str, tuple[Path, str]], group: Membership) -> Path:
+    key = group.hierarchy.split(",")[0]  # "cpu,cpuacct" is mounted once, under each name
+    if key not in mounts:
+        raise CgroupError(f"cgroup hierarchy {group.hierarchy or 'cgroup2'!r} is not mounted here")
+    point, root = mounts[key]
+    relative = group.path
+    if root != "/" and (relative == root or relative.startswith(root.rstrip("/") + "/")):
+        relative = relative[len(root.rstrip("/")) :]
+    return point / relative.lstrip("/")
 
 
 def leave_attempt_groups() -> None:

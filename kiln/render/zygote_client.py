@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from . import zygote_cgroups
-from .zygote import receive, send
 from .zygote_paths import KEY_VARIABLE_PREFIXES, UnsafeFolder, ZygotePaths
+from .zygote_protocol import receive, send
 
 SWITCH_VARIABLE = "KILN_RENDER_ZYGOTE"  # "off" (or 0/false/no) renders every job in-process
 _OFF = {"0", "off", "false", "no"}
@@ -97,6 +97,12 @@ def zygote_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _kept_warm(jobs: int) -> str:
+    if jobs <= 1:
+        return ""
+    return f" and kept warm: its job {jobs}, with the scene and Cycles' data of the earlier ones still loaded"
+
+
 class _Relay:
     """Forward the job to the zygote, signals to the child, and the child's status back."""
 
@@ -111,8 +117,8 @@ class _Relay:
             started = self._start(argv, environ)
             if started is None:
                 return None
-            self._child = started
-            print(f"render process {started}, forked from the render zygote", flush=True)
+            self._child, jobs = started
+            print(f"render process {self._child}, forked from the render zygote{_kept_warm(jobs)}", flush=True)
             for signum in self._pending:
                 self._forward(signum, None)
             return self._wait()
@@ -123,7 +129,8 @@ class _Relay:
                 for signum in self._pending:  # rendering in-process: act on the signal as before
                     os.kill(os.getpid(), signum)
 
-    def _start(self, argv: list[str], environ: dict[str, str]) -> int | None:
+    def _start(self, argv: list[str], environ: dict[str, str]) -> tuple[int, int] | None:
+        """(render process, the jobs it has served with this one) once it is in the job's groups."""
         self._connection.settimeout(START_TIMEOUT_SECONDS)
         try:
             umask = os.umask(0o022)
@@ -139,8 +146,8 @@ class _Relay:
             reply, _ = receive(self._connection)
         except (OSError, ValueError):
             return None
-        started = (reply or {}).get("started")
-        return started if isinstance(started, int) else None
+        started, jobs = (reply or {}).get("started"), (reply or {}).get("jobs", 1)
+        return (started, jobs if isinstance(jobs, int) else 1) if isinstance(started, int) else None
 
     def _wait(self) -> int:
         self._connection.settimeout(None)

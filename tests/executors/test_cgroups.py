@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -180,3 +183,39 @@ def test_cgroups_catch_an_instant_setsid_escapee(cgroup_executor: LocalExecutor,
     escapee = int(wait_for_log(spec.log_path, r"escapee=(\d+)").group(1))
     assert event.exit_code == 0
     assert is_gone(escapee)
+
+
+MOVER = """\
+import os, sys, time
+for procs in sys.argv[2:]:  # memory and cpu first, the cgroup2 tracking group last
+    with open(procs, "w") as group:
+        group.write(str(os.getpid()))
+with open(sys.argv[1] + ".tmp", "w") as marker:
+    marker.write(str(os.getpid()))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(60)
+"""
+
+
+def test_a_process_that_moves_itself_out_of_the_groups_has_left_the_attempt(
+    cgroup_executor: LocalExecutor, make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """As with a container: the groups are the attempt. (The render zygote's warm processes leave a
+    finished job this way; a plain `setsid` cannot leave, see above.)"""
+    support = cgroup_executor.cgroup_support
+    if support.tracking_parent is None:
+        pytest.skip(f"no cgroup2 tracking group here: {support.notes}")
+    parents = [path for path in (support.memory_parent, support.cpu_parent, support.tracking_parent) if path]
+    script, marker = tmp_path / "mover.py", tmp_path / "moved"
+    script.write_text(MOVER)
+    procs = " ".join(str(parent / "cgroup.procs") for parent in parents)
+    command = f'"{sys.executable}" {script} {marker} {procs} & while [ ! -e {marker} ]; do sleep 0.02; done'
+    spec = make_spec(["sh", "-c", command])
+    cgroup_executor.start(spec)
+    event = exited(wait_for_exit(cgroup_executor, spec.attempt_id))
+    mover = int(marker.read_text())
+    try:
+        assert event.exit_code == 0
+        assert not is_gone(mover), "a process that left the attempt's groups is no longer the attempt's"
+    finally:
+        os.kill(mover, signal.SIGKILL)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import pytest
 
 from kiln.config import Settings
 from kiln.executors.base import OOM_EXIT_CODE, OOM_REASON, TIMEOUT_STATUS_REASON, AttemptExited, AttemptSpec
+from kiln.executors.cgroups import attempt_group_name
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.local import LocalExecutor
 from kiln.render import image
@@ -40,6 +42,7 @@ from .images import read_png
 pytestmark = pytest.mark.timeout(300)
 
 FORKED = r"render process (\d+), forked from the render zygote"
+WARM = FORKED + r" and kept warm: its job \d+"
 SMALL = ["--resolution-percent", "10", "--samples", "4"]  # 108x135: about a second a frame
 _ids = itertools.count()
 
@@ -80,8 +83,8 @@ class Kit:
         event = exited(wait_for_exit(self.executor, spec.attempt_id, timeout=timeout))
         return event, spec.log_path.read_text()
 
-    def frame(self, spec: AttemptSpec) -> np.ndarray:
-        return read_png(Path(spec.command[4]) / "frames" / "0001.png")
+    def frame(self, spec: AttemptSpec, number: int = 1) -> np.ndarray:
+        return read_png(Path(spec.command[4]) / "frames" / f"{number:04d}.png")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,51 @@ def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
     assert np.array_equal(kit.frame(forked), kit.frame(first))
 
 
+def test_a_render_process_stays_warm_for_the_next_job_of_the_scene(kit: Kit, first_job: object) -> None:
+    """The next job of the same scene and settings is handed to the process that rendered the last
+    one (scene and Cycles' session still loaded): same pixels as a fresh render, in its own groups."""
+    deadline = time.monotonic() + 90
+    while True:
+        event, log = kit.run(kit.spec())
+        if "forked from the render zygote" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    started = re.search(FORKED, log)
+    assert event.exit_code == 0 and started, log
+    warm = int(started.group(1))
+    assert not is_gone(warm), "a render process that finished cleanly waits for the next job"
+    assert "kiln-" not in Path(f"/proc/{warm}/cgroup").read_text(), "it left the finished job's groups"
+
+    second = kit.spec(environment={"AWS_BATCH_JOB_ARRAY_INDEX": "1"})
+    event, log = kit.run(second)
+    assert event.exit_code == 0, log
+    reused = re.search(WARM, log)
+    assert reused and int(reused.group(1)) == warm, log
+    assert "slice 1: frame 2 of frames 1-199" in log and "frame 2 done (1/1" in log  # the job's own log
+    fresh = kit.spec(environment={"AWS_BATCH_JOB_ARRAY_INDEX": "1", "KILN_RENDER_ZYGOTE": "off"})
+    event, log = kit.run(fresh)
+    assert event.exit_code == 0 and "render zygote" not in log, log
+    assert np.array_equal(kit.frame(second, 2), kit.frame(fresh, 2))
+
+    other_settings = kit.spec("--samples", "2")
+    event, log = kit.run(other_settings)
+    assert event.exit_code == 0 and "forked from the render zygote" in log and "kept warm" not in log, log
+
+
+def test_stopping_a_job_stops_the_warm_process_serving_it(kit: Kit, first_job: object) -> None:
+    event, log = kit.run(kit.spec())  # leaves a warm process for these settings (or reuses one)
+    assert event.exit_code == 0 and "forked from the render zygote" in log, log
+    spec = kit.spec("-f", "24")  # frames 1-24: long enough to stop it midway
+    kit.executor.start(spec)
+    child = int(wait_for_log(spec.log_path, WARM, timeout=20).group(1))
+    wait_for_log(spec.log_path, "frame 1 done", timeout=30)
+    assert f"/{attempt_group_name(spec.attempt_id)}" in Path(f"/proc/{child}/cgroup").read_text()
+    kit.executor.terminate(spec.attempt_id, "stop it")
+    event = exited(wait_for_exit(kit.executor, spec.attempt_id, timeout=30))
+    assert (event.terminated, event.exit_code) == (True, 143), spec.log_path.read_text()
+    assert is_gone(child)
+
+
 def test_a_scene_rewritten_between_jobs_is_opened_again(
     kit: Kit, first_job: object, tmp_path: Path, sample_blend: Path
 ) -> None:
@@ -207,9 +255,10 @@ def test_jobs_with_a_relative_python_path_share_one_zygote(kit: Kit, first_job: 
 
 
 def test_the_job_memory_limit_kills_a_forked_render(kit: Kit, first_job: object) -> None:
-    spec = kit.spec(memory_mib=128)  # the render child needs well over 128 MiB of its own
+    spec = kit.spec(memory_mib=64)  # the render child needs about twice that of its own
     event, log = kit.run(spec)
     assert "forked from the render zygote" in log, log
+    assert "kept warm" not in log, "a warm process's memory is not all charged to the job: not for this one"
     assert (event.oom, event.exit_code, event.reason) == (True, OOM_EXIT_CODE, OOM_REASON)
     assert _serving(kit.folder), "the zygote itself must survive a job's OOM"
 
