@@ -323,6 +323,7 @@ class Zygote:
 
     def _client_gone(self, worker: _Worker) -> None:
         """The job's process exited or was killed: its render must not outlive it."""
+        worker.key = None  # killed: never parked, even if it reports its job done before it dies
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGKILL)
         if worker.client is not None:

@@ -104,8 +104,11 @@ def memory_peak_bytes() -> int | None:
 
 
 def _read_memory_file(pid: int | str, cgroup1_name: str, cgroup2_name: str) -> str | None:
-    groups = memberships(pid)
-    mounts = _mount_points()
+    try:
+        groups = memberships(pid)
+        mounts = _mount_points()
+    except CgroupError:
+        return None
     for hierarchy, name in (("memory", cgroup1_name), ("", cgroup2_name)):
         group = groups.get(hierarchy)
         if group is None or hierarchy not in mounts or not group.in_attempt_group:

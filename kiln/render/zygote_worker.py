@@ -25,6 +25,10 @@ from . import zygote_cgroups
 from .blender_fork import BlenderThreadPools
 from .zygote_protocol import receive, send
 
+# After this many jobs a warm process exits: it bounds what a slow leak in Blender could gather, memory
+# charged to earlier jobs' groups rather than to the job at hand.
+MAX_JOBS_PER_PROCESS = 100
+
 
 class _Refused(Exception):
     """The job could not be joined; its process was told, and renders in-process."""
@@ -45,7 +49,7 @@ class ZygoteWorker:
             while True:
                 keep_warm = bool(request.get("keep_warm"))
                 status = self._run_job(connection, client_pid, request, fds)
-                if status != 0 or not keep_warm or not self._park(status):
+                if status != 0 or not keep_warm or self._jobs >= MAX_JOBS_PER_PROCESS or not self._park(status):
                     break
                 status = 0
                 job = self._next_job()
