@@ -4,7 +4,9 @@ Frames 1-24 of the workshop's Pottery scene at 25 % resolution and 8 samples, ti
 - floor: ONE bpy process renders all frames with all threads (Blender's animation render), the
   process start, `import bpy` and scene load included, since every job pays those too;
 - parallel floor: one bpy process per core, each rendering a contiguous share of the frames on one
-  thread: the same split the pipeline makes, without a scheduler (what Kiln itself costs);
+  thread: the same split the pipeline makes, without a scheduler (what Kiln itself costs); like
+  Kiln's render jobs, each loads Blender on one CPU so its worker pool has one thread (a full-size
+  pool's idle worker spins beside the other process's render);
 - pipeline: the `kiln render` command's wall time against a running server (header read, submit,
   render array, stitch to MP4), at 1 and 6 frames per job, with render jobs forked from the render
   zygote (Kiln's default); 1 frame per job is also timed with the zygote off (every job loads
@@ -49,8 +51,13 @@ TARGETS = {1: 1.3, 6: 1.15}
 
 FLOOR_SCRIPT = textwrap.dedent(
     """
-    import sys, bpy
-    blend, output, first, last, percent, samples, threads = sys.argv[1:8]
+    import os, sys
+    blend, output, first, last, percent, samples, threads, index = sys.argv[1:9]
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads != "all":  # Blender sizes its worker pool as it loads: to the job's threads, as Kiln's
+        os.sched_setaffinity(0, {allowed[(int(index) + i) % len(allowed)] for i in range(int(threads))})
+    import bpy
+    os.sched_setaffinity(0, allowed)
     bpy.ops.wm.open_mainfile(filepath=blend)
     scene = bpy.context.scene
     scene.render.threads_mode = "AUTO" if threads == "all" else "FIXED"
@@ -89,7 +96,7 @@ def blender_floor(settings: Settings, scratch: Path, processes: int) -> float:
     for index, (first, last) in enumerate(shares):
         output = scratch / f"floor-{processes}-{index}"
         arguments = [str(settings.scene), str(output), str(first), str(last), str(settings.percent)]
-        command = [sys.executable, "-c", FLOOR_SCRIPT, *arguments, str(settings.samples), threads]
+        command = [sys.executable, "-c", FLOOR_SCRIPT, *arguments, str(settings.samples), threads, str(index)]
         children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     for child in children:
         if child.wait(timeout=TIMEOUT_SECONDS) != 0:
