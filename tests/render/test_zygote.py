@@ -203,6 +203,23 @@ def test_stopping_a_job_stops_the_warm_process_serving_it(kit: Kit, first_job: o
     assert is_gone(child)
 
 
+def test_an_idle_warm_process_exits_after_its_time(kit: Kit, first_job: object) -> None:
+    warm_for_a_second = {"KILN_RENDER_ZYGOTE_WARM_SECONDS": "1"}
+    deadline = time.monotonic() + 90
+    while True:  # another setting, another zygote: the first job starts it
+        event, log = kit.run(kit.spec(environment=warm_for_a_second))
+        if "forked from the render zygote" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    started = re.search(FORKED, log)
+    assert event.exit_code == 0 and started, log
+    process = int(started.group(1))
+    deadline = time.monotonic() + 15
+    while not is_gone(process) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert is_gone(process), "an idle warm process is dismissed after KILN_RENDER_ZYGOTE_WARM_SECONDS"
+
+
 def test_a_scene_rewritten_between_jobs_is_opened_again(
     kit: Kit, first_job: object, tmp_path: Path, sample_blend: Path
 ) -> None:
