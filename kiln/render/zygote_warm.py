@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from .uris import local_path
+from .vcpus import VCPUS_VARIABLE
 
 WARM_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_WARM_SECONDS"  # 0 turns warm processes off
 DEFAULT_WARM_SECONDS = 30.0
@@ -59,7 +60,7 @@ def warm_key(
     return WarmKey(
         blend_file=opened_ahead[0],
         identity=opened_ahead[1],
-        vcpus=environ.get("KILN_VCPUS", ""),
+        vcpus=environ.get(VCPUS_VARIABLE, ""),
         resolution_percent=arguments.resolution_percent,
         samples=arguments.samples,
     )
