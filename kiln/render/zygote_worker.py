@@ -48,10 +48,11 @@ class ZygoteWorker:
         try:
             while True:
                 keep_warm = bool(request.get("keep_warm"))
+                status = 1  # what the job's process hears should anything below raise
                 status = self._run_job(connection, client_pid, request, fds)
                 if status != 0 or not keep_warm or self._jobs >= MAX_JOBS_PER_PROCESS or not self._park(status):
                     break
-                status = 0
+                status = 0  # between jobs: the last one's status has been reported already
                 job = self._next_job()
                 if job is None:
                     break
