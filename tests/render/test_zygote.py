@@ -83,6 +83,17 @@ class Kit:
         event = exited(wait_for_exit(self.executor, spec.attempt_id, timeout=timeout))
         return event, spec.log_path.read_text()
 
+    def run_until_forked(self, *extra: str, **fields: Any) -> tuple[AttemptSpec, AttemptExited, str]:
+        """Run the job until it goes through a zygote: with new settings (another zygote key) the
+        first job starts that zygote and renders in-process meanwhile. The last try, forked or not."""
+        deadline = time.monotonic() + 90
+        while True:
+            spec = self.spec(*extra, **fields)
+            event, log = self.run(spec)
+            if "forked from the render zygote" in log or time.monotonic() > deadline:
+                return spec, event, log
+            time.sleep(0.5)
+
     def frame(self, spec: AttemptSpec, number: int = 1) -> np.ndarray:
         return read_png(Path(spec.command[4]) / "frames" / f"{number:04d}.png")
 
@@ -144,13 +155,7 @@ def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
 
     # Two threads: Blender's TBB workers must work in the child. Jobs of each size have a zygote of
     # their own (its worker pool is sized as bpy loads): the first 2-vCPU job starts that one.
-    deadline = time.monotonic() + 90
-    while True:
-        forked = kit.spec(vcpus=2.0)
-        event, log = kit.run(forked)
-        if "forked from the render zygote" in log or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    forked, event, log = kit.run_until_forked(vcpus=2.0)
     assert event.exit_code == 0, log
     assert "forked from the render zygote" in log, log
     assert "slice 0: frame 1 of frames 1-199" in log and "frame 1 done (1/1" in log  # the job's own log
@@ -161,12 +166,7 @@ def test_a_forked_render_gives_the_same_pixels_as_an_in_process_one(
 def test_a_render_process_stays_warm_for_the_next_job_of_the_scene(kit: Kit, first_job: object) -> None:
     """The next job of the same scene and settings is handed to the process that rendered the last
     one (scene and Cycles' session still loaded): same pixels as a fresh render, in its own groups."""
-    deadline = time.monotonic() + 90
-    while True:
-        event, log = kit.run(kit.spec())
-        if "forked from the render zygote" in log or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    _, event, log = kit.run_until_forked()
     started = re.search(FORKED, log)
     assert event.exit_code == 0 and started, log
     warm = int(started.group(1))
@@ -204,13 +204,7 @@ def test_stopping_a_job_stops_the_warm_process_serving_it(kit: Kit, first_job: o
 
 
 def test_an_idle_warm_process_exits_after_its_time(kit: Kit, first_job: object) -> None:
-    warm_for_a_second = {"KILN_RENDER_ZYGOTE_WARM_SECONDS": "1"}
-    deadline = time.monotonic() + 90
-    while True:  # another setting, another zygote: the first job starts it
-        event, log = kit.run(kit.spec(environment=warm_for_a_second))
-        if "forked from the render zygote" in log or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    _, event, log = kit.run_until_forked(environment={"KILN_RENDER_ZYGOTE_WARM_SECONDS": "1"})
     started = re.search(FORKED, log)
     assert event.exit_code == 0 and started, log
     process = int(started.group(1))
@@ -249,12 +243,7 @@ def test_a_scene_rewritten_between_jobs_is_opened_again(
 
 def test_a_scene_over_the_open_ahead_size_is_opened_by_the_job(kit: Kit, first_job: object) -> None:
     """Memory a scene takes in the zygote is not charged to the job: only small files are opened ahead."""
-    deadline = time.monotonic() + 90
-    while True:  # another setting, another zygote: the first job starts it
-        event, log = kit.run(kit.spec(environment={"KILN_RENDER_ZYGOTE_OPEN_AHEAD_MAX_MIB": "1"}))  # Pottery: 1.5 MiB
-        if "forked from the render zygote" in log or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    _, event, log = kit.run_until_forked(environment={"KILN_RENDER_ZYGOTE_OPEN_AHEAD_MAX_MIB": "1"})  # Pottery: 1.5 MiB
     assert event.exit_code == 0 and "forked from the render zygote" in log, log
     assert "opened ahead" not in log and "frame 1 done" in log
 
@@ -262,12 +251,7 @@ def test_a_scene_over_the_open_ahead_size_is_opened_by_the_job(kit: Kit, first_j
 def test_jobs_with_a_relative_python_path_share_one_zygote(kit: Kit, first_job: object) -> None:
     """`PYTHONPATH=.` puts each job's own directory on its module path; its jobs still share a
     zygote (the first one starts it), rather than each starting one and rendering in-process."""
-    deadline = time.monotonic() + 90
-    while True:
-        event, log = kit.run(kit.spec(environment={"PYTHONPATH": "."}))
-        if "forked from the render zygote" in log or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    _, event, log = kit.run_until_forked(environment={"PYTHONPATH": "."})
     assert event.exit_code == 0 and "forked from the render zygote" in log, log
 
 
