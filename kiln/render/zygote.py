@@ -30,6 +30,7 @@ after `KILN_RENDER_ZYGOTE_IDLE_SECONDS` (default 300) without jobs; its render p
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -158,8 +159,10 @@ class Zygote:
                 send(connection, {"refused": problem})
                 connection.close()
                 return
-            self._open_scene_ahead(request)
-            key = self._warm_key(request)
+            arguments = render_arguments(request)  # None: not one to open ahead; the job reports it
+            cwd = str(request.get("cwd") or "/")
+            self._open_scene_ahead(arguments, cwd)
+            key = self._warm_key(arguments, cwd, request["env"])
             warm = self._warm.take(key, zygote_cgroups.memory_limit_bytes(pid))
             if warm is None or not self._hand_over(warm, connection, pid, request, fds):
                 self._fork(connection, pid, request | {"keep_warm": key is not None}, fds, key)
@@ -185,13 +188,13 @@ class Zygote:
             return "malformed request"
         return None
 
-    def _open_scene_ahead(self, request: dict[str, Any]) -> None:
+    def _open_scene_ahead(self, arguments: argparse.Namespace | None, cwd: str) -> None:
         """Open a render job's local .blend here, before forking it: the next jobs of the same scene
         then start with it open (~0.15 s per job on Pottery). A problem is the job's to report."""
         from .blender import is_open_ahead, open_ahead
         from .render_frames import check_blend
 
-        blend_file = render_input_file(request)
+        blend_file = render_input_file(arguments, cwd)
         if blend_file is None or is_open_ahead(blend_file):
             return
         try:
@@ -202,13 +205,10 @@ class Zygote:
         except Exception as error:  # the job opens (or fails to open) its input itself
             print(f"kiln-render zygote: {blend_file} not opened ahead: {error}", file=sys.stderr, flush=True)
 
-    def _warm_key(self, request: dict[str, Any]) -> WarmKey | None:
-        if self._settings.warm_seconds <= 0 or self._settings.warm_capacity <= 0:
+    def _warm_key(self, arguments: argparse.Namespace | None, cwd: str, environ: dict[str, str]) -> WarmKey | None:
+        if arguments is None or self._settings.warm_seconds <= 0 or self._settings.warm_capacity <= 0:
             return None
-        arguments = render_arguments(request)
-        if arguments is None:
-            return None
-        return warm_key(arguments, str(request.get("cwd")), request["env"], self._opened_ahead())
+        return warm_key(arguments, cwd, environ, self._opened_ahead())
 
     @staticmethod
     def _opened_ahead() -> tuple[Path, tuple[int, ...]] | None:
@@ -331,7 +331,7 @@ class Zygote:
                 self._selector.unregister(worker.client)
 
 
-def render_arguments(request: dict[str, Any]) -> Any | None:
+def render_arguments(request: dict[str, Any]) -> argparse.Namespace | None:
     """The parsed `kiln-render` arguments of a request; None when they do not parse (the job reports them)."""
     from .cli import UsageError, build_parser
 
@@ -341,13 +341,11 @@ def render_arguments(request: dict[str, Any]) -> Any | None:
         return None
 
 
-def render_input_file(request: dict[str, Any]) -> Path | None:
-    """The local .blend a `render` request names (relative to the job's directory); None otherwise."""
+def render_input_file(arguments: argparse.Namespace | None, cwd: str) -> Path | None:
+    """The local .blend a `render` job names (relative to the job's directory); None otherwise."""
     from .uris import local_path
 
-    arguments = render_arguments(request)
-    cwd = request.get("cwd")
-    if arguments is None or arguments.action != "render" or not isinstance(cwd, str):
+    if arguments is None or arguments.action != "render":
         return None
     return local_path(arguments.input, cwd=cwd)
 
