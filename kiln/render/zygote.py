@@ -163,7 +163,8 @@ class Zygote:
             cwd = str(request.get("cwd") or "/")
             self._open_scene_ahead(arguments, cwd)
             key = self._warm_key(arguments, cwd, request["env"])
-            warm = self._warm.take(key, zygote_cgroups.memory_limit_bytes(pid))
+            # (the job's memory limit is read only for a job a warm process could serve)
+            warm = self._warm.take(key, zygote_cgroups.memory_limit_bytes(pid)) if key is not None else None
             if warm is None or not self._hand_over(warm, connection, pid, request, fds):
                 self._fork(connection, pid, request | {"keep_warm": key is not None}, fds, key)
         except Exception as error:  # the zygote must outlive any one job's surprise
