@@ -74,6 +74,20 @@ class Settings:
     docker_gpus: int = 0  # GPUs the daemon can hand out (NVIDIA container toolkit); GPU jobs wait for them
     # Ray executor: the cluster's GCS address (HOST:PORT); None joins the local cluster or starts one.
     ray_address: str | None = None
+    # Host names (and host:port) the API answers besides the loopback names and the bind address:
+    # any other `Host` is refused, so a DNS-rebinding page cannot reach a loopback server.
+    allowed_hosts: tuple[str, ...] = ()
+    # Slow clients: a connection that has not sent a whole request head in this time is closed, and
+    # a body must arrive within its own deadline (slowloris; half-sent requests hold no memory long).
+    request_head_timeout_seconds: float = 15.0
+    request_body_timeout_seconds: float = 60.0
+    # Who attempts run as on the local and Ray executors. None: "nobody" when the server runs as
+    # root, else the server's own user. `allowed_job_users` are the other users a definition's
+    # `containerProperties.user` may name (root only when listed here).
+    job_user: str | None = None
+    allowed_job_users: tuple[str, ...] = ()
+    # Names of the server's environment variables that attempts inherit, beside Kiln's own short list.
+    job_environment: tuple[str, ...] = ()
 
     @property
     def database_path(self) -> Path:
@@ -120,6 +134,9 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         _check_type(path, key, value)
     if "cpu_hard_cap_environments" in server:
         server["cpu_hard_cap_environments"] = frozenset(server["cpu_hard_cap_environments"])
+    for key in ("allowed_hosts", "allowed_job_users", "job_environment"):
+        if key in server:
+            server[key] = tuple(server[key])
     images = _parse_images(path, document.get("images", {}))
     return replace(settings, **server, images={**settings.images, **images})
 
@@ -132,6 +149,8 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "cpu_hard_cap_environments": list, "executor": str, "docker_host": str, "docker_network": str, "docker_gpus": int,
     "ray_address": str,
     "gpus": int,
+    "allowed_hosts": list, "request_head_timeout_seconds": _NUMBER, "request_body_timeout_seconds": _NUMBER,
+    "job_user": str, "allowed_job_users": list, "job_environment": list,
 }  # fmt: skip
 
 

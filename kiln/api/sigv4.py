@@ -42,7 +42,11 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_CLOCK_SKEW = timedelta(minutes=15)
 # The Batch API, and the CloudWatch Logs API served on the same endpoint.
 SIGNED_SERVICES = frozenset({"batch", "logs"})
-OPEN_PATHS = frozenset({"/healthz"})
+# The one route answered unsigned: liveness, read-only. Matched on the decoded path (`/%68ealthz`
+# is `/healthz`) and on the method, so no other method on that path (a POST with an `X-Amz-Target`,
+# which the catch-all would serve) slips past the signature check.
+OPEN_PATH = "/healthz"
+OPEN_METHODS = frozenset({"GET", "HEAD"})
 
 MISSING_TOKEN = "Missing Authentication Token"
 UNKNOWN_KEY = "The security token included in the request is invalid."
@@ -235,7 +239,7 @@ class SignatureVerifier:
 
 
 class SigV4Middleware:
-    """Refuses every request but those to OPEN_PATHS unless it is signed with a known key.
+    """Refuses every request but `GET`/`HEAD /healthz` unless it is signed with a known key.
 
     The body is read (up to the API's largest payload) to check its hash, then replayed to the app.
     """
@@ -246,7 +250,7 @@ class SigV4Middleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or (scope["path"] == OPEN_PATH and scope["method"] in OPEN_METHODS):
             await self.app(scope, receive, send)
             return
         body = await read_body(Request(scope, receive), self.max_body_bytes)
