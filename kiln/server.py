@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from kiln.access_keys import KeyFile
 from kiln.api.app import create_app
 from kiln.api.cloudwatch_logs import TARGET_PREFIX, LogsEndpoint
+from kiln.api.front_door import FrontDoorMiddleware, HostNames
 from kiln.api.job_logs import log_routes
 from kiln.api.metrics import metrics_routes
 from kiln.api.sigv4 import SignatureVerifier, SigV4Middleware
@@ -86,6 +87,11 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+def front_door(settings: Settings) -> Middleware:
+    """Cross-site and DNS-rebinding requests are refused first, whatever the auth mode."""
+    return Middleware(FrontDoorMiddleware, hosts=HostNames.for_server(settings.host, settings.allowed_hosts))
+
+
 def auth_middleware(settings: Settings) -> list[Middleware]:
     if settings.auth != "sigv4":
         return []
@@ -143,7 +149,7 @@ def build_server(settings: Settings) -> Server:
     app = create_app(
         service,
         extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard],
-        middleware=auth_middleware(settings),
+        middleware=[front_door(settings), *auth_middleware(settings)],
         lifespan=lifespan,
         targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},
     )

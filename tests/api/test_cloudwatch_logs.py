@@ -270,12 +270,17 @@ def test_errors_have_the_cloudwatch_form(
     )
     assert raw.status_code == 400 and raw.json()["__type"] == "InvalidParameterException"
     assert raw.headers["content-type"] == "application/x-amz-json-1.1" and "x-amzn-requestid" in raw.headers
+    json_type = {"Content-Type": "application/x-amz-json-1.1"}  # what CloudWatch clients send
     for body in (b"{not json", b"[]"):
-        broken = httpx.post(kiln_server.endpoint, content=body, headers={"X-Amz-Target": "Logs_20140328.GetLogEvents"})
+        broken = httpx.post(
+            kiln_server.endpoint, content=body, headers={"X-Amz-Target": "Logs_20140328.GetLogEvents", **json_type}
+        )
         assert broken.status_code == 400 and broken.json()["__type"] == "InvalidParameterException"
-    unknown = httpx.post(kiln_server.endpoint, content=b"{}", headers={"X-Amz-Target": "Logs_20140328.NoSuchThing"})
+    unknown = httpx.post(
+        kiln_server.endpoint, content=b"{}", headers={"X-Amz-Target": "Logs_20140328.NoSuchThing", **json_type}
+    )
     assert unknown.status_code == 400 and "NoSuchThing" in unknown.json()["message"]
     elsewhere = httpx.post(
-        kiln_server.endpoint, content=b"{}", headers={"X-Amz-Target": "DynamoDB_20120810.ListTables"}
+        kiln_server.endpoint, content=b"{}", headers={"X-Amz-Target": "DynamoDB_20120810.ListTables", **json_type}
     )
     assert elsewhere.status_code == 400 and "DynamoDB_20120810" in elsewhere.json()["message"]

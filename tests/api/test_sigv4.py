@@ -36,6 +36,7 @@ from tests.support import make_queue, register_shell, submit, wait_for
 
 MISMATCH = "The request signature we calculated does not match the signature you provided."
 UNKNOWN_KEY = "The security token included in the request is invalid."
+JSON = {"Content-Type": "application/json"}  # what an AWS SDK sends with a Batch body
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def test_unknown_key_is_an_unrecognized_client(secured: tuple[KilnServer, Key]) 
 
 def test_missing_signature_is_a_missing_token(secured: tuple[KilnServer, Key]) -> None:
     server, _ = secured
-    response = httpx.post(f"{server.endpoint}/v1/describejobqueues", content=b"{}", timeout=10)
+    response = httpx.post(f"{server.endpoint}/v1/describejobqueues", content=b"{}", headers=JSON, timeout=10)
     assert_refused(response, "MissingAuthenticationTokenException", "Missing Authentication Token")
 
 
@@ -277,7 +278,7 @@ def test_malformed_authorization_header_is_refused(secured: tuple[KilnServer, Ke
         response = httpx.post(
             f"{server.endpoint}/v1/describejobqueues",
             content=b"{}",
-            headers={"Authorization": header.encode("latin-1")},
+            headers={"Authorization": header.encode("latin-1"), **JSON},
             timeout=10,
         )
         assert response.status_code == 403, response.text
@@ -287,7 +288,7 @@ def test_malformed_authorization_header_is_refused(secured: tuple[KilnServer, Ke
         response = httpx.post(
             f"{server.endpoint}/v1/describejobqueues",
             content=b"{}",
-            headers={"Authorization": well_formed, "X-Amz-Date": date},
+            headers={"Authorization": well_formed, "X-Amz-Date": date, **JSON},
             timeout=10,
         )
         assert_refused(response, "IncompleteSignatureException", "X-Amz-Date")
@@ -321,7 +322,7 @@ def test_fuzzed_auth_headers_are_refused_never_a_5xx(secured: tuple[KilnServer, 
         @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(authorization=authorization, amz_date=amz_date, http_date=http_date, body=st.binary(max_size=64))
         def run(authorization: str, amz_date: str | None, http_date: str | None, body: bytes) -> None:
-            headers = {"Authorization": authorization.encode("latin-1")}
+            headers = {"Authorization": authorization.encode("latin-1"), "Content-Type": b"application/json"}
             if amz_date is not None:
                 headers["X-Amz-Date"] = amz_date.encode("latin-1")
             if http_date is not None:
