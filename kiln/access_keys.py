@@ -2,13 +2,16 @@
 
 The server rereads the file when it changes, so `kiln keys create` and `kiln keys delete` take
 effect on a running server without a restart. Readers take a shared lock and writers an exclusive
-one on the file itself, and writers rewrite it in place, so a reader never sees half a file.
+one on the file itself, and writers rewrite it in place, so a reader never sees half a file. Its mode
+is checked on every use, not only at start: a file that became readable by others (a careless
+chmod, a restore from a backup) is refused.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 import threading
@@ -17,9 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import ValidationError
+from kiln.errors import ServerError, ValidationError
 from kiln.private_files import PRIVATE_FILE_MODE, readable_by_others
 
+log = logging.getLogger(__name__)
 CREDENTIALS_FILE_NAME = "credentials"
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # AWS access key ids: AKIA + 16 of these
 
@@ -37,6 +41,14 @@ def new_access_key(description: str = "") -> AccessKey:
     key_id = "AKIA" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     return AccessKey(key_id, secrets.token_urlsafe(30), created, description)
+
+
+class ExposedCredentialsError(ServerError):
+    """The credentials file became readable by other users while the server ran (HTTP 500).
+
+    Its secrets may have been read, so no request is authenticated with them until it is private
+    again; the client's message leaves out the path, the server log has it.
+    """
 
 
 class KeyFile:
@@ -85,18 +97,34 @@ class KeyFile:
     # ------------------------------------------------------------------------------------ internals
 
     def _by_id(self) -> dict[str, AccessKey]:
+        """The keys, reread when the file changed; its mode is checked on every call (a chmod
+        changes neither inode, mtime nor size, so the cache alone would never notice)."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
             return {}
+        self._refuse_exposed(info.st_mode)
         stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         with self._cache_lock:
             if self._cache is None or self._cache[0] != stamp:
                 with self.path.open("rb") as handle:
+                    self._refuse_exposed(os.fstat(handle.fileno()).st_mode)  # the file actually read
                     fcntl.flock(handle, fcntl.LOCK_SH)
                     keys = _parse(self.path, handle.read())
                 self._cache = (stamp, {key.access_key_id: key for key in keys})
             return self._cache[1]
+
+    def _refuse_exposed(self, mode: int) -> None:
+        if mode & 0o077:
+            log.error(
+                "%s is accessible by other users (mode %o): refusing every signed request until it is "
+                "private again; run: chmod 600 %s (and consider its keys leaked: rotate them)",
+                self.path, mode & 0o777, self.path,
+            )  # fmt: skip
+            raise ExposedCredentialsError(
+                "The server's credentials file is accessible by other users, so the server refuses requests "
+                "until it is private again; details are in the server log"
+            )
 
     def _update(self, change: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

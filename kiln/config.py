@@ -7,9 +7,12 @@ in seconds instead of AWS's one- and ten-minute floors; production keeps AWS's v
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import tomllib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from kiln.errors import ValidationError
 DEFAULT_PORT = 8642
 DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
 CONFIG_FILE_NAME = "kiln.toml"
+# Workdirs of jobs that run as another user than the server: root-owned, outside any data dir.
+SHARED_WORK_PARENT = Path("/var/lib/kiln/work")
 
 
 def default_data_dir() -> Path:
@@ -86,8 +91,14 @@ class Settings:
     # `containerProperties.user` may name (root only when listed here).
     job_user: str | None = None
     allowed_job_users: tuple[str, ...] = ()
-    # Names of the server's environment variables that attempts inherit, beside Kiln's own short list.
+    # Names of the server's environment variables that attempts inherit, beside Kiln's own short list
+    # (kiln/executors/job_environment.py).
     job_environment: tuple[str, ...] = ()
+    # [job_roles]: role ARN -> the variables a job gets when its definition's `jobRoleArn` names it
+    # (credentials meant for jobs, as AWS hands a job its role; never shown by DescribeJobs).
+    job_roles: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    # Where attempts' working directories go; None: see `work_dir`.
+    work_root: Path | None = None
 
     @property
     def database_path(self) -> Path:
@@ -97,9 +108,20 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
-    @property
+    @cached_property
     def work_dir(self) -> Path:
-        return self.data_dir / "work"
+        """Attempts' workdirs: `<data_dir>/work` when every job runs as the server's own user.
+
+        A job running as another user must reach its workdir by path, but the data dir's parents are
+        often private (/root/.local/share/kiln, a 0700 temporary dir) and opening the data dir itself
+        to others would expose any file in it with a lax mode. Such workdirs therefore live under
+        `/var/lib/kiln/work/<data dir hash>` (root's, not writable by others), or `work_root`.
+        """
+        if self.work_root is not None:
+            return self.work_root
+        if jobs_run_as_server_user(self.job_user, self.allowed_job_users):
+            return self.data_dir / "work"
+        return shared_work_root(self.data_dir)
 
     @property
     def executor_dir(self) -> Path:
@@ -110,6 +132,26 @@ class Settings:
         return self.database_url or f"sqlite:///{self.database_path}"
 
 
+def jobs_run_as_server_user(job_user: str | None, allowed_job_users: tuple[str, ...]) -> bool:
+    """Whether every job runs as this process's user (the default when it is not root)."""
+    euid = os.geteuid()
+    names = list(allowed_job_users) + ([job_user] if job_user else ["nobody"] if euid == 0 else [])
+    for name in names:
+        try:
+            uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return False
+        if uid != euid:
+            return False
+    return True
+
+
+def shared_work_root(data_dir: Path) -> Path:
+    """The workdirs' root of a server whose jobs run as other users: one per data dir."""
+    digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    return SHARED_WORK_PARENT / digest
+
+
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from `<data_dir>/kiln.toml` then explicit overrides (flags win)."""
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
@@ -117,7 +159,12 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if config_path.exists():
         settings = _apply_file(settings, config_path)
     clean = {key: value for key, value in overrides.items() if value is not None}
-    return replace(settings, **clean)
+    settings = replace(settings, **clean)
+    if settings.executor == "local":  # Ray nodes resolve users themselves; Docker has its own
+        from kiln.executors.job_users import JobUsers
+
+        JobUsers(settings.job_user, settings.allowed_job_users)  # an unknown user refuses the start now
+    return settings
 
 
 def _apply_file(settings: Settings, path: Path) -> Settings:
@@ -126,7 +173,7 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ValidationError(f"{path}: invalid TOML: {exc}") from exc
     server = dict(document.get("server", {}))
-    known = {f for f in Settings.__dataclass_fields__ if f not in {"data_dir", "images"}}
+    known = {f for f in Settings.__dataclass_fields__ if f not in {"data_dir", "images", "job_roles"}}
     unknown = set(server) - known
     if unknown:
         raise ValidationError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
@@ -137,8 +184,11 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
     for key in ("allowed_hosts", "allowed_job_users", "job_environment"):
         if key in server:
             server[key] = tuple(server[key])
+    if "work_root" in server:
+        server["work_root"] = Path(server["work_root"])
     images = _parse_images(path, document.get("images", {}))
-    return replace(settings, **server, images={**settings.images, **images})
+    roles = _parse_job_roles(path, document.get("job_roles", {}))
+    return replace(settings, **server, images={**settings.images, **images}, job_roles={**settings.job_roles, **roles})
 
 
 _NUMBER = (int, float)
@@ -150,7 +200,7 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "ray_address": str,
     "gpus": int,
     "allowed_hosts": list, "request_head_timeout_seconds": _NUMBER, "request_body_timeout_seconds": _NUMBER,
-    "job_user": str, "allowed_job_users": list, "job_environment": list,
+    "job_user": str, "allowed_job_users": list, "job_environment": list, "work_root": str,
 }  # fmt: skip
 
 
@@ -175,3 +225,20 @@ def _parse_images(path: Path, table: dict[str, Any]) -> dict[str, list[str]]:
             raise ValidationError(f"{path}: [images] {name!r} must be a list of strings (the entrypoint)")
         images[name] = entrypoint
     return images
+
+
+def _parse_job_roles(path: Path, table: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """`[job_roles."arn:aws:iam::123456789012:role/render"]` tables of variable = "value"."""
+    roles: dict[str, dict[str, str]] = {}
+    for arn, variables in table.items():
+        if not arn.startswith("arn:"):
+            raise ValidationError(f"{path}: [job_roles] {arn!r} must be a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+        if not isinstance(variables, dict) or not all(
+            isinstance(name, str) and isinstance(value, str) for name, value in variables.items()
+        ):
+            raise ValidationError(f'{path}: [job_roles] {arn!r} must be a table of VARIABLE = "value" strings')
+        reserved = sorted(name for name in variables if name.startswith("AWS_BATCH"))
+        if reserved:
+            raise ValidationError(f"{path}: [job_roles] {arn!r}: {', '.join(reserved)} is reserved for AWS Batch")
+        roles[arn] = dict(variables)
+    return roles

@@ -36,10 +36,13 @@ from kiln.observability.metrics import ServerMetrics
 from kiln.private_files import PRIVATE_FILE_MODE, create_private_file, make_private_dir
 from kiln.render import image as render_image
 from kiln.store.database import Database
-from kiln.web.routes import dashboard_routes
+from kiln.web.routes import dashboard_routes, open_routes
+from kiln.web.sessions import SessionStore
 
 log = logging.getLogger("kiln")
-MAX_REQUEST_HEAD_BYTES = 1024 * 1024
+# A request line plus headers: AWS caps these too, and SigV4 needs a few KiB. Larger heads are
+# refused in AWS's error form (kiln/api/http_server.py); each open connection buffers at most this.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -87,19 +90,55 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+EXECUTORS = ("local", "docker", "ray")
+
+
+def check_executor(settings: Settings) -> None:
+    """An unknown executor, or a Docker daemon that does not answer, refuses the start.
+
+    Only a ping: the executor itself is made after the database (the local one starts a supervisor).
+    """
+    if settings.executor not in EXECUTORS:
+        raise ValidationError(f"unknown executor {settings.executor!r}: use local, docker or ray")
+    if settings.executor == "docker":
+        import docker
+
+        from kiln.executors.docker import DockerUnavailable, docker_url
+
+        url = docker_url(settings)
+        try:
+            with contextlib.closing(docker.DockerClient(base_url=url, version="auto", timeout=30)) as client:
+                client.ping()
+        except (docker.errors.DockerException, OSError) as exc:
+            raise DockerUnavailable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def check_start(settings: Settings) -> None:
+    """Every check that can refuse a start, before anything is written: a refused start leaves the
+    data dir as it was (no kiln.db created or migrated, no supervisor, no modes changed)."""
+    check_exposure(settings)
+    if settings.auth == "sigv4":
+        keys = KeyFile(settings.data_dir)
+        keys.check_private()
+        keys.keys()  # a credentials file that is not one refuses now, not at the first request
+    check_executor(settings)
+
+
 def front_door(settings: Settings) -> Middleware:
     """Cross-site and DNS-rebinding requests are refused first, whatever the auth mode."""
     return Middleware(FrontDoorMiddleware, hosts=HostNames.for_server(settings.host, settings.allowed_hosts))
 
 
-def auth_middleware(settings: Settings) -> list[Middleware]:
+def auth_middleware(settings: Settings, sessions: SessionStore | None = None) -> list[Middleware]:
+    """SigV4 on every route but the open ones; `sessions` lets the dashboard's cookie stand in for a signature."""
     if settings.auth != "sigv4":
         return []
     keys = KeyFile(settings.data_dir)
     keys.check_private()
     if not keys.keys():
         log.warning("--auth sigv4: no access keys yet in %s; create one with `kiln keys create`", keys.path)
-    return [Middleware(SigV4Middleware, verifier=SignatureVerifier(keys, settings.region))]
+    verifier = SignatureVerifier(keys, settings.region)
+    return [Middleware(SigV4Middleware, verifier=verifier, sessions=sessions, open_routes=open_routes())]
 
 
 def make_executor(settings: Settings) -> Executor:
@@ -119,10 +158,12 @@ def make_executor(settings: Settings) -> Executor:
 
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
-    check_exposure(settings)
-    for directory in (settings.data_dir, settings.logs_dir, settings.work_dir):
-        make_private_dir(directory)
-    lock_data_dir(settings)
+    check_start(settings)
+    make_private_dir(settings.data_dir)
+    lock_data_dir(settings)  # before touching what a running server may own
+    make_private_dir(settings.logs_dir)
+    if settings.work_dir.is_relative_to(settings.data_dir):  # else jobs run as other users: see prepare_work_root
+        make_private_dir(settings.work_dir)
     if settings.database_url is None:
         create_private_file(settings.database_path)
     db = Database(settings.resolved_database_url(), fsync=settings.fsync)
@@ -143,13 +184,13 @@ def build_server(settings: Settings) -> Server:
             scheduler.stop()
             db.close()
 
-    dashboard = dashboard_routes(
-        service, DashboardReads(db, settings, lambda: executor.capacity().gpus), settings.data_dir / "dashboard-cache"
-    )
+    sessions = SessionStore(KeyFile(settings.data_dir)) if settings.auth == "sigv4" else None
+    reads = DashboardReads(db, settings, lambda: executor.capacity().gpus)
+    dashboard = dashboard_routes(service, reads, settings.data_dir / "dashboard-cache", sessions)
     app = create_app(
         service,
         extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard],
-        middleware=[front_door(settings), *auth_middleware(settings)],
+        middleware=[front_door(settings), *auth_middleware(settings, sessions)],
         lifespan=lifespan,
         targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},
     )
@@ -158,10 +199,16 @@ def build_server(settings: Settings) -> Server:
 
 def serve(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kiln.api.http_server import ConnectionLimits, http_protocol
+
+    limits = ConnectionLimits.within_fd_limit(
+        settings.request_head_timeout_seconds, settings.request_body_timeout_seconds
+    )
     server = build_server(settings)
     uvicorn.run(
         server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-        # A request line or headers up to the API's largest body reach the app, which answers an
-        # oversized one in AWS's error form (h11's own limit answers with a bare text 400).
+        # h11, pinned (httptools, when installed, would be picked and bypass them), with Kiln's
+        # request deadlines and connection cap; no WebSockets (no route uses them).
+        http=http_protocol(limits), ws="none", backlog=limits.backlog,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )  # fmt: skip

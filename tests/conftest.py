@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +18,10 @@ from urllib.parse import quote
 import boto3
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 
 from kiln.cli.embedded_server import free_port
+from kiln.config import shared_work_root
 from kiln.executors.supervised import stop_supervisor
 from tests.docker_daemon import DockerDaemon, DockerMissing, docker_daemon
 
@@ -27,6 +31,11 @@ from tests.ray_cluster import RayCluster, start_cluster
 
 # Test-only server settings (documented in docs/user-guide.md): timeouts may be 1 s, SIGKILL 1 s after SIGTERM.
 FAST_FLAGS = ["--min-timeout-seconds", "1", "--termination-grace-seconds", "1"]
+# Jobs run as root, for tests whose subject is not who runs jobs but whose jobs need what only root
+# has here: Kiln's render image runs this interpreter (under /root, mode 0700, on the test machines)
+# and their jobs write into pytest's private temp dirs. The default (an unprivileged job user) is
+# what every other server test runs with; tests/e2e/test_job_isolation.py is about it.
+JOBS_AS_ROOT = ["--job-user", "root"]
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "kiln-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "kiln-test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -36,8 +45,9 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 class KilnServer:
     """A `kiln server` child process; `restart` keeps the data dir (crash/restart tests).
 
-    `env` adds variables to the server's environment, which its jobs inherit (for example
-    `AWS_ENDPOINT_URL_S3` pointing the render jobs at a test S3 server).
+    `env` adds variables to the server's environment. Its jobs inherit only Kiln's short list of
+    them (kiln/executors/job_environment.py) and those `job_environment` in kiln.toml names; render
+    jobs get S3 settings through a `[job_roles]` entry (tests/render/test_pipeline.py).
     """
 
     data_dir: Path
@@ -77,9 +87,11 @@ class KilnServer:
         self.process = None
 
     def close(self) -> None:
-        """Stop the server and its attempt supervisor (which would otherwise outlive it, on purpose)."""
+        """Stop the server and its attempt supervisor (which would otherwise outlive it, on purpose),
+        and remove its workdirs' root when that lies outside the data dir (jobs ran as another user)."""
         self.stop()
         stop_supervisor(self.data_dir / "executor", timeout=60)
+        shutil.rmtree(shared_work_root(self.data_dir), ignore_errors=True)
 
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)
@@ -137,6 +149,66 @@ def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer
 @pytest.fixture(scope="module")
 def batch(kiln_server: KilnServer) -> Any:
     return kiln_server.client()
+
+
+@pytest.fixture(scope="session")
+def job_files_root() -> Iterator[Path]:
+    """Where jobs leave files for tests: jobs run as an unprivileged user, and pytest's own temp
+    dirs are root's alone (and hold data dirs, which no container may mount). Under /var/tmp, 0711:
+    a job reaches its test's folder, lists nothing."""
+    root = Path(tempfile.mkdtemp(prefix="kiln-test-jobs-", dir="/var/tmp"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def job_tmp(job_files_root: Path) -> Path:
+    """A fresh folder every job may write into, whoever it runs as (Docker bind-mounts the root)."""
+    path = Path(tempfile.mkdtemp(dir=job_files_root))
+    path.chmod(0o777)
+    return path
+
+
+@dataclass(frozen=True)
+class Key:
+    """An access key pair made by the real `kiln keys create`."""
+
+    access_key_id: str
+    secret: str
+
+
+def kiln(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def create_key(data_dir: Path) -> Key:
+    result = kiln("keys", "create", "--data-dir", str(data_dir), "--description", "tests")
+    assert result.returncode == 0, result.stderr
+    pairs = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    return Key(pairs["AWS_ACCESS_KEY_ID"], pairs["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KilnServer, Key]]:
+    """A `kiln server --auth sigv4` with one key (module-scoped: one per module that asks)."""
+    root = tmp_path_factory.mktemp("sigv4")
+    key = create_key(root / "data")
+    server = start_server(root, [*FAST_FLAGS, "--auth", "sigv4"])
+    yield server, key
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, empty, for one module."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ code that touches the database.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
@@ -23,6 +24,8 @@ from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 from kiln.api.errors import REQUEST_ID_HEADER, error_response
 from kiln.api.shapes import parse_request, route_table, serialize_output
 from kiln.errors import ClientError
+
+log = logging.getLogger(__name__)
 
 SUBMIT_JOB_MAX_BYTES = 30 * 1024  # AWS: SubmitJob request payload <= 30 KiB
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -166,6 +169,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # No one is left to answer, and a client hanging up mid-upload is no fault of the server's.
+            log.info("request %s: client disconnected before sending the whole body", request_id)
         except Exception as exc:
             if started:
                 raise

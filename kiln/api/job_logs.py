@@ -5,6 +5,8 @@ CloudWatch Logs compatibility (`aws logs get-log-events`) is a separate, later A
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +17,10 @@ from starlette.routing import Route
 from kiln.errors import ValidationError
 
 MAX_CHUNK = 1024 * 1024
+# The largest integer a JSON number keeps exactly (JavaScript's MAX_SAFE_INTEGER): far beyond any log
+# or attempt count, and small enough that seek() and arithmetic never overflow into a 500.
+MAX_INT_PARAM = 2**53 - 1
+_ASCII_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 class LogSource(Protocol):
@@ -22,11 +28,12 @@ class LogSource(Protocol):
 
 
 def _int_param(request: Request, name: str) -> int | None:
+    """A non-negative integer query parameter; ASCII digits only (`str.isdigit` also takes '²')."""
     value = request.query_params.get(name)
     if value is None:
         return None
-    if not value.isdigit():
-        raise ValidationError(f"{name} must be a non-negative integer")
+    if not _ASCII_DIGITS.fullmatch(value) or int(value) > MAX_INT_PARAM:
+        raise ValidationError(f"{name} must be an integer from 0 to {MAX_INT_PARAM}, not {value[:40]!r}")
     return int(value)
 
 
@@ -39,8 +46,10 @@ def log_routes(source: LogSource) -> list[Route]:
         data = b""
         if location.path.exists():
             with location.path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(MAX_CHUNK)
+                # Past the end there is nothing more yet (lseek refuses offsets past the file system's limit).
+                if offset < os.fstat(handle.fileno()).st_size:
+                    handle.seek(offset)
+                    data = handle.read(MAX_CHUNK)
         body = {
             "logStreamName": location.stream,
             "text": data.decode("utf-8", errors="replace"),

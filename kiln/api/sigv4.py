@@ -5,6 +5,12 @@ raw path, raw query, the headers the client says it signed, the body), so Kiln a
 AWS SDK byte for byte without a second implementation of the canonical-request rules. Refusals are
 AWS's: 403 with `MissingAuthenticationTokenException`, `IncompleteSignatureException`,
 `UnrecognizedClientException` or `InvalidSignatureException`, mapped by `kiln.api.errors`.
+
+A browser cannot sign (it would need the secret in page script), so the dashboard signs in once and
+then sends a session cookie (`kiln.web.sessions`); a request without an `Authorization` header is
+authenticated by that cookie instead. The cookie is SameSite=Strict, and a state-changing request it
+authenticates must also carry an `Origin` equal to the server's own: a page on another port of the
+same host is "same-site", so SameSite alone would let it use the session.
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Protocol
+from urllib.parse import urlsplit
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln.access_keys import KeyFile
 from kiln.api.app import DEFAULT_MAX_BODY_BYTES, read_body
 from kiln.errors import (
+    AuthenticationError,
     IncompleteSignatureError,
     InvalidSignatureError,
     MissingAuthenticationTokenError,
@@ -47,6 +57,13 @@ SIGNED_SERVICES = frozenset({"batch", "logs"})
 # which the catch-all would serve) slips past the signature check.
 OPEN_PATH = "/healthz"
 OPEN_METHODS = frozenset({"GET", "HEAD"})
+# Methods a session cookie authenticates without an Origin check: no route changes anything on them,
+# and another origin cannot read their answers (Kiln sends no CORS headers).
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+CROSS_ORIGIN = (
+    "A dashboard session authenticates a state-changing request only from the dashboard's own origin "
+    "(its Origin header must be this server's scheme://host:port); sign API clients with SigV4 instead"
+)
 
 MISSING_TOKEN = "Missing Authentication Token"
 UNKNOWN_KEY = "The security token included in the request is invalid."
@@ -238,21 +255,84 @@ class SignatureVerifier:
         return str(signer.signature(signer.string_to_sign(request, canonical), request))
 
 
-class SigV4Middleware:
-    """Refuses every request but `GET`/`HEAD /healthz` unless it is signed with a known key.
+class Session(Protocol):
+    @property
+    def access_key_id(self) -> str: ...
 
-    The body is read (up to the API's largest payload) to check its hash, then replayed to the app.
+
+class Sessions(Protocol):
+    """What the middleware needs of the dashboard's session store (`kiln.web.sessions.SessionStore`)."""
+
+    cookie: str
+
+    def authenticate(self, token: str) -> Session: ...
+
+
+def check_same_origin(headers: Headers) -> None:
+    """A browser sends `Origin` on every non-GET request; it must name the host the request is sent to.
+
+    The scheme is not compared: behind a TLS proxy the page is `https://` while Kiln sees plain HTTP.
+    """
+    origin, host = headers.get("origin"), headers.get("host")
+    try:
+        parts = urlsplit(origin) if origin is not None else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
+    if (
+        parts is None
+        or not host
+        or parts.scheme not in ("http", "https")
+        or parts.path
+        or parts.query
+        or parts.netloc.lower() != host.lower()
+    ):
+        raise AuthenticationError(CROSS_ORIGIN)
+
+
+class SigV4Middleware:
+    """Refuses every request but the open ones unless it is signed with a known key or a session's.
+
+    Open: `GET`/`HEAD /healthz`, and the `(method, path)` pairs in `open_routes` (the dashboard's
+    static files and its sign-in), compared on the decoded path the router dispatches on, so no
+    encoding of another path (`/ui/../v1/...`, `/ui/%2e%2e/...`) matches one of them.
+    The body of a signed request is read (up to the API's largest payload) to check its hash, then
+    replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, verifier: SignatureVerifier, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: SignatureVerifier,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        sessions: Sessions | None = None,
+        open_routes: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         self.app = app
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self.sessions = sessions
+        self.open_routes = open_routes
+
+    def _is_open(self, scope: Scope) -> bool:
+        method, path = scope["method"], scope["path"]
+        return (path == OPEN_PATH and method in OPEN_METHODS) or (method, path) in self.open_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["path"] == OPEN_PATH and scope["method"] in OPEN_METHODS):
+        if scope["type"] != "http" or self._is_open(scope):
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        if self.sessions is not None and "authorization" not in headers:
+            token = cookie_parser(headers.get("cookie", "")).get(self.sessions.cookie)
+            if token:
+                session = self.sessions.authenticate(token)
+                if scope["method"] not in SAFE_METHODS:
+                    check_same_origin(headers)
+                state = scope.setdefault("state", {})
+                state["access_key_id"] = session.access_key_id
+                state["session"] = session
+                await self.app(scope, receive, send)
+                return
         body = await read_body(Request(scope, receive), self.max_body_bytes)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         received = ReceivedRequest(

@@ -442,12 +442,16 @@ class Scheduler:
             gang = GangMember(f"{job['parent_id']}/{number}", job["node_index"], nodes["numNodes"], nodes["mainNode"])
             variables.update(_node_variables(gang))
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
+        # The role's variables (credentials meant for jobs) reach the attempt only, never the job's
+        # stored spec, so DescribeJobs does not show them; the definition's own variables win.
+        role = self.settings.job_roles.get(container.get("jobRoleArn") or "")
+        variables = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
         return AttemptSpec(
             attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
-            environment=environment_of(container, variables), vcpus=job["vcpus"], memory_mib=job["memory_mib"],
+            environment=variables, vcpus=job["vcpus"], memory_mib=job["memory_mib"],
             gpus=job["gpus"], log_path=log_path(self.settings, stream), workdir=self.settings.work_dir / task_id,
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
-            volumes=volume_mounts(container), gang=gang,
+            volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
         )  # fmt: skip
 
     def _specs(self, repo: Repository, jobs: list[Row]) -> dict[str, Row]:

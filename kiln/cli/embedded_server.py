@@ -22,6 +22,7 @@ import httpx
 
 from kiln.config import Settings, default_data_dir
 from kiln.executors.supervised import stop_supervisor
+from kiln.private_files import make_private_dir, open_private_log
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -79,15 +80,17 @@ class EmbeddedServer:
         stop_supervisor(Settings(data_dir=self.data_dir).executor_dir, timeout=timeout)
 
 
-def start_embedded_server(data_dir: Path | None = None) -> EmbeddedServer:
-    """Start `kiln server` on a free loopback port with `data_dir` (default: the default data dir)."""
+def start_embedded_server(data_dir: Path | None = None, job_user: str | None = None) -> EmbeddedServer:
+    """Start `kiln server` on a free loopback port with `data_dir` (default: the default data dir),
+    its jobs running as `job_user` (default: the server's default, see `Settings.job_user`)."""
     directory = (data_dir or default_data_dir()).expanduser().resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)  # its log holds what jobs print, as the server's own logs do
     port = free_port()
     log_path = directory / LOG_FILE_NAME
     log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to, run after run
     command = [sys.executable, "-m", "kiln", "server", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("ab") as log:
+    command += ["--job-user", job_user] if job_user else []
+    with open(open_private_log(log_path), "ab") as log:
         process = subprocess.Popen(
             [*command, "--data-dir", str(directory)],
             stdin=subprocess.DEVNULL,

@@ -97,6 +97,13 @@ def server(
         int | None,
         typer.Option(min=0, help="GPUs the local executor hands out [default: those nvidia-smi lists]."),
     ] = None,
+    job_user: Annotated[
+        str | None,
+        typer.Option(
+            help="User that jobs run as on the local and Ray executors [default: nobody when the server runs as "
+            "root, else the server's own user]."
+        ),
+    ] = None,
 ) -> None:
     """Run the Kiln server (AWS Batch API at /v1/*, health at /healthz)."""
     from kiln.server import serve
@@ -108,7 +115,7 @@ def server(
             fsync=fsync, retention_days=retention_days, min_timeout_seconds=min_timeout_seconds,
             termination_grace_seconds=termination_grace_seconds,
             min_state_time_limit_seconds=min_state_time_limit_seconds, executor=executor, docker_host=docker_host,
-            ray_address=ray_address, gpus=gpus,
+            ray_address=ray_address, gpus=gpus, job_user=job_user,
         )  # fmt: skip
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)

@@ -9,6 +9,8 @@ Interrupting it stops the watching, never silently the jobs.
 
 from __future__ import annotations
 
+import os
+import pwd
 import signal
 import sys
 from collections.abc import Iterator
@@ -113,6 +115,13 @@ def render(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data dir of an embedded server [default: $XDG_DATA_HOME/kiln].")
     ] = None,
+    job_role_arn: Annotated[
+        str | None,
+        typer.Option(
+            help="jobRoleArn of the render job definition: the server hands its jobs that role's variables "
+            "([job_roles] in kiln.toml), e.g. S3 credentials."
+        ),
+    ] = None,
 ) -> None:
     """Render a Blender scene to frames and an MP4 with an array of render jobs and a stitch job.
 
@@ -124,7 +133,9 @@ def render(
     plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
     with _connected(endpoint_url, embedded, data_dir) as connection:
         batch = batch_client(connection.endpoint)
-        jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus)
+        jobs = _submit(
+            batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus, job_role_arn=job_role_arn
+        )
         try:
             _say_submitted(
                 jobs, plan, queue, connection.endpoint
@@ -202,7 +213,9 @@ def _connected(endpoint_url: str | None, embedded: bool, data_dir: Path | None) 
     if not embedded:
         console.print(f"no Kiln server answers at {endpoint}: starting an embedded one for this render", soft_wrap=True)
     try:
-        server = start_embedded_server(data_dir)
+        # Its jobs render your scene into your folders: they run as you (a shared `kiln server`
+        # running as root runs jobs as an unprivileged user instead; docs/security.md).
+        server = start_embedded_server(data_dir, job_user=pwd.getpwuid(os.geteuid()).pw_name)
     except (EmbeddedServerError, OSError) as exc:
         hint = "use that server's --endpoint-url, or another --data-dir" if "already using" in str(exc) else ""
         raise _fail(f"could not start an embedded Kiln server: {exc}" + (f"; {hint}" if hint else "")) from None
@@ -231,11 +244,12 @@ def _submit(
     vcpus: float | None,
     memory_mib: int | None,
     gpus: int = 0,
+    job_role_arn: str | None = None,
 ) -> SubmittedPipeline:
     try:
         if ensure_queue(batch, queue):
             console.print(f"created job queue {queue} (compute environment {queue}-ce)")
-        definition, registered = ensure_definition(batch, DEFINITION_NAME)
+        definition, registered = ensure_definition(batch, DEFINITION_NAME, job_role_arn)
         if registered:
             console.print(f"registered job definition {definition} (image kiln/render)")
         jobs = submit_pipeline(

@@ -129,30 +129,39 @@ def job_base_name(scene_uri: str) -> str:
     return safe or "scene"
 
 
-def render_definition(name: str = DEFINITION_NAME) -> dict[str, Any]:
-    """The workshop's job definition, on Kiln's render image and with modest default resources."""
+def render_definition(name: str = DEFINITION_NAME, job_role_arn: str | None = None) -> dict[str, Any]:
+    """The workshop's job definition, on Kiln's render image and with modest default resources
+    (and the role whose credentials its jobs get, e.g. for S3, when one is given)."""
     resources = [{"type": "VCPU", "value": str(DEFAULT_VCPUS)}, {"type": "MEMORY", "value": str(DEFAULT_MEMORY_MIB)}]
+    container: dict[str, Any] = {"image": RENDER_IMAGE, "command": WORKSHOP_COMMAND, "resourceRequirements": resources}
+    if job_role_arn:
+        container["jobRoleArn"] = job_role_arn
     return {
         "jobDefinitionName": name,
         "type": "container",
-        "containerProperties": {"image": RENDER_IMAGE, "command": WORKSHOP_COMMAND, "resourceRequirements": resources},
+        "containerProperties": container,
         "retryStrategy": {"attempts": RETRY_ATTEMPTS},
         "platformCapabilities": ["EC2"],
     }
 
 
-def ensure_definition(batch: Any, name: str = DEFINITION_NAME) -> tuple[str, bool]:
+def ensure_definition(batch: Any, name: str = DEFINITION_NAME, job_role_arn: str | None = None) -> tuple[str, bool]:
     """`name:revision` of an ACTIVE render definition, registering one when none fits.
 
-    A revision fits when it runs the render image with the workshop's command; its resources and
-    retries may have been tuned by the user and are kept. Returns (definition, registered now).
+    A revision fits when it runs the render image with the workshop's command and the role asked
+    for (none: any); its resources and retries may have been tuned by the user and are kept.
+    Returns (definition, registered now).
     """
     found = batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
     for definition in sorted(found, key=lambda item: int(item["revision"]), reverse=True):
         container = definition.get("containerProperties", {})
-        if container.get("image") == RENDER_IMAGE and container.get("command") == WORKSHOP_COMMAND:
+        if (
+            container.get("image") == RENDER_IMAGE
+            and container.get("command") == WORKSHOP_COMMAND
+            and (job_role_arn is None or container.get("jobRoleArn") == job_role_arn)
+        ):
             return f"{name}:{definition['revision']}", False
-    registered = batch.register_job_definition(**render_definition(name))
+    registered = batch.register_job_definition(**render_definition(name, job_role_arn))
     return f"{name}:{registered['revision']}", True
 
 

@@ -12,12 +12,23 @@
  * The job starts like a process in a fresh container: its own session, every signal at its
  * default disposition and none blocked (Python ignores SIGPIPE, and the supervisor SIGINT/SIGHUP;
  * neither may leak into jobs), stdin from /dev/null, stdout and stderr appended to its log.
+ *
+ * With a mount namespace given (job_mounts.py: private directories such as /root shown to jobs),
+ * it enters it after opening its log (whose path lies in the data dir, which the namespace may not
+ * show) and before entering its workdir (setns moves the process to the namespace's root).
+ *
+ * Then, last before exec, it becomes the job's user (when one is given): groups, gid, uid. Joining
+ * the cgroups and opening the log need the supervisor's rights, which the job must not keep: it
+ * writes its log through the descriptor only. The raw system calls change this process alone;
+ * glibc's setuid() would signal every thread of the process, and in a vfork child those are the
+ * parent's threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,7 +39,7 @@
 
 #define LOG_MODE 0600
 
-enum step { STEP_NONE, STEP_CGROUP, STEP_CWD, STEP_STDIN, STEP_LOG, STEP_EXEC };
+enum step { STEP_NONE, STEP_CGROUP, STEP_CWD, STEP_STDIN, STEP_LOG, STEP_NAMESPACE, STEP_USER, STEP_EXEC };
 
 /* Written by the vfork child (same memory), read by the parent once the child exec'd or died. */
 struct failure {
@@ -63,6 +74,34 @@ static char **as_strings(PyObject *seq, const char *what) {
     return out;
 }
 
+/* The supplementary groups as gid_t numbers (NULL with no error set: none given). */
+static gid_t *groups_from(PyObject *seq, size_t *count) {
+    *count = 0;
+    if (seq == NULL || seq == Py_None) return NULL;
+    PyObject *fast = PySequence_Fast(seq, "groups must be a sequence of ints");
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    gid_t *out = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+    if (out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if ((value == -1 && PyErr_Occurred()) || value < 0 || value > (long)(gid_t)-2) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "groups must be valid gids");
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        out[i] = (gid_t)value;
+    }
+    Py_DECREF(fast);
+    *count = (size_t)n;
+    return out;
+}
+
 static int move_to(int fd, int target) {
     if (fd == target) return fcntl(fd, F_SETFD, 0); /* keep it across exec */
     if (dup2(fd, target) < 0) return -1;
@@ -70,9 +109,35 @@ static int move_to(int fd, int target) {
     return 0;
 }
 
+/* Who the job runs as; `switch_user` 0: stay the supervisor's user. */
+struct identity {
+    int switch_user;
+    uid_t uid;
+    gid_t gid;
+    size_t ngroups;
+    const gid_t *groups;
+};
+
+#if defined(SYS_setresuid32)
+#define KILN_SETGROUPS SYS_setgroups32
+#define KILN_SETRESGID SYS_setresgid32
+#define KILN_SETRESUID SYS_setresuid32
+#else
+#define KILN_SETGROUPS SYS_setgroups
+#define KILN_SETRESGID SYS_setresgid
+#define KILN_SETRESUID SYS_setresuid
+#endif
+
+static int become(const struct identity *who) {
+    if (!who->switch_user) return 0;
+    if (syscall(KILN_SETGROUPS, who->ngroups, who->groups) < 0) return -1;
+    if (syscall(KILN_SETRESGID, who->gid, who->gid, who->gid) < 0) return -1;
+    return (int)syscall(KILN_SETRESUID, who->uid, who->uid, who->uid);
+}
+
 /* The child: only system calls from here on; never returns. */
 static void child(const char *path, char *const argv[], char *const envp[], const char *cwd, const char *log,
-                  char *const procs[], struct failure *failed) {
+                  char *const procs[], const struct identity *who, int mount_ns, struct failure *failed) {
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -91,11 +156,6 @@ static void child(const char *path, char *const argv[], char *const envp[], cons
         }
         close(fd);
     }
-    if (chdir(cwd) < 0) {
-        failed->error = errno;
-        failed->step = STEP_CWD;
-        _exit(127);
-    }
     int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (in < 0 || move_to(in, 0) < 0) {
         failed->error = errno;
@@ -108,9 +168,24 @@ static void child(const char *path, char *const argv[], char *const envp[], cons
         failed->step = STEP_LOG;
         _exit(127);
     }
+    if (mount_ns >= 0 && syscall(SYS_setns, mount_ns, CLONE_NEWNS) < 0) {
+        failed->error = errno;
+        failed->step = STEP_NAMESPACE;
+        _exit(127);
+    }
+    if (chdir(cwd) < 0) {
+        failed->error = errno;
+        failed->step = STEP_CWD;
+        _exit(127);
+    }
 #ifdef SYS_close_range
     syscall(SYS_close_range, 3, ~0U, 0); /* descriptors the supervisor inherited without CLOEXEC */
 #endif
+    if (become(who) < 0) {
+        failed->error = errno;
+        failed->step = STEP_USER;
+        _exit(127);
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -136,34 +211,54 @@ static PyObject *raise_failure(const struct failure *failed, PyObject *procs_seq
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, "/dev/null");
     case STEP_LOG:
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, log);
+    case STEP_NAMESPACE:
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, "setns (the jobs' mount namespace)");
+    case STEP_USER:
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, "setuid");
     default:
         return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
     }
 }
 
 PyDoc_STRVAR(spawn_doc,
-             "spawn(path, argv, envp, cwd, log, procs) -> pid\n\n"
+             "spawn(path, argv, envp, cwd, log, procs, uid=-1, gid=-1, groups=(), mount_ns=-1) -> pid\n\n"
              "Start `path` with `argv` and `envp` (lists of bytes) in its own session, inside every\n"
              "cgroup whose procs file is listed in `procs`, in directory `cwd`, stdin /dev/null,\n"
-             "stdout and stderr appended to `log` (created 0600). Raises OSError (with the file\n"
+             "stdout and stderr appended to `log` (created 0600), as user `uid`, group `gid` and\n"
+             "supplementary `groups` (uid -1: the caller's own), in the mount namespace of the\n"
+             "descriptor `mount_ns` (-1: the caller's). Raises OSError (with the file\n"
              "at fault) when any step fails; nothing is left running then.");
 
 static PyObject *spawn(PyObject *Py_UNUSED(module), PyObject *args) {
     const char *path, *cwd, *log;
-    PyObject *argv_seq, *envp_seq, *procs_seq;
-    if (!PyArg_ParseTuple(args, "yOOyyO:spawn", &path, &argv_seq, &envp_seq, &cwd, &log, &procs_seq)) return NULL;
+    PyObject *argv_seq, *envp_seq, *procs_seq, *groups_seq = NULL;
+    long uid = -1, gid = -1;
+    int mount_ns = -1;
+    if (!PyArg_ParseTuple(args, "yOOyyO|llOi:spawn", &path, &argv_seq, &envp_seq, &cwd, &log, &procs_seq, &uid, &gid,
+                          &groups_seq, &mount_ns))
+        return NULL;
+    struct identity who = {uid >= 0, (uid_t)uid, (gid_t)gid, 0, NULL};
+    if (who.switch_user && (gid < 0 || uid > (long)(uid_t)-2 || gid > (long)(gid_t)-2)) {
+        PyErr_SetString(PyExc_ValueError, "uid and gid must be valid ids");
+        return NULL;
+    }
+    gid_t *groups = groups_from(groups_seq, &who.ngroups);
+    if (groups == NULL && PyErr_Occurred()) return NULL;
+    who.groups = groups;
     char **argv = as_strings(argv_seq, "argv");
     char **envp = argv ? as_strings(envp_seq, "envp") : NULL;
     char **procs = envp ? as_strings(procs_seq, "procs") : NULL;
     if (procs == NULL) {
         PyMem_Free(argv);
         PyMem_Free(envp);
+        PyMem_Free(groups);
         return NULL;
     }
     if (argv[0] == NULL) {
         PyMem_Free(argv);
         PyMem_Free(envp);
         PyMem_Free(procs);
+        PyMem_Free(groups);
         PyErr_SetString(PyExc_ValueError, "argv must not be empty");
         return NULL;
     }
@@ -176,7 +271,7 @@ static PyObject *spawn(PyObject *Py_UNUSED(module), PyObject *args) {
     /* No signal handler may run in the child: it would run on the parent's memory. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = vfork();
-    if (pid == 0) child(path, argv, envp, cwd, log, procs, &failed);
+    if (pid == 0) child(path, argv, envp, cwd, log, procs, &who, mount_ns, &failed);
     spawn_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS
@@ -195,6 +290,7 @@ static PyObject *spawn(PyObject *Py_UNUSED(module), PyObject *args) {
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(procs);
+    PyMem_Free(groups);
     return result;
 }
 

@@ -1,3 +1,17 @@
 """Types of the C launcher (kiln/executors/_spawn.c)."""
 
-def spawn(path: bytes, argv: list[bytes], envp: list[bytes], cwd: bytes, log: bytes, procs: list[bytes]) -> int: ...
+from collections.abc import Sequence
+
+def spawn(
+    path: bytes,
+    argv: list[bytes],
+    envp: list[bytes],
+    cwd: bytes,
+    log: bytes,
+    procs: list[bytes],
+    uid: int = -1,
+    gid: int = -1,
+    groups: Sequence[int] = (),
+    mount_ns: int = -1,
+    /,
+) -> int: ...

@@ -90,6 +90,8 @@ class AttemptSpec:
     # `Capacity.start_after` is True.
     start_after: str | None = None
     gang: GangMember | None = None  # a node of a multi-node parallel job
+    # containerProperties.user: who the job runs as (None: the executor's default job user).
+    user: str | None = None
 
 
 @dataclass(frozen=True)

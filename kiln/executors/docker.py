@@ -19,6 +19,10 @@ copies its output into the attempt's log file while it runs.
 Containers carry labels (attempt id, job id, log path, timeout), so a restarted server
 re-adopts them: attempts keep running while no server watches them, and one that ended meanwhile
 reports its real exit code. A container is removed once its output is in the log file.
+
+A container never sees the control plane: it runs as the definition's `user` (Docker's `--user`,
+else the image's), and a volume whose host path is Kiln's data dir, inside it or above it (`/`)
+is refused before anything is created.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +63,7 @@ from .base import (
     AttemptRunning,
     AttemptSpec,
     Capacity,
+    VolumeMount,
     drain,
 )
 
@@ -93,6 +98,18 @@ def docker_url(settings: Settings) -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def data_dir_volume(volumes: Sequence[VolumeMount], data_dir: Path) -> str | None:
+    """The first volume host path that is the data dir, inside it, or a directory above it."""
+    data = os.path.realpath(data_dir)
+    for volume in volumes:
+        if volume.host_path is None:
+            continue
+        host = os.path.realpath(volume.host_path)
+        if host == data or data.startswith(host.rstrip(os.sep) + os.sep) or host.startswith(data + os.sep):
+            return volume.host_path
+    return None
 
 
 def docker_time_ms(text: str | None) -> int | None:
@@ -280,6 +297,14 @@ class DockerExecutor:
     # -- starting ---------------------------------------------------------------------------
 
     def _launch(self, attempt: _Attempt, spec: AttemptSpec) -> None:
+        exposed = data_dir_volume(spec.volumes, self._settings.data_dir)
+        if exposed is not None:
+            self._not_started(
+                attempt,
+                f"{CANNOT_CREATE_PREFIX}: {DAEMON_PREFIX}invalid mount config: the host path {exposed} would "
+                f"expose Kiln's data dir ({self._settings.data_dir}), which no container may mount",
+            )
+            return
         try:
             self._create_and_start(attempt, spec)
         except Exception as exc:  # the daemon went away mid-call: the attempt must not hang in STARTING
@@ -343,6 +368,7 @@ class DockerExecutor:
             labels=labels,
             host_config=host_config,
             name=f"kiln-{spec.attempt_id}",
+            user=spec.user or None,  # none: the image's user, as on AWS
         )
         return str(created["Id"])
 

@@ -18,10 +18,16 @@ periodic pass turns the kernel's OOM kills (or the watchdog's verdict) into AWS'
 enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the grace). An attempt's
 exit is reported only once no process of it is left - like a container, whose other processes die
 with its essential one - and the listener (the scheduler) is woken at once.
+
+A job runs as its user (job_users.py: `nobody` by default under a root supervisor), in a workdir it
+owns, with the short inherited environment of job_environment.py: it cannot read or write the data
+dir, the supervisor's socket or other jobs' logs. The launcher switches user last, after joining
+the cgroups and opening the log, which need the supervisor's rights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -34,10 +40,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import psutil
 
 from kiln.config import Settings
+from kiln.errors import ValidationError
 from kiln.private_files import open_private_log
 
 from .base import (
@@ -58,6 +66,9 @@ from .cgroup_pool import CgroupPool
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
 from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus
 from .images import ImageCatalogue, ImageNotFound
+from .job_environment import identity_environment, inherited_environment
+from .job_mounts import JobMounts, paths_jobs_need
+from .job_users import JobUser, JobUsers, UserRefused, blocked_on_the_way
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 from .workdirs import WorkdirPool
 
@@ -79,13 +90,21 @@ DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}  
 WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"
 
 # The portable launcher, `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`:
-# enter the workdir, join every cgroup listed, then become the job (same pid, nothing left behind).
+# enter the workdir, join every cgroup listed, then become the job (same pid, nothing left behind);
+# ARGV starts with `setpriv --reuid ...` when the job runs as another user.
 WRAPPER_SCRIPT = (
     f'cd "$1" || exit {WRAPPER_EXIT_CODE}; shift; '
     'while [ "$#" -gt 0 ] && [ "$1" != -- ]; do '
     f'echo $$ > "$1" || {{ echo "kiln: cannot join cgroup $1" >&2; exit {WRAPPER_EXIT_CODE}; }}; '
     'shift; done; shift; exec "$@"'
 )
+
+
+class ProgramUnreachable(OSError):
+    """The job's user may not execute its program (a directory on the way is closed to it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class SpawnedProcess:
@@ -176,7 +195,7 @@ class LocalExecutor:
         self._attempts: dict[str, _Attempt] = {}
         # Handed to the spawner, not yet running -> why it was stopped meanwhile (None: it was not).
         self._starting: dict[str, str | None] = {}
-        self._to_spawn: queue.SimpleQueue[tuple[AttemptSpec, list[str]] | None] = queue.SimpleQueue()
+        self._to_spawn: queue.SimpleQueue[tuple[AttemptSpec, list[str], JobUser] | None] = queue.SimpleQueue()
         self._spawner: threading.Thread | None = None
         self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -187,19 +206,46 @@ class LocalExecutor:
         self._epoll = select.epoll()
         self._by_pidfd: dict[int, _Attempt] = {}
         self._log_dirs: set[Path] = set()
-        self._programs: dict[tuple[str, str | None], str] = {}  # (name, PATH) -> where it was found
+        self._programs: dict[tuple[str, str | None, int], str] = {}  # (name, PATH, uid) -> where it was found
         self._workdirs = WorkdirPool()
         self._cgroups = CgroupPool(self._support)
         self._native = None if shell_launcher else native_spawn
-        self._base_environment: dict[str, str] = dict(os.environ)
+        if self._native is None:
+            close_inherited_descriptors_on_exec()
+        self._setpriv = shutil.which("setpriv")  # the shell launcher's way to switch user
+        self._base_environment = inherited_environment(os.environ, settings.job_environment)
+        self._users = job_users_or_refusal(settings)
+        self._blocked: dict[tuple[str, int], str | None] = {}  # (program, uid) -> why it cannot run it
+        self._nsenter = shutil.which("nsenter")  # the shell launcher's way into the jobs' mount namespace
+        self._mounts = JobMounts()
+        self._mounts_for: tuple[tuple[str, ...], tuple[JobUser, ...]] = ((), ())
+        self._prepare_mounts()
         self._gpus = GpuAllocator(host_gpus(settings.gpus))
         logger.info("local executor: %s", "; ".join(self.describe()))
 
     def reconfigure(self, settings: Settings, catalogue: ImageCatalogue, environment: dict[str, str]) -> None:
-        """Take a (re)connecting server's settings, images and environment (the supervisor outlives
-        servers, and attempts inherit the environment of the server that placed them)."""
+        """Take a (re)connecting server's settings, images and the environment its jobs inherit
+        (already reduced to what jobs may see: the supervisor outlives servers, and attempts inherit
+        the environment of the server that placed them)."""
         self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
+        self._users = job_users_or_refusal(settings)
+        self._blocked.clear()
+        self._prepare_mounts()
         self._gpus.reconfigure(host_gpus(settings.gpus))
+
+    def _prepare_mounts(self) -> None:
+        """Show jobs the private directories Kiln's images need (job_mounts.py), once per set of
+        images and users: a new namespace only when either changed."""
+        paths: tuple[str, ...] = ()
+        users: tuple[JobUser, ...] = ()
+        if isinstance(self._users, JobUsers) and not self._users.only_this_process_user:
+            entrypoints = [entry[0] for entry in self._catalogue.entries().values() if entry]
+            paths, users = tuple(paths_jobs_need(entrypoints)), tuple(self._users.allowed)
+        if (paths, users) == self._mounts_for:
+            return
+        self._mounts.close()
+        self._mounts = JobMounts.prepare(paths, users)
+        self._mounts_for = (paths, users)
 
     @property
     def catalogue(self) -> ImageCatalogue:
@@ -217,6 +263,10 @@ class LocalExecutor:
         """Mechanisms and the reasons for any fallback, one line each (logs, docs, capacity notes)."""
         launcher = "C launcher (vfork, no shell)" if self._native else "/bin/sh wrapper (C launcher not built)"
         lines = [f"{what}: {how}" for what, how in self.mechanisms().items()] + [f"start: {launcher}"]
+        if isinstance(self._users, JobUsers):
+            lines.append(f"jobs run as: {self._users.default.name} (uid {self._users.default.uid})")
+        if self._mounts.note:
+            lines.append(self._mounts.note)
         return lines + list(self._support.notes) + [self._gpus.inventory.note]
 
     def attempt_cgroups(self, attempt_id: str) -> AttemptCgroups | None:
@@ -246,7 +296,10 @@ class LocalExecutor:
                 raise ValueError(f"attempt {spec.attempt_id} is already running")
         try:
             argv = self._catalogue.resolve(spec.image) + list(spec.command)
-        except ImageNotFound as exc:
+            if not isinstance(self._users, JobUsers):
+                raise self._users
+            user = self._users.resolve(spec.user)
+        except (ImageNotFound, UserRefused) as exc:
             self._not_started(spec, exc.message)
             return
         if not argv:
@@ -262,7 +315,7 @@ class LocalExecutor:
             if self._spawner is None:
                 self._spawner = threading.Thread(target=self._spawn_loop, name="kiln-local-spawner", daemon=True)
                 self._spawner.start()
-        self._to_spawn.put((spec, argv))
+        self._to_spawn.put((spec, argv, user))
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         with self._lock:
@@ -323,6 +376,7 @@ class LocalExecutor:
             self._monitor.join(timeout=5.0)
         with self._lock:
             self._cgroups.close()
+        self._mounts.close()
         if self.running():
             logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
 
@@ -335,7 +389,7 @@ class LocalExecutor:
     def _spawn_loop(self) -> None:
         """The spawner thread: start what `start` queued, in order, until `shutdown` says stop."""
         while (item := self._to_spawn.get()) is not None:
-            spec, argv = item
+            spec, argv, user = item
             with self._lock:
                 stopped = self._starting.get(spec.attempt_id)
             if stopped is not None:
@@ -343,14 +397,14 @@ class LocalExecutor:
                 self._stopped_before_start(spec, stopped)
                 continue
             try:
-                self._launch(spec, argv)
+                self._launch(spec, argv, user)
             except Exception as exc:  # nothing may stay "starting" forever, nor end this thread
                 logger.exception("cannot start attempt %s", spec.attempt_id)
                 self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {exc}")
 
-    def _launch(self, spec: AttemptSpec, argv: list[str]) -> None:
+    def _launch(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> None:
         try:
-            attempt = self._spawn(spec, argv)
+            attempt = self._spawn(spec, argv, user)
         except OSError as exc:
             self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
@@ -389,17 +443,17 @@ class LocalExecutor:
         self._by_pidfd[attempt.pidfd] = attempt
         self._epoll.register(attempt.pidfd, select.EPOLLIN)
 
-    def _spawn(self, spec: AttemptSpec, argv: list[str]) -> _Attempt:
+    def _spawn(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> _Attempt:
         """Create the workdir, log and cgroups, then the process; cleans up after itself on error."""
-        program = self._find_program(argv[0], spec.environment.get("PATH", os.environ.get("PATH")))
-        self._make_dirs(spec)
+        program = self._find_program(argv[0], spec.environment.get("PATH", self._base_environment.get("PATH")), user)
+        self._make_dirs(spec, user)
         with self._lock:
             cgroups = self._cgroups.acquire(
                 spec.attempt_id, memory_mib=spec.memory_mib, vcpus=spec.vcpus, cpu_hard_cap=spec.cpu_hard_cap
             )
         try:
             # The child joins the groups itself, on the job's CPU time, not the server's.
-            process = self._start_process(spec, program, argv, cgroups.procs_files())
+            process = self._start_process(spec, program, argv, cgroups.procs_files(), user)
         except OSError:
             with self._lock:
                 self._cgroups.release(spec.attempt_id, cgroups)
@@ -410,36 +464,94 @@ class LocalExecutor:
         deadline = started + spec.timeout_seconds if spec.timeout_seconds else None
         return _Attempt(spec, process, ProcessTree(process.pid, tracker), cgroups, deadline)
 
-    def _find_program(self, name: str, search_path: str | None) -> str:
-        """`name` looked up in `search_path` like a container runtime; found ones are remembered
-        (an array's thousands of children would otherwise stat every PATH entry each)."""
-        program = self._programs.get((name, search_path))
+    def _find_program(self, name: str, search_path: str | None, user: JobUser) -> str:
+        """`name` looked up in `search_path` like a container runtime, as the job's user would: a
+        match that user cannot execute (a directory on the way is closed to it) is passed over, as
+        `execvp` passes it over. Found ones are remembered (an array's thousands of children would
+        otherwise stat every PATH entry each)."""
+        key = (name, search_path, user.uid)
+        program = self._programs.get(key)
         if program is None:
-            program = shutil.which(name, path=search_path)
-            if program is None:
+            candidates = (
+                [name]
+                if os.sep in name
+                else [
+                    os.path.join(d or ".", name)
+                    for d in (os.defpath if search_path is None else search_path).split(os.pathsep)
+                ]
+            )
+            found = [c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)]
+            if not found:
                 raise FileNotFoundError(f'exec: "{name}": executable file not found in $PATH')
+            program = next((c for c in found if self._blocked_for(c, user) is None), None)
+            if program is None:
+                self._refuse(found[0], user)
             if len(self._programs) >= PROGRAM_CACHE:
                 self._programs.clear()
-            self._programs[(name, search_path)] = program
+            self._programs[key] = program
         return program
 
-    def _make_dirs(self, spec: AttemptSpec) -> None:
-        """The attempt's workdir, and its log directory the first time it is seen."""
-        self._workdirs.make(spec.workdir)
+    def _blocked_for(self, program: str, user: JobUser) -> str | None:
+        """Why `user` may not execute `program` (None: it may), remembered per program and user."""
+        key = (program, user.uid)
+        if key not in self._blocked:
+            if len(self._blocked) >= PROGRAM_CACHE:
+                self._blocked.clear()
+            self._blocked[key] = (
+                None if user.uid == os.geteuid() else blocked_on_the_way(program, user, self._mounts.admits)
+            )
+        return self._blocked[key]
+
+    def _refuse(self, program: str, user: JobUser) -> NoReturn:
+        """Fail the start saying which directory is closed to the job's user: without this the
+        exec fails in the child as a bare "permission denied" on a path that looks fine to the
+        operator (root)."""
+        blocked = self._blocked_for(program, user)
+        raise ProgramUnreachable(
+            f'exec: "{program}": permission denied: the job runs as user {user.name} (uid {user.uid}) '
+            f"and the {blocked}; make that path reachable for it (or install Kiln and the job's "
+            "programs outside private directories such as /root), or pick another user with "
+            "job_user in kiln.toml"
+        )
+
+    def _make_dirs(self, spec: AttemptSpec, user: JobUser) -> None:
+        """The attempt's workdir (the job user's own), and its log directory the first time it is seen
+        (the supervisor's only: the job writes its log through the descriptor it is given)."""
+        self._workdirs.make(spec.workdir, (user.uid, user.gid))
         if spec.log_path.parent not in self._log_dirs:
-            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            missing, directory = [], spec.log_path.parent
+            while not directory.is_dir():
+                missing.append(directory)
+                directory = directory.parent
+            for directory in reversed(missing):  # each level 0700 (`parents=True` would make them 0755)
+                directory.mkdir(mode=0o700, exist_ok=True)
             self._log_dirs.add(spec.log_path.parent)
 
-    def _start_process(self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path]) -> SpawnedProcess:
-        """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin.
+    def _start_process(
+        self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path], user: JobUser
+    ) -> SpawnedProcess:
+        """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin,
+        the job's user.
 
         Both launchers are vfork-like: they cost the supervisor a fraction of `subprocess.Popen`,
         which matters when thousands of short jobs run back to back.
         """
         # KILN_VCPUS: how many threads a job may use (the render worker sizes Blender by it).
-        env = {**self._base_environment, "KILN_VCPUS": f"{spec.vcpus:g}", **spec.environment}
+        env = {
+            **self._base_environment,
+            **identity_environment(user, spec.workdir),
+            "KILN_VCPUS": f"{spec.vcpus:g}",
+            **spec.environment,
+        }
+        switch = user.differs_from_this_process()
+        mount_ns = self._mounts.fd if switch and self._mounts.fd is not None else -1
         if self._native is None:
+            if switch:
+                argv = self._setpriv_prefix(user) + argv
+            if mount_ns >= 0:
+                argv = self._nsenter_prefix(mount_ns, spec.workdir) + argv
             return self._posix_spawn(spec, env, wrapped_command(spec.workdir, procs, argv))
+        identity = (user.uid, user.gid, user.groups) if switch else (-1, -1, ())
         pid = self._native.spawn(
             os.fsencode(program),
             [os.fsencode(arg) for arg in argv],
@@ -447,8 +559,30 @@ class LocalExecutor:
             os.fsencode(spec.workdir),
             os.fsencode(spec.log_path),
             [os.fsencode(path) for path in procs],
+            *identity,
+            mount_ns,
         )
         return SpawnedProcess(pid)
+
+    def _nsenter_prefix(self, mount_ns: int, workdir: Path) -> list[str]:
+        """`nsenter` enters the jobs' mount namespace in the shell launcher (util-linux), through
+        this process's descriptor of it, then the workdir again (entering moves to its root)."""
+        if self._nsenter is None:
+            raise FileNotFoundError(
+                "cannot start the job in the jobs' mount namespace: the shell launcher needs nsenter "
+                "(util-linux), which is not installed, and the C launcher was not built"
+            )
+        return [self._nsenter, f"--mount=/proc/{os.getpid()}/fd/{mount_ns}", f"--wd={workdir}", "--"]
+
+    def _setpriv_prefix(self, user: JobUser) -> list[str]:
+        """`setpriv` switches user in the shell launcher (util-linux; the C launcher needs none)."""
+        if self._setpriv is None:
+            raise FileNotFoundError(
+                f"cannot start the job as user {user.name}: the shell launcher needs setpriv (util-linux), "
+                "which is not installed, and the C launcher was not built"
+            )
+        groups = ["--groups", ",".join(map(str, user.groups))] if user.groups else ["--clear-groups"]
+        return [self._setpriv, "--reuid", str(user.uid), "--regid", str(user.gid), *groups, "--"]
 
     def _posix_spawn(self, spec: AttemptSpec, env: dict[str, str], command: list[str]) -> SpawnedProcess:
         """The portable launcher. Kiln's own descriptors are close-on-exec (PEP 446), so none leak."""
@@ -591,6 +725,28 @@ class LocalExecutor:
                 os.close(attempt.pidfd)
             if self._attempts.pop(attempt.spec.attempt_id, None) is not None:
                 self._emit(attempt.exit_event())
+
+
+def job_users_or_refusal(settings: Settings) -> JobUsers | UserRefused:
+    """The job-user policy, or why no job can start (a supervisor begins with default settings
+    until its server says hello; a host without `nobody` must not end it)."""
+    try:
+        return JobUsers(settings.job_user, settings.allowed_job_users)
+    except ValidationError as exc:
+        return UserRefused(f"{CANNOT_START_PREFIX}: {exc.message}")
+
+
+def close_inherited_descriptors_on_exec() -> None:
+    """Descriptors this process inherited open across exec (its parent's, not Kiln's: Python's own
+    are close-on-exec) would reach every job of the shell launcher, which has no `close_range`."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for descriptor in descriptors:
+        if descriptor > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(descriptor, False)
 
 
 def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str]) -> list[str]:

@@ -70,6 +70,7 @@ from .base import (
     drain,
 )
 from .cgroups import MIB
+from .job_environment import inherited_environment
 from .local import now_ms
 from .ray_node import NodeAgent, NodeReport
 
@@ -433,7 +434,9 @@ class RayExecutor:
             max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(node_id, self._tag)
-        agent.configure.remote(self._settings, dict(os.environ))
+        # Only what jobs may inherit, and no role credentials (the server puts them in each attempt).
+        environment = inherited_environment(os.environ, self._settings.job_environment)
+        agent.configure.remote(replace(self._settings, job_roles={}), environment)
         return agent
 
     def _lose_node(self, node_id: str) -> None:

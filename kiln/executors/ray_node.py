@@ -28,6 +28,7 @@ from kiln.render import image as render_image
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
 from .images import ImageCatalogue
+from .job_environment import inherited_environment
 from .local import LocalExecutor
 from .workdirs import remove_tree
 
@@ -50,11 +51,12 @@ class NodeReport:
     events: list[AttemptEvent] = field(default_factory=list)
 
 
-def job_environment(node: dict[str, str], server: dict[str, str]) -> dict[str, str]:
-    """The node's environment with the server's on top (as on the local executor), except what
-    only makes sense on the server's machine and Ray's own variables."""
+def job_environment(node: dict[str, str], server: dict[str, str], extra_names: tuple[str, ...] = ()) -> dict[str, str]:
+    """What a job on this node inherits: the part of the node's environment every job may see
+    (job_environment.py, plus `extra_names`), with the server's (already reduced the same way) on
+    top, except what only makes sense on the server's machine and Ray's own variables."""
     forwarded = {k: v for k, v in server.items() if k not in HOST_SPECIFIC and not k.startswith("RAY_")}
-    own = {k: v for k, v in node.items() if not k.startswith("RAY_")}
+    own = {k: v for k, v in inherited_environment(node, extra_names).items() if not k.startswith("RAY_")}
     return {**own, **forwarded}
 
 
@@ -79,7 +81,7 @@ class NodeAgent:
         """Take the (re)connecting server's settings; returns this node's id."""
         catalogue = ImageCatalogue(settings.images)
         catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's render worker, this node's venv
-        environment = job_environment(dict(os.environ), server_environment)
+        environment = job_environment(dict(os.environ), server_environment, settings.job_environment)
         settings = replace(settings, gpus=None)  # the server's `gpus` is its own host's: each node finds its own
         if self._executor is None:
             self._executor = LocalExecutor(settings, catalogue)

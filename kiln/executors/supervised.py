@@ -29,7 +29,11 @@ from kiln.private_files import create_private_file, make_private_dir
 
 from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity, drain
 from .images import ImageCatalogue
+from .job_environment import inherited_environment
+from .job_mounts import openings, paths_jobs_need
+from .job_users import JobUsers, blocked_on_the_way
 from .supervisor_wire import LOG_NAME, SOCKET_NAME, LineReader, encode, event_from_wire, spec_to_wire
+from .workdirs import prepare_work_root
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,28 @@ REPLY_SECONDS = 60.0
 
 class SupervisorUnavailable(ServerError):
     """No attempt supervisor could be started or reached (the server cannot run jobs)."""
+
+
+def prepare_for_jobs(settings: Settings, catalogue: ImageCatalogue) -> None:
+    """Check the job users (an unknown one refuses the start), make the workdirs' root, and warn
+    when the default job user cannot run an image's program even with the private directories the
+    supervisor shows jobs (job_mounts.py; a server not running as root can show none)."""
+    users = JobUsers(settings.job_user, settings.allowed_job_users)
+    prepare_work_root(settings.work_dir, shared=not users.only_this_process_user)
+    user = users.default
+    entries = {image: entry for image, entry in sorted(catalogue.entries().items()) if entry}
+    shown = openings(paths_jobs_need(entry[0] for entry in entries.values()), [user]) if os.geteuid() == 0 else {}
+    for image, entrypoint in entries.items():
+        for path in paths_jobs_need([entrypoint[0]]):
+            blocked = blocked_on_the_way(path, user, lambda directory, child: child in shown.get(directory, ()))
+            if blocked is not None:
+                log.warning(
+                    "jobs run as %s (uid %d), which cannot use %s (needed by image %s): the %s. Attempts of "
+                    "that image will fail to start. Install it outside private directories (e.g. a venv "
+                    "under /opt), make the path reachable for that user, or set job_user in kiln.toml.",
+                    user.name, user.uid, path, image, blocked,
+                )  # fmt: skip
+                break
 
 
 def connect(state_dir: Path) -> socket.socket | None:
@@ -105,6 +131,7 @@ class SupervisedExecutor:
     """`Executor` whose attempts are started, reaped and journaled by the supervisor process."""
 
     def __init__(self, settings: Settings, catalogue: ImageCatalogue, host_id: str) -> None:
+        prepare_for_jobs(settings, catalogue)
         self._settings = settings
         self._catalogue = catalogue
         self._state_dir = settings.executor_dir
@@ -131,8 +158,10 @@ class SupervisedExecutor:
             "termination_grace_seconds": self._settings.termination_grace_seconds,
             "images": self._catalogue.entries(),
             "built_in_images": self._catalogue.built_in(),
-            "environment": dict(os.environ),
+            "environment": inherited_environment(os.environ, self._settings.job_environment),
             "gpus": self._settings.gpus,
+            "job_user": self._settings.job_user,
+            "allowed_job_users": list(self._settings.allowed_job_users),
         }))  # fmt: skip
         sock.settimeout(REPLY_SECONDS)
         pending: list[dict[str, Any]] = []

@@ -179,11 +179,13 @@ class Supervisor:
             Settings(data_dir=self.state_dir.parent),
             termination_grace_seconds=float(message["termination_grace_seconds"]),
             gpus=message.get("gpus"),
+            job_user=message.get("job_user"),
+            allowed_job_users=tuple(message.get("allowed_job_users", ())),
         )
         catalogue = ImageCatalogue(message["images"])
         for name in message["built_in_images"]:
             catalogue.register(name, message["images"][name])
-        self.engine.reconfigure(settings, catalogue, message["environment"])
+        self.engine.reconfigure(settings, catalogue, message["environment"])  # what jobs may inherit
 
     def _adopt(self, attempt_ids: list[str]) -> None:
         """Answer which attempts live on here and replay what the server may have missed."""

@@ -183,12 +183,12 @@ def test_fargate_job_runs_with_a_quarter_vcpu(batch: Any, fargate_queue: str) ->
     assert detail["container"]["exitCode"] == 0
 
 
-def test_four_quarter_vcpu_jobs_share_one_vcpu(batch: Any, fargate_queue: str, tmp_path: Path) -> None:
+def test_four_quarter_vcpu_jobs_share_one_vcpu(batch: Any, fargate_queue: str, job_tmp: Path) -> None:
     """maxvCpus 1 holds four 0.25-vCPU jobs at once: each waits (bounded) until all four have started,
     which only happens if the scheduler counts 0.25, not 1, per job."""
     script = (
-        f'touch "{tmp_path}/$AWS_BATCH_JOB_ID"; i=0; '
-        f'while [ "$(ls "{tmp_path}" | wc -l)" -lt 4 ]; do i=$((i+1)); [ $i -gt 300 ] && exit 3; sleep 0.1; done'
+        f'touch "{job_tmp}/$AWS_BATCH_JOB_ID"; i=0; '
+        f'while [ "$(ls "{job_tmp}" | wc -l)" -lt 4 ]; do i=$((i+1)); [ $i -gt 300 ] && exit 3; sleep 0.1; done'
     )
     definition = register_fargate(batch, fargate_container(script))
     job_ids = [submit(batch, fargate_queue, definition) for _ in range(4)]

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from kiln.api.front_door import HostNames
-from tests.api.test_sigv4 import Key, create_key
-from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.conftest import Key, KilnServer, start_server
 from tests.support import make_queue, register_shell, submit, unique, wait_for
 
 
@@ -164,15 +160,6 @@ def test_aws_clients_pass_unchanged(batch: Any) -> None:
 
 
 # -- the one unsigned route under --auth sigv4 ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KilnServer, Key]]:
-    root = tmp_path_factory.mktemp("front-door-sigv4")
-    key = create_key(root / "data")
-    server = start_server(root, [*FAST_FLAGS, "--auth", "sigv4"])
-    yield server, key
-    server.close()
 
 
 def test_only_get_and_head_healthz_are_unsigned(secured: tuple[KilnServer, Key]) -> None:

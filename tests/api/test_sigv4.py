@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,40 +29,12 @@ from hypothesis import strategies as st
 from kiln.config import Settings
 from kiln.errors import ValidationError
 from kiln.server import check_exposure
-from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.conftest import FAST_FLAGS, Key, KilnServer, create_key, kiln, start_server
 from tests.support import make_queue, register_shell, submit, wait_for
 
 MISMATCH = "The request signature we calculated does not match the signature you provided."
 UNKNOWN_KEY = "The security token included in the request is invalid."
 JSON = {"Content-Type": "application/json"}  # what an AWS SDK sends with a Batch body
-
-
-@dataclass(frozen=True)
-class Key:
-    access_key_id: str
-    secret: str
-
-
-def kiln(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def create_key(data_dir: Path) -> Key:
-    result = kiln("keys", "create", "--data-dir", str(data_dir), "--description", "tests")
-    assert result.returncode == 0, result.stderr
-    pairs = dict(line.split("=", 1) for line in result.stdout.splitlines())
-    return Key(pairs["AWS_ACCESS_KEY_ID"], pairs["AWS_SECRET_ACCESS_KEY"])
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KilnServer, Key]]:
-    root = tmp_path_factory.mktemp("sigv4")
-    key = create_key(root / "data")
-    server = start_server(root, [*FAST_FLAGS, "--auth", "sigv4"])
-    yield server, key
-    server.stop()
 
 
 def client(server: KilnServer, key: Key, region: str = "us-east-1") -> Any:

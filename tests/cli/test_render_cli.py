@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from kiln.cli.render_pipeline import (
 )
 from kiln.cli.render_watch import estimate_from_jobs, failure_line, published_frames
 from kiln.render.blend_header import read_scene_info
-from tests.conftest import KilnServer, free_port
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, free_port, start_server
 from tests.support import unique, wait_for
 
 SMALL = ["--resolution-percent", "25"]
@@ -82,6 +83,15 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 60)
         if marker in line:
             return seen
     raise AssertionError(f"{marker!r} not printed: {seen}")
+
+
+@pytest.fixture(scope="module")
+def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+    """A shared server whose render jobs run as root: the render image runs this interpreter, under
+    /root (0700) on the test machines, and writes into pytest's private temp dirs."""
+    server = start_server(tmp_path_factory.mktemp("kiln"), [*FAST_FLAGS, *JOBS_AS_ROOT])
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +155,9 @@ def test_the_definition_is_the_workshops_on_the_render_image() -> None:
         "Ref::action", "-i", "Ref::inputUri", "-o", "Ref::outputUri", "-f", "Ref::framesPerJob",
     ]  # fmt: skip
     assert definition["retryStrategy"] == {"attempts": 3}
+    assert "jobRoleArn" not in definition["containerProperties"]
+    role = "arn:aws:iam::123456789012:role/render"
+    assert render_definition(job_role_arn=role)["containerProperties"]["jobRoleArn"] == role  # --job-role-arn
 
 
 def test_progress_counts_published_frames_and_finished_jobs() -> None:

@@ -3,9 +3,11 @@ on a Ray cluster (tests/ray_cluster.py).
 
 A scenario module opts in by defining `kiln_server` from `runtime_server` and registering its
 job definitions through `shell` (a busybox-compatible `sh -c` script): on the local executor the
-definition uses the built-in `host` image, on Docker the busybox test image, with the pytest
-temp root bind-mounted at the same path (`volumes`/`mountPoints`), so scripts that leave files
-for the test to check work on both.
+definition uses the built-in `host` image, on Docker the busybox test image. Scripts that leave
+files for the test to check write under `job_tmp`: a folder the default (unprivileged) job user
+can write, which Docker containers get bind-mounted at the same path (`volumes`/`mountPoints`);
+pytest's own temp dirs are root's alone and hold the servers' data dirs, which no container may
+mount.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ class Runtime:
         return f"{name}:{result['revision']}"
 
     def workdir_marker(self, task_id: str) -> str:
-        """What `pwd=$(pwd)` prints: the attempt's own dir locally (on Ray: in the node's temp dir),
-        the image's WORKDIR (/) in Docker."""
-        return "pwd=/\n" if self.name == "docker" else f"/work/{task_id}\n"
+        """What `pwd=$(pwd)` ends with: the attempt's own dir locally (under the server's work root;
+        on Ray in the node's temp dir), the image's WORKDIR (/) in Docker."""
+        return "pwd=/\n" if self.name == "docker" else f"/{task_id}\n"
 
 
 @pytest.fixture(scope="module", params=["local", "docker", "ray"])
@@ -66,7 +68,7 @@ def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         return Runtime("ray", "host", [*FAST_FLAGS, "--executor", "ray", "--ray-address", cluster.address])
     daemon = request.getfixturevalue("docker_engine")
     flags = [*FAST_FLAGS, "--executor", "docker", "--docker-host", daemon.url]
-    return Runtime("docker", daemon.image, flags, shared_dir=tmp_path_factory.getbasetemp())
+    return Runtime("docker", daemon.image, flags, shared_dir=request.getfixturevalue("job_files_root"))
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,11 @@ def _all_jobs(batch: Any, queue: str, arrays: list[str]) -> dict[str, dict[str, 
     return jobs
 
 
-def test_random_sigkills_lose_nothing_and_run_nothing_twice(tmp_path: Path, database_url: str) -> None:
+def test_random_sigkills_lose_nothing_and_run_nothing_twice(tmp_path: Path, job_tmp: Path, database_url: str) -> None:
     """On SQLite and on PostgreSQL, 10 kills each."""
     kills = KILLS
     rng = random.Random(20261125)
-    ledger = tmp_path / "ledger"
+    ledger = job_tmp / "ledger"
     server = start_server(tmp_path, [*FAST_FLAGS, "--database-url", database_url])
     batch = server.client()
     queue = make_queue(batch)

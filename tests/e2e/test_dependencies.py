@@ -95,8 +95,8 @@ def assert_never_ran(job: dict[str, Any], reason: str = DEPENDENT_FAILED) -> Non
 # ------------------------------------------------------------------------------- plain dependencies
 
 
-def test_plain_job_waits_for_plain_job(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    log = tmp_path / "order"
+def test_plain_job_waits_for_plain_job(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    log = job_tmp / "order"
     first = submit(batch, queue, shell(f"sleep 1; echo A >> {_q(log)}"))
     second = submit(batch, queue, shell(f"echo B >> {_q(log)}"), dependsOn=[{"jobId": first}])
     assert batch.describe_jobs(jobs=[second])["jobs"][0]["status"] in {"SUBMITTED", "PENDING"}
@@ -108,9 +108,9 @@ def test_plain_job_waits_for_plain_job(batch: Any, shell: Shell, queue: str, tmp
 
 
 def test_sequential_type_with_job_id_on_plain_job_is_an_ordinary_dependency(
-    batch: Any, shell: Shell, queue: str, tmp_path: Path
+    batch: Any, shell: Shell, queue: str, job_tmp: Path
 ) -> None:
-    log = tmp_path / "order"
+    log = job_tmp / "order"
     first = submit(batch, queue, shell(f"sleep 1; echo A >> {_q(log)}"))
     dependency = [{"jobId": first, "type": "SEQUENTIAL"}]
     second = submit(batch, queue, shell(f"echo B >> {_q(log)}"), dependsOn=dependency)
@@ -119,7 +119,7 @@ def test_sequential_type_with_job_id_on_plain_job_is_an_ordinary_dependency(
     assert lines(log) == ["A", "B"]
     assert found[second]["dependsOn"] == dependency
     failing = submit(batch, queue, shell("exit 1"))
-    marker = tmp_path / "ran"
+    marker = job_tmp / "ran"
     dependent = submit(batch, queue, shell(f"touch {_q(marker)}"), dependsOn=[{"jobId": failing, "type": "SEQUENTIAL"}])
     assert_never_ran(wait_for(batch, dependent))
     assert not marker.exists()
@@ -132,8 +132,8 @@ def test_dependency_that_already_succeeded_is_satisfied(batch: Any, shell: Shell
     assert wait_for(batch, later)["status"] == "SUCCEEDED"
 
 
-def test_failure_cascades_down_a_chain_of_three(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
+def test_failure_cascades_down_a_chain_of_three(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    marker = job_tmp / "ran"
     first = submit(batch, queue, shell("sleep 1; exit 1"))
     touch = shell(f"touch {_q(marker)}")
     second = submit(batch, queue, touch, dependsOn=[{"jobId": first}])
@@ -149,11 +149,11 @@ def test_failure_cascades_down_a_chain_of_three(batch: Any, shell: Shell, queue:
     assert not marker.exists()
 
 
-def test_cancelled_dependency_fails_dependents(batch: Any, shell: Shell, tmp_path: Path) -> None:
+def test_cancelled_dependency_fails_dependents(batch: Any, shell: Shell, job_tmp: Path) -> None:
     # Two vCPUs on a one-vCPU environment: stays RUNNABLE (MISCONFIGURATION diagnostic) until cancelled.
     stuck_queue = make_queue(batch, max_vcpus=1)
     stuck = submit(batch, stuck_queue, shell("true", vcpus=2))
-    marker = tmp_path / "ran"
+    marker = job_tmp / "ran"
     dependent = submit(batch, stuck_queue, shell(f"touch {_q(marker)}"), dependsOn=[{"jobId": stuck}])
     wait_for(batch, stuck, {"RUNNABLE"})
     batch.cancel_job(jobId=stuck, reason="no longer needed")
@@ -165,8 +165,8 @@ def test_cancelled_dependency_fails_dependents(batch: Any, shell: Shell, tmp_pat
     assert not marker.exists()
 
 
-def test_terminated_dependency_fails_dependents(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
+def test_terminated_dependency_fails_dependents(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    marker = job_tmp / "ran"
     running = submit(batch, queue, shell("sleep 30"))
     dependent = submit(batch, queue, shell(f"touch {_q(marker)}"), dependsOn=[{"jobId": running}])
     wait_for(batch, running, {"RUNNING"})
@@ -182,24 +182,25 @@ def test_terminated_dependency_fails_dependents(batch: Any, shell: Shell, queue:
 # ------------------------------------------------------------------------------ arrays and dependencies
 
 
-def test_plain_job_on_array_parent_waits_for_every_child(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    frames = tmp_path / "frames"
+def test_plain_job_on_array_parent_waits_for_every_child(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    frames = job_tmp / "frames"
     frames.mkdir()
+    frames.chmod(0o777)  # the jobs write here, as whichever user they run as
     render = shell(f"sleep 0.$((3 - AWS_BATCH_JOB_ARRAY_INDEX)); touch {_q(frames)}/$AWS_BATCH_JOB_ARRAY_INDEX")
     parent = submit(batch, queue, render, arrayProperties={"size": 4})
-    stitch = shell(f'[ "$(ls {_q(frames)} | wc -l)" -eq 4 ] || exit 1; touch {_q(tmp_path / "video")}')
+    stitch = shell(f'[ "$(ls {_q(frames)} | wc -l)" -eq 4 ] || exit 1; touch {_q(job_tmp / "video")}')
     stitcher = submit(batch, queue, stitch, dependsOn=[{"jobId": parent}])
     found = wait_all(batch, [parent, stitcher])
     assert found[parent]["status"] == "SUCCEEDED"
     assert found[stitcher]["status"] == "SUCCEEDED", found[stitcher]
-    assert (tmp_path / "video").exists()
+    assert (job_tmp / "video").exists()
     assert found[stitcher]["startedAt"] >= max(child["stoppedAt"] for child in children(batch, parent, 4))
 
 
 def test_array_on_plain_job_starts_no_child_before_it_succeeds(
-    batch: Any, shell: Shell, queue: str, tmp_path: Path
+    batch: Any, shell: Shell, queue: str, job_tmp: Path
 ) -> None:
-    log = tmp_path / "order"
+    log = job_tmp / "order"
     first = submit(batch, queue, shell(f"sleep 1.5; echo X >> {_q(log)}"))
     child_script = f'echo "C$AWS_BATCH_JOB_ARRAY_INDEX" >> {_q(log)}'
     array = submit(batch, queue, shell(child_script), dependsOn=[{"jobId": first}], arrayProperties={"size": 3})
@@ -214,9 +215,10 @@ def test_array_on_plain_job_starts_no_child_before_it_succeeds(
     assert all(child["startedAt"] >= found[first]["stoppedAt"] for child in children(batch, array, 3))
 
 
-def test_n_to_n_child_waits_only_for_its_partner(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    markers = tmp_path / "markers"
+def test_n_to_n_child_waits_only_for_its_partner(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    markers = job_tmp / "markers"
     markers.mkdir()
+    markers.chmod(0o777)
     # A:0 is slow, A:1 and A:2 quick: with N_TO_N, B:1 and B:2 need not wait for A:0.
     produce = shell(f'i=$AWS_BATCH_JOB_ARRAY_INDEX; [ "$i" -eq 0 ] && sleep 3; sleep 0.2; touch {_q(markers)}/a_$i')
     consume = shell(f"i=$AWS_BATCH_JOB_ARRAY_INDEX; [ -f {_q(markers)}/a_$i ] || exit 1; touch {_q(markers)}/b_$i")
@@ -233,7 +235,7 @@ def test_n_to_n_child_waits_only_for_its_partner(batch: Any, shell: Shell, queue
     assert sorted(p.name for p in markers.iterdir()) == ["a_0", "a_1", "a_2", "b_0", "b_1", "b_2"]
 
 
-def test_n_to_n_partner_failure_fails_only_that_child(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
+def test_n_to_n_partner_failure_fails_only_that_child(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
     produce = shell('[ "$AWS_BATCH_JOB_ARRAY_INDEX" -ne 1 ]')
     first = submit(batch, queue, produce, arrayProperties={"size": 3})
     second = submit(batch, queue, shell("true"), dependsOn=[{"jobId": first, "type": "N_TO_N"}],
@@ -247,8 +249,8 @@ def test_n_to_n_partner_failure_fails_only_that_child(batch: Any, shell: Shell, 
     assert_never_ran(b[1])
 
 
-def test_sequential_array_runs_children_in_index_order(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    log = tmp_path / "order"
+def test_sequential_array_runs_children_in_index_order(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    log = job_tmp / "order"
     # Later indexes sleep less: run side by side, they would finish in reverse order.
     script = f"i=$AWS_BATCH_JOB_ARRAY_INDEX; sleep 0.$((5 - i)); echo $i >> {_q(log)}"
     parent = submit(batch, queue, shell(script), dependsOn=[{"type": "SEQUENTIAL"}],
@@ -260,8 +262,8 @@ def test_sequential_array_runs_children_in_index_order(batch: Any, shell: Shell,
         assert after["startedAt"] >= before["stoppedAt"]
 
 
-def test_failing_sequential_child_stops_the_rest(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    log = tmp_path / "order"
+def test_failing_sequential_child_stops_the_rest(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    log = job_tmp / "order"
     script = f'i=$AWS_BATCH_JOB_ARRAY_INDEX; echo $i >> {_q(log)}; [ "$i" -ne 2 ]'
     parent = submit(batch, queue, shell(script), dependsOn=[{"type": "SEQUENTIAL"}],
                     arrayProperties={"size": 5})  # fmt: skip
@@ -278,8 +280,8 @@ def test_failing_sequential_child_stops_the_rest(batch: Any, shell: Shell, queue
         assert_never_ran(kid)
 
 
-def test_job_id_and_sequential_combined(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
-    log = tmp_path / "order"
+def test_job_id_and_sequential_combined(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
+    log = job_tmp / "order"
     first = submit(batch, queue, shell(f"sleep 1; echo X >> {_q(log)}"))
     script = f"i=$AWS_BATCH_JOB_ARRAY_INDEX; sleep 0.$((3 - i)); echo $i >> {_q(log)}"
     depends = [{"jobId": first}, {"type": "SEQUENTIAL"}]
@@ -289,9 +291,9 @@ def test_job_id_and_sequential_combined(batch: Any, shell: Shell, queue: str, tm
     assert batch.describe_jobs(jobs=[parent])["jobs"][0]["dependsOn"] == depends
 
 
-def test_cancel_array_parent_mid_run(batch: Any, shell: Shell, queue: str, tmp_path: Path) -> None:
+def test_cancel_array_parent_mid_run(batch: Any, shell: Shell, queue: str, job_tmp: Path) -> None:
     # Children 0-1 end at once, 2-3 then run for a while, 4-5 wait for capacity (2 vCPUs).
-    marker = tmp_path / "ran"
+    marker = job_tmp / "ran"
     script = f'i=$AWS_BATCH_JOB_ARRAY_INDEX; [ "$i" -ge 4 ] && touch {_q(marker)}; [ "$i" -lt 2 ] || sleep 4'
     parent = submit(batch, queue, shell(script), arrayProperties={"size": 6})
     wait_summary(batch, parent, {"SUCCEEDED": 2, "RUNNING": 2, "RUNNABLE": 2})

@@ -13,9 +13,9 @@ from typing import Any
 from tests.support import make_queue, register_shell, unique, wait_for
 
 
-def test_jobs_released_together_run_in_submit_order(batch: Any, tmp_path: Path) -> None:
+def test_jobs_released_together_run_in_submit_order(batch: Any, job_tmp: Path) -> None:
     queue = make_queue(batch, max_vcpus=1)  # one job at a time: the start order is the run order
-    ledger = tmp_path / "order.txt"
+    ledger = job_tmp / "order.txt"
     blocker = batch.submit_job(jobName=unique("blocker"), jobQueue=queue,
                                jobDefinition=register_shell(batch, "sleep 1"))["jobId"]  # fmt: skip
     append = register_shell(batch, f'echo "$NAME" >> {ledger}')

@@ -111,29 +111,29 @@ class TwoGpuHolders:
     devices: dict[str, tuple[str, str]]  # job -> (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)
 
 
-def two_gpu_holders(tmp_path: Path) -> TwoGpuHolders:
+def two_gpu_holders(tmp_path: Path, job_tmp: Path) -> TwoGpuHolders:
     server = gpu_server(tmp_path, gpus=2)
     batch = server.client()
     queue = make_queue(batch, max_vcpus=HOST_VCPUS)
-    one_gpu = register_holder(batch, tmp_path, gpus=1)
+    one_gpu = register_holder(batch, job_tmp, gpus=1)
     first, second = submit(batch, queue, one_gpu), submit(batch, queue, one_gpu)
     wait_for(batch, first, {"RUNNING"})
     wait_for(batch, second, {"RUNNING"})
-    devices = {job: seen_devices(tmp_path, job) for job in (first, second)}
+    devices = {job: seen_devices(job_tmp, job) for job in (first, second)}
     return TwoGpuHolders(server, batch, queue, one_gpu, first, second, devices)
 
 
-def test_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(tmp_path: Path) -> None:
-    held = two_gpu_holders(tmp_path)
+def test_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(tmp_path: Path, job_tmp: Path) -> None:
+    held = two_gpu_holders(tmp_path, job_tmp)
     server, batch, queue, one_gpu = held.server, held.batch, held.queue, held.one_gpu
     first, second, devices = held.first, held.second, held.devices
     assert sorted(cuda for cuda, _ in devices.values()) == ["0", "1"]  # never the same device
     assert all(cuda == nvidia for cuda, nvidia in devices.values())
 
     third = submit(batch, queue, one_gpu)
-    cpu_only = submit(batch, queue, register_holder(batch, tmp_path, gpus=0))
+    cpu_only = submit(batch, queue, register_holder(batch, job_tmp, gpus=0))
     wait_for(batch, cpu_only, {"RUNNING"})  # vCPUs and memory are free: the third waits for a GPU
-    assert seen_devices(tmp_path, cpu_only) == ("", "none")  # a job without GPUs sees none
+    assert seen_devices(job_tmp, cpu_only) == ("", "none")  # a job without GPUs sees none
     waiting = stays_runnable(batch, third, 2.0)
     assert waiting.get("statusReason") is None  # it fits the host, it just has to wait
 
@@ -146,20 +146,20 @@ def test_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(tmp_path: Path) 
     assert capacity["host"]["gpus"] == 2
     assert [c["gpus"] for c in capacity["computeEnvironments"] if c["computeEnvironmentName"] == ce_name] == [2]
 
-    assert release(batch, tmp_path, first)["status"] == "SUCCEEDED"
+    assert release(batch, job_tmp, first)["status"] == "SUCCEEDED"
     wait_for(batch, third, {"RUNNING"})
-    assert seen_devices(tmp_path, third) == devices[first]  # the device the first one gave back
+    assert seen_devices(job_tmp, third) == devices[first]  # the device the first one gave back
 
     for job in (second, third, cpu_only):
-        assert release(batch, tmp_path, job)["status"] == "SUCCEEDED"
+        assert release(batch, job_tmp, job)["status"] == "SUCCEEDED"
     assert metrics(server)[("kiln_compute_environment_gpus_in_use", (("compute_environment", ce_name),))] == 0
 
 
-def test_a_job_needing_more_gpus_than_the_host_has_says_so(tmp_path: Path) -> None:
+def test_a_job_needing_more_gpus_than_the_host_has_says_so(tmp_path: Path, job_tmp: Path) -> None:
     server = gpu_server(tmp_path, gpus=2)
     batch = server.client()
     queue = make_queue(batch, max_vcpus=HOST_VCPUS)
-    too_big = submit(batch, queue, register_holder(batch, tmp_path, gpus=3))
+    too_big = submit(batch, queue, register_holder(batch, job_tmp, gpus=3))
     deadline = time.monotonic() + 30
     job = batch.describe_jobs(jobs=[too_big])["jobs"][0]
     while job.get("statusReason") != JOB_REQUIREMENT and time.monotonic() < deadline:
@@ -167,16 +167,16 @@ def test_a_job_needing_more_gpus_than_the_host_has_says_so(tmp_path: Path) -> No
         job = batch.describe_jobs(jobs=[too_big])["jobs"][0]
     assert (job["status"], job.get("statusReason")) == ("RUNNABLE", JOB_REQUIREMENT)
     # A job that fits runs meanwhile: the big one blocks nothing.
-    fits = submit(batch, queue, register_holder(batch, tmp_path, gpus=2))
+    fits = submit(batch, queue, register_holder(batch, job_tmp, gpus=2))
     wait_for(batch, fits, {"RUNNING"})
-    assert sorted(seen_devices(tmp_path, fits)[0].split(",")) == ["0", "1"]
-    assert release(batch, tmp_path, fits)["status"] == "SUCCEEDED"
+    assert sorted(seen_devices(job_tmp, fits)[0].split(",")) == ["0", "1"]
+    assert release(batch, job_tmp, fits)["status"] == "SUCCEEDED"
     assert stays_runnable(batch, too_big, 1.0)["statusReason"] == JOB_REQUIREMENT
     batch.terminate_job(jobId=too_big, reason="test over")
 
 
-def test_attempts_adopted_after_a_server_restart_keep_their_devices(tmp_path: Path) -> None:
-    held = two_gpu_holders(tmp_path)
+def test_attempts_adopted_after_a_server_restart_keep_their_devices(tmp_path: Path, job_tmp: Path) -> None:
+    held = two_gpu_holders(tmp_path, job_tmp)
     server, queue, one_gpu = held.server, held.queue, held.one_gpu
     first, second, devices = held.first, held.second, held.devices
 
@@ -188,11 +188,11 @@ def test_attempts_adopted_after_a_server_restart_keep_their_devices(tmp_path: Pa
 
     # Give back device 1: an engine that forgot the adopted attempts' devices would hand out 0 again.
     keeps, frees = sorted((first, second), key=lambda job: devices[job][0])
-    assert release(batch, tmp_path, frees)["status"] == "SUCCEEDED"
+    assert release(batch, job_tmp, frees)["status"] == "SUCCEEDED"
     wait_for(batch, third, {"RUNNING"})
-    assert seen_devices(tmp_path, third) == ("1", "1")  # the freed device, not the one still held
+    assert seen_devices(job_tmp, third) == ("1", "1")  # the freed device, not the one still held
     for job in (keeps, third):
-        assert release(batch, tmp_path, job)["status"] == "SUCCEEDED"
+        assert release(batch, job_tmp, job)["status"] == "SUCCEEDED"
 
 
 def test_nvidia_smi_listing_and_the_attempt_environment() -> None:

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from kiln.cli.embedded_server import free_port
-from tests.conftest import KilnServer, start_server
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, start_server
 from tests.support import make_queue, submit, unique, wait_for
 
 INSUFFICIENT = (
@@ -74,7 +74,8 @@ def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer
     root = tmp_path_factory.mktemp("kiln-mnp")
     (root / "data").mkdir()
     (root / "data" / "kiln.toml").write_text("[server]\nhost_vcpus = 8\n")
-    server = start_server(root)
+    # Jobs as root: the nodes run this interpreter (under /root, 0700, on the test machines).
+    server = start_server(root, [*FAST_FLAGS, *JOBS_AS_ROOT])
     yield server
     server.close()
 
@@ -156,9 +157,9 @@ def test_three_nodes_meet_over_tcp_at_the_main_node_address(batch: Any, kiln_ser
     assert summary["jobId"] == job_id and summary["nodeProperties"] == {"numNodes": 3}
 
 
-def test_gang_waits_whole_until_every_node_fits(batch: Any, tmp_path: Path) -> None:
+def test_gang_waits_whole_until_every_node_fits(batch: Any, job_tmp: Path) -> None:
     queue = make_queue(batch, max_vcpus=3)
-    release = tmp_path / "release"
+    release = job_tmp / "release"
     blocker_name = unique("blocker")
     batch.register_job_definition(
         jobDefinitionName=blocker_name, type="container",

@@ -56,12 +56,14 @@ def log_files(server: KilnServer) -> list[Path]:
     return [path for path in (server.data_dir / "logs").rglob("*.log")]
 
 
-def test_one_server_on_postgresql_runs_jobs_arrays_and_dependencies(tmp_path: Path, fresh_postgres_url: str) -> None:
+def test_one_server_on_postgresql_runs_jobs_arrays_and_dependencies(
+    tmp_path: Path, job_tmp: Path, fresh_postgres_url: str
+) -> None:
     server = start_server(tmp_path, pg_flags(fresh_postgres_url))
     try:
         batch = server.client()
         queue = make_queue(batch, max_vcpus=2)
-        ran = tmp_path / "ran.txt"
+        ran = job_tmp / "ran.txt"
         definition = register_shell(batch, record_id_script(ran), memory=32)
         first = submit(batch, queue, definition)
         array = submit(batch, queue, definition, arrayProperties={"size": 3}, dependsOn=[{"jobId": first}])
@@ -82,7 +84,9 @@ def test_one_server_on_postgresql_runs_jobs_arrays_and_dependencies(tmp_path: Pa
     assert stored == [("SUCCEEDED", 6)]  # first, the array parent and its 3 children, last
 
 
-def test_two_servers_run_each_job_once_and_the_standby_takes_over(tmp_path: Path, fresh_postgres_url: str) -> None:
+def test_two_servers_run_each_job_once_and_the_standby_takes_over(
+    tmp_path: Path, job_tmp: Path, fresh_postgres_url: str
+) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     leader = start_server(tmp_path / "a", pg_flags(fresh_postgres_url))  # up first: it holds the lease
@@ -90,7 +94,7 @@ def test_two_servers_run_each_job_once_and_the_standby_takes_over(tmp_path: Path
     try:
         to_leader, to_standby = leader.client(), standby.client()
         queue = make_queue(to_leader, max_vcpus=4)  # created through one server ...
-        ran = tmp_path / "ran.txt"
+        ran = job_tmp / "ran.txt"
         definition = register_shell(to_standby, record_id_script(ran), memory=16)  # ... used through both
 
         ids = [submit(client, queue, definition) for _ in range(100) for client in (to_leader, to_standby)]

@@ -20,7 +20,10 @@ _ids = itertools.count()
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", termination_grace_seconds=1.0, host_vcpus=2)
+    """Jobs run as root here, on purpose: these tests are about the mechanisms (cgroups, OOM,
+    timeouts, logs), their jobs run this interpreter (under /root, 0700, on the test machines) and
+    write into pytest's private temp dirs. test_job_users.py covers the default, unprivileged user."""
+    return Settings(data_dir=tmp_path / "data", termination_grace_seconds=1.0, host_vcpus=2, job_user="root")
 
 
 @pytest.fixture(params=["cgroups", "fallback", "shell-launcher"])

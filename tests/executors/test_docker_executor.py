@@ -11,7 +11,7 @@ import pytest
 
 from kiln.config import Settings
 from kiln.executors.base import AttemptExited, AttemptRunning, AttemptSpec, VolumeMount
-from kiln.executors.docker import LABEL_ATTEMPT, DockerExecutor
+from kiln.executors.docker import LABEL_ATTEMPT, DockerExecutor, data_dir_volume
 from tests.docker_daemon import DockerDaemon
 
 from .helpers import exited, wait_for_exit, wait_for_log
@@ -126,3 +126,30 @@ def test_gpus_are_device_requests(executor: DockerExecutor, docker_engine: Docke
         "CannotStartContainerError: Error response from daemon: "
     )
     assert "[[gpu]]" in event.reason
+
+
+def test_a_volume_exposing_the_data_dir_is_found(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "shared").mkdir()
+    for exposing in ("/", str(tmp_path), str(data), str(data / "logs")):
+        assert data_dir_volume([VolumeMount("/mnt", exposing)], data) == exposing
+    assert data_dir_volume([VolumeMount("/mnt", str(tmp_path / "shared")), VolumeMount("/scratch")], data) is None
+    assert data_dir_volume([VolumeMount("/mnt", str(tmp_path / "data-other"))], data) is None
+
+
+def test_the_definitions_user_runs_the_container_and_the_data_dir_is_never_mounted(
+    executor: DockerExecutor, settings: Settings, docker_engine: DockerDaemon, tmp_path: Path
+) -> None:
+    as_nobody = spec(tmp_path, docker_engine, "id -u", user="65534")
+    executor.start(as_nobody)
+    assert exited(wait_for_exit(executor, as_nobody.attempt_id, timeout=60)).exit_code == 0
+    assert as_nobody.log_path.read_text() == "65534\n"
+    mounting = spec(
+        tmp_path, docker_engine, "cat /mnt/credentials", volumes=(VolumeMount("/mnt", str(settings.data_dir)),)
+    )
+    executor.start(mounting)
+    event = exited(wait_for_exit(executor, mounting.attempt_id, timeout=60))
+    assert not event.started and event.reason is not None
+    assert event.reason.startswith("CannotCreateContainerError: Error response from daemon: invalid mount config:")
+    assert _containers(docker_engine, mounting.attempt_id) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from kiln.executors.workdirs import FREE_PREFIX, WorkdirPool
 
 
@@ -67,3 +69,33 @@ def test_a_spare_removed_behind_the_pool_falls_back_to_mkdir(tmp_path: Path) -> 
     pool.make(tmp_path / "b")
     assert (tmp_path / "b").is_dir()
     pool.release(tmp_path / "missing")  # an attempt whose directory is already gone: nothing to do
+
+
+def test_a_workdir_belongs_to_its_user_and_a_spare_goes_back_only_to_that_user(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    pool = WorkdirPool()
+    nobody = (65534, 65534)
+    first = tmp_path / "attempt-1"
+    pool.make(first, nobody)
+    info = first.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (*nobody, 0o700)
+    inode = info.st_ino
+    pool.release(first)
+
+    mine = tmp_path / "attempt-2"
+    pool.make(mine)  # root's: never nobody's emptied directory
+    assert mine.stat().st_ino != inode and mine.stat().st_uid == 0
+    again = tmp_path / "attempt-3"
+    pool.make(again, nobody)
+    assert again.stat().st_ino == inode and again.stat().st_uid == 65534
+
+
+def test_a_workdir_its_job_opened_up_is_removed_not_reused(tmp_path: Path) -> None:
+    pool = WorkdirPool()
+    used = tmp_path / "attempt-1"
+    pool.make(used)
+    used.chmod(0o777)  # others could have put files in it meanwhile, or may later
+    pool.release(used)
+    assert not used.exists()
+    assert _spares(tmp_path) == []

@@ -16,6 +16,7 @@ def server(
     ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[KilnServer]:
     flags = [*FAST_FLAGS, "--executor", "ray", "--ray-address", ray_cluster.address]
+    flags += getattr(request.module, "SERVER_FLAGS", [])  # e.g. JOBS_AS_ROOT for the render module
     server = start_server(tmp_path_factory.mktemp(f"kiln-{request.module.__name__.rsplit('.', 1)[-1]}"), flags)
     yield server
     server.stop()

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from kiln.cli.embedded_server import free_port
-from tests.conftest import KilnServer
+from tests.conftest import JOBS_AS_ROOT, KilnServer
 from tests.e2e.test_multinode import ESSENTIAL, NODE_PROGRAM, register_multinode
 from tests.ray.test_ray_executor import JOB_REQUIREMENT, _node_prefix
 from tests.ray_cluster import RayCluster
@@ -35,6 +35,8 @@ LOCAL_BIND = 'socket.create_server(("127.0.0.1", port))'
 RAY_NODE_PROGRAM = 'print("pwd=" + __import__("os").getcwd(), flush=True)\n' + NODE_PROGRAM.replace(
     LOCAL_BIND, "socket.create_server((sys.argv[2], port))"
 )
+# The nodes run this interpreter, under /root (0700) on the test machines.
+SERVER_FLAGS = JOBS_AS_ROOT
 NO_NODE_FITS = "CannotStartContainerError: no live Ray node has 3 CPU"
 
 
@@ -136,14 +138,14 @@ def test_gang_with_a_node_larger_than_every_ray_node_fails_to_start_whole(batch:
 
 
 def test_losing_the_ray_node_of_a_gang_node_fails_it_as_host_lost_and_the_gang_rules_decide(
-    batch: Any, server: KilnServer, ray_cluster: RayCluster, tmp_path: Path
+    batch: Any, server: KilnServer, ray_cluster: RayCluster, job_tmp: Path
 ) -> None:
     """A worker node that runs a node of a 3-node gang is killed. Its attempt fails with AWS's
     host-lost reason. If it ran the main node, the job fails with it and the other nodes are
     stopped; otherwise the others run on and the job takes the main node's result. Which of the
     two happens is Ray's choice of nodes (SPREAD may put the main node on the head, which the test
     cannot kill); both are checked to the end. Kills a node, so it runs last in this module."""
-    gate = tmp_path / "go"
+    gate = job_tmp / "go"
     script = f'echo "pwd=$(pwd)"; while [ ! -e {gate} ]; do sleep 0.1; done; echo after'
     queue = make_queue(batch, max_vcpus=3)
     definition = register_multinode(batch, [{"targetNodes": "0:", "container": {

@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import KilnServer
+from tests.conftest import JOBS_AS_ROOT, KilnServer
 from tests.ray_cluster import RayCluster
 from tests.render.conftest import POTTERY_CANDIDATES
 from tests.render.images import video_frames
 
 FRAMES = 6
+# The render image runs this interpreter, under /root (0700) on the test machines; frames go to /tmp.
+SERVER_FLAGS = JOBS_AS_ROOT
 FRESH_SECONDS = 0.5  # a render process younger than this has seconds of work left (importing bpy alone takes more)
 HOST_LOST = re.compile(r"^Host EC2 \(instance ([0-9a-f]{56})\) terminated\.$")
 SUBMITTED = re.compile(r"submitted \S+ \((?P<render>[0-9a-f-]+)[:)].*? and \S+ \((?P<stitch>[0-9a-f-]+)\)")

@@ -105,9 +105,11 @@ def _finish_after_restart(server: KilnServer, job_id: str, pid: int, gate: Path)
     assert server.job_log(job_id) == f"pid={pid}\nbefore\nafter\n", log
 
 
-def test_a_sigkilled_server_readopts_its_running_ray_attempt(ray_cluster: RayCluster, tmp_path: Path) -> None:
+def test_a_sigkilled_server_readopts_its_running_ray_attempt(
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
+) -> None:
     server = _server(ray_cluster, tmp_path)
-    gate = tmp_path / "go"
+    gate = job_tmp / "go"
     job_id, pid = _start_gated_job(server, gate)
     task_id = _task_id(server.client().describe_jobs(jobs=[job_id])["jobs"][0])
     server.stop(kill=True)
@@ -125,10 +127,10 @@ def test_a_sigkilled_server_readopts_its_running_ray_attempt(ray_cluster: RayClu
 
 
 def test_a_ray_attempt_that_ends_while_no_server_runs_keeps_its_real_exit(
-    ray_cluster: RayCluster, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
 ) -> None:
     server = _server(ray_cluster, tmp_path)
-    gate, ended = tmp_path / "go", tmp_path / "ended"
+    gate, ended = job_tmp / "go", job_tmp / "ended"
     # No retry: exit 7 fails the job at once, and a lost attempt would fail it with another reason.
     job_id, pid = _start_gated_job(server, gate, after=f"echo ending; touch {ended}; exit 7", retries={"attempts": 1})
     server.stop(kill=True)
@@ -151,9 +153,11 @@ def test_a_ray_attempt_that_ends_while_no_server_runs_keeps_its_real_exit(
     server.stop()
 
 
-def test_sigterm_leaves_a_ray_attempt_running_for_the_next_server(ray_cluster: RayCluster, tmp_path: Path) -> None:
+def test_sigterm_leaves_a_ray_attempt_running_for_the_next_server(
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
+) -> None:
     server = _server(ray_cluster, tmp_path)
-    gate = tmp_path / "go"
+    gate = job_tmp / "go"
     job_id, pid = _start_gated_job(server, gate)
     server.stop()  # SIGTERM: graceful
     assert psutil.pid_exists(pid)
@@ -162,11 +166,13 @@ def test_sigterm_leaves_a_ray_attempt_running_for_the_next_server(ray_cluster: R
     server.stop()
 
 
-def test_servers_of_two_data_dirs_on_one_cluster_adopt_only_their_own(ray_cluster: RayCluster, tmp_path: Path) -> None:
+def test_servers_of_two_data_dirs_on_one_cluster_adopt_only_their_own(
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
+) -> None:
     """B's restart stops what its own agents run unclaimed and removes its unclaimed groups: A's
     attempt, on A's agents with A's groups, must not be touched, and the other way round."""
     first, second = _server(ray_cluster, tmp_path / "a"), _server(ray_cluster, tmp_path / "b")
-    gates = tmp_path / "go-a", tmp_path / "go-b"
+    gates = job_tmp / "go-a", job_tmp / "go-b"
     job_a, pid_a = _start_gated_job(first, gates[0])
     job_b, pid_b = _start_gated_job(second, gates[1])
     first.stop(kill=True)
@@ -183,7 +189,7 @@ def test_servers_of_two_data_dirs_on_one_cluster_adopt_only_their_own(ray_cluste
 
 
 def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
-    ray_cluster: RayCluster, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
 ) -> None:
     """One 2-vCPU job per node (each node has 2 CPUs); a worker node dies while the server is
     down. Its attempt is not adopted: it fails with the host-lost reason and is retried; the other
@@ -191,7 +197,7 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
     server = _server(ray_cluster, tmp_path)
     batch = server.client()
     queue = make_queue(batch, max_vcpus=6)
-    gate = tmp_path / "go"
+    gate = job_tmp / "go"
     retry = {"attempts": 2, "evaluateOnExit": [
         {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
     ]}  # fmt: skip
@@ -231,7 +237,7 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
 
 
 def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
-    ray_cluster: RayCluster, tmp_path: Path
+    ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
 ) -> None:
     """Multi-node parallel attempts on Ray are not taken back by a restarted server (docs/ray.md):
     every node's attempt fails with the host-lost reason, what they ran is stopped, their gang's
@@ -239,7 +245,7 @@ def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
     server = _server(ray_cluster, tmp_path)
     batch = server.client()
     queue = make_queue(batch, max_vcpus=3)
-    gate = tmp_path / "go"
+    gate = job_tmp / "go"
     command = ["sh", "-c", _gated(gate)]
     name = f"mnp-{time.monotonic_ns()}"
     batch.register_job_definition(

@@ -7,6 +7,7 @@ GPU needs one: it runs where nvidia-smi lists a GPU and is skipped, saying so, e
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,13 +112,18 @@ def test_a_gpu_job_renders_on_its_gpu(sample_blend: Path, tmp_path: Path) -> Non
     assert (output / "frames" / "0001.png").is_file()
 
 
-def test_kiln_render_with_gpus_gives_each_render_job_a_device(sample_blend: Path, tmp_path: Path) -> None:
+def test_kiln_render_with_gpus_gives_each_render_job_a_device(
+    sample_blend: Path, tmp_path: Path, job_tmp: Path
+) -> None:
     """`kiln render --gpus 1` on a server with one GPU (configured; the real one where there is
-    one): the render job reserves it, is handed device 0, and Cycles uses it or says it cannot."""
+    one): the render job reserves it, is handed device 0, and Cycles uses it or says it cannot.
+    Its jobs run as the default job user, so scene and output live where that user reaches them."""
     server = start_server(tmp_path, [*FAST_FLAGS, "--gpus", "1"])
-    output = tmp_path / "out"
+    scene = job_tmp / sample_blend.name
+    shutil.copyfile(sample_blend, scene)
+    output = job_tmp / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "kiln", "render", str(sample_blend), "-o", str(output), "--frames", "1",
+        [sys.executable, "-m", "kiln", "render", str(scene), "-o", str(output), "--frames", "1",
          "--gpus", "1", "--resolution-percent", "10", "--samples", "1", "--endpoint-url", server.endpoint],
         capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip

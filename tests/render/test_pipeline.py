@@ -1,8 +1,11 @@
 """`kiln render` end to end through a real `kiln server`: the workshop's Pottery scene, tiny frames.
 
-`kiln render` runs as a subprocess against a private server whose jobs (and the command itself)
-find moto's S3 server through `AWS_ENDPOINT_URL_S3`, so `file://` and `s3://` outputs go through the
-same server. Pottery is read where it lies (shared/data), never copied.
+`kiln render` runs as a subprocess against a private server; the command finds moto's S3 server
+through `AWS_ENDPOINT_URL_S3` in its environment, and the render jobs through their definition's
+role (`--job-role-arn`), which the server's `[job_roles]` maps to the same variables, as AWS hands
+a job its role: jobs do not inherit the server's environment. `file://` and `s3://` outputs go
+through the same server. Pottery is read where it lies (shared/data), never copied. The jobs run as
+root (`JOBS_AS_ROOT`: the interpreter and the temp dirs are root's here).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import KilnServer, free_port, start_server
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, free_port, start_server
 
 from .conftest import run_bpy
 from .images import psnr, read_png, video_frames
 
 BUCKET = "kiln-pipeline-test"
+ROLE = "arn:aws:iam::123456789012:role/kiln-render-test"
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "kiln-test",
     "AWS_SECRET_ACCESS_KEY": "kiln-test",
@@ -68,7 +72,11 @@ def s3_env(s3_endpoint: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def render_server(tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str]) -> Iterator[KilnServer]:
-    server = start_server(tmp_path_factory.mktemp("kiln-render"), env=s3_env)
+    root = tmp_path_factory.mktemp("kiln-render")
+    (root / "data").mkdir(mode=0o700)
+    variables = "\n".join(f'{name} = "{value}"' for name, value in s3_env.items())
+    (root / "data" / "kiln.toml").write_text(f'[job_roles."{ROLE}"]\n{variables}\n')
+    server = start_server(root, [*FAST_FLAGS, *JOBS_AS_ROOT])
     yield server
     server.stop()
 
@@ -78,7 +86,7 @@ def _s3_credentials() -> dict[str, str]:
 
 
 def kiln_render(server: KilnServer, env: dict[str, str], *args: str) -> Rendered:
-    command = [sys.executable, "-m", "kiln", "render", *args, "--endpoint-url", server.endpoint]
+    command = [sys.executable, "-m", "kiln", "render", *args, "--job-role-arn", ROLE, "--endpoint-url", server.endpoint]
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=240, check=False)
     return Rendered(done.returncode, done.stdout, done.stderr)
 

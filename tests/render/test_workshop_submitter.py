@@ -96,12 +96,14 @@ def workshop_queue(batch: Any) -> str:
 
 @pytest.mark.parametrize(("frames", "frames_per_job", "array_size"), [(4, 3, 2), (3, 5, None)])
 def test_the_workshop_submitter_runs_unchanged(
-    batch: Any, workshop_queue: str, tmp_path: Path, frames: int, frames_per_job: int, array_size: int | None
+    batch: Any, workshop_queue: str, job_tmp: Path, frames: int, frames_per_job: int, array_size: int | None
 ) -> None:
-    scene = tiny_scene(tmp_path / "scene.blend", frames)
+    """Its jobs run as the default job user (nobody under a root server): scene and output live
+    where that user may read and write, as they would on a shared server."""
+    scene = tiny_scene(job_tmp / "scene.blend", frames)
     name = unique("Sample")
     render_id, stitch_id = submit_like_the_workshop(
-        batch, workshop_queue, name, str(scene), str(tmp_path / "out"), frames_per_job
+        batch, workshop_queue, name, str(scene), str(job_tmp / "out"), frames_per_job
     )
 
     stitched = wait_for(batch, stitch_id, timeout=120)
@@ -111,5 +113,5 @@ def test_the_workshop_submitter_runs_unchanged(
     assert rendered.get("arrayProperties", {}).get("size") == array_size
     assert rendered["container"]["command"][:2] == ["render", "-i"]
     assert stitched["dependsOn"] == [{"jobId": render_id, "type": "SEQUENTIAL"}]
-    video, _ = video_frames(tmp_path / "out" / name / "output.mp4")
+    video, _ = video_frames(job_tmp / "out" / name / "output.mp4")
     assert len(video) == frames

@@ -101,7 +101,10 @@ class Kit:
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory, pottery: Path) -> Iterator[Kit]:
     work = tmp_path_factory.mktemp("zygote")
-    settings = Settings(data_dir=work / "data", termination_grace_seconds=1.0, host_vcpus=2)
+    # As root on purpose: the zygote moves renders between the executor's cgroups, which only root
+    # may do (an unprivileged job user makes it step aside: docs/security.md), and the interpreter
+    # lives under /root (0700) on the test machines.
+    settings = Settings(data_dir=work / "data", termination_grace_seconds=1.0, host_vcpus=2, job_user="root")
     catalogue = ImageCatalogue()
     catalogue.register(image.IMAGE, image.entrypoint())
     executor = LocalExecutor(settings, catalogue)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from tests.conftest import KilnServer, start_server
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,7 +51,10 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture(scope="session")
 def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    server = start_server(tmp_path_factory.mktemp("kiln-ui"))
+    # Its jobs render with this interpreter and write into pytest's root-only temp dirs, which the
+    # default job user (nobody, under a root server) cannot reach; tests/e2e/test_job_isolation.py
+    # covers the default.
+    server = start_server(tmp_path_factory.mktemp("kiln-ui"), [*FAST_FLAGS, *JOBS_AS_ROOT])
     yield server
     server.stop()
 

@@ -1,6 +1,8 @@
 // Kiln dashboard: a small single-page app with hash routes, no build step and no libraries.
 // Data comes from the AWS Batch API the server speaks (POST /v1/<operation>), Kiln's log endpoint
 // and a few read-only /kiln/v1/ endpoints. Every page refreshes itself once a second.
+// Under `kiln server --auth sigv4` the page signs in with an access key once (POST /ui/session); the
+// server answers with an HttpOnly session cookie that every same-origin request below carries.
 "use strict";
 
 const REFRESH_MS = 1000;
@@ -52,6 +54,7 @@ async function readJson(response) {
 async function batch(operation, params) {
   const response = await fetch(`/v1/${operation}`, {
     method: "POST",
+    credentials: "same-origin",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(params || {}),
   });
@@ -59,7 +62,7 @@ async function batch(operation, params) {
 }
 
 async function getJson(path) {
-  return readJson(await fetch(path, { cache: "no-store" }));
+  return readJson(await fetch(path, { cache: "no-store", credentials: "same-origin" }));
 }
 
 function statusBadge(status) {
@@ -125,6 +128,7 @@ function shellQuote(word) {
 // ---- router and refresh loop ----------------------------------------------------------------
 let currentView = null;
 let refreshing = false;
+let signInShown = false; // set while the sign-in form replaces the page (--auth sigv4 only)
 
 function parseRoute() {
   const [path, query] = (location.hash.slice(1) || "/").split("?");
@@ -133,6 +137,7 @@ function parseRoute() {
 }
 
 function route() {
+  if (signInShown) return; // the sign-in form holds the page until it succeeds
   const { parts, query } = parseRoute();
   const root = document.getElementById("view");
   if (currentView && currentView.leave) currentView.leave();
@@ -149,7 +154,7 @@ function route() {
 }
 
 async function refresh() {
-  if (refreshing || !currentView) return;
+  if (refreshing || !currentView || signInShown) return;
   refreshing = true;
   const view = currentView;
   const live = document.getElementById("live");
@@ -158,18 +163,108 @@ async function refresh() {
     live.className = "live ok";
     live.textContent = `live · ${new Date().toLocaleTimeString([], { hour12: false })}`;
   } catch (error) {
-    live.className = "live error";
-    live.textContent = `offline: ${error.message}`;
+    if (needsSignIn(error)) {
+      showSignIn(error.message);
+    } else {
+      live.className = "live error";
+      live.textContent = `offline: ${error.message}`;
+    }
   } finally {
     refreshing = false;
   }
 }
 
 window.addEventListener("hashchange", route);
-window.addEventListener("DOMContentLoaded", () => {
+window.addEventListener("DOMContentLoaded", async () => {
+  await loadAccount();
   route();
   setInterval(refresh, REFRESH_MS);
 });
+
+// ---- sign-in: only on a server started with --auth sigv4 --------------------------------------
+const MISSING_TOKEN = "MissingAuthenticationTokenException";
+
+function needsSignIn(error) {
+  return error instanceof ApiError && error.status === 403 && error.type === MISSING_TOKEN;
+}
+
+/** Who is signed in: 200 names the key, 403 asks for a sign-in, 404 means the server has no auth. */
+async function loadAccount() {
+  let response;
+  try {
+    response = await fetch("/ui/session", { cache: "no-store", credentials: "same-origin" });
+  } catch (error) {
+    return; // offline: the refresh loop says so
+  }
+  if (response.ok) showAccount((await response.json()).accessKeyId);
+  else if (response.status === 403) showSignIn();
+}
+
+function showAccount(accessKeyId) {
+  fill(document.getElementById("account"),
+    h("span", { class: "mono", title: "Signed in with this access key" }, accessKeyId),
+    h("button", { type: "button", "data-action": "sign-out", onclick: signOut }, "Sign out"));
+}
+
+async function signOut() {
+  try {
+    await fetch("/ui/session", { method: "DELETE", credentials: "same-origin", headers: { "content-type": "application/json" } });
+  } finally {
+    showSignIn();
+  }
+}
+
+function showSignIn(reason) {
+  fill(document.getElementById("account"));
+  const live = document.getElementById("live");
+  live.className = "live";
+  live.textContent = "signed out";
+  if (signInShown) return; // keep what is typed in the form already
+  signInShown = true;
+  if (currentView && currentView.leave) currentView.leave();
+  currentView = null;
+  const keyId = h("input", { name: "accessKeyId", autocomplete: "username", required: true, spellcheck: "false",
+    placeholder: "AKIA..." });
+  const secret = h("input", { name: "secretAccessKey", type: "password", autocomplete: "current-password", required: true });
+  const problem = h("p", { class: "error", role: "alert" });
+  const ended = reason && reason !== "Missing Authentication Token" ? reason : null;
+  const form = h("form", { id: "sign-in", class: "panel sign-in", onsubmit: (event) => { event.preventDefault(); submit(); } },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "This server requires an access key (create one with ", h("code", {}, "kiln keys create"), ")."),
+    ended ? h("p", { class: "muted small" }, ended) : null,
+    h("label", {}, "Access key id", keyId),
+    h("label", {}, "Secret access key", secret),
+    problem,
+    h("button", { type: "submit" }, "Sign in"));
+  fill(document.getElementById("view"), form);
+  keyId.focus();
+
+  async function submit() {
+    problem.textContent = "";
+    let response;
+    try {
+      response = await fetch("/ui/session", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ accessKeyId: keyId.value.trim(), secretAccessKey: secret.value }),
+      });
+    } catch (error) {
+      problem.textContent = `Sign-in failed: ${error.message}`;
+      return;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      problem.textContent = body.message || `Sign-in failed (HTTP ${response.status})`;
+      secret.value = "";
+      return;
+    }
+    secret.value = "";
+    signInShown = false;
+    showAccount(body.accessKeyId);
+    route();
+  }
+}
 
 // ---- overview: queues and compute environments -------------------------------------------------
 function overviewView() {
@@ -445,13 +540,15 @@ function jobActions(job, parentId) {
 
 async function stopJob(job, operation) {
   const verb = operation === "canceljob" ? "Cancel" : "Terminate";
+  const done = operation === "canceljob" ? "Cancelled" : "Terminated";
   if (!window.confirm(`${verb} ${job.jobName} (${job.jobId})?`)) return;
   try {
-    await batch(operation, { jobId: job.jobId, reason: `${verb}led from the Kiln dashboard` });
+    await batch(operation, { jobId: job.jobId, reason: `${done} from the Kiln dashboard` });
     toast(`${verb} requested for ${job.jobName}`, "ok");
     refresh();
   } catch (error) {
-    toast(`${verb} failed: ${error.message}`, "error");
+    if (needsSignIn(error)) showSignIn(error.message);
+    else toast(`${verb} failed: ${error.message}`, "error");
   }
 }
 
@@ -474,7 +571,8 @@ async function retryAsNew(job) {
     toast(`Submitted ${submitted.jobName} as ${submitted.jobId}`, "ok");
     location.hash = `#/jobs/${encodeURIComponent(submitted.jobId)}`;
   } catch (error) {
-    toast(`Retry failed: ${error.message}`, "error");
+    if (needsSignIn(error)) showSignIn(error.message);
+    else toast(`Retry failed: ${error.message}`, "error");
   }
 }
 

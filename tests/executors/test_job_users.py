@@ -1,0 +1,245 @@
+"""Who attempts run as: the policy (pure, against this host's passwd) and both real launchers.
+
+The launcher tests use the executor's defaults (as root: `nobody`), with a workdir and log under a
+folder others may pass through, as the server's work root is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.config import Settings, jobs_run_as_server_user, load_settings
+from kiln.errors import ValidationError
+from kiln.executors.base import AttemptSpec
+from kiln.executors.job_environment import inherited_environment
+from kiln.executors.job_users import JobUser, JobUsers, UserRefused, blocked_on_the_way, lookup
+from kiln.executors.local import LocalExecutor
+
+from .helpers import exited, wait_for_exit
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root starts jobs as another user")
+_ids = itertools.count()
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A folder the job user may pass through (pytest's own temp dirs are root's alone)."""
+    root = Path(tempfile.mkdtemp(prefix="kiln-job-users-", dir="/var/tmp"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_missing_users_and_groups_are_refused_in_dockers_words() -> None:
+    with pytest.raises(UserRefused) as missing:
+        lookup("no-such-user-kiln")
+    assert missing.value.message == (
+        "CannotStartContainerError: Error response from daemon: unable to find user no-such-user-kiln: "
+        "no matching entries in passwd file"
+    )
+    with pytest.raises(UserRefused) as no_group:
+        lookup("nobody:no-such-group-kiln")
+    assert "unable to find group no-such-group-kiln: no matching entries in group file" in no_group.value.message
+
+
+def test_a_user_is_a_name_or_a_uid_with_an_optional_group() -> None:
+    nobody = pwd.getpwnam("nobody")
+    assert lookup("nobody").uid == lookup(str(nobody.pw_uid)).uid == nobody.pw_uid
+    assert lookup("nobody").gid == nobody.pw_gid
+    assert lookup("nobody:0").gid == 0
+    assert nobody.pw_gid in lookup("nobody").groups
+
+
+@as_root
+def test_root_runs_jobs_as_nobody_and_honours_only_allowed_users() -> None:
+    users = JobUsers()
+    assert users.default.name == "nobody" and not users.only_this_process_user
+    assert users.resolve(None) == users.resolve("") == users.resolve("nobody") == users.default
+    with pytest.raises(UserRefused, match="user daemon is not allowed to run jobs on this Kiln server"):
+        users.resolve("daemon")
+    with pytest.raises(UserRefused, match="user root is not allowed"):
+        users.resolve("root")
+    with pytest.raises(UserRefused, match="user 0 is not allowed"):
+        users.resolve("0")
+    allowing = JobUsers(None, ["daemon", "root"])
+    assert allowing.resolve("daemon").name == "daemon" and allowing.resolve("0").name == "root"
+
+
+@as_root
+def test_unknown_configured_users_refuse_the_start() -> None:
+    with pytest.raises(ValidationError, match="job_user 'no-such-user-kiln': no such user"):
+        JobUsers("no-such-user-kiln")
+    with pytest.raises(ValidationError, match="allowed_job_users: no such user 'no-such-user-kiln'"):
+        JobUsers(None, ["no-such-user-kiln"])
+
+
+def test_a_server_that_is_not_root_runs_jobs_as_itself_only() -> None:
+    with pytest.raises(ValidationError, match="can start jobs only as itself"):
+        JobUsers("nobody", euid=1000 if os.geteuid() == 0 else os.geteuid())
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert JobUsers(None, euid=nobody).default.uid == nobody
+
+
+def test_workdirs_leave_the_data_dir_only_when_jobs_run_as_another_user(tmp_path: Path) -> None:
+    own = pwd.getpwuid(os.geteuid()).pw_name
+    assert jobs_run_as_server_user(own, ())
+    assert Settings(data_dir=tmp_path, job_user=own).work_dir == tmp_path / "work"
+    if os.geteuid() == 0:
+        assert not jobs_run_as_server_user(None, ())
+        shared = Settings(data_dir=tmp_path).work_dir
+        assert shared.parent == Path("/var/lib/kiln/work") and tmp_path not in shared.parents
+        assert not jobs_run_as_server_user("root", ("nobody",))
+
+
+def test_a_closed_directory_on_the_way_is_named(open_root: Path) -> None:
+    nobody = lookup("nobody")
+    closed = open_root / "closed"
+    (closed / "bin").mkdir(parents=True)
+    program = closed / "bin" / "tool"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    closed.chmod(0o700)
+    blocked = blocked_on_the_way(str(program), nobody)
+    assert blocked == f"directory {closed} (mode 0700, owner {pwd.getpwuid(os.geteuid()).pw_name}) is closed to it"
+    closed.chmod(0o711)
+    assert blocked_on_the_way(str(program), nobody) is None
+    program.chmod(0o744)
+    assert "file " in (blocked_on_the_way(str(program), nobody) or "")
+    root = JobUser("root", 0, 0, (0,), "/root")
+    assert blocked_on_the_way(str(program), root) is None
+
+
+def test_jobs_inherit_a_short_list_of_the_servers_variables() -> None:
+    server = {
+        "PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PYTHONPATH": "/src",
+        "KILN_RENDER_ZYGOTE": "off", "SSL_CERT_FILE": "/etc/ssl/cert.pem", "HOME": "/root", "USER": "root",
+        "AWS_SECRET_ACCESS_KEY": "secret", "AWS_ACCESS_KEY_ID": "id", "DATABASE_URL": "postgresql://x:y@z/db",
+        "HTTPS_PROXY": "http://user:password@proxy:3128", "XDG_RUNTIME_DIR": "/run/user/0", "MY_TOOL_HOME": "/opt/t",
+    }  # fmt: skip
+    assert inherited_environment(server) == {
+        "PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PYTHONPATH": "/src",
+        "KILN_RENDER_ZYGOTE": "off", "SSL_CERT_FILE": "/etc/ssl/cert.pem",
+    }  # fmt: skip
+    assert inherited_environment(server, ("MY_TOOL_HOME",))["MY_TOOL_HOME"] == "/opt/t"
+
+
+@as_root
+@pytest.mark.parametrize("shell_launcher", [False, True], ids=["c-launcher", "shell-launcher"])
+def test_both_launchers_start_the_job_as_the_job_user_in_its_own_workdir(
+    open_root: Path, shell_launcher: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TEST_SECRET", "server-only")
+    executor = LocalExecutor(Settings(data_dir=open_root / "data"), shell_launcher=shell_launcher)
+    attempt_id = f"job-user-{next(_ids)}"
+    spec = AttemptSpec(
+        attempt_id=attempt_id, job_id=attempt_id, image="host",
+        command=["sh", "-c", 'echo "$(id -u):$(id -G) $(stat -c "%u %a" .) $HOME $USER ${KILN_TEST_SECRET:-none}"; '
+                 "ls /proc/self/fd | tr '\\n' ' '"],
+        environment={}, vcpus=1.0, memory_mib=128,
+        log_path=open_root / "data" / "logs" / f"{attempt_id}.log", workdir=open_root / "work" / attempt_id,
+    )  # fmt: skip
+    try:
+        executor.start(spec)
+        event = exited(wait_for_exit(executor, attempt_id))
+    finally:
+        executor.shutdown(grace_seconds=0.2)
+    assert event.exit_code == 0, spec.log_path.read_text()
+    nobody = lookup("nobody")
+    home = nobody.home or str(spec.workdir)
+    groups = " ".join(map(str, nobody.groups))
+    expected = f"{nobody.uid}:{groups} {nobody.uid} 700 {home} nobody none\n0 1 2 3 "
+    assert spec.log_path.read_text() == expected
+    assert spec.log_path.stat().st_uid == 0 and (spec.log_path.parent.stat().st_mode & 0o777) == 0o700
+
+
+@as_root
+def test_a_definitions_user_that_is_not_allowed_never_starts(open_root: Path) -> None:
+    executor = LocalExecutor(Settings(data_dir=open_root / "data"))
+    spec = AttemptSpec(
+        attempt_id="refused-user", job_id="refused-user", image="host", command=["true"], environment={},
+        vcpus=1.0, memory_mib=128, log_path=open_root / "refused.log", workdir=open_root / "refused", user="root",
+    )  # fmt: skip
+    try:
+        executor.start(spec)
+        event = exited(wait_for_exit(executor, spec.attempt_id))
+    finally:
+        executor.shutdown(grace_seconds=0.2)
+    assert not event.started and event.reason is not None
+    assert event.reason.startswith("CannotStartContainerError: user root is not allowed")
+    assert not spec.workdir.exists()
+
+
+def test_kiln_toml_names_job_users_roles_and_the_work_root(tmp_path: Path) -> None:
+    (tmp_path / "kiln.toml").write_text(
+        '[server]\njob_user = "nobody"\nallowed_job_users = ["daemon"]\njob_environment = ["HTTPS_PROXY"]\n'
+        'work_root = "/srv/kiln-work"\n\n'
+        '[job_roles."arn:aws:iam::123456789012:role/render"]\nAWS_ACCESS_KEY_ID = "AKIA"\nAWS_SECRET_ACCESS_KEY = "s"\n'
+    )
+    settings = load_settings(tmp_path)
+    assert (settings.job_user, settings.allowed_job_users, settings.job_environment) == (
+        "nobody",
+        ("daemon",),
+        ("HTTPS_PROXY",),
+    )
+    assert settings.work_dir == Path("/srv/kiln-work")
+    assert settings.job_roles == {
+        "arn:aws:iam::123456789012:role/render": {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s"}
+    }
+    assert "AKIA" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[job_roles.render]\nA = "b"\n', "must be a role ARN"),
+        ('[job_roles."arn:aws:iam::1:role/r"]\nA = 1\n', 'must be a table of VARIABLE = "value" strings'),
+        ('[job_roles."arn:aws:iam::1:role/r"]\nAWS_BATCH_JOB_ID = "x"\n', "AWS_BATCH_JOB_ID is reserved"),
+        ('[server]\njob_user = "no-such-user-kiln"\n', "job_user 'no-such-user-kiln': no such user on this host"),
+    ],
+)
+def test_wrong_job_settings_refuse_the_start(tmp_path: Path, table: str, message: str) -> None:
+    (tmp_path / "kiln.toml").write_text(table)
+    with pytest.raises(ValidationError, match=message):
+        load_settings(tmp_path)
+
+
+@as_root
+def test_a_program_the_job_user_cannot_reach_is_passed_over_in_path_or_named_in_the_reason(open_root: Path) -> None:
+    closed, reachable = open_root / "closed", open_root / "open"
+    for folder, word in ((closed, "closed"), (reachable, "open")):
+        folder.mkdir()
+        (folder / "kiln-tool").write_text(f"#!/bin/sh\necho {word}\n")
+        (folder / "kiln-tool").chmod(0o755)
+    closed.chmod(0o700)
+    reachable.chmod(0o755)
+    executor = LocalExecutor(Settings(data_dir=open_root / "data"))
+
+    def run(attempt_id: str, path: str) -> tuple[str | None, str]:
+        spec = AttemptSpec(
+            attempt_id=attempt_id, job_id=attempt_id, image="host", command=["kiln-tool"],
+            environment={"PATH": path}, vcpus=1.0, memory_mib=128,
+            log_path=open_root / "logs" / f"{attempt_id}.log", workdir=open_root / "work" / attempt_id,
+        )  # fmt: skip
+        executor.start(spec)
+        event = exited(wait_for_exit(executor, attempt_id))
+        return event.reason, spec.log_path.read_text() if spec.log_path.exists() else ""
+
+    try:
+        assert run("path-both", f"{closed}:{reachable}:/usr/bin:/bin") == (None, "open\n")
+        reason, _ = run("path-closed-only", f"{closed}:/usr/bin:/bin")
+    finally:
+        executor.shutdown(grace_seconds=0.2)
+    assert reason == (
+        f'CannotStartContainerError: exec: "{closed}/kiln-tool": permission denied: the job runs as user nobody '
+        f"(uid 65534) and the directory {closed} (mode 0700, owner root) is closed to it; make that path reachable "
+        "for it (or install Kiln and the job's programs outside private directories such as /root), or pick another "
+        "user with job_user in kiln.toml"
+    )
