@@ -35,7 +35,7 @@ _PREPARE_SCRIPT = r"""
 import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x20000, 2, 4, 0x4000, 1 << 18
+CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x20000, 2, 4, 0x4000, 1 << 19
 OPEN_TREE_CLONE, O_CLOEXEC, AT_RECURSIVE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, 0o2000000, 0x8000, -100, 4
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # the same number on every architecture (generic table)
 
@@ -46,7 +46,9 @@ def check(result, what):
     return result
 
 check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+# Slave: what is mounted on the host later (shared mounts, systemd's default) still reaches jobs;
+# nothing mounted here reaches the host.
+check(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "make / a slave of the host's mounts")
 for directory, children in json.loads(sys.argv[1]):
     kept = []
     for child in children:

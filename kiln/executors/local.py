@@ -217,8 +217,7 @@ class LocalExecutor:
         self._users = job_users_or_refusal(settings)
         self._blocked: dict[tuple[str, int], str | None] = {}  # (program, uid) -> why it cannot run it
         self._nsenter = shutil.which("nsenter")  # the shell launcher's way into the jobs' mount namespace
-        self._mounts = JobMounts()
-        self._mounts_for: tuple[tuple[str, ...], tuple[JobUser, ...]] = ((), ())
+        self._mounts = self._retired_mounts = JobMounts()
         self._prepare_mounts()
         self._gpus = GpuAllocator(host_gpus(settings.gpus))
         logger.info("local executor: %s", "; ".join(self.describe()))
@@ -234,18 +233,18 @@ class LocalExecutor:
         self._gpus.reconfigure(host_gpus(settings.gpus))
 
     def _prepare_mounts(self) -> None:
-        """Show jobs the private directories Kiln's images need (job_mounts.py), once per set of
-        images and users: a new namespace only when either changed."""
+        """Show jobs the private directories Kiln's images need (job_mounts.py). Prepared anew each
+        time a server (re)connects, so that what was mounted on the host meanwhile reaches jobs
+        where the host's mounts do not propagate (private mounts)."""
         paths: tuple[str, ...] = ()
         users: tuple[JobUser, ...] = ()
         if isinstance(self._users, JobUsers) and not self._users.only_this_process_user:
             entrypoints = [entry[0] for entry in self._catalogue.entries().values() if entry]
             paths, users = tuple(paths_jobs_need(entrypoints)), tuple(self._users.allowed)
-        if (paths, users) == self._mounts_for:
-            return
-        self._mounts.close()
-        self._mounts = JobMounts.prepare(paths, users)
-        self._mounts_for = (paths, users)
+        # The one replaced stays open a generation more: the spawner thread may be handing its
+        # descriptor to a child right now.
+        self._retired_mounts.close()
+        self._retired_mounts, self._mounts = self._mounts, JobMounts.prepare(paths, users)
 
     @property
     def catalogue(self) -> ImageCatalogue:
@@ -377,6 +376,7 @@ class LocalExecutor:
         with self._lock:
             self._cgroups.close()
         self._mounts.close()
+        self._retired_mounts.close()
         if self.running():
             logger.warning("attempts still running at shutdown: %s", ", ".join(sorted(self.running())))
 

@@ -19,6 +19,7 @@ import pytest
 from kiln.config import Settings, jobs_run_as_server_user, load_settings
 from kiln.errors import ValidationError
 from kiln.executors.base import AttemptSpec
+from kiln.executors.images import ImageCatalogue
 from kiln.executors.job_environment import inherited_environment
 from kiln.executors.job_users import JobUser, JobUsers, UserRefused, blocked_on_the_way, lookup
 from kiln.executors.local import LocalExecutor
@@ -243,3 +244,41 @@ def test_a_program_the_job_user_cannot_reach_is_passed_over_in_path_or_named_in_
         "for it (or install Kiln and the job's programs outside private directories such as /root), or pick another "
         "user with job_user in kiln.toml"
     )
+
+
+@as_root
+@pytest.mark.parametrize("shell_launcher", [False, True], ids=["c-launcher", "shell-launcher"])
+def test_an_image_in_a_private_directory_runs_as_the_job_user_who_still_cannot_list_it(
+    open_root: Path, shell_launcher: bool
+) -> None:
+    """The jobs' mount namespace (job_mounts.py) shows a job user the entry an image needs inside a
+    directory closed to it, and nothing else there: as pyenv's Python under /root (0700) for the
+    render image. Both launchers enter it (setns in C, nsenter in the shell one)."""
+    closed = open_root / "private"
+    (closed / "tools").mkdir(parents=True)
+    (closed / "secret.txt").write_text("root's own\n")
+    tool = closed / "tools" / "kiln-tool"
+    tool.write_text(
+        '#!/bin/sh\necho "tool ran as $(id -u)"; ls "$1" 2>/dev/null && echo listed; cat "$1/secret.txt" || true\n'
+    )
+    tool.chmod(0o755)
+    closed.chmod(0o700)
+    catalogue = ImageCatalogue({"private/tool": [str(tool)]})
+    executor = LocalExecutor(Settings(data_dir=open_root / "data"), catalogue, shell_launcher=shell_launcher)
+    attempt_id = f"private-image-{next(_ids)}"
+    spec = AttemptSpec(
+        attempt_id=attempt_id, job_id=attempt_id, image="private/tool", command=[str(closed)], environment={},
+        vcpus=1.0, memory_mib=128, log_path=open_root / "logs" / f"{attempt_id}.log",
+        workdir=open_root / "work" / attempt_id,
+    )  # fmt: skip
+    try:
+        assert any("private directories shown to jobs" in line for line in executor.describe()), executor.describe()
+        executor.start(spec)
+        event = exited(wait_for_exit(executor, attempt_id))
+    finally:
+        executor.shutdown(grace_seconds=0.2)
+    log = spec.log_path.read_text()
+    assert event.exit_code == 0 and event.reason is None, (event, log)
+    assert log.startswith(f"tool ran as {lookup('nobody').uid}\n"), log
+    assert "listed" not in log and "root's own" not in log, log
+    assert sorted(os.listdir(closed)) == ["secret.txt", "tools"]  # the host's view is untouched
