@@ -344,7 +344,10 @@ def test_server_healthy_and_store_consistent_afterwards(target: Target) -> None:
         for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
             pages = batch.get_paginator("list_jobs").paginate(jobQueue=queue["jobQueueArn"], jobStatus=status)
             listed |= {job["jobId"] for page in pages for job in page["jobSummaryList"]}
-    assert set(target.names) & listed, "the fuzz world's jobs are listed"
+    # The world's queue, when fuzzed requests left it (they may disable and delete it, which takes
+    # its jobs along, as on AWS), still lists the world's jobs.
+    if any(queue["jobQueueArn"] in target.names for queue in queues):
+        assert set(target.names) & listed, "the fuzz world's jobs are listed"
     ids = sorted(listed)
     for start in range(0, len(ids), 100):
         described = batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]
