@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-# Exact AWS texts an executor reports (see shared/design/aws-batch-facts.md §2.3).
+# Exact AWS texts an executor reports, as DescribeJobs shows them on AWS (statusReason and
+# container.reason; https://docs.aws.amazon.com/batch/latest/userguide/job_states.html).
 ESSENTIAL_CONTAINER_EXITED = "Essential container in task exited"
 TASK_FAILED_TO_START = "Task failed to start"
 TIMEOUT_STATUS_REASON = "Job attempt duration exceeded timeout"

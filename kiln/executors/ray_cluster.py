@@ -7,7 +7,7 @@ ray_node.py) runs the attempt with the local executor's engine and limits. One m
 does everything else, on a short tick: starts placed attempts, pulls logs and events from the
 agents, and watches the nodes.
 
-Ray's own fault handling is not used (facts in shared/design/execution-facts.md): no task or
+Ray's own fault handling is not used (why: docs/ray.md, "Losing a node"): no task or
 actor retries, and node death is detected here - a node missing from `ray.nodes()`, or an agent
 that no longer answers - so every attempt on it fails at once with AWS's host-terminated reason
 and the scheduler retries it per its `retryStrategy`. A group no live node could ever hold fails
