@@ -101,16 +101,9 @@ def check_executor(settings: Settings) -> None:
     if settings.executor not in EXECUTORS:
         raise ValidationError(f"unknown executor {settings.executor!r}: use local, docker or ray")
     if settings.executor == "docker":
-        import docker
+        from kiln.executors.docker import answering_client
 
-        from kiln.executors.docker import DockerUnavailable, docker_url
-
-        url = docker_url(settings)
-        try:
-            with contextlib.closing(docker.DockerClient(base_url=url, version="auto", timeout=30)) as client:
-                client.ping()
-        except (docker.errors.DockerException, OSError) as exc:
-            raise DockerUnavailable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        answering_client(settings, timeout=30).close()
 
 
 def check_start(settings: Settings) -> None:

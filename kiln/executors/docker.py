@@ -145,6 +145,17 @@ class _Attempt:
         return self.timed_out or self.terminated or self.finishing
 
 
+def answering_client(settings: Settings, **options: Any) -> docker.DockerClient:
+    """A client of the daemon that answered a ping, or `DockerUnavailable` with what to do about it."""
+    url = docker_url(settings)
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", **options)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        raise DockerUnavailable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return client
+
+
 class DockerExecutor:
     """The `Executor` on a Docker daemon (local socket or any `DOCKER_HOST`)."""
 
@@ -175,13 +186,7 @@ class DockerExecutor:
     @classmethod
     def connect(cls, settings: Settings) -> DockerExecutor:
         """Connect to the daemon, or `DockerUnavailable` with what to do about it."""
-        url = docker_url(settings)
-        try:
-            client = docker.DockerClient(base_url=url, version="auto", max_pool_size=64, timeout=60)
-            client.ping()
-        except (docker.errors.DockerException, OSError) as exc:
-            raise DockerUnavailable(url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        return cls(settings, client)
+        return cls(settings, answering_client(settings, max_pool_size=64, timeout=60))
 
     # -- the Executor protocol ----------------------------------------------------------------
 
