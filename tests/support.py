@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import uvicorn
 
 TERMINAL = {"SUCCEEDED", "FAILED"}
 
@@ -49,3 +55,23 @@ def wait_for(batch: Any, job_id: str, statuses: set[str] = TERMINAL, timeout: fl
 
 def submit(batch: Any, queue: str, definition: str, **extra: Any) -> str:
     return str(batch.submit_job(jobName=unique("job"), jobQueue=queue, jobDefinition=definition, **extra)["jobId"])
+
+
+@contextmanager
+def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[uvicorn.Server]:
+    """`app` served by uvicorn on a free 127.0.0.1 port in a thread of this process (`options` go to
+    `uvicorn.Config`); its port is `server.servers[0].sockets[0].getsockname()[1]`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()

@@ -13,10 +13,9 @@ import http.client
 import json
 import resource
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import httpx
@@ -30,6 +29,7 @@ from starlette.routing import Route
 from kiln.api.http_server import MAX_OPEN_CONNECTIONS, ConnectionLimits, http_protocol
 from kiln.server import MAX_REQUEST_HEAD_BYTES
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.support import uvicorn_in_thread
 
 HEAD_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
@@ -265,24 +265,9 @@ def test_an_idle_flood_cannot_take_the_servers_file_descriptors(tmp_path: Path) 
 # ------------------------------------------------------------------------------ responses
 
 
-@contextmanager
-def uvicorn_serving(app: Starlette, limits: ConnectionLimits) -> Iterator[uvicorn.Server]:
+def uvicorn_serving(app: Starlette, limits: ConnectionLimits) -> AbstractContextManager[uvicorn.Server]:
     """The same protocol in a uvicorn in this process, for a limit `kiln server` has no setting for."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=http_protocol(limits), ws="none", log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
+    return uvicorn_in_thread(app, http=http_protocol(limits), ws="none")
 
 
 def test_a_client_that_reads_none_of_its_response_is_dropped() -> None:

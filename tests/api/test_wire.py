@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +15,6 @@ from typing import Any
 
 import boto3
 import pytest
-import uvicorn
 from botocore.config import Config
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,6 +24,7 @@ from starlette.routing import Route
 from kiln.api.app import SUBMIT_JOB_MAX_BYTES, create_app
 from kiln.api.errors import error_response
 from kiln.errors import ClientError, KilnError, NotFoundError, ValidationError
+from tests.support import uvicorn_in_thread
 
 with warnings.catch_warnings():  # Starlette prefers httpx2, which the lock file does not carry
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -235,22 +232,8 @@ def test_routes_that_map_errors_themselves_keep_one_request_id(service: Recordin
 @contextmanager
 def running_server(app: Starlette) -> Iterator[str]:
     """uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with uvicorn_in_thread(app) as server:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def batch_client(endpoint_url: str) -> Any:
