@@ -91,6 +91,10 @@ class Settings:
     # `containerProperties.user` may name (root only when listed here).
     job_user: str | None = None
     allowed_job_users: tuple[str, ...] = ()
+    # The uids attempts borrow, one each while they run ("FIRST-LAST" or "none"), so that no job can
+    # read or signal another's processes. None: "2000000000-2000065535" when `job_user` is not set
+    # and the server runs as root, else "none" (kiln/executors/job_users.py).
+    job_uids: str | None = None
     # Names of the server's environment variables that attempts inherit, beside Kiln's own short list
     # (kiln/executors/job_environment.py).
     job_environment: tuple[str, ...] = ()
@@ -163,7 +167,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if settings.executor == "local":  # Ray nodes resolve users themselves; Docker has its own
         from kiln.executors.job_users import JobUsers
 
-        JobUsers(settings.job_user, settings.allowed_job_users)  # an unknown user refuses the start now
+        JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)  # refuses bad ones now
     return settings
 
 
@@ -200,7 +204,7 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "ray_address": str,
     "gpus": int,
     "allowed_hosts": list, "request_head_timeout_seconds": _NUMBER, "request_body_timeout_seconds": _NUMBER,
-    "job_user": str, "allowed_job_users": list, "job_environment": list, "work_root": str,
+    "job_user": str, "allowed_job_users": list, "job_uids": str, "job_environment": list, "work_root": str,
 }  # fmt: skip
 
 

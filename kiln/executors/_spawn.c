@@ -137,7 +137,7 @@ static int become(const struct identity *who) {
 
 /* The child: only system calls from here on; never returns. */
 static void child(const char *path, char *const argv[], char *const envp[], const char *cwd, const char *log,
-                  char *const procs[], const struct identity *who, int mount_ns, struct failure *failed) {
+                  char *const procs[], const struct identity *who, int mount_ns, int job_umask, struct failure *failed) {
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -173,6 +173,7 @@ static void child(const char *path, char *const argv[], char *const envp[], cons
         failed->step = STEP_NAMESPACE;
         _exit(127);
     }
+    if (job_umask >= 0) umask((mode_t)job_umask); /* this child's own: vfork shares memory, not the fs context */
     if (chdir(cwd) < 0) {
         failed->error = errno;
         failed->step = STEP_CWD;
@@ -221,21 +222,21 @@ static PyObject *raise_failure(const struct failure *failed, PyObject *procs_seq
 }
 
 PyDoc_STRVAR(spawn_doc,
-             "spawn(path, argv, envp, cwd, log, procs, uid=-1, gid=-1, groups=(), mount_ns=-1) -> pid\n\n"
+             "spawn(path, argv, envp, cwd, log, procs, uid=-1, gid=-1, groups=(), mount_ns=-1, umask=-1) -> pid\n\n"
              "Start `path` with `argv` and `envp` (lists of bytes) in its own session, inside every\n"
              "cgroup whose procs file is listed in `procs`, in directory `cwd`, stdin /dev/null,\n"
              "stdout and stderr appended to `log` (created 0600), as user `uid`, group `gid` and\n"
              "supplementary `groups` (uid -1: the caller's own), in the mount namespace of the\n"
-             "descriptor `mount_ns` (-1: the caller's). Raises OSError (with the file\n"
+             "descriptor `mount_ns` (-1: the caller's), with `umask` (-1: the caller's). Raises OSError (with the file\n"
              "at fault) when any step fails; nothing is left running then.");
 
 static PyObject *spawn(PyObject *Py_UNUSED(module), PyObject *args) {
     const char *path, *cwd, *log;
     PyObject *argv_seq, *envp_seq, *procs_seq, *groups_seq = NULL;
     long uid = -1, gid = -1;
-    int mount_ns = -1;
-    if (!PyArg_ParseTuple(args, "yOOyyO|llOi:spawn", &path, &argv_seq, &envp_seq, &cwd, &log, &procs_seq, &uid, &gid,
-                          &groups_seq, &mount_ns))
+    int mount_ns = -1, job_umask = -1;
+    if (!PyArg_ParseTuple(args, "yOOyyO|llOii:spawn", &path, &argv_seq, &envp_seq, &cwd, &log, &procs_seq, &uid, &gid,
+                          &groups_seq, &mount_ns, &job_umask))
         return NULL;
     struct identity who = {uid >= 0, (uid_t)uid, (gid_t)gid, 0, NULL};
     if (who.switch_user && (gid < 0 || uid > (long)(uid_t)-2 || gid > (long)(gid_t)-2)) {
@@ -271,7 +272,7 @@ static PyObject *spawn(PyObject *Py_UNUSED(module), PyObject *args) {
     /* No signal handler may run in the child: it would run on the parent's memory. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = vfork();
-    if (pid == 0) child(path, argv, envp, cwd, log, procs, &who, mount_ns, &failed);
+    if (pid == 0) child(path, argv, envp, cwd, log, procs, &who, mount_ns, job_umask, &failed);
     spawn_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS

@@ -1,11 +1,20 @@
-"""Who an attempt runs as on this host: decided once per user name, never per attempt.
+"""Who an attempt runs as on this host: names resolved once per configuration, never per attempt.
 
 A job must not reach the control plane (the data dir's access keys and database, the supervisor's
 socket, other jobs' logs), as an AWS container never sees Batch's own state. A server running as
-root therefore starts attempts as an unprivileged user (`job_user`, default `nobody`); a job
-definition's `containerProperties.user` picks another one only when it is `job_user` or listed in
+root therefore starts attempts as an unprivileged user; a job definition's
+`containerProperties.user` picks another one only when it is `job_user` or listed in
 `allowed_job_users` (root only when listed), and must exist, as Docker requires (with Docker's
 words when it does not). A server that is not root can start jobs only as itself.
+
+Nor may one job reach another while both run: the kernel lets a process read a process of its own
+uid (`/proc/<pid>/environ` with its role credentials, `/proc/<pid>/cwd` into its workdir) and signal
+it. So when no `job_user` is named, each attempt of a root server borrows a uid of its own from
+`job_uids` (by default 2,000,000,000 onwards, outside the ranges distributions and /etc/subuid hand
+out), with `nobody`'s group: jobs still share files through that group (umask 002, so one render
+child writes into the frames folder another made), never processes or workdirs. A uid goes back
+to the pool when its attempt has no process left (cgroups say so) and the lowest free one is lent
+next, so the numbers in use stay few and each keeps its spare workdirs (workdirs.py).
 
 Names become numbers (uid, gid, groups, home) here, once: the launcher then makes plain system calls
 with numbers, and an array's thousands of children do not each read /etc/passwd.
@@ -14,15 +23,20 @@ with numbers, and an array's thousands of children do not each read /etc/passwd.
 from __future__ import annotations
 
 import grp
+import heapq
 import os
 import pwd
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kiln.errors import KilnError, ValidationError
 
 DEFAULT_ROOT_JOB_USER = "nobody"
+DEFAULT_JOB_UIDS = "2000000000-2000065535"
+NO_JOB_UIDS = "none"
+# Attempts that borrow a uid share files with each other through their group, as `nobody` did.
+SHARED_GROUP_UMASK = 0o002
 CANNOT_START_PREFIX = "CannotStartContainerError"
 DAEMON_PREFIX = "Error response from daemon: "
 
@@ -36,6 +50,9 @@ class JobUser:
     gid: int
     groups: tuple[int, ...]
     home: str | None
+    # Each attempt borrows a uid of its own (`UidPool`); `uid` is then the pool's first, which
+    # stands for every borrowed one in mode-bit checks (they own nothing outside their workdirs).
+    borrows_uid: bool = False
 
     @property
     def is_root(self) -> bool:
@@ -43,7 +60,16 @@ class JobUser:
 
     def differs_from_this_process(self) -> bool:
         """Starting a job as this user needs a switch (setuid) in the launcher."""
-        return self.uid != os.geteuid() or self.gid != os.getegid()
+        return self.borrows_uid or self.uid != os.geteuid() or self.gid != os.getegid()
+
+    def borrowing(self, uid: int) -> JobUser:
+        """This identity with a borrowed `uid` (its name is the number: no passwd entry has it)."""
+        return replace(self, name=str(uid), uid=uid)
+
+    @property
+    def umask(self) -> int | None:
+        """The umask the launcher gives the job (None: the supervisor's own, inherited)."""
+        return SHARED_GROUP_UMASK if self.borrows_uid else None
 
 
 class UserRefused(KilnError):
@@ -91,21 +117,40 @@ class JobUsers:
     user added to the host later is found without a restart).
     """
 
-    def __init__(self, job_user: str | None = None, allowed: Sequence[str] = (), *, euid: int | None = None) -> None:
+    def __init__(
+        self,
+        job_user: str | None = None,
+        allowed: Sequence[str] = (),
+        *,
+        job_uids: str | None = None,
+        euid: int | None = None,
+    ) -> None:
         self._euid = os.geteuid() if euid is None else euid
         name = job_user or (DEFAULT_ROOT_JOB_USER if self._euid == 0 else str(self._euid))
         try:
-            self.default = lookup(name)
+            named = lookup(name)
         except UserRefused:
             raise ValidationError(f"job_user {name!r}: no such user on this host") from None
-        if self._euid != 0 and self.default.uid != self._euid:
+        if self._euid != 0 and named.uid != self._euid:
             raise ValidationError(
                 f"job_user {name!r}: the server runs as uid {self._euid} and can start jobs only as itself "
                 "(run it as root to start jobs as another user)"
             )
-        self._allowed_uids = {self.default.uid}
-        self._allowed_names = [self.default.name]
-        self.allowed = [self.default]
+        # Borrowed uids: by default when no job_user is named, or when job_uids names a range.
+        spec = job_uids if job_uids is not None else (NO_JOB_UIDS if job_user else DEFAULT_JOB_UIDS)
+        span = parse_uid_range(spec)
+        if span is not None and job_uids is not None and self._euid != 0:
+            raise ValidationError(
+                f"job_uids {job_uids!r}: the server runs as uid {self._euid} and cannot lend uids to jobs "
+                "(run it as root, or remove job_uids)"
+            )
+        self.uids = span if self._euid == 0 and not named.is_root else None
+        self.default = named
+        if self.uids is not None:
+            self.default = JobUser(str(self.uids[0]), self.uids[0], named.gid, (named.gid,), None, borrows_uid=True)
+        self._allowed_uids = {named.uid}
+        self._allowed_names = [named.name]
+        self.allowed = list(dict.fromkeys([self.default, named]))
         for other in allowed:
             try:
                 user = lookup(other)
@@ -117,9 +162,16 @@ class JobUsers:
         self._known: dict[str, JobUser] = {}
 
     @property
+    def described(self) -> str:
+        """Who jobs without a `user` run as, in words (logs, errors)."""
+        if self.uids is None:
+            return f"{self.default.name} (uid {self.default.uid})"
+        return f"a uid of their own from {self.uids[0]}-{self.uids[1]} (group {self.default.gid})"
+
+    @property
     def only_this_process_user(self) -> bool:
         """Every job runs as the server's own user (nothing to switch, nothing to hide by modes)."""
-        return self._allowed_uids == {self._euid}
+        return self.uids is None and self._allowed_uids == {self._euid}
 
     def resolve(self, requested: str | None) -> JobUser:
         """The user an attempt runs as: the default, or the definition's `user` when allowed."""
@@ -140,6 +192,76 @@ class JobUsers:
             )
         self._known[requested] = user
         return user
+
+
+def parse_uid_range(spec: str) -> tuple[int, int] | None:
+    """`job_uids`: "FIRST-LAST" (inclusive), or "none" (every job runs as `job_user`)."""
+    if spec.strip().lower() == NO_JOB_UIDS:
+        return None
+    first, dash, last = spec.partition("-")
+    try:
+        span = (int(first), int(last)) if dash else (-1, -1)
+    except ValueError:
+        span = (-1, -1)
+    if not 1000 <= span[0] <= span[1] < 2**31 - 1:
+        raise ValidationError(
+            f"job_uids {spec!r} must be FIRST-LAST with 1000 <= FIRST <= LAST < 2147483647 "
+            f'(the uids attempts borrow, e.g. "{DEFAULT_JOB_UIDS}"), or "{NO_JOB_UIDS}"'
+        )
+    taken = next((entry for entry in pwd.getpwall() if span[0] <= entry.pw_uid <= span[1]), None)
+    if taken is not None:
+        raise ValidationError(
+            f"job_uids {spec!r} holds uid {taken.pw_uid} of user {taken.pw_name}: attempts would run as that "
+            "user and could reach its files; pick a range no user of this host has"
+        )
+    return span
+
+
+class UidPool:
+    """The uids lent to running attempts: the lowest free one first, back when the attempt is over.
+
+    Not thread-safe: the local executor calls it under its lock.
+    """
+
+    def __init__(self, span: tuple[int, int] | None, lent: dict[str, int] | None = None) -> None:
+        self.span = span
+        self.lent: dict[str, int] = dict(lent or {})
+        self._returned: list[int] = []
+        self._next = span[0] if span else 0
+
+    def resized(self, span: tuple[int, int] | None) -> UidPool:
+        """A pool over `span` that keeps what is lent now (a reconnecting server may change job_uids)."""
+        return self if span == self.span else UidPool(span, self.lent)
+
+    def lend(self, attempt_id: str, user: JobUser) -> JobUser:
+        """`user` itself, or `user` with a uid of the attempt's own when it borrows one."""
+        if not user.borrows_uid:
+            return user
+        in_use = set(self.lent.values())
+        uid = None
+        while self._returned and uid is None:
+            candidate = heapq.heappop(self._returned)
+            uid = candidate if self._fits(candidate) and candidate not in in_use else None
+        while uid is None and self.span is not None and self._next <= self.span[1]:
+            uid = self._next if self._next not in in_use else None
+            self._next += 1
+        if uid is None:
+            span = "off" if self.span is None else f"{self.span[0]}-{self.span[1]}"
+            raise UserRefused(
+                f"{CANNOT_START_PREFIX}: every uid of job_uids ({span}) is lent to a running attempt; "
+                "widen job_uids in kiln.toml"
+            )
+        self.lent[attempt_id] = uid
+        return user.borrowing(uid)
+
+    def give_back(self, attempt_id: str) -> None:
+        """The attempt has no process left: its uid may be lent again."""
+        uid = self.lent.pop(attempt_id, None)
+        if uid is not None and self._fits(uid):
+            heapq.heappush(self._returned, uid)
+
+    def _fits(self, uid: int) -> bool:
+        return self.span is not None and self.span[0] <= uid <= self.span[1]
 
 
 def blocked_on_the_way(

@@ -19,10 +19,11 @@ enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the gr
 exit is reported only once no process of it is left - like a container, whose other processes die
 with its essential one - and the listener (the scheduler) is woken at once.
 
-A job runs as its user (job_users.py: `nobody` by default under a root supervisor), in a workdir it
-owns, with the short inherited environment of job_environment.py: it cannot read or write the data
-dir, the supervisor's socket or other jobs' logs. The launcher switches user last, after joining
-the cgroups and opening the log, which need the supervisor's rights.
+A job runs as its user (job_users.py: by default under a root supervisor, a uid of its own lent for
+the attempt, so that no job reads or signals another's processes), in a workdir it owns, with the
+short inherited environment of job_environment.py: it cannot read or write the data dir, the
+supervisor's socket or other jobs' logs. The launcher switches user last, after joining the cgroups
+and opening the log, which need the supervisor's rights.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from .gpu_devices import GpuAllocator, NotEnoughGpus, host_gpus
 from .images import ImageCatalogue, ImageNotFound
 from .job_environment import identity_environment, inherited_environment
 from .job_mounts import JobMounts, paths_jobs_need
-from .job_users import JobUser, JobUsers, UserRefused, blocked_on_the_way
+from .job_users import JobUser, JobUsers, UidPool, UserRefused, blocked_on_the_way
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 from .workdirs import WorkdirPool
 
@@ -215,6 +216,7 @@ class LocalExecutor:
         self._setpriv = shutil.which("setpriv")  # the shell launcher's way to switch user
         self._base_environment = inherited_environment(os.environ, settings.job_environment)
         self._users = job_users_or_refusal(settings)
+        self._uids = UidPool(self._users.uids if isinstance(self._users, JobUsers) else None)
         self._blocked: dict[tuple[str, int], str | None] = {}  # (program, uid) -> why it cannot run it
         self._nsenter = shutil.which("nsenter")  # the shell launcher's way into the jobs' mount namespace
         self._mounts = self._retired_mounts = JobMounts()
@@ -228,6 +230,9 @@ class LocalExecutor:
         the environment of the server that placed them)."""
         self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
         self._users = job_users_or_refusal(settings)
+        if isinstance(self._users, JobUsers):
+            with self._lock:
+                self._uids = self._uids.resized(self._users.uids)
         self._blocked.clear()
         self._prepare_mounts()
         self._gpus.reconfigure(host_gpus(settings.gpus))
@@ -263,7 +268,7 @@ class LocalExecutor:
         launcher = "C launcher (vfork, no shell)" if self._native else "/bin/sh wrapper (C launcher not built)"
         lines = [f"{what}: {how}" for what, how in self.mechanisms().items()] + [f"start: {launcher}"]
         if isinstance(self._users, JobUsers):
-            lines.append(f"jobs run as: {self._users.default.name} (uid {self._users.default.uid})")
+            lines.append(f"jobs run as: {self._users.described}")
         if self._mounts.note:
             lines.append(self._mounts.note)
         return lines + list(self._support.notes) + [self._gpus.inventory.note]
@@ -408,6 +413,9 @@ class LocalExecutor:
         except OSError as exc:
             self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {exc}")
             return
+        except UserRefused as exc:  # no uid left to lend
+            self._failed_to_start(spec, exc.message)
+            return
         with self._lock:
             stopped = self._starting.pop(spec.attempt_id, None)
             self._attempts[spec.attempt_id] = attempt
@@ -422,6 +430,7 @@ class LocalExecutor:
         self._gpus.release(spec.attempt_id)
         self._workdirs.release(spec.workdir)
         with self._lock:
+            self._uids.give_back(spec.attempt_id)
             self._starting.pop(spec.attempt_id, None)
         self._not_started(spec, reason)
 
@@ -446,6 +455,8 @@ class LocalExecutor:
     def _spawn(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> _Attempt:
         """Create the workdir, log and cgroups, then the process; cleans up after itself on error."""
         program = self._find_program(argv[0], spec.environment.get("PATH", self._base_environment.get("PATH")), user)
+        with self._lock:
+            user = self._uids.lend(spec.attempt_id, user)  # back in _finish or _failed_to_start
         self._make_dirs(spec, user)
         with self._lock:
             cgroups = self._cgroups.acquire(
@@ -508,7 +519,7 @@ class LocalExecutor:
         operator (root)."""
         blocked = self._blocked_for(program, user)
         raise ProgramUnreachable(
-            f'exec: "{program}": permission denied: the job runs as user {user.name} (uid {user.uid}) '
+            f'exec: "{program}": permission denied: the job runs as {who_runs(user)} '
             f"and the {blocked}; make that path reachable for it (or install Kiln and the job's "
             "programs outside private directories such as /root), or pick another user with "
             "job_user in kiln.toml"
@@ -545,12 +556,13 @@ class LocalExecutor:
         }
         switch = user.differs_from_this_process()
         mount_ns = self._mounts.fd if switch and self._mounts.fd is not None else -1
+        umask = -1 if user.umask is None else user.umask
         if self._native is None:
             if switch:
                 argv = self._setpriv_prefix(user) + argv
             if mount_ns >= 0:
                 argv = self._nsenter_prefix(mount_ns, spec.workdir) + argv
-            return self._posix_spawn(spec, env, wrapped_command(spec.workdir, procs, argv))
+            return self._posix_spawn(spec, env, wrapped_command(spec.workdir, procs, argv, user.umask))
         identity = (user.uid, user.gid, user.groups) if switch else (-1, -1, ())
         pid = self._native.spawn(
             os.fsencode(program),
@@ -561,6 +573,7 @@ class LocalExecutor:
             [os.fsencode(path) for path in procs],
             *identity,
             mount_ns,
+            umask,
         )
         return SpawnedProcess(pid)
 
@@ -578,7 +591,7 @@ class LocalExecutor:
         """`setpriv` switches user in the shell launcher (util-linux; the C launcher needs none)."""
         if self._setpriv is None:
             raise FileNotFoundError(
-                f"cannot start the job as user {user.name}: the shell launcher needs setpriv (util-linux), "
+                f"cannot start the job as {who_runs(user)}: the shell launcher needs setpriv (util-linux), "
                 "which is not installed, and the C launcher was not built"
             )
         groups = ["--groups", ",".join(map(str, user.groups))] if user.groups else ["--clear-groups"]
@@ -720,6 +733,7 @@ class LocalExecutor:
         self._workdirs.release(attempt.spec.workdir)
         self._gpus.release(attempt.spec.attempt_id)  # before the exit is reported: the place is free
         with self._lock:
+            self._uids.give_back(attempt.spec.attempt_id)  # no process of it is left to use the uid
             if attempt.pidfd is not None and self._by_pidfd.pop(attempt.pidfd, None) is not None:
                 self._epoll.unregister(attempt.pidfd)
                 os.close(attempt.pidfd)
@@ -731,7 +745,7 @@ def job_users_or_refusal(settings: Settings) -> JobUsers | UserRefused:
     """The job-user policy, or why no job can start (a supervisor begins with default settings
     until its server says hello; a host without `nobody` must not end it)."""
     try:
-        return JobUsers(settings.job_user, settings.allowed_job_users)
+        return JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)
     except ValidationError as exc:
         return UserRefused(f"{CANNOT_START_PREFIX}: {exc.message}")
 
@@ -749,6 +763,14 @@ def close_inherited_descriptors_on_exec() -> None:
                 os.set_inheritable(descriptor, False)
 
 
-def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str]) -> list[str]:
-    """`argv` behind the shell wrapper that enters the workdir and joins the cgroups."""
-    return ["/bin/sh", "-c", WRAPPER_SCRIPT, "kiln-attempt", str(workdir), *map(str, procs_files), "--", *argv]
+def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str], umask: int | None = None) -> list[str]:
+    """`argv` behind the shell wrapper that enters the workdir, joins the cgroups and sets `umask`."""
+    script = WRAPPER_SCRIPT if umask is None else f"umask {umask:03o}; {WRAPPER_SCRIPT}"
+    return ["/bin/sh", "-c", script, "kiln-attempt", str(workdir), *map(str, procs_files), "--", *argv]
+
+
+def who_runs(user: JobUser) -> str:
+    """The job's user in an error message."""
+    if user.borrows_uid:
+        return f"uid {user.uid} (lent from job_uids, group {user.gid})"
+    return f"user {user.name} (uid {user.uid})"

@@ -49,7 +49,7 @@ def prepare_for_jobs(settings: Settings, catalogue: ImageCatalogue) -> None:
     """Check the job users (an unknown one refuses the start), make the workdirs' root, and warn
     when the default job user cannot run an image's program even with the private directories the
     supervisor shows jobs (job_mounts.py; a server not running as root can show none)."""
-    users = JobUsers(settings.job_user, settings.allowed_job_users)
+    users = JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)
     prepare_work_root(settings.work_dir, shared=not users.only_this_process_user)
     user = users.default
     entries = {image: entry for image, entry in sorted(catalogue.entries().items()) if entry}
@@ -59,10 +59,10 @@ def prepare_for_jobs(settings: Settings, catalogue: ImageCatalogue) -> None:
             blocked = blocked_on_the_way(path, user, lambda directory, child: child in shown.get(directory, ()))
             if blocked is not None:
                 log.warning(
-                    "jobs run as %s (uid %d), which cannot use %s (needed by image %s): the %s. Attempts of "
+                    "jobs run as %s, which cannot use %s (needed by image %s): the %s. Attempts of "
                     "that image will fail to start. Install it outside private directories (e.g. a venv "
                     "under /opt), make the path reachable for that user, or set job_user in kiln.toml.",
-                    user.name, user.uid, path, image, blocked,
+                    users.described, path, image, blocked,
                 )  # fmt: skip
                 break
 
@@ -162,6 +162,7 @@ class SupervisedExecutor:
             "gpus": self._settings.gpus,
             "job_user": self._settings.job_user,
             "allowed_job_users": list(self._settings.allowed_job_users),
+            "job_uids": self._settings.job_uids,
         }))  # fmt: skip
         sock.settimeout(REPLY_SECONDS)
         pending: list[dict[str, Any]] = []

@@ -181,6 +181,7 @@ class Supervisor:
             gpus=message.get("gpus"),
             job_user=message.get("job_user"),
             allowed_job_users=tuple(message.get("allowed_job_users", ())),
+            job_uids=message.get("job_uids"),
         )
         catalogue = ImageCatalogue(message["images"])
         for name in message["built_in_images"]:

@@ -24,7 +24,7 @@ import boto3
 import pytest
 
 from kiln.config import shared_work_root
-from kiln.executors.job_users import blocked_on_the_way, lookup
+from kiln.executors.job_users import DEFAULT_JOB_UIDS, blocked_on_the_way, lookup
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.support import make_queue, submit, unique, wait_for
 
@@ -37,6 +37,7 @@ OPERATOR_AWS_SECRET = "operator-aws-secret-abcdef"
 OTHER_USER = "daemon"  # exists on every Debian-like system; allowed below
 NOT_ALLOWED_USER = "bin"  # exists, not allowed
 MARKER = "kiln-isolation-marker"
+FIRST_LENT, LAST_LENT = map(int, DEFAULT_JOB_UIDS.split("-"))
 # What a job tries to append: computed by the job, so the stored command itself does not contain it.
 APPENDED, APPEND_COMMAND = "kiln-appended-by-a-job-42", "echo kiln-appended-by-a-job-$((6*7))"
 
@@ -117,13 +118,14 @@ def try_each(checks: dict[str, str]) -> str:
     )
 
 
-def test_a_job_runs_as_the_job_user_in_a_workdir_it_owns(isolated: Isolated) -> None:
-    job = isolated.run("echo \"uid=$(id -u) gid=$(id -g) dir=$(stat -c '%u %a' .) home=$HOME user=$USER\"")
+def test_a_job_runs_as_a_uid_lent_to_it_in_a_workdir_it_owns(isolated: Isolated) -> None:
+    job = isolated.run("echo \"$(id -u) gid=$(id -G) dir=$(stat -c '%u %a' .) home=$HOME user=$USER umask=$(umask)\"")
     assert job["status"] == "SUCCEEDED", job
-    nobody = pwd.getpwnam("nobody")
     workdir = shared_work_root(isolated.data_dir) / job["container"]["taskArn"].rsplit("/", 1)[-1]
-    home = nobody.pw_dir if os.path.isdir(nobody.pw_dir) else str(workdir)
-    expected = f"uid={nobody.pw_uid} gid={nobody.pw_gid} dir={nobody.pw_uid} 700 home={home} user=nobody\n"
+    uid = int(isolated.log(job).split()[0])
+    assert FIRST_LENT <= uid <= LAST_LENT, isolated.log(job)
+    group = pwd.getpwnam("nobody").pw_gid
+    expected = f"{uid} gid={group} dir={uid} 700 home={workdir} user={uid} umask=0002\n"
     assert isolated.log(job) == expected
 
 
@@ -175,9 +177,52 @@ def test_a_job_cannot_reach_the_supervisor_socket(isolated: Isolated) -> None:
     assert attempt_lines(isolated.log(job), "try ") == {"connect": "refused", "list executor dir": "refused"}
 
 
+def test_jobs_running_at_once_cannot_reach_each_others_processes_but_share_files(isolated: Isolated) -> None:
+    """Two jobs of the default user at once: each has a uid of its own, so the second can neither
+    read the first's environment (its role credentials), nor enter its workdir through /proc, nor
+    signal it; files they write for each other (a frames folder) are shared through their group."""
+    shared = isolated.data_dir.parent / unique("shared")
+    shared.mkdir()
+    shared.chmod(0o777)
+    holder = isolated.submit(
+        f"echo $$ > {shared}/pid.tmp; mv {shared}/pid.tmp {shared}/pid; mkdir {shared}/frames; "
+        f"echo {MARKER} > secret; echo first > {shared}/frames/0001; sleep 60",
+        jobRoleArn=ROLE,
+    )
+    try:
+        assert wait_for(isolated.batch, holder, {"RUNNING"})["status"] == "RUNNING"
+        deadline = time.monotonic() + 30
+        while not (shared / "frames" / "0001").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int((shared / "pid").read_text())
+        assert ROLE_SECRET.encode() in Path(f"/proc/{pid}/environ").read_bytes()  # it is there to be read
+        checks = {
+            "read environ": f"grep -q {ROLE_SECRET} /proc/{pid}/environ",
+            "enter cwd": f"cat /proc/{pid}/cwd/secret",
+            "signal": f"kill -0 {pid}",
+            "write shared frames": f"sh -c 'echo second > {shared}/frames/0002'",
+        }
+        prying = isolated.run('echo "uid $(id -u)"; ' + try_each(checks))
+        log = isolated.log(prying)
+        assert attempt_lines(log, "try ") == {
+            "read environ": "refused",
+            "enter cwd": "refused",
+            "signal": "refused",
+            "write shared frames": "done",
+        }, log
+        holder_uid = Path(f"/proc/{pid}").stat().st_uid
+        assert FIRST_LENT <= holder_uid <= LAST_LENT and log.startswith("uid ")
+        assert int(log.split()[1]) != holder_uid
+        assert (shared / "frames").stat().st_mode & 0o070 == 0o070  # umask 002: the group may write
+        assert (shared / "frames" / "0002").read_text() == "second\n"
+        assert isolated.batch.describe_jobs(jobs=[holder])["jobs"][0]["status"] == "RUNNING"
+    finally:
+        isolated.batch.terminate_job(jobId=holder, reason="test over")
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_a_job_cannot_list_the_workdirs_nor_read_another_users_workdir(isolated: Isolated) -> None:
-    """Jobs of one user are processes of one user (docs/security.md): a job that must be kept from
-    another's files runs as another user (`containerProperties.user`)."""
+    """A definition's `user` is that user, as in Docker: its workdir is its own."""
     holder = isolated.submit(f"echo {MARKER} > secret; echo ready; sleep 60", user=OTHER_USER)
     job = wait_for(isolated.batch, holder, {"RUNNING"})
     workdir = shared_work_root(isolated.data_dir) / job["container"]["taskArn"].rsplit("/", 1)[-1]
@@ -210,7 +255,7 @@ def test_a_job_inherits_none_of_the_servers_secrets(isolated: Isolated) -> None:
     assert "KILN_ROLE_SECRET" not in environment, "no role: no role credentials"
     assert SERVER_SECRET not in isolated.log(job) and OPERATOR_AWS_SECRET not in isolated.log(job)
     assert environment["PATH"] == os.environ["PATH"]  # what describes the host is inherited
-    assert environment["USER"] == environment["LOGNAME"] == "nobody"
+    assert FIRST_LENT <= int(environment["USER"]) <= LAST_LENT and environment["LOGNAME"] == environment["USER"]
 
 
 def test_a_jobs_role_hands_it_the_roles_variables_which_describe_jobs_never_shows(isolated: Isolated) -> None:
@@ -266,8 +311,9 @@ def test_the_render_image_runs_as_the_job_user(isolated: Isolated) -> None:
     all the same, and the job still cannot list /root."""
     nobody = lookup("nobody")
     output = isolated.data_dir.parent / unique("render")
-    output.mkdir(mode=0o700)
-    os.chown(output, nobody.uid, nobody.gid)
+    output.mkdir()
+    os.chown(output, 0, nobody.gid)
+    output.chmod(0o770)  # what docs/security.md says: the jobs' group may write
     scene = isolated.data_dir.parent / "scene.blend"
     if not scene.exists():
         written = subprocess.run([sys.executable, "-m", "kiln", "sample-scene", str(scene), "--frames", "1"],
@@ -282,7 +328,7 @@ def test_the_render_image_runs_as_the_job_user(isolated: Isolated) -> None:
     )  # fmt: skip
     job = wait_for(isolated.batch, submit(isolated.batch, isolated.queue, name), timeout=180)
     assert job["status"] == "SUCCEEDED", (job, isolated.log(job))
-    assert (output / "frames" / "0001.png").stat().st_uid == nobody.uid
+    assert FIRST_LENT <= (output / "frames" / "0001.png").stat().st_uid <= LAST_LENT
     hidden = blocked_on_the_way(sys.executable, nobody)
     if hidden is not None:  # the namespace opened the way, and no more of it
         closed = hidden.split()[1]

@@ -1,7 +1,8 @@
 """Who attempts run as: the policy (pure, against this host's passwd) and both real launchers.
 
-The launcher tests use the executor's defaults (as root: `nobody`), with a workdir and log under a
-folder others may pass through, as the server's work root is.
+The launcher tests use the executor's defaults (as root: a uid lent from `job_uids` for the attempt,
+with `nobody`'s group), with a workdir and log under a folder others may pass through, as the
+server's work root is.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from kiln.errors import ValidationError
 from kiln.executors.base import AttemptSpec
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.job_environment import inherited_environment
-from kiln.executors.job_users import JobUser, JobUsers, UserRefused, blocked_on_the_way, lookup
+from kiln.executors.job_users import (
+    DEFAULT_JOB_UIDS,
+    JobUser,
+    JobUsers,
+    UidPool,
+    UserRefused,
+    blocked_on_the_way,
+    lookup,
+    parse_uid_range,
+)
 from kiln.executors.local import LocalExecutor
 
 from .helpers import exited, wait_for_exit
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root starts jobs as another user")
 _ids = itertools.count()
+FIRST_LENT = int(DEFAULT_JOB_UIDS.split("-")[0])
 
 
 @pytest.fixture
@@ -60,10 +71,15 @@ def test_a_user_is_a_name_or_a_uid_with_an_optional_group() -> None:
 
 
 @as_root
-def test_root_runs_jobs_as_nobody_and_honours_only_allowed_users() -> None:
+def test_root_lends_each_job_a_uid_and_honours_only_allowed_users() -> None:
     users = JobUsers()
-    assert users.default.name == "nobody" and not users.only_this_process_user
-    assert users.resolve(None) == users.resolve("") == users.resolve("nobody") == users.default
+    nobody = lookup("nobody")
+    assert users.uids == (FIRST_LENT, FIRST_LENT + 65535) and not users.only_this_process_user
+    assert users.default == JobUser(str(FIRST_LENT), FIRST_LENT, nobody.gid, (nobody.gid,), None, borrows_uid=True)
+    assert users.resolve(None) == users.resolve("") == users.default
+    assert users.resolve("nobody") == nobody  # named, as Docker's `--user nobody`: the shared user itself
+    with pytest.raises(UserRefused, match=f"unable to find user {FIRST_LENT}"):  # a lent uid cannot be asked for
+        users.resolve(str(FIRST_LENT))
     with pytest.raises(UserRefused, match="user daemon is not allowed to run jobs on this Kiln server"):
         users.resolve("daemon")
     with pytest.raises(UserRefused, match="user root is not allowed"):
@@ -72,6 +88,57 @@ def test_root_runs_jobs_as_nobody_and_honours_only_allowed_users() -> None:
         users.resolve("0")
     allowing = JobUsers(None, ["daemon", "root"])
     assert allowing.resolve("daemon").name == "daemon" and allowing.resolve("0").name == "root"
+    # A named job_user is what jobs run as, unless job_uids asks for lent uids with its group.
+    assert JobUsers("nobody").default == nobody and JobUsers("nobody").uids is None
+    assert JobUsers(job_uids="none").default == nobody
+    daemon = lookup("daemon")
+    lending = JobUsers("daemon", job_uids="3000000-3000009")
+    assert (lending.uids, lending.default.gid, lending.default.borrows_uid) == ((3000000, 3000009), daemon.gid, True)
+    assert JobUsers("root", job_uids="3000000-3000009").uids is None  # root asked for: nothing to lend
+
+
+def test_uids_are_lent_lowest_first_and_come_back() -> None:
+    template = JobUser("3000000", 3000000, 65534, (65534,), None, borrows_uid=True)
+    pool = UidPool((3000000, 3000002))
+    lent = [pool.lend(f"a{n}", template) for n in range(3)]
+    assert [user.uid for user in lent] == [3000000, 3000001, 3000002]
+    assert lent[1] == JobUser("3000001", 3000001, 65534, (65534,), None, borrows_uid=True)
+    with pytest.raises(UserRefused) as exhausted:
+        pool.lend("a3", template)
+    assert exhausted.value.message == (
+        "CannotStartContainerError: every uid of job_uids (3000000-3000002) is lent to a running attempt; "
+        "widen job_uids in kiln.toml"
+    )
+    pool.give_back("a2")
+    pool.give_back("a0")
+    pool.give_back("a0")  # twice is once
+    assert [pool.lend(name, template).uid for name in ("b0", "b1")] == [3000000, 3000002]
+    named = JobUser("nobody", 65534, 65534, (65534,), None)
+    assert pool.lend("c", named) is named and "c" not in pool.lent  # a named user is never lent a uid
+    # A server reconnecting with another range: what is lent stays lent, and is never lent twice.
+    wider = pool.resized((3000001, 3000004))
+    assert wider.lent == {"a1": 3000001, "b0": 3000000, "b1": 3000002}
+    assert [wider.lend(name, template).uid for name in ("d0", "d1")] == [3000003, 3000004]
+    wider.give_back("b0")  # outside the new range: not lent again
+    with pytest.raises(UserRefused):
+        wider.lend("d2", template)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("2000000000", "must be FIRST-LAST"),
+        ("ten-twenty", "must be FIRST-LAST"),
+        ("20-10", "must be FIRST-LAST with 1000 <= FIRST <= LAST"),
+        ("5-10", "must be FIRST-LAST with 1000 <= FIRST"),
+        ("2000000000-2147483647", "LAST < 2147483647"),
+        ("65000-65534", "holds uid 65534 of user nobody"),
+    ],
+)
+def test_job_uids_must_be_a_range_no_user_has(spec: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_uid_range(spec)
+    assert parse_uid_range("none") is None and parse_uid_range(DEFAULT_JOB_UIDS) == (FIRST_LENT, FIRST_LENT + 65535)
 
 
 @as_root
@@ -87,6 +154,9 @@ def test_a_server_that_is_not_root_runs_jobs_as_itself_only() -> None:
         JobUsers("nobody", euid=1000 if os.geteuid() == 0 else os.geteuid())
     nobody = pwd.getpwnam("nobody").pw_uid
     assert JobUsers(None, euid=nobody).default.uid == nobody
+    assert JobUsers(None, euid=nobody).uids is None  # by default nothing is lent: it could not switch
+    with pytest.raises(ValidationError, match="cannot lend uids to jobs"):
+        JobUsers(None, job_uids="3000000-3000009", euid=nobody)
 
 
 def test_workdirs_leave_the_data_dir_only_when_jobs_run_as_another_user(tmp_path: Path) -> None:
@@ -142,8 +212,8 @@ def test_both_launchers_start_the_job_as_the_job_user_in_its_own_workdir(
     attempt_id = f"job-user-{next(_ids)}"
     spec = AttemptSpec(
         attempt_id=attempt_id, job_id=attempt_id, image="host",
-        command=["sh", "-c", 'echo "$(id -u):$(id -G) $(stat -c "%u %a" .) $HOME $USER ${KILN_TEST_SECRET:-none}"; '
-                 "ls /proc/self/fd | tr '\\n' ' '"],
+        command=["sh", "-c", 'echo "$(id -u):$(id -G) $(stat -c "%u %a" .) $HOME $USER ${KILN_TEST_SECRET:-none} '
+                 '$(umask)"; ls /proc/self/fd | tr \'\\n\' \' \''],
         environment={}, vcpus=1.0, memory_mib=128,
         log_path=open_root / "data" / "logs" / f"{attempt_id}.log", workdir=open_root / "work" / attempt_id,
     )  # fmt: skip
@@ -153,10 +223,8 @@ def test_both_launchers_start_the_job_as_the_job_user_in_its_own_workdir(
     finally:
         executor.shutdown(grace_seconds=0.2)
     assert event.exit_code == 0, spec.log_path.read_text()
-    nobody = lookup("nobody")
-    home = nobody.home or str(spec.workdir)
-    groups = " ".join(map(str, nobody.groups))
-    expected = f"{nobody.uid}:{groups} {nobody.uid} 700 {home} nobody none\n0 1 2 3 "
+    group = lookup("nobody").gid
+    expected = f"{FIRST_LENT}:{group} {FIRST_LENT} 700 {spec.workdir} {FIRST_LENT} none 0002\n0 1 2 3 "
     assert spec.log_path.read_text() == expected
     assert spec.log_path.stat().st_uid == 0 and (spec.log_path.parent.stat().st_mode & 0o777) == 0o700
 
@@ -239,8 +307,8 @@ def test_a_program_the_job_user_cannot_reach_is_passed_over_in_path_or_named_in_
     finally:
         executor.shutdown(grace_seconds=0.2)
     assert reason == (
-        f'CannotStartContainerError: exec: "{closed}/kiln-tool": permission denied: the job runs as user nobody '
-        f"(uid 65534) and the directory {closed} (mode 0700, owner root) is closed to it; make that path reachable "
+        f'CannotStartContainerError: exec: "{closed}/kiln-tool": permission denied: the job runs as uid {FIRST_LENT} '
+        f"(lent from job_uids, group 65534) and the directory {closed} (mode 0700, owner root) is closed to it; make that path reachable "
         "for it (or install Kiln and the job's programs outside private directories such as /root), or pick another "
         "user with job_user in kiln.toml"
     )
@@ -279,6 +347,6 @@ def test_an_image_in_a_private_directory_runs_as_the_job_user_who_still_cannot_l
         executor.shutdown(grace_seconds=0.2)
     log = spec.log_path.read_text()
     assert event.exit_code == 0 and event.reason is None, (event, log)
-    assert log.startswith(f"tool ran as {lookup('nobody').uid}\n"), log
+    assert log.startswith(f"tool ran as {FIRST_LENT}\n"), log
     assert "listed" not in log and "root's own" not in log, log
     assert sorted(os.listdir(closed)) == ["secret.txt", "tools"]  # the host's view is untouched
