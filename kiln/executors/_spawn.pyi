@@ -13,5 +13,6 @@ def spawn(
     gid: int = -1,
     groups: Sequence[int] = (),
     mount_ns: int = -1,
+    umask: int = -1,
     /,
 ) -> int: ...
