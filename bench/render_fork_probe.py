@@ -62,7 +62,7 @@ def main() -> None:
 
     from kiln.render import cli, render_frames  # noqa: F401
     from kiln.render.blender_fork import BlenderThreadPools
-    from kiln.render.zygote import warm_up
+    from kiln.render.zygote.daemon import warm_up
 
     print(f"parent: import {time.monotonic() - started:.2f} s, {len(os.listdir('/proc/self/task'))} threads")
     started = time.monotonic()

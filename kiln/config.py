@@ -112,6 +112,10 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    def log_file(self, stream: str) -> Path:
+        """Where the attempt whose log stream is `stream` writes its output."""
+        return self.logs_dir / f"{stream}.log"
+
     @cached_property
     def work_dir(self) -> Path:
         """Attempts' workdirs: `<data_dir>/work` when every job runs as the server's own user.

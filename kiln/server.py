@@ -21,20 +21,19 @@ from kiln.api.front_door import FrontDoorMiddleware, HostNames
 from kiln.api.job_logs import log_routes
 from kiln.api.metrics import metrics_routes
 from kiln.api.sigv4 import SignatureVerifier, SigV4Middleware
-from kiln.batch import store_metrics
 from kiln.batch.dashboard import DashboardReads
-from kiln.batch.log_service import LogsService
-from kiln.batch.scheduler import Scheduler
 from kiln.batch.service import BatchService
 from kiln.config import Settings
+from kiln.engine import store_metrics
+from kiln.engine.scheduler import Scheduler
 from kiln.errors import ConflictError, ValidationError
 from kiln.executors.base import Executor, local_host_id
 from kiln.executors.docker import DockerExecutor
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.supervised import SupervisedExecutor
+from kiln.logs.service import LogsService
 from kiln.observability.metrics import ServerMetrics
 from kiln.private_files import PRIVATE_FILE_MODE, create_private_file, make_private_dir
-from kiln.render import image as render_image
 from kiln.store.database import Database
 from kiln.web.routes import dashboard_routes, open_routes
 from kiln.web.sessions import SessionStore
@@ -144,8 +143,7 @@ def make_executor(settings: Settings) -> Executor:
         return RayExecutor(settings)
     if settings.executor != "local":
         raise ValidationError(f"unknown executor {settings.executor!r}: use local, docker or ray")
-    catalogue = ImageCatalogue(settings.images)
-    catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's own render worker
+    catalogue = ImageCatalogue.from_settings(settings)
     return SupervisedExecutor(settings, catalogue, local_host_id())
 
 

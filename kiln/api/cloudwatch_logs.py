@@ -3,7 +3,7 @@
 The `logs` client POSTs to the endpoint's root with `X-Amz-Target: Logs_20140328.<Operation>`; the
 app hands such requests here (see `app.TargetRouter`). This module knows the wire only: the target,
 the body, botocore's `logs` model for validation and output shapes, and the service's error codes
-(`errors.LOGS`). Which events a stream holds is the domain's business (`kiln.batch.log_service`).
+(`errors.LOGS`). Which events a stream holds is the domain's business (`kiln.logs.service`).
 """
 
 from __future__ import annotations

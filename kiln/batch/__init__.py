@@ -1,1 +1,6 @@
-"""The domain: definitions, queues, environments, jobs, states, retries and scheduling."""
+"""The AWS Batch operations: job definitions, compute environments, queues, scheduling policies,
+tags and jobs (submit, describe, list, cancel, terminate), with AWS's validation and shapes.
+
+Each operation runs in one transaction (`kiln.context.Context`) and reports what happened to the
+engine (`kiln.engine`), which alone decides job states; `service` maps operation names to them.
+"""

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.batch.status import Status
 from kiln.config import Settings
+from kiln.engine.status import Status
 from kiln.errors import NotFoundError, ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository

@@ -6,13 +6,14 @@ import json
 import re
 from typing import Any
 
-from kiln.batch import fargate, multinode, pagination
-from kiln.batch.arns import parse_arn
-from kiln.batch.containers import check_container
-from kiln.batch.context import Context
+from kiln import pagination
+from kiln.arns import parse_arn
+from kiln.batch import fargate, multinode
 from kiln.batch.names import check_resource_name
-from kiln.batch.retry import check_retry_strategy
 from kiln.batch.tags import check_tags
+from kiln.context import Context
+from kiln.engine.containers import check_container
+from kiln.engine.retry import check_retry_strategy
 from kiln.errors import NotFoundError, ValidationError
 
 MAX_DESCRIBE = 100

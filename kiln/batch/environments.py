@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kiln.batch import fargate, pagination
-from kiln.batch.arns import name_from_reference
-from kiln.batch.context import Context
+from kiln import pagination
+from kiln.arns import name_from_reference
+from kiln.batch import fargate
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
+from kiln.context import Context
 from kiln.errors import ConflictError, NotFoundError, ValidationError
 
 CE_HEALTHY = "ComputeEnvironment Healthy"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.batch import multinode, pagination, views
-from kiln.batch.context import Context
+from kiln import pagination
+from kiln.batch import multinode, views
 from kiln.batch.definitions import get_definition_by_arn
 from kiln.batch.environments import check_queue_deletable, get_job_queue
-from kiln.batch.status import ACTIVE, NOT_STARTED, Status, transition
-from kiln.errors import NotFoundError, ValidationError
+from kiln.context import Context
+from kiln.engine.status import ACTIVE, NOT_STARTED, Status, transition
+from kiln.errors import ValidationError
 
 MAX_DESCRIBE_JOBS = 100
 MAX_BULK = 50
@@ -201,10 +202,3 @@ def delete_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     terminate(ctx, [job["id"] for job in jobs], reason)
     ctx.repo.delete_named("queue", doc["jobQueueName"])
     return {}
-
-
-def require_job(ctx: Context, job_id: str) -> Row:
-    job = ctx.repo.get_job(job_id)
-    if job is None:
-        raise NotFoundError(f"Job {job_id} not found.")
-    return job

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.batch import containers
+from kiln.engine import containers
 from kiln.errors import ValidationError
 
 MAX_NODES = 1000

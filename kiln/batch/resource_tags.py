@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.batch.arns import parse_arn
-from kiln.batch.context import Context
+from kiln.arns import parse_arn
 from kiln.batch.tags import check_tags, merged
+from kiln.context import Context
 from kiln.errors import NotFoundError, ValidationError
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kiln.batch import pagination
-from kiln.batch.arns import name_from_reference
-from kiln.batch.context import Context
+from kiln import pagination
+from kiln.arns import name_from_reference
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
+from kiln.context import Context
 from kiln.errors import ConflictError, NotFoundError, ValidationError
 
 MAX_SHARE_DECAY_SECONDS = 604_800

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from kiln.batch import definitions, environments, jobs, logs, resource_tags, scheduling_policies, submission
-from kiln.batch.arns import Arns
-from kiln.batch.clock import now_ms
-from kiln.batch.context import Context
+from kiln.arns import Arns
+from kiln.batch import definitions, environments, jobs, resource_tags, scheduling_policies, submission
+from kiln.clock import now_ms
 from kiln.config import Settings
+from kiln.context import Context
+from kiln.logs import job_log as logs
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 

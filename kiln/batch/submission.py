@@ -6,15 +6,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kiln.batch import containers, fargate, multinode
-from kiln.batch.context import Context
+from kiln.batch import fargate, multinode
 from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
 from kiln.batch.environments import get_job_queue
 from kiln.batch.names import check_job_name
-from kiln.batch.retry import check_retry_strategy
 from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_identifier
-from kiln.batch.status import Status
 from kiln.batch.tags import check_tags
+from kiln.context import Context
+from kiln.engine import containers
+from kiln.engine.retry import check_retry_strategy
+from kiln.engine.status import Status
 from kiln.errors import ValidationError
 
 MIN_ARRAY_SIZE = 2

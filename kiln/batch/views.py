@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.batch.context import Context
-from kiln.batch.status import Status
+from kiln.context import Context
+from kiln.engine.status import Status
 
 Row = dict[str, Any]
 

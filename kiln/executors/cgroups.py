@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.mountinfo import parse_mountinfo
+
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -106,28 +108,6 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
         for controller in controllers.split(",") if controllers else [""]:
             own[controller] = path
     return own
-
-
-def parse_mountinfo(text: str) -> dict[str, tuple[Path, str]]:
-    """`/proc/self/mountinfo` -> {controller: (mount point, mount root)}; cgroup2 has the key ""."""
-    mounts: dict[str, tuple[Path, str]] = {}
-    for line in text.splitlines():
-        head, sep, tail = line.partition(" - ")
-        fields, extra = head.split(), tail.split()
-        if not sep or len(fields) < 5 or len(extra) < 3:
-            continue
-        point = (Path(_unescape(fields[4])), _unescape(fields[3]))
-        if extra[0] == "cgroup2":
-            mounts.setdefault("", point)
-        elif extra[0] == "cgroup":
-            for option in extra[2].split(","):
-                mounts.setdefault(option, point)
-    return mounts
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes spaces and friends as octal (`\\040`)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def own_cgroup_dir(controller: str, own: dict[str, str], mounts: dict[str, tuple[Path, str]]) -> Path | None:

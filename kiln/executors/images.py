@@ -8,6 +8,7 @@ the way AWS does, so the message copies Docker's `CannotPullContainerError` word
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 from kiln.config import Settings
@@ -16,6 +17,11 @@ from kiln.errors import KilnError
 from .base import CANNOT_PULL_PREFIX
 
 HOST_IMAGE = "host"  # built in: run the job's command as given, on this host
+# Built in: Kiln's render worker (kiln/render), run with the interpreter Kiln itself runs on (same
+# venv, same pins, Blender's `bpy` beside Kiln), so the workshop's job definition
+# (`["Ref::action", "-i", ...]` on the render image) runs unchanged. Only a module name: the
+# executors never import the render package.
+RENDER_IMAGE = "kiln/render"
 _LATEST = ":latest"
 
 
@@ -49,8 +55,11 @@ class ImageCatalogue:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageCatalogue:
-        """The catalogue a server with these settings offers."""
-        return cls(settings.images)
+        """The catalogue a server (or a Ray node) with these settings offers: the configured
+        images and Kiln's own, with this process's interpreter."""
+        catalogue = cls(settings.images)
+        catalogue.register(RENDER_IMAGE, render_entrypoint())
+        return catalogue
 
     def register(self, name: str, entrypoint: Sequence[str]) -> None:
         """Add a built-in image (one Kiln ships) unless the user's configuration already names it."""
@@ -81,6 +90,11 @@ class ImageCatalogue:
                 return list(self._entries[candidate])
         configured = sorted(set(self._entries) - self._built_in)
         raise ImageNotFound(image, sorted(self._built_in), configured)
+
+
+def render_entrypoint() -> list[str]:
+    """`python -m kiln.render` with the interpreter Kiln runs on."""
+    return [sys.executable, "-m", "kiln.render"]
 
 
 def _aliases(image: str) -> list[str]:

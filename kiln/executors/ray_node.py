@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kiln.config import Settings
-from kiln.render import image as render_image
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
 from .images import ImageCatalogue
@@ -79,8 +78,7 @@ class NodeAgent:
 
     def configure(self, settings: Settings, server_environment: dict[str, str]) -> str:
         """Take the (re)connecting server's settings; returns this node's id."""
-        catalogue = ImageCatalogue(settings.images)
-        catalogue.register(render_image.IMAGE, render_image.entrypoint())  # Kiln's render worker, this node's venv
+        catalogue = ImageCatalogue.from_settings(settings)  # Kiln's render worker: this node's venv
         environment = job_environment(dict(os.environ), server_environment, settings.job_environment)
         settings = replace(settings, gpus=None)  # the server's `gpus` is its own host's: each node finds its own
         if self._executor is None:

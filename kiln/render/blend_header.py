@@ -30,8 +30,8 @@ from typing import BinaryIO, cast
 
 import zstandard
 
-from .errors import BlendFileError
-from .uris import open_input
+from kiln.render.errors import BlendFileError
+from kiln.render.uris import open_input
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .cycles_device import apply_device, choose_device
-from .errors import RenderError
-from .vcpus import thread_pools_sized
+from kiln.render.cycles_device import apply_device, choose_device
+from kiln.render.errors import RenderError
+from kiln.render.vcpus import thread_pools_sized
 
 _SAMPLE_SETTINGS = {  # engine -> (settings group on the scene, samples property)
     "CYCLES": ("cycles", "samples"),

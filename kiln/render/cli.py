@@ -21,9 +21,9 @@ from typing import NoReturn
 
 from botocore.exceptions import BotoCoreError
 
-from .errors import RenderError
-from .slices import array_index
-from .vcpus import job_vcpus
+from kiln.render.errors import RenderError
+from kiln.render.slices import array_index
+from kiln.render.vcpus import job_vcpus
 
 PROGRAM = "kiln-render"
 ACTIONS = ("render", "stitch")
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None, *, use_zygote: bool = True) -> int:
     """Run one action; returns the process exit status.
 
     `render` goes through the render zygote (a pre-loaded Blender forked per job) where it can,
-    and renders in this process otherwise (see kiln.render.zygote_client).
+    and renders in this process otherwise (see kiln.render.zygote.client).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -98,7 +98,7 @@ def run() -> NoReturn:
 
 
 def _render(arguments: argparse.Namespace) -> None:
-    from .render_frames import RenderJob, render_slice  # loads Blender only for `render`
+    from kiln.render.render_frames import RenderJob, render_slice  # loads Blender only for `render`
 
     render_slice(
         RenderJob(
@@ -118,13 +118,13 @@ def _render(arguments: argparse.Namespace) -> None:
 
 
 def _render_via_zygote(argv: list[str]) -> int | None:
-    from .zygote_client import render_via_zygote
+    from kiln.render.zygote.client import render_via_zygote
 
     return render_via_zygote(argv)
 
 
 def _stitch(arguments: argparse.Namespace) -> None:
-    from .stitch import stitch
+    from kiln.render.stitch import stitch
 
     stitch(arguments.input, arguments.output, say=_say)
 

@@ -16,9 +16,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import uris
-from .blend_header import FrameTimeline
-from .errors import RenderError
+from kiln.render import uris
+from kiln.render.blend_header import FrameTimeline
+from kiln.render.errors import RenderError
 
 FRAMES_FOLDER = "frames"
 SCENE_FILE = "scene.json"

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import uris
-from .blend_header import read_scene_info
-from .blender import BlenderScene, is_open_ahead
-from .errors import BlendFileError, RenderError
-from .frame_store import RenderedScene, finished_frames, frames_uri, publish_frame, write_scene
-from .slices import frames_to_cover, slice_count, slice_frames
+from kiln.render import uris
+from kiln.render.blend_header import read_scene_info
+from kiln.render.blender import BlenderScene, is_open_ahead
+from kiln.render.errors import BlendFileError, RenderError
+from kiln.render.frame_store import RenderedScene, finished_frames, frames_uri, publish_frame, write_scene
+from kiln.render.slices import frames_to_cover, slice_count, slice_frames
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Final
 import av
 import numpy as np
 
-from . import uris
-from .errors import RenderError
-from .frame_store import RenderedScene, finished_frames, frames_uri, read_scene
+from kiln.render import uris
+from kiln.render.errors import RenderError
+from kiln.render.frame_store import RenderedScene, finished_frames, frames_uri, read_scene
 
 OUTPUT_FILE = "output.mp4"
 DEFAULT_FRAME_RATE = Fraction(24)

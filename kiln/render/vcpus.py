@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .errors import RenderError
+from kiln.render.errors import RenderError
 
 VCPUS_VARIABLE = "KILN_VCPUS"
 

@@ -443,7 +443,7 @@ class Repository:
             streams += [row[0] for row in self.connection.execute(query)]
         return streams
 
-    # -- job-state time limits and fair share (kiln/batch/time_limits.py, scheduling_policies.py,
+    # -- job-state time limits and fair share (kiln/engine/time_limits.py, scheduling_policies.py,
     #    share_queue.py); appended here, below the scheduler's queries ----------------------------
     def diagnosed_runnable_since(self, queue_arn: str, cutoff_ms: int, limit: int) -> list[Row]:
         """A queue's jobs RUNNABLE since `cutoff_ms` or earlier with a diagnostic statusReason
@@ -535,7 +535,7 @@ class Repository:
 
     def share_usage(self, queue_arn: str, now_ms: int, window_ms: int, min_charge_seconds: float) -> list[Row]:
         """Per share of a fair-share queue: decayed vCPU-seconds (`usage`) and attempts holding
-        capacity (`running`). The same formula as `kiln.batch.fair_share.decayed_usage`, summed in
+        capacity (`running`). The same formula as `kiln.engine.fair_share.decayed_usage`, summed in
         SQL so that a queue with thousands of recent attempts costs one row per share."""
         from sqlalchemy import Float, Integer, case, cast  # local: keeps the module's import line untouched
 
@@ -562,8 +562,8 @@ class Repository:
         )
         return _rows(self.connection.execute(query))
 
-    # -- attempts as CloudWatch log streams (kiln/batch/log_service.py) and /metrics
-    #    (kiln/batch/store_metrics.py); appended here ----------------------------------------------
+    # -- attempts as CloudWatch log streams (kiln/logs/service.py) and /metrics
+    #    (kiln/engine/store_metrics.py); appended here ----------------------------------------------
     def attempt_streams(
         self,
         *,
@@ -645,7 +645,7 @@ class Repository:
         )
         return [(str(queue), str(status), int(count)) for queue, status, count in self.connection.execute(query)]
 
-    # -- multi-node parallel jobs (kiln/batch/gangs.py); appended here --------------------------
+    # -- multi-node parallel jobs (kiln/engine/gangs.py); appended here --------------------------
     def multinode_jobs(self, statuses: Sequence[str], ids: Sequence[str] | None = None) -> list[Row]:
         """MNP jobs (not their nodes) in `statuses`, all of them or those among `ids`."""
         query = select(jobs).where(jobs.c.status.in_(list(statuses)), jobs.c.num_nodes.is_not(None))

@@ -27,8 +27,8 @@ from types import ModuleType
 from typing import Any
 
 from kiln.errors import NotFoundError, ValidationError
+from kiln.executors.images import RENDER_IMAGE
 from kiln.private_files import make_private_dir
-from kiln.render.image import IMAGE
 
 VIDEO_FILE = "output.mp4"
 FRAMES_FOLDER = "frames"  # kiln.render.frame_store's, named here so the checks need no fsspec
@@ -59,7 +59,7 @@ def render_output(container: dict[str, Any]) -> RenderOutput | None:
     """The output of a job running Kiln's render image, from its resolved command; None for other jobs."""
     image = str(container.get("image") or "")
     command = [str(word) for word in container.get("command") or []]
-    if image.removesuffix(":latest") != IMAGE or not command or command[0] not in ("render", "stitch"):
+    if image.removesuffix(":latest") != RENDER_IMAGE or not command or command[0] not in ("render", "stitch"):
         return None
     output = _argument(command, "-o", "--output")
     source = output if command[0] == "render" else _argument(command, "-i", "--input")

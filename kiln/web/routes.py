@@ -98,7 +98,7 @@ def dashboard_routes(
     def output_of(job_id: str) -> render_files.RenderOutput:
         output = render_files.render_output(describe(job_id).get("container") or {})
         if output is None:
-            raise ValidationError(f"Job {job_id} is not a {render_files.IMAGE} render or stitch job")
+            raise ValidationError(f"Job {job_id} is not a {render_files.RENDER_IMAGE} render or stitch job")
         return output
 
     async def index_redirect(request: Request) -> Response:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.arns import Arns, ParsedArn, name_from_reference, parse_arn
+from kiln.arns import Arns, ParsedArn, name_from_reference, parse_arn
 from kiln.batch.names import check_job_name, check_resource_name
-from kiln.batch.pagination import check_exclusive, decode_token, encode_token, offset_of, page_size
 from kiln.errors import ValidationError
+from kiln.pagination import check_exclusive, decode_token, encode_token, offset_of, page_size
 
 ARNS = Arns(region="us-east-1", account_id="123456789012")
 PREFIX = "arn:aws:batch:us-east-1:123456789012"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.containers import (
+from kiln.engine.containers import (
     DEPRECATED_KEY_CONFLICT,
     Resources,
     apply_overrides,

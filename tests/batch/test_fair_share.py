@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.fair_share import (
+from kiln.engine.fair_share import (
     DEFAULT_DECAY_SECONDS,
     MIN_CHARGE_SECONDS,
     AttemptUsage,

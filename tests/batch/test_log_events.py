@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch import filter_patterns
-from kiln.batch.log_events import MAX_MESSAGE_BYTES, READ_WINDOW, StreamFile, Timeline
 from kiln.errors import ValidationError
+from kiln.logs import filter_patterns
+from kiln.logs.events import MAX_MESSAGE_BYTES, READ_WINDOW, StreamFile, Timeline
 
 
 def everything(_event: object) -> bool:

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.batch import multinode
-from kiln.batch.gangs import outcome
-from kiln.batch.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
-from kiln.batch.status import Status
+from kiln.engine.gangs import outcome
+from kiln.engine.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
+from kiln.engine.status import Status
 from kiln.errors import ValidationError
 from tests.batch.test_scheduling import Scenario, scenarios
 
@@ -117,7 +117,7 @@ def test_a_gang_is_placed_whole_or_waits_with_a_reason(scenario: Scenario, data:
 
 
 def test_gang_waiting_for_room_gets_the_capacity_reason() -> None:
-    from kiln.batch.scheduling import EnvironmentView, QueueView, Resources
+    from kiln.engine.scheduling import EnvironmentView, QueueView, Resources
 
     queue = QueueView("q", 1, ("ce",))
     gang = Candidate("g", "q", 3.0, 192, 0, gang=True)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.retry import AttemptOutcome, check_retry_strategy, matches, should_retry
+from kiln.engine.retry import AttemptOutcome, check_retry_strategy, matches, should_retry
 from kiln.errors import ValidationError
 
 EXITED = "Essential container in task exited"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.scheduling import (
+from kiln.engine.scheduling import (
     JOB_REQUIREMENT,
     MAX_RESOURCE,
     Candidate,

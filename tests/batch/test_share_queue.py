@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiln.batch import share_queue
-from kiln.batch.clock import now_ms
-from kiln.batch.fair_share import MIN_CHARGE_SECONDS, AttemptUsage, decayed_usage
 from kiln.batch.service import BatchService
-from kiln.batch.status import Status, transition
+from kiln.clock import now_ms
 from kiln.config import Settings
+from kiln.engine import share_queue
+from kiln.engine.fair_share import MIN_CHARGE_SECONDS, AttemptUsage, decayed_usage
+from kiln.engine.status import Status, transition
 from kiln.errors import ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository

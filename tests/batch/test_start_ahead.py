@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.batch.start_ahead import HORIZON_MS, MAX_DEPTH, MIN_SAMPLES, StartAhead
+from kiln.engine.start_ahead import HORIZON_MS, MAX_DEPTH, MIN_SAMPLES, StartAhead
 from kiln.executors.base import AttemptExited, AttemptRunning
 
 SMALL = (1.0, 64, 0)

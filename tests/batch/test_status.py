@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kiln.batch.status import (
+from kiln.engine.status import (
     ACTIVE,
     NOT_STARTED,
     TERMINAL,

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.batch.scheduling import JOB_REQUIREMENT, MAX_RESOURCE
-from kiln.batch.time_limits import Expired, Waiting, decide, reason_matches
+from kiln.engine.scheduling import JOB_REQUIREMENT, MAX_RESOURCE
+from kiln.engine.time_limits import Expired, Waiting, decide, reason_matches
 
 Q1, Q2 = "arn:q1", "arn:q2"
 MAX_CODE = "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"

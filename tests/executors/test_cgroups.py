@@ -20,10 +20,10 @@ from kiln.executors.cgroups import (
     cpu_shares,
     detect_cgroups,
     own_cgroup_dir,
-    parse_mountinfo,
     parse_proc_cgroup,
 )
 from kiln.executors.local import LocalExecutor
+from kiln.mountinfo import parse_mountinfo
 
 from .helpers import SpecFactory, exited, is_gone, wait_for_cgroups, wait_for_exit, wait_for_log
 

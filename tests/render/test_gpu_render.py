@@ -18,7 +18,7 @@ import pytest
 
 from kiln.cli.render_pipeline import DEFAULT_QUEUE
 from kiln.executors.gpu_devices import detect_gpus
-from kiln.render.image import IMAGE
+from kiln.executors.images import RENDER_IMAGE as IMAGE
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.support import make_queue, unique, wait_for
 

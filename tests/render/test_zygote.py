@@ -30,10 +30,9 @@ import pytest
 from kiln.config import Settings
 from kiln.executors.base import OOM_EXIT_CODE, OOM_REASON, TIMEOUT_STATUS_REASON, AttemptExited, AttemptSpec
 from kiln.executors.cgroups import attempt_group_name
-from kiln.executors.images import ImageCatalogue
+from kiln.executors.images import RENDER_IMAGE, ImageCatalogue
 from kiln.executors.local import LocalExecutor
-from kiln.render import image
-from kiln.render.zygote_paths import ZygotePaths
+from kiln.render.zygote.paths import ZygotePaths
 
 from ..executors.helpers import exited, is_gone, wait_for_exit, wait_for_log
 from .conftest import run_bpy
@@ -63,7 +62,7 @@ class Kit:
         return AttemptSpec(
             attempt_id=attempt_id,
             job_id=attempt_id,
-            image=image.IMAGE,
+            image=RENDER_IMAGE,
             command=["render", "-i", scene, "-o", str(output), "-f", "1", *SMALL, *extra],
             environment={
                 "XDG_RUNTIME_DIR": str(self.folder),
@@ -105,8 +104,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory, pottery: Path) -> Iterator[Kit
     # may do (an unprivileged job user makes it step aside: docs/security.md), and the interpreter
     # lives under /root (0700) on the test machines.
     settings = Settings(data_dir=work / "data", termination_grace_seconds=1.0, host_vcpus=2, job_user="root")
-    catalogue = ImageCatalogue()
-    catalogue.register(image.IMAGE, image.entrypoint())
+    catalogue = ImageCatalogue.from_settings(settings)
     executor = LocalExecutor(settings, catalogue)
     support = executor.cgroup_support
     if support.tracking_parent is None or support.memory_parent is None:
@@ -327,7 +325,7 @@ def test_a_forked_bpy_child_writes_exr_with_worker_threads_after_the_pools_stop(
         """
         import os, time
         from kiln.render.blender_fork import BlenderThreadPools
-        from kiln.render.zygote import warm_up
+        from kiln.render.zygote.daemon import warm_up
         import bpy
         warm_up()
         pools = BlenderThreadPools()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.render.zygote_paths import installation_key
+from kiln.render.zygote.paths import installation_key
 
 SITE = "/venv/site-packages"
 

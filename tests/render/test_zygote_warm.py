@@ -1,4 +1,4 @@
-"""Which job may take which warm render process (`kiln.render.zygote_warm`): the pure decisions.
+"""Which job may take which warm render process (`kiln.render.zygote.warm`): the pure decisions.
 
 The processes themselves, real cgroups and real renders are in test_zygote.py.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiln.render.cli import build_parser
-from kiln.render.zygote_warm import WarmKey, WarmPool, warm_key
+from kiln.render.zygote.warm import WarmKey, WarmPool, warm_key
 
 SCENE = Path("/scenes/pottery.blend")
 IDENTITY = (1, 2, 3, 4)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from kiln.render.image import IMAGE
+from kiln.executors.images import RENDER_IMAGE as IMAGE
 from kiln.web.routes import STATIC_DIR
 from tests.conftest import KilnServer
 from tests.support import make_queue, register_shell, submit, unique, wait_for

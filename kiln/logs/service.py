@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kiln.batch import filter_patterns
-from kiln.batch.arns import Arns
-from kiln.batch.clock import now_ms
-from kiln.batch.context import Context
-from kiln.batch.log_events import MAX_PAGE_BYTES, Event, StreamFile
-from kiln.batch.pagination import encode_token, keyset_of
-from kiln.batch.scheduler import log_path
+from kiln.arns import Arns
+from kiln.clock import now_ms
 from kiln.config import Settings
+from kiln.context import Context
 from kiln.errors import NotFoundError, ValidationError
+from kiln.logs import filter_patterns
+from kiln.logs.events import MAX_PAGE_BYTES, Event, StreamFile
+from kiln.pagination import encode_token, keyset_of
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -58,7 +57,7 @@ def open_stream(ctx: Context, name: str) -> StreamFile:
 
 def _stream_of(ctx: Context, attempt: Params) -> StreamFile:
     name = attempt["log_stream"]
-    path = log_path(ctx.settings, name)
+    path = ctx.settings.log_file(name)
     return StreamFile.open(name, path, attempt["started_at"], attempt["stopped_at"], ctx.now)
 
 

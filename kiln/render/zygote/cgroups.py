@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from kiln.executors.cgroups import parse_mountinfo
+from kiln.mountinfo import parse_mountinfo
 
 ATTEMPT_GROUP_PREFIX = "kiln-"
 UNLIMITED = 1 << 63  # what `memory_limit_bytes` says of a group without a limit

@@ -19,16 +19,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from kiln.batch import gangs, progress, scheduling, share_queue, time_limits
-from kiln.batch.arns import Arns
-from kiln.batch.clock import now_ms
-from kiln.batch.containers import environment_of, volume_mounts
-from kiln.batch.start_ahead import Chained, StartAhead
-from kiln.batch.status import TERMINAL, Move, Status, set_reason, transition, transition_each
+from kiln.arns import Arns
+from kiln.clock import now_ms
 from kiln.config import Settings
+from kiln.engine import gangs, progress, scheduling, share_queue, time_limits
+from kiln.engine.containers import environment_of, volume_mounts
+from kiln.engine.start_ahead import Chained, StartAhead
+from kiln.engine.status import TERMINAL, Move, Status, set_reason, transition, transition_each
 from kiln.executors.base import (
     HOST_TERMINATED,
     TASK_FAILED_TO_START,
@@ -60,10 +59,6 @@ LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
 
 def log_stream_name(definition_name: str, task_id: str) -> str:
     return f"{definition_name[:200]}/default/{task_id}"
-
-
-def log_path(settings: Settings, stream: str) -> Path:
-    return settings.logs_dir / f"{stream}.log"
 
 
 class Scheduler:
@@ -449,7 +444,7 @@ class Scheduler:
         return AttemptSpec(
             attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
             environment=variables, vcpus=job["vcpus"], memory_mib=job["memory_mib"],
-            gpus=job["gpus"], log_path=log_path(self.settings, stream), workdir=self.settings.work_dir / task_id,
+            gpus=job["gpus"], log_path=self.settings.log_file(stream), workdir=self.settings.work_dir / task_id,
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
             volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
         )  # fmt: skip
@@ -516,7 +511,7 @@ class Scheduler:
             streams = repo.log_streams_of(ids + repo.child_ids(ids))
             repo.purge_jobs(ids)
         for stream in streams:
-            log_path(self.settings, stream).unlink(missing_ok=True)
+            self.settings.log_file(stream).unlink(missing_ok=True)
         if ids:
             log.info("purged %d jobs finished before the retention window", len(ids))
 

@@ -2,15 +2,15 @@
 forks a render process per job, so 1-frame jobs stop paying Blender's start-up (docs/performance.md).
 
 Each job still starts as its own process, placed by the executor in the job's cgroups, with its
-log, timeout and termination exactly as before. That process (`kiln.render.zygote_client`) hands
+log, timeout and termination exactly as before. That process (`kiln.render.zygote.client`) hands
 the zygote its stdin/stdout/stderr (SCM_RIGHTS), working directory, environment and arguments over
-a Unix socket; the zygote forks a render process (`kiln.render.zygote_worker`) that first moves
+a Unix socket; the zygote forks a render process (`kiln.render.zygote.worker`) that first moves
 itself into the job's cgroups (read from /proc/<job pid>/cgroup; the job's pid comes from the
 kernel, SO_PEERCRED), then becomes the job: the job's descriptors, directory and environment, and
 runs `kiln-render`. The zygote reports the render's exit status back, and SIGKILLs the render
 process if the job's process goes away. A render process that finished a job cleanly may be kept
 warm for the next job of the same scene and settings, which is then handed to it instead of a
-fresh fork (`kiln.render.zygote_warm` says when).
+fresh fork (`kiln.render.zygote.warm` says when).
 
 Protocol (SOCK_SEQPACKET, one JSON object per message, `zygote_protocol`): the job sends
 `{"argv": [...], "cwd": "...", "env": {...}, "umask": n, "cpus": [...]}` with its three descriptors
@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from . import zygote_cgroups
-from .vcpus import job_vcpus, thread_pools_sized
-from .zygote_paths import ZygotePaths
-from .zygote_protocol import receive, send, socket_peer
-from .zygote_warm import DEFAULT_WARM_SECONDS, WARM_SECONDS_VARIABLE, WarmKey, WarmPool, warm_key
+from kiln.render.vcpus import job_vcpus, thread_pools_sized
+from kiln.render.zygote import cgroups as zygote_cgroups
+from kiln.render.zygote.paths import ZygotePaths
+from kiln.render.zygote.protocol import receive, send, socket_peer
+from kiln.render.zygote.warm import DEFAULT_WARM_SECONDS, WARM_SECONDS_VARIABLE, WarmKey, WarmPool, warm_key
 
 IDLE_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_IDLE_SECONDS"
 # A scene the zygote opens is in memory shared with the job, not charged to the job's memory limit:
@@ -85,7 +85,7 @@ class Zygote:
     """The serving loop: accept jobs, fork or hand them to warm processes, report exits, exit when idle."""
 
     def __init__(self, paths: ZygotePaths, settings: ZygoteSettings, lock_fd: int) -> None:
-        from .blender_fork import BlenderThreadPools  # after `import bpy` (done by the caller)
+        from kiln.render.blender_fork import BlenderThreadPools  # after `import bpy` (done by the caller)
 
         self._paths = paths
         self._settings = settings
@@ -192,8 +192,8 @@ class Zygote:
     def _open_scene_ahead(self, arguments: argparse.Namespace | None, cwd: str) -> None:
         """Open a render job's local .blend here, before forking it: the next jobs of the same scene
         then start with it open (~0.15 s per job on Pottery). A problem is the job's to report."""
-        from .blender import is_open_ahead, open_ahead
-        from .render_frames import check_blend
+        from kiln.render.blender import is_open_ahead, open_ahead
+        from kiln.render.render_frames import check_blend
 
         blend_file = render_input_file(arguments, cwd)
         if blend_file is None or is_open_ahead(blend_file):
@@ -214,7 +214,7 @@ class Zygote:
     @staticmethod
     def _opened_ahead() -> tuple[Path, tuple[int, ...]] | None:
         """The scene opened ahead, only while its file is still the one that was opened."""
-        from .blender import is_open_ahead, opened_ahead
+        from kiln.render.blender import is_open_ahead, opened_ahead
 
         opened = opened_ahead()
         return opened if opened is not None and is_open_ahead(opened[0]) else None
@@ -222,7 +222,7 @@ class Zygote:
     def _fork(
         self, connection: socket.socket, pid: int, request: dict[str, Any], fds: list[int], key: WarmKey | None
     ) -> None:
-        from .zygote_worker import ZygoteWorker
+        from kiln.render.zygote.worker import ZygoteWorker
 
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._pools.stop()
@@ -334,7 +334,7 @@ class Zygote:
 
 def render_arguments(request: dict[str, Any]) -> argparse.Namespace | None:
     """The parsed `kiln-render` arguments of a request; None when they do not parse (the job reports them)."""
-    from .cli import UsageError, build_parser
+    from kiln.render.cli import UsageError, build_parser
 
     try:
         return build_parser().parse_args([str(argument) for argument in request["argv"]])
@@ -344,7 +344,7 @@ def render_arguments(request: dict[str, Any]) -> argparse.Namespace | None:
 
 def render_input_file(arguments: argparse.Namespace | None, cwd: str) -> Path | None:
     """The local .blend a `render` job names (relative to the job's directory); None otherwise."""
-    from .uris import local_path
+    from kiln.render.uris import local_path
 
     if arguments is None or arguments.action != "render":
         return None
@@ -404,7 +404,7 @@ def run(paths: ZygotePaths) -> int:
         with thread_pools_sized(job_vcpus(os.environ)):  # children keep a worker pool of the job's size
             import bpy  # noqa: F401 - the point of the zygote
 
-            from . import render_frames  # noqa: F401 - what each job runs, imported once
+            from kiln.render import render_frames  # noqa: F401 - what each job runs, imported once
 
             warm_up()
         Zygote(paths, settings_from(os.environ), lock).serve()
@@ -430,7 +430,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
-    """`python -m kiln.render.zygote SOCKET_FOLDER KEY`, started by the first job that needs it."""
+    """`python -m kiln.render.zygote.daemon SOCKET_FOLDER KEY`, started by the first job that needs it."""
     folder, key = sys.argv[1:3]
     sys.exit(run(ZygotePaths(Path(folder), key)))
 

@@ -79,7 +79,7 @@ def installation_key(
 ) -> str:
     """What a zygote must share with the job it serves: interpreter, Kiln's code, module search
     path (default `sys.path`) and the variables that change how Blender or Python behave."""
-    kiln_folder = Path(__file__).resolve().parents[1]
+    kiln_folder = Path(__file__).resolve().parents[2]
     variables = {name: value for name, value in environ.items() if name.startswith(KEY_VARIABLE_PREFIXES)}
     # sys.path[0] is the job's working directory under `python -m`: not part of the installation.
     # A relative PYTHONPATH entry (`.`) is the job's directory too, another one for every attempt:
@@ -87,7 +87,8 @@ def installation_key(
     cwd = cwd or os.getcwd()
     entries = [_job_relative(entry, cwd) for entry in (sys.path[1:] if search_path is None else search_path)]
     # The render code's files (size, mtime) stand for its version: an upgrade gets a new zygote.
-    sources = [(path.name, *_size_and_mtime(path)) for path in sorted((kiln_folder / "render").glob("*.py"))]
+    render_files = sorted((kiln_folder / "render").glob("**/*.py"))
+    sources = [(str(path.relative_to(kiln_folder)), *_size_and_mtime(path)) for path in render_files]
     identity = [sys.executable, str(kiln_folder), entries, sorted(variables.items()), sources]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
 

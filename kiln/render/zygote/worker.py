@@ -21,9 +21,9 @@ import sys
 import tempfile
 from typing import Any, NoReturn
 
-from . import zygote_cgroups
-from .blender_fork import BlenderThreadPools
-from .zygote_protocol import receive, send
+from kiln.render.blender_fork import BlenderThreadPools
+from kiln.render.zygote import cgroups as zygote_cgroups
+from kiln.render.zygote.protocol import receive, send
 
 # After this many jobs a warm process exits: it bounds what a slow leak in Blender could gather, memory
 # charged to earlier jobs' groups rather than to the job at hand.
@@ -95,7 +95,7 @@ class ZygoteWorker:
             self._pools.restore()
         send(connection, {"started": os.getpid(), "jobs": self._jobs})
         connection.close()
-        from .cli import main
+        from kiln.render.cli import main
 
         return main(argv, use_zygote=False)
 

@@ -1,4 +1,4 @@
-"""The job's side of the render zygote (see `kiln.render.zygote`): a thin process that never loads
+"""The job's side of the render zygote (see `kiln.render.zygote.daemon`): a thin process that never loads
 Blender, hands its job to the zygote, relays signals and ends with the render's exit status.
 
 Correctness never depends on the zygote: whenever it is off, missing, starting, refusing or
@@ -19,9 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from . import zygote_cgroups
-from .zygote_paths import KEY_VARIABLE_PREFIXES, UnsafeFolder, ZygotePaths
-from .zygote_protocol import receive, send
+from kiln.render.zygote import cgroups as zygote_cgroups
+from kiln.render.zygote.paths import KEY_VARIABLE_PREFIXES, UnsafeFolder, ZygotePaths
+from kiln.render.zygote.protocol import receive, send
 
 SWITCH_VARIABLE = "KILN_RENDER_ZYGOTE"  # "off" (or 0/false/no) renders every job in-process
 _OFF = {"0", "off", "false", "no"}
@@ -77,7 +77,7 @@ def _start_zygote(paths: ZygotePaths) -> None:
     """Start the zygote for later jobs (it loads Blender meanwhile; this job renders in-process)."""
     with contextlib.suppress(OSError), open(paths.log, "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "kiln.render.zygote", str(paths.folder), paths.key],
+            [sys.executable, "-m", "kiln.render.zygote.daemon", str(paths.folder), paths.key],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -1,7 +1,7 @@
 """The render zygote's messages: one JSON object per SOCK_SEQPACKET message, descriptors beside it.
 
 Shared by the job's process (`zygote_client`), the zygote (`zygote`) and its render processes
-(`zygote_worker`); the messages themselves are described in `kiln.render.zygote`.
+(`worker`); the messages themselves are described in `kiln.render.zygote.daemon`.
 """
 
 from __future__ import annotations

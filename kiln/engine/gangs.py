@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kiln.batch.retry import AttemptOutcome, should_retry
-from kiln.batch.status import ACTIVE, TERMINAL, Move, Status, restart_nodes, transition, transition_each
+from kiln.engine.retry import AttemptOutcome, should_retry
+from kiln.engine.status import ACTIVE, TERMINAL, Move, Status, restart_nodes, transition, transition_each
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
 from kiln.store.repository import Repository
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.batch.status import Status, transition
+from kiln.engine.status import Status, transition
 from kiln.store.repository import Repository
 
 CANCELED_BY_ACTION = "Canceled by JobStateTimeLimit action due to reason: {reason}"

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.batch.context import Context
-from kiln.batch.jobs import require_job
-from kiln.batch.scheduler import log_path
-from kiln.batch.status import TERMINAL, Status
+from kiln.context import Context, require_job
+from kiln.engine.status import TERMINAL, Status
 from kiln.errors import NotFoundError, ValidationError
 
 
@@ -39,4 +37,4 @@ def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation
     finished = attempt["stopped_at"] is not None and (
         Status(job["status"]) in TERMINAL or attempt is not attempts[-1] or job["status"] == Status.RUNNABLE.value
     )
-    return LogLocation(attempt["log_stream"], log_path(ctx.settings, attempt["log_stream"]), finished)
+    return LogLocation(attempt["log_stream"], ctx.settings.log_file(attempt["log_stream"]), finished)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.batch import fair_share
-from kiln.batch.clock import now_ms
+from kiln.clock import now_ms
+from kiln.engine import fair_share
 from kiln.store.repository import Repository
 
 Row = dict[str, Any]

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.batch.retry import AttemptOutcome, should_retry
-from kiln.batch.status import (
+from kiln.engine.retry import AttemptOutcome, should_retry
+from kiln.engine.status import (
     ARRAY_CHILD_FAILED,
     DEPENDENT_JOB_FAILED,
     TERMINAL,
@@ -133,7 +133,7 @@ def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[
     if event.terminated or job["is_terminated"]:
         return Status.FAILED, job["spec"].get("stopReason") or event.status_reason
     outcome = AttemptOutcome(event.status_reason, event.reason, event.exit_code)
-    # A node of a multi-node parallel job is never retried alone: its job is (kiln/batch/gangs.py).
+    # A node of a multi-node parallel job is never retried alone: its job is (kiln/engine/gangs.py).
     is_node = job.get("node_index") is not None
     if not event.timed_out and not is_node and should_retry(retry_strategy, job["attempt_count"], outcome):
         return Status.RUNNABLE, None

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from .uris import local_path
-from .vcpus import VCPUS_VARIABLE
+from kiln.render.uris import local_path
+from kiln.render.vcpus import VCPUS_VARIABLE
 
 WARM_SECONDS_VARIABLE = "KILN_RENDER_ZYGOTE_WARM_SECONDS"  # 0 turns warm processes off
 DEFAULT_WARM_SECONDS = 30.0
