@@ -7,7 +7,8 @@ Prints ratios against a floor measured in the same run (machines here are noisy)
 - DescribeJobs of 100 children, median, with ~100,000 jobs in the store (target <= 50 ms);
 - the server's peak RSS (target <= 300 MiB).
 
-Usage: python bench/array_overhead.py [--size 10000] [--stored 100000]
+Usage: python bench/array_overhead.py [--size 10000] [--stored 100000] [--job-user NAME]
+(`--job-user nobody` on a root machine: every child as one user instead of a uid lent to each.)
 Talks only to a `kiln server` it starts itself on 127.0.0.1; every loop is bounded in time.
 """
 
@@ -112,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--stored", type=int, default=100_000)
+    parser.add_argument("--job-user", help="the server's job_user (default: its own default)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
-        server = start_embedded_server(Path(tmp) / "data")
+        server = start_embedded_server(Path(tmp) / "data", job_user=args.job_user)
         try:
             batch = boto3.client("batch", endpoint_url=server.endpoint, region_name="us-east-1",
                                  aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
@@ -129,7 +131,8 @@ def main() -> None:
             rss = peak_rss_mib(server.pid)
         finally:
             server.stop()
-    print(f"array of {args.size} `true` children, {cores} cores, CE maxvCpus={cores}")
+    who = f"job user {args.job_user}" if args.job_user else "the default job user"
+    print(f"array of {args.size} `true` children, {cores} cores, CE maxvCpus={cores}, {who}")
     print(f"  floor (xargs -P{cores}):          {floor:8.2f} s")
     print(f"  kiln submit -> parent SUCCEEDED:  {total:8.2f} s   ratio {total / floor:5.2f}x  (target <= 1.5x)")
     print(f"  submit latency:                   {submit_latency * 1000:8.1f} ms")

@@ -1,6 +1,7 @@
 """Kiln's own log endpoint (`kiln logs` reads it): a byte range of one attempt's output.
 
-CloudWatch Logs compatibility (`aws logs get-log-events`) is a separate, later API.
+The CloudWatch Logs API (`aws logs get-log-events`) serves the same files as events
+(`cloudwatch_logs.py`, `kiln.logs.service`).
 """
 
 from __future__ import annotations

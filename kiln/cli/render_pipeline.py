@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RENDER_IMAGE = "kiln/render"
+from kiln.executors.images import RENDER_IMAGE
+
 DEFINITION_NAME = "kiln-render"
 DEFAULT_QUEUE = "kiln-render"
 # The reference workshop's job definition command: the same definition runs on AWS and on Kiln.

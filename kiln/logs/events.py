@@ -1,6 +1,6 @@
 """Log events out of one attempt's output file: lines, their estimated times, and positions.
 
-An attempt's stdout and stderr go, as the job wrote them, to one file (`logs.locate`). CloudWatch
+An attempt's stdout and stderr go, as the job wrote them, to one file (`job_log.locate`, `Settings.log_file`). CloudWatch
 sees each line as an event (the awslogs driver's view), so a line here is an event: its message is
 the line without its newline, an empty line is no event (CloudWatch stores none), and a line longer
 than an event may be (256 KiB) is split. While the attempt can still write, an unterminated last

@@ -4,7 +4,7 @@ AWS Batch jobs log to `/aws/batch/job`, stream `<definition>/default/<task id>`,
 reports as `container.logStreamName`. Kiln names each attempt's output file the same way, so
 `aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name <that name>` reads it.
 A stream exists once its attempt has started (as with the awslogs driver). Events, times and
-positions are `log_events`'s business; this module maps the operations onto attempts.
+positions are `events`'s business; this module maps the operations onto attempts.
 """
 
 from __future__ import annotations

@@ -62,7 +62,9 @@ class Engine:
         return name
 
     def submit(self, definition: str, queue: str = "q", **params: Any) -> str:
-        return str(self.call("SubmitJob", jobName=definition, jobQueue=queue, jobDefinition=definition, **params)["jobId"])
+        return str(
+            self.call("SubmitJob", jobName=definition, jobQueue=queue, jobDefinition=definition, **params)["jobId"]
+        )
 
     def jobs(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """DescribeJobs, by job id."""

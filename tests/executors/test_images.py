@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from kiln.config import Settings
 from kiln.errors import KilnError
-from kiln.executors.images import HOST_IMAGE, ImageCatalogue, ImageNotFound
+from kiln.executors.images import HOST_IMAGE, RENDER_IMAGE, ImageCatalogue, ImageNotFound
 
 
 def test_host_runs_the_command_directly() -> None:
     assert ImageCatalogue().resolve(HOST_IMAGE) == []
 
 
-def test_configured_images_come_from_settings(tmp_path: Path) -> None:
+def test_configured_images_come_from_settings_beside_kilns_own(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, images={"acme/render": ["python", "-m", "render"]})
     catalogue = ImageCatalogue.from_settings(settings)
     assert catalogue.resolve("acme/render") == ["python", "-m", "render"]
-    assert catalogue.names() == ["acme/render", "host"]
+    assert catalogue.names() == ["acme/render", "host", "kiln/render"]
+    assert catalogue.built_in() == ["host", "kiln/render"]
+    # Kiln's render worker runs on this interpreter; a configured `kiln/render` would win.
+    assert catalogue.resolve(RENDER_IMAGE) == [sys.executable, "-m", "kiln.render"]
+    overridden = Settings(data_dir=tmp_path, images={RENDER_IMAGE: ["/opt/render/bin/render"]})
+    assert ImageCatalogue.from_settings(overridden).resolve(RENDER_IMAGE) == ["/opt/render/bin/render"]
 
 
 def test_latest_tag_is_implicit() -> None:

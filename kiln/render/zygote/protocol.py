@@ -1,6 +1,6 @@
 """The render zygote's messages: one JSON object per SOCK_SEQPACKET message, descriptors beside it.
 
-Shared by the job's process (`zygote_client`), the zygote (`zygote`) and its render processes
+Shared by the job's process (`client`), the zygote (`daemon`) and its render processes
 (`worker`); the messages themselves are described in `kiln.render.zygote.daemon`.
 """
 

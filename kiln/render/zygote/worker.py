@@ -3,7 +3,7 @@
 For each job it joins the job's cgroups first (memory limit, CPU weight, the executor's tracking
 and kill), then takes the job's descriptors, directory, environment, umask and CPUs, answers
 `{"started": pid, "jobs": n}` to the job's process and runs `kiln-render`. When the zygote marked
-the job as one whose state a later job may reuse (`zygote_warm`) and the render succeeded, the
+the job as one whose state a later job may reuse (`warm`) and the render succeeded, the
 process leaves the job's groups (the tracking group last, so the executor sees the attempt end only
 once nothing of it is left), drops the job's descriptors, directory and environment, and reports
 `{"warm": status, "needed": peak bytes}` to the zygote instead of exiting; the zygote relays the
