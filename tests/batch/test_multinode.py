@@ -15,7 +15,7 @@ from kiln.engine.gangs import outcome
 from kiln.engine.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
 from kiln.engine.status import Status
 from kiln.errors import ValidationError
-from tests.batch.test_scheduling import Scenario, scenarios
+from tests.engine.test_scheduling import Scenario, scenarios
 
 CONTAINER = {"image": "host", "vcpus": 1, "memory": 64, "command": ["run", "Ref::mode"]}
 
