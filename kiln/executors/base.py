@@ -26,16 +26,6 @@ OOM_EXIT_CODE = 137
 HOST_TERMINATED = "Host EC2 (instance {host}) terminated."
 
 
-def drain(events: queue.SimpleQueue[AttemptEvent]) -> list[AttemptEvent]:
-    """Everything queued so far, in order, without waiting (every executor's `poll`)."""
-    drained: list[AttemptEvent] = []
-    while True:
-        try:
-            drained.append(events.get_nowait())
-        except queue.Empty:
-            return drained
-
-
 def local_host_id() -> str:
     """This machine as an AWS-style instance name, for host-lost reasons."""
     return f"kiln-{socket.gethostname()}"
@@ -135,6 +125,64 @@ class AttemptExited:
 
 
 AttemptEvent = AttemptRunning | AttemptExited
+
+
+def attempt_ended(
+    attempt_id: str,
+    at_ms: int,
+    exit_code: int | None,
+    *,
+    oom: bool = False,
+    timed_out: bool = False,
+    terminated: bool = False,
+    terminate_reason: str = "",
+) -> AttemptExited:
+    """What an attempt that ran reports at its end, in AWS's words: the terminate reason, else the
+    timeout's, else `Essential container in task exited`; an OOM kill is exit code 137 with AWS's
+    container reason, whatever code the kernel's kill left."""
+    if terminated:
+        status_reason = terminate_reason
+    elif timed_out:
+        status_reason = TIMEOUT_STATUS_REASON
+    else:
+        status_reason = ESSENTIAL_CONTAINER_EXITED
+    return AttemptExited(
+        attempt_id=attempt_id,
+        at_ms=at_ms,
+        exit_code=OOM_EXIT_CODE if oom else exit_code,
+        status_reason=status_reason,
+        reason=OOM_REASON if oom else None,
+        oom=oom,
+        timed_out=timed_out,
+        terminated=terminated,
+    )
+
+
+class EventReporter:
+    """What every executor shares towards the scheduler: events queued in the order they happened
+    for `poll`, and the listener (the scheduler's wake) called the moment one is queued, from
+    whichever thread saw it."""
+
+    def __init__(self) -> None:
+        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
+        self._listener: Callable[[], None] = lambda: None
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """`listener` is called whenever `poll` has new events."""
+        self._listener = listener
+
+    def poll(self) -> list[AttemptEvent]:
+        """Everything queued so far, in order, without waiting."""
+        drained: list[AttemptEvent] = []
+        while True:
+            try:
+                drained.append(self._events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def _emit(self, event: AttemptEvent) -> None:
+        self._events.put(event)
+        self._listener()
 
 
 @dataclass

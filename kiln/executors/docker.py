@@ -32,7 +32,6 @@ import heapq
 import itertools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -47,24 +46,22 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount
 
+from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.errors import KilnError
 
 from .base import (
     CANNOT_PULL_PREFIX,
     ESSENTIAL_CONTAINER_EXITED,
-    OOM_EXIT_CODE,
-    OOM_REASON,
     TASK_FAILED_TO_START,
-    TIMEOUT_STATUS_REASON,
     Adoption,
-    AttemptEvent,
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
     Capacity,
+    EventReporter,
     VolumeMount,
-    drain,
+    attempt_ended,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,10 +91,6 @@ class DockerUnavailable(KilnError):
 def docker_url(settings: Settings) -> str:
     """The daemon Kiln talks to: `docker_host` from the settings, else `$DOCKER_HOST`, else the default socket."""
     return settings.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def data_dir_volume(volumes: Sequence[VolumeMount], data_dir: Path) -> str | None:
@@ -156,19 +149,18 @@ def answering_client(settings: Settings, **options: Any) -> docker.DockerClient:
     return client
 
 
-class DockerExecutor:
+class DockerExecutor(EventReporter):
     """The `Executor` on a Docker daemon (local socket or any `DOCKER_HOST`)."""
 
     def __init__(self, settings: Settings, client: docker.DockerClient) -> None:
+        super().__init__()
         self._settings = settings
         self._client = client
         self._api = client.api
         self._url = docker_url(settings)
         self._attempts: dict[str, _Attempt] = {}
-        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self._listener: Callable[[], None] = lambda: None
         self._pool = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="kiln-docker-api")
         self._timers: list[tuple[float, int, str, str]] = []  # (epoch seconds, tiebreak, action, attempt id)
         self._timer_ids = itertools.count()
@@ -206,9 +198,6 @@ class DockerExecutor:
             f"network: {self._settings.docker_network}",
         ]
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        self._listener = listener
-
     def start(self, spec: AttemptSpec) -> None:
         """Register the attempt and create/start its container on the API pool; returns at once."""
         attempt = _Attempt(spec.attempt_id, spec.log_path, spec.timeout_seconds)
@@ -228,9 +217,6 @@ class DockerExecutor:
             attempt.terminated = True
             attempt.terminate_reason = reason
         self._pool.submit(self._stop, attempt)
-
-    def poll(self) -> list[AttemptEvent]:
-        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -550,23 +536,15 @@ class DockerExecutor:
             if self._closed:
                 return  # the next server adopts it and reads the same exit
         self._remove(attempt.container_id)
-        oom = bool(state.get("OOMKilled"))
-        if attempt.terminated:
-            status_reason = attempt.terminate_reason
-        elif attempt.timed_out:
-            status_reason = TIMEOUT_STATUS_REASON
-        else:
-            status_reason = ESSENTIAL_CONTAINER_EXITED
-        event = AttemptExited(
-            attempt_id=attempt.attempt_id,
+        event = attempt_ended(
+            attempt.attempt_id,
             # The daemon's start event can come after a quick container already finished: never stop before starting.
-            at_ms=max(docker_time_ms(state.get("FinishedAt")) or now_ms(), attempt.started_ms),
-            exit_code=OOM_EXIT_CODE if oom else state.get("ExitCode"),
-            status_reason=status_reason,
-            reason=OOM_REASON if oom else None,
-            oom=oom,
+            max(docker_time_ms(state.get("FinishedAt")) or now_ms(), attempt.started_ms),
+            state.get("ExitCode"),
+            oom=bool(state.get("OOMKilled")),
             timed_out=attempt.timed_out,
             terminated=attempt.terminated,
+            terminate_reason=attempt.terminate_reason,
         )
         with self._lock:
             if self._attempts.pop(attempt.attempt_id, None) is not None:
@@ -583,10 +561,6 @@ class DockerExecutor:
     def _forget(self, attempt: _Attempt) -> None:
         with self._lock:
             self._attempts.pop(attempt.attempt_id, None)
-
-    def _emit(self, event: AttemptEvent) -> None:
-        self._events.put(event)
-        self._listener()
 
     @staticmethod
     def _close(stream: Any) -> None:

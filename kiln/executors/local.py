@@ -37,7 +37,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -45,23 +45,20 @@ from typing import NoReturn
 
 import psutil
 
+from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.errors import ValidationError
 from kiln.private_files import open_private_log
 
 from .base import (
-    ESSENTIAL_CONTAINER_EXITED,
-    OOM_EXIT_CODE,
-    OOM_REASON,
     TASK_FAILED_TO_START,
-    TIMEOUT_STATUS_REASON,
     Adoption,
-    AttemptEvent,
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
     Capacity,
-    drain,
+    EventReporter,
+    attempt_ended,
 )
 from .cgroup_pool import CgroupPool
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
@@ -128,11 +125,6 @@ class SpawnedProcess:
         return self.returncode
 
 
-def now_ms() -> int:
-    """Event timestamps: epoch milliseconds, like every AWS Batch time field."""
-    return time.time_ns() // 1_000_000
-
-
 @dataclass
 class _Attempt:
     """One running attempt and what has happened to it so far (guarded by the executor's lock)."""
@@ -156,25 +148,13 @@ class _Attempt:
         return self.oom or self.timed_out or self.terminated or self.exit_code is not None
 
     def exit_event(self) -> AttemptExited:
-        if self.terminated:
-            status_reason = self.terminate_reason
-        elif self.timed_out:
-            status_reason = TIMEOUT_STATUS_REASON
-        else:
-            status_reason = ESSENTIAL_CONTAINER_EXITED
-        return AttemptExited(
-            attempt_id=self.spec.attempt_id,
-            at_ms=now_ms(),
-            exit_code=OOM_EXIT_CODE if self.oom else self.exit_code,
-            status_reason=status_reason,
-            reason=OOM_REASON if self.oom else None,
-            oom=self.oom,
-            timed_out=self.timed_out,
-            terminated=self.terminated,
-        )
+        return attempt_ended(
+            self.spec.attempt_id, now_ms(), self.exit_code, oom=self.oom, timed_out=self.timed_out,
+            terminated=self.terminated, terminate_reason=self.terminate_reason,
+        )  # fmt: skip
 
 
-class LocalExecutor:
+class LocalExecutor(EventReporter):
     """The `Executor` for this host: processes, cgroup limits where possible, fallbacks elsewhere.
 
     `use_cgroups=False` forces the fallbacks (psutil watchdog, process-group tracking), for tests
@@ -190,6 +170,7 @@ class LocalExecutor:
         use_cgroups: bool = True,
         shell_launcher: bool = False,
     ) -> None:
+        super().__init__()
         self._settings = settings
         self._catalogue = catalogue or ImageCatalogue.from_settings(settings)
         self._support = detect_cgroups(enabled=use_cgroups)
@@ -198,12 +179,10 @@ class LocalExecutor:
         self._starting: dict[str, str | None] = {}
         self._to_spawn: queue.SimpleQueue[tuple[AttemptSpec, list[str], JobUser] | None] = queue.SimpleQueue()
         self._spawner: threading.Thread | None = None
-        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._closed = False
-        self._listener: Callable[[], None] = lambda: None
         self._epoll = select.epoll()
         self._by_pidfd: dict[int, _Attempt] = {}
         self._log_dirs: set[Path] = set()
@@ -279,10 +258,6 @@ class LocalExecutor:
             attempt = self._attempts.get(attempt_id)
             return attempt.cgroups if attempt else None
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        """`listener` is called (from the monitor thread) whenever new events can be polled."""
-        self._listener = listener
-
     def capacity(self) -> Capacity:
         return Capacity(
             vcpus=float(self._settings.host_vcpus),
@@ -332,9 +307,6 @@ class LocalExecutor:
             attempt.terminated = True
             attempt.terminate_reason = reason
             self._begin_stop(attempt, self._settings.termination_grace_seconds)
-
-    def poll(self) -> list[AttemptEvent]:
-        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -438,10 +410,6 @@ class LocalExecutor:
         with self._lock:
             self._starting.pop(spec.attempt_id, None)
         self._emit(AttemptExited.stopped_before_start(spec.attempt_id, now_ms(), reason))
-
-    def _emit(self, event: AttemptEvent) -> None:
-        self._events.put(event)
-        self._listener()
 
     def _watch_exit(self, attempt: _Attempt) -> None:
         """Register the process's pidfd so the monitor wakes the moment it exits."""

@@ -36,11 +36,10 @@ import hashlib
 import logging
 import math
 import os
-import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,22 +55,21 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from kiln.clock import now_ms
 from kiln.config import Settings
 
 from .base import (
     HOST_TERMINATED,
     TASK_FAILED_TO_START,
     Adoption,
-    AttemptEvent,
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
     Capacity,
-    drain,
+    EventReporter,
 )
 from .cgroups import MIB
 from .job_environment import inherited_environment
-from .local import now_ms
 from .ray_node import NodeAgent, NodeReport
 
 logger = logging.getLogger(__name__)
@@ -156,10 +154,11 @@ def fits(need: dict[str, float], resources: dict[str, float]) -> bool:
     return all(resources.get(name, 0.0) + 1e-9 >= amount for name, amount in need.items())
 
 
-class RayExecutor:
+class RayExecutor(EventReporter):
     """The `Executor` on a Ray cluster (`ray_address` None: join the local one, or start one)."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._settings = settings
         ray.init(
             address=settings.ray_address,
@@ -173,7 +172,6 @@ class RayExecutor:
         self._tag = hashlib.sha256(f"{socket.gethostname()}:{settings.data_dir}".encode()).hexdigest()[:10]
         self._nodes: dict[str, _Node] = {}
         self._attempts: dict[str, _Attempt] = {}
-        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._lost: set[str] = set()  # nodes given up on: never used again, even if Ray still lists them
         # Exits handed to the scheduler and not yet acknowledged: the node whose agent holds each
         # (told once it is recorded) and the group still reserving its resources.
@@ -188,16 +186,12 @@ class RayExecutor:
         self._reports = threading.Lock()  # one exchange of reports at a time: `adopt` rewinds them
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._listener: Callable[[], None] = lambda: None
         self._next_nodes = 0.0
         self._refresh_nodes()
         self._monitor = threading.Thread(target=self._watch, name="kiln-ray-executor", daemon=True)
         self._monitor.start()
 
     # -- Executor ---------------------------------------------------------------------------------
-
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        self._listener = listener
 
     def capacity(self) -> Capacity:
         with self._lock:
@@ -272,9 +266,6 @@ class RayExecutor:
             node = self._nodes.get(attempt.node_id)
         if node is not None and node.agent is not None:
             node.agent.terminate.remote(attempt_id, reason)
-
-    def poll(self) -> list[AttemptEvent]:
-        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -401,10 +392,6 @@ class RayExecutor:
                 logger.exception("the Ray executor's monitor pass failed")
             self._wake.wait(TICK_SECONDS)
             self._wake.clear()
-
-    def _emit(self, event: AttemptEvent) -> None:
-        self._events.put(event)
-        self._listener()
 
     def _refresh_nodes(self) -> None:
         """Agents for new nodes; every attempt of a node that is gone fails as host-terminated."""

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from kiln.config import Settings
 from kiln.errors import ServerError
 from kiln.private_files import create_private_file, make_private_dir
 
-from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity, drain
+from .base import HOST_TERMINATED, Adoption, AttemptEvent, AttemptExited, AttemptSpec, Capacity, EventReporter
 from .images import ImageCatalogue
 from .job_environment import inherited_environment
 from .job_mounts import openings, paths_jobs_need
@@ -127,18 +127,17 @@ def stop_supervisor(state_dir: Path, timeout: float = 60.0) -> bool:
     return connect(state_dir) is None
 
 
-class SupervisedExecutor:
+class SupervisedExecutor(EventReporter):
     """`Executor` whose attempts are started, reaped and journaled by the supervisor process."""
 
     def __init__(self, settings: Settings, catalogue: ImageCatalogue, host_id: str) -> None:
+        super().__init__()
         prepare_for_jobs(settings, catalogue)
         self._settings = settings
         self._catalogue = catalogue
         self._state_dir = settings.executor_dir
         self._lost_reason = HOST_TERMINATED.format(host=host_id)
-        self._events: queue.SimpleQueue[AttemptEvent] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._listener: Callable[[], None] = lambda: None
         self._outstanding: dict[str, AttemptSpec | None] = {}  # handed over, not yet reported over
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -204,8 +203,7 @@ class SupervisedExecutor:
         if isinstance(event, AttemptExited):
             with self._lock:
                 self._outstanding.pop(event.attempt_id, None)
-        self._events.put(event)
-        self._listener()
+        self._emit(event)
 
     def _reconnect(self) -> bool:
         """The supervisor went away: start another and account for every attempt placed here."""
@@ -261,9 +259,6 @@ class SupervisedExecutor:
             start_after=True,
         )
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        self._listener = listener
-
     def start(self, spec: AttemptSpec) -> None:
         with self._lock:
             self._outstanding[spec.attempt_id] = spec
@@ -271,9 +266,6 @@ class SupervisedExecutor:
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         self._send({"op": "terminate", "id": attempt_id, "reason": reason})
-
-    def poll(self) -> list[AttemptEvent]:
-        return drain(self._events)
 
     def running(self) -> set[str]:
         with self._lock:

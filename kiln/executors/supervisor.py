@@ -31,12 +31,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.private_files import make_private_dir
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
 from .images import ImageCatalogue
-from .local import LocalExecutor, now_ms
+from .local import LocalExecutor
 from .supervisor_journal import Journal
 from .supervisor_wire import LOCK_NAME, SOCKET_NAME, LineReader, encode, event_to_wire, spec_from_wire
 
