@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.config import Settings
-from kiln.engine.status import Status
+from kiln.engine.lifecycle import Status
 from kiln.errors import NotFoundError, ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository

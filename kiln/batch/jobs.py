@@ -9,7 +9,8 @@ from kiln.batch import multinode, views
 from kiln.batch.definitions import get_definition_by_arn
 from kiln.batch.environments import check_queue_deletable, get_job_queue
 from kiln.context import Context
-from kiln.engine.status import ACTIVE, NOT_STARTED, Status, transition
+from kiln.engine import lifecycle
+from kiln.engine.lifecycle import Status
 from kiln.errors import ValidationError
 
 MAX_DESCRIBE_JOBS = 100
@@ -136,25 +137,6 @@ def _check_reason(reason: str) -> None:
         raise ValidationError(f"reason must be at most {MAX_REASON} characters")
 
 
-def _stop_not_started(ctx: Context, jobs: list[Row], reason: str, flag: str) -> None:
-    """Fail jobs that never started. For an array parent, fail its children that never started;
-    the parent itself ends (with `reason`) once every child is done, as on AWS."""
-    ids = [job["id"] for job in jobs if job["array_size"] is None]
-    for mnp in (job for job in jobs if job["num_nodes"] is not None):  # its nodes wait with it, and end with it
-        ids += [node["id"] for node in ctx.repo.children(mnp["id"], [Status.SUBMITTED.value])]
-    for parent in (job for job in jobs if job["array_size"] is not None):
-        ids += [child["id"] for child in ctx.repo.children(parent["id"], [s.value for s in NOT_STARTED])]
-        ctx.repo.update_job_fields(parent["id"], {flag: True, "spec": {**parent["spec"], "stopReason": reason}})
-    for job_id in transition(ctx.repo, ids, Status.FAILED, reason, ctx.now, only_from=NOT_STARTED):
-        ctx.repo.update_job_fields(job_id, {flag: True})
-
-
-def _request_termination(ctx: Context, jobs: list[Row], reason: str) -> None:
-    """Flag running attempts; the scheduler signals them and records the exit with this reason."""
-    for job in jobs:
-        ctx.repo.update_job_fields(job["id"], {"is_terminated": True, "spec": {**job["spec"], "stopReason": reason}})
-
-
 def _targets(ctx: Context, job_id: str) -> list[Row]:
     """The job named; for a node of an MNP job (`<job>#<i>`), the MNP job, which ends all its nodes."""
     node = multinode.split_node_id(job_id)
@@ -165,23 +147,15 @@ def _targets(ctx: Context, job_id: str) -> list[Row]:
 
 
 def cancel(ctx: Context, job_ids: list[str], reason: str) -> None:
-    """CancelJob: jobs not yet STARTING fail with `reason`; running ones are left alone (as AWS)."""
+    """CancelJob: what it does to each job is the lifecycle's to decide (`lifecycle.cancel`)."""
     _check_reason(reason)
-    jobs = [job for job_id in job_ids for job in _targets(ctx, job_id)]
-    _stop_not_started(ctx, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, "is_cancelled")
+    lifecycle.cancel(ctx.repo, [job for job_id in job_ids for job in _targets(ctx, job_id)], reason, ctx.now)
 
 
 def terminate(ctx: Context, job_ids: list[str], reason: str) -> None:
-    """TerminateJob: like cancel for jobs not started; running attempts are stopped."""
+    """TerminateJob: what it does to each job is the lifecycle's to decide (`lifecycle.terminate`)."""
     _check_reason(reason)
-    jobs = [job for job_id in job_ids for job in _targets(ctx, job_id)]
-    _stop_not_started(ctx, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, "is_terminated")
-    # A PENDING array parent may have running children: terminate reaches them too.
-    running = [job for job in jobs if Status(job["status"]) in ACTIVE]
-    for job in jobs:
-        if job["array_size"] is not None or job["num_nodes"] is not None:
-            running += ctx.repo.children(job["id"], [s.value for s in ACTIVE])
-    _request_termination(ctx, running, reason)
+    lifecycle.terminate(ctx.repo, [job for job_id in job_ids for job in _targets(ctx, job_id)], reason, ctx.now)
 
 
 def bulk(ctx: Context, params: dict[str, Any], action: str) -> dict[str, Any]:

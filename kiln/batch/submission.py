@@ -14,8 +14,8 @@ from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_id
 from kiln.batch.tags import check_tags
 from kiln.context import Context
 from kiln.engine import containers
+from kiln.engine.lifecycle import Status
 from kiln.engine.retry import check_retry_strategy
-from kiln.engine.status import Status
 from kiln.errors import ValidationError
 
 MIN_ARRAY_SIZE = 2

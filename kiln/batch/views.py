@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.context import Context
-from kiln.engine.status import Status
+from kiln.engine.lifecycle import Status
 
 Row = dict[str, Any]
 

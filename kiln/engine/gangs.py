@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kiln.engine import lifecycle
+from kiln.engine.lifecycle import ACTIVE, TERMINAL, Move, Status, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
-from kiln.engine.status import ACTIVE, TERMINAL, Move, Status, restart_nodes, transition, transition_each
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
 from kiln.store.repository import Repository
 
@@ -67,20 +68,14 @@ def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
 
 def _stop_others(repo: Repository, nodes: list[Row], main: int) -> bool:
     live = [node for node in nodes if Status(node["status"]) in ACTIVE and not node["is_terminated"]]
-    for node in live:
-        spec = {**node["spec"], "stopReason": MAIN_NODE_EXITED.format(main=main)}
-        repo.update_job_fields(node["id"], {"is_terminated": True, "spec": spec})
+    lifecycle.stop_running(repo, live, MAIN_NODE_EXITED.format(main=main))
     return bool(live)
 
 
 def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) -> None:
     if any(Status(node["status"]) not in TERMINAL for node in nodes):
         return  # stopping nodes still hold their capacity: the next gang waits for them
-    for node in nodes:
-        spec = {key: value for key, value in node["spec"].items() if key != "stopReason"}
-        repo.update_job_fields(node["id"], {"spec": spec})
-    restart_nodes(repo, [node["id"] for node in nodes])
-    transition(repo, [job["id"]], Status.RUNNABLE, None, now, only_from=ACTIVE)
+    lifecycle.restart_gang(repo, job, nodes, now)
 
 
 def fail_stranded(repo: Repository, now: int) -> bool:

@@ -1,6 +1,6 @@
 """Moving jobs along before and after they run: dependencies, array parents, attempt outcomes.
 
-Each function takes a repository inside a transaction and decides with `status.transition`; the
+Each function takes a repository inside a transaction and decides with `lifecycle.transition`; the
 scheduler calls them every tick. They are idempotent: running one twice changes nothing more.
 """
 
@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.engine.retry import AttemptOutcome, should_retry
-from kiln.engine.status import (
+from kiln.engine.lifecycle import (
     ARRAY_CHILD_FAILED,
     DEPENDENT_JOB_FAILED,
     TERMINAL,
@@ -20,6 +19,7 @@ from kiln.engine.status import (
     transition,
     transition_each,
 )
+from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
 from kiln.store.repository import Repository
 

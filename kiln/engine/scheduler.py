@@ -26,8 +26,8 @@ from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.engine import gangs, progress, scheduling, share_queue, time_limits
 from kiln.engine.containers import environment_of, volume_mounts
+from kiln.engine.lifecycle import TERMINAL, Move, Status, set_reason, transition, transition_each
 from kiln.engine.start_ahead import Chained, StartAhead
-from kiln.engine.status import TERMINAL, Move, Status, set_reason, transition, transition_each
 from kiln.executors.base import (
     HOST_TERMINATED,
     TASK_FAILED_TO_START,

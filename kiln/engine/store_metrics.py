@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kiln.engine.status import Status
+from kiln.engine.lifecycle import Status
 from kiln.executors.base import Capacity
 from kiln.observability.metrics import EnvironmentUsage, StoreSnapshot
 from kiln.store.database import Database

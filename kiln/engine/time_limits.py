@@ -10,7 +10,7 @@ same for a job that never started; they differ only in the flag recorded (`isCan
 `isTerminated`). Kiln itself writes only the two MISCONFIGURATION diagnostics, so an action on
 `CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY` never fires here.
 
-`decide` is pure; `enforce` reads the queues, calls it and applies the result through `status`.
+`decide` is pure; `enforce` reads the queues, calls it and applies the result through `lifecycle.expire`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.engine.status import Status, transition
+from kiln.engine import lifecycle
+from kiln.engine.lifecycle import Status
 from kiln.store.repository import Repository
 
 CANCELED_BY_ACTION = "Canceled by JobStateTimeLimit action due to reason: {reason}"
@@ -86,8 +87,6 @@ def enforce(repo: Repository, now_ms: int) -> bool:
         groups.setdefault((item.action, item.status_reason), []).append(item.job_id)
     moved = False
     for (action, reason), job_ids in groups.items():
-        flag = "is_terminated" if action == "TERMINATE" else "is_cancelled"
-        for job_id in transition(repo, job_ids, Status.FAILED, reason, now_ms, only_from=frozenset({Status.RUNNABLE})):
-            repo.update_job_fields(job_id, {flag: True})
-            moved = True
+        stop = lifecycle.Stop.TERMINATE if action == "TERMINATE" else lifecycle.Stop.CANCEL
+        moved |= lifecycle.expire(repo, job_ids, stop, reason, now_ms)
     return moved

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.context import Context, require_job
-from kiln.engine.status import TERMINAL, Status
+from kiln.engine.lifecycle import TERMINAL, Status
 from kiln.errors import NotFoundError, ValidationError
 
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from kiln.batch import multinode
 from kiln.engine.gangs import outcome
+from kiln.engine.lifecycle import Status
 from kiln.engine.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
-from kiln.engine.status import Status
 from kiln.errors import ValidationError
 from tests.engine.test_scheduling import Scenario, scenarios
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from kiln.batch.service import BatchService
 from kiln.config import Settings
+from kiln.engine.lifecycle import TERMINAL
 from kiln.engine.scheduler import Scheduler
-from kiln.engine.status import TERMINAL
 from kiln.executors.local import LocalExecutor
 from kiln.store.database import Database
 from kiln.store.repository import Repository

@@ -16,7 +16,7 @@ from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.engine import share_queue
 from kiln.engine.fair_share import MIN_CHARGE_SECONDS, AttemptUsage, decayed_usage
-from kiln.engine.status import Status, transition
+from kiln.engine.lifecycle import Status, transition
 from kiln.errors import ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kiln.engine.status import (
+from kiln.engine.lifecycle import (
     ACTIVE,
     NOT_STARTED,
     TERMINAL,
