@@ -24,9 +24,9 @@ from typing import Any
 from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
-from kiln.engine import gangs, progress, scheduling, share_queue, time_limits
+from kiln.engine import gangs, lifecycle, progress, scheduling, share_queue, time_limits
 from kiln.engine.containers import environment_of, volume_mounts
-from kiln.engine.lifecycle import TERMINAL, Move, Status, set_reason, transition, transition_each
+from kiln.engine.lifecycle import TERMINAL, Move, Status
 from kiln.engine.start_ahead import Chained, StartAhead
 from kiln.executors.base import (
     HOST_TERMINATED,
@@ -236,7 +236,7 @@ class Scheduler:
                 exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
         self.metrics.record_events(events, attempts)
         repo.update_attempts_each(started)
-        transition_each(repo, Status.RUNNING, running, only_from=frozenset({Status.STARTING}))
+        lifecycle.running(repo, running)
         decided = progress.record_exits(repo, exits)
         ended = [job_id for job_id, status in decided.items() if status in TERMINAL]
         if ended and repo.has_dependents(ended):
@@ -333,7 +333,7 @@ class Scheduler:
         current = {job["id"]: job["status_reason"] for job in runnable}
         for job_id, reason in decision.diagnostics.items():
             if current[job_id] != reason:
-                set_reason(repo, [job_id], Status.RUNNABLE, reason)
+                lifecycle.diagnose(repo, job_id, reason)
 
     def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
         """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
@@ -363,7 +363,7 @@ class Scheduler:
                                  "active": True, "placed_by": self.placer})  # fmt: skip
             attempt = self._attempt_spec(job, spec, task_id, number, placement.environment, stream)
             launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
-        transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
+        lifecycle.placed(repo, moves)
         repo.insert_attempts(attempt_rows)
         return launches
 
@@ -373,7 +373,7 @@ class Scheduler:
         nodes = sorted(repo.children(job["id"], [Status.SUBMITTED.value]), key=lambda node: node["node_index"])
         main = gangs.main_node(job)
         nodes.sort(key=lambda node: node["node_index"] != main)
-        transition(repo, [node["id"] for node in nodes], Status.RUNNABLE, None, now)
+        lifecycle.release_gang_nodes(repo, [node["id"] for node in nodes], now)
         node_specs = self._specs(repo, nodes)
         moves, rows, launches = [], [], []
         for node in nodes:
@@ -386,7 +386,7 @@ class Scheduler:
                          "placed_by": self.placer})  # fmt: skip
             attempt = self._attempt_spec(node, spec, task_id, number, environment, stream)
             launches.append(_Launch(attempt, None, environment))
-        transition_each(repo, Status.STARTING, moves, only_from=frozenset({Status.RUNNABLE}))
+        lifecycle.placed(repo, moves)
         repo.insert_attempts(rows)
         return launches
 
