@@ -2,7 +2,7 @@
 
 A daemon that already answers (`$KILN_TEST_DOCKER_HOST`, `$DOCKER_HOST` or the default socket) is
 used as it is. Otherwise the tests start their own `dockerd` as root with its state in a temp dir
-and the flags that work on a VM without iptables (shared/design/execution-facts.md), and stop it
+and the flags that work on a VM without iptables (`DOCKERD_FLAGS`: no iptables, no bridge), and stop it
 at the end. The test image is `docker import` of a root filesystem holding only Debian's static
 busybox (`/bin/sh`, `sleep`, `head`, ...), so nothing is pulled from anywhere.
 """

@@ -4,7 +4,7 @@ Each node is its own `ray start --block` process in its own session, so the test
 processes: stopping (or "losing") a node signals that session's processes, never `ray stop`, which
 would stop every Ray on the machine. Nodes are given `--node-ip-address=127.0.0.1`, but Ray 2.60 replaces a
 loopback address with the machine's routable one and listens on all interfaces for some of its
-ports (shared/design/execution-facts.md): the tests cannot change that; every node still runs here.
+ports (seen on these test machines): the tests cannot change that; every node still runs here.
 Every node has a custom resource naming it (`node:<name>`-like, here `kiln_test_<name>`) so a test
 can tell them apart, and a fixed CPU count and memory so capacity is predictable.
 """

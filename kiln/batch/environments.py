@@ -1,4 +1,5 @@
-"""Compute environments and job queues: create, describe, update, delete (aws-batch-facts.md §1d).
+"""Compute environments and job queues: create, describe, update, delete (https://docs.aws.amazon.com/batch/latest/userguide/compute_environments.html,
+https://docs.aws.amazon.com/batch/latest/userguide/job_queues.html).
 
 On Kiln a compute environment's capacity is this host's (or, later, a cluster's), capped by
 `maxvCpus` for MANAGED environments. Resources become VALID at once: there is nothing to provision.

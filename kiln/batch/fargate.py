@@ -1,4 +1,4 @@
-"""AWS Batch's Fargate rules as pure checks (aws-batch-facts.md §1c, §1d).
+"""AWS Batch's Fargate rules as pure checks (https://docs.aws.amazon.com/batch/latest/userguide/fargate.html).
 
 A job definition with `platformCapabilities: ["FARGATE"]` may say less than an EC2 one: resources
 only as a valid VCPU/MEMORY pair in `resourceRequirements`, no GPUs, no host-level knobs; it needs

@@ -1,4 +1,4 @@
-"""Multi-node parallel (MNP) jobs: the pure rules (aws-batch-facts.md §6). No I/O.
+"""Multi-node parallel (MNP) jobs: the pure rules (https://docs.aws.amazon.com/batch/latest/userguide/multi-node-parallel-jobs.html). No I/O.
 
 A definition's `nodeProperties` names `numNodes`, a `mainNode` and node ranges (`targetNodes`
 `a:b` inclusive, `:b` from 0, `a:` to the last node, `a` one node). Ranges must cover every node;

@@ -1,4 +1,4 @@
-"""Naming rules shared by every resource (aws-batch-facts.md §0)."""
+"""Naming rules shared by every resource (as each operation documents them: https://docs.aws.amazon.com/batch/latest/APIReference/)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fair-share ordering of a queue's RUNNABLE jobs, as pure functions (aws-batch-facts.md §1d).
+"""Fair-share ordering of a queue's RUNNABLE jobs, as pure functions (https://docs.aws.amazon.com/batch/latest/userguide/fair-share-scheduling.html).
 
 A fair-share queue serves share identifiers in inverse proportion to their weighted recent usage:
 the next job comes from the share whose `usage * weightFactor` is smallest, so a share with weight

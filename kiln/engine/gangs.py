@@ -1,4 +1,4 @@
-"""A running multi-node parallel job follows its main node (aws-batch-facts.md §2.2, §6).
+"""A running multi-node parallel job follows its main node (https://docs.aws.amazon.com/batch/latest/userguide/multi-node-parallel-jobs.html).
 
 The scheduler places an MNP job's nodes together (one decision for the whole gang, see
 `scheduling.plan`), and every tick with node events it calls `sync`: the job becomes RUNNING when

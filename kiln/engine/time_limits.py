@@ -2,7 +2,7 @@
 
 AWS applies an action to the job at the *head* of the queue once it has been blocked in RUNNABLE
 for `maxTimeSeconds` by the action's `reason` (one of the `CAPACITY:`/`MISCONFIGURATION:` codes of
-aws-batch-facts.md §2.1). Kiln keeps a RUNNABLE diagnostic per job rather than per queue head, so
+https://docs.aws.amazon.com/batch/latest/userguide/job_stuck_in_runnable.html). Kiln keeps a RUNNABLE diagnostic per job rather than per queue head, so
 it applies the rule to every job: a job RUNNABLE for at least `maxTimeSeconds` (counted from when
 it last became RUNNABLE) whose current `statusReason` matches the action's `reason` goes to FAILED
 with `Canceled by JobStateTimeLimit action due to reason: <reason>`. CANCEL and TERMINATE mean the

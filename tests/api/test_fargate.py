@@ -1,4 +1,4 @@
-"""Fargate through boto3 against a real `kiln server` (aws-batch-facts.md §1c, §1d).
+"""Fargate through boto3 against a real `kiln server` (https://docs.aws.amazon.com/batch/latest/userguide/fargate.html).
 
 Definitions with `platformCapabilities: ["FARGATE"]` are validated as AWS validates them and come back
 from DescribeJobDefinitions with AWS's defaults; FARGATE compute environments and their queues follow

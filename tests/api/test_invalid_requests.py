@@ -2,7 +2,7 @@
 
 Every case asserts the status (400, never a 500), the error type (`ClientException`: the only client
 error the Batch model knows) and the part of the message that says what to fix; real AWS texts are
-quoted where they are known (/work/shared/design/aws-batch-facts.md §1, §7, Appendix A/B). Malformed or
+quoted where they are known (the Batch API reference, https://docs.aws.amazon.com/batch/latest/APIReference/). Malformed or
 mistyped input goes over raw HTTP, because botocore would refuse to send it; everything botocore lets
 through goes through boto3, as a user's request would.
 """

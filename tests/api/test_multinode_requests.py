@@ -1,5 +1,5 @@
 """Multi-node parallel definitions and submissions through boto3 against a real `kiln server`:
-what is refused (HTTP 400 `ClientException`, AWS's text where known: aws-batch-facts.md §6,
+what is refused (HTTP 400 `ClientException`, AWS's text where known: https://docs.aws.amazon.com/batch/latest/userguide/multi-node-parallel-jobs.html,
 Appendix B) and what comes back (DescribeJobDefinitions, DescribeJobs of `<jobId>#<i>`,
 ListJobs(multiNodeJobId) pages). Jobs here never run: their queue's only CE is DISABLED.
 """

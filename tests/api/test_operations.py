@@ -2,7 +2,7 @@
 (the five scheduling-policy operations are in tests/e2e/test_fair_share.py).
 
 Each test asserts the response shapes and semantics a real AWS client relies on
-(/work/shared/design/aws-batch-facts.md §0, §1, §1b, §1d, §2.4, §7.4). Jobs that never need to run
+(https://docs.aws.amazon.com/batch/latest/APIReference/). Jobs that never need to run
 sit in "parked" queues whose only compute environment is DISABLED, so they stay RUNNABLE and leave
 the host's two cores to the few tests that run something.
 """

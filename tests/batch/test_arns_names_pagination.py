@@ -1,4 +1,4 @@
-"""ARN formats, naming rules and pagination tokens (aws-batch-facts.md §0)."""
+"""ARN formats, naming rules and pagination tokens (https://docs.aws.amazon.com/batch/latest/APIReference/)."""
 
 from __future__ import annotations
 

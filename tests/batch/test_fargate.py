@@ -1,4 +1,4 @@
-"""Fargate's rules as pure functions (aws-batch-facts.md §1c): the vCPU/memory table, definition and
+"""Fargate's rules as pure functions (https://docs.aws.amazon.com/batch/latest/userguide/fargate.html): the vCPU/memory table, definition and
 override checks, queue compatibility, and Fargate compute environments."""
 
 from __future__ import annotations

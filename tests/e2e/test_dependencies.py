@@ -1,4 +1,4 @@
-"""Array jobs and dependencies, driven through boto3 against a real server (aws-batch-facts.md §3).
+"""Array jobs and dependencies, driven through boto3 against a real server (https://docs.aws.amazon.com/batch/latest/userguide/array_jobs.html).
 
 Ordering is checked from inside the jobs: children append to files or leave markers, and a job that
 runs too early notices and exits 1. Timestamps from DescribeJobs are checked as well.

@@ -1,4 +1,4 @@
-"""Multi-node parallel jobs really run as gangs on the local executor (aws-batch-facts.md §6).
+"""Multi-node parallel jobs really run as gangs on the local executor (https://docs.aws.amazon.com/batch/latest/userguide/multi-node-parallel-jobs.html).
 
 The nodes of a job are real processes that meet over TCP at the main node's address
 (`AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS`, 127.0.0.1 on one host); a gang starts whole or

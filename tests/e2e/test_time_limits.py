@@ -1,4 +1,4 @@
-"""jobStateTimeLimitActions against a real server (aws-batch-facts.md §2.1).
+"""jobStateTimeLimitActions against a real server (https://docs.aws.amazon.com/batch/latest/APIReference/API_JobStateTimeLimitAction.html).
 
 AWS's floor for maxTimeSeconds is 600 s; a private server started with the documented test flag
 `--min-state-time-limit-seconds 1` lets the actions fire within seconds.

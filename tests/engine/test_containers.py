@@ -1,4 +1,4 @@
-"""Resolving what a job runs (aws-batch-facts.md §1c): resources, overrides, Ref::, environment."""
+"""Resolving what a job runs (https://docs.aws.amazon.com/batch/latest/userguide/job_definition_parameters.html): resources, overrides, Ref::, environment."""
 
 from __future__ import annotations
 

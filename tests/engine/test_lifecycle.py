@@ -1,4 +1,4 @@
-"""The one owner of job status: the transition table (aws-batch-facts.md §2.1) and `transition`
+"""The one owner of job status: the transition table (https://docs.aws.amazon.com/batch/latest/userguide/job_states.html) and `transition`
 against a real SQLite database."""
 
 from __future__ import annotations

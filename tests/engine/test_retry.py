@@ -1,4 +1,4 @@
-"""Retry decisions (aws-batch-facts.md §4.1): attempts, evaluateOnExit matching, validation."""
+"""Retry decisions (https://docs.aws.amazon.com/batch/latest/userguide/job_retries.html): attempts, evaluateOnExit matching, validation."""
 
 from __future__ import annotations
 
