@@ -24,9 +24,9 @@ from typing import Any
 from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
-from kiln.engine import gangs, lifecycle, progress, scheduling, share_queue, time_limits
+from kiln.engine import lifecycle, scheduling, share_queue, time_limits
 from kiln.engine.containers import environment_of, volume_mounts
-from kiln.engine.lifecycle import TERMINAL, Move, Status
+from kiln.engine.lifecycle import TERMINAL, Move, Status, gangs, progress
 from kiln.engine.start_ahead import Chained, StartAhead
 from kiln.executors.base import (
     HOST_TERMINATED,

@@ -645,7 +645,7 @@ class Repository:
         )
         return [(str(queue), str(status), int(count)) for queue, status, count in self.connection.execute(query)]
 
-    # -- multi-node parallel jobs (kiln/engine/gangs.py); appended here --------------------------
+    # -- multi-node parallel jobs (kiln/engine/lifecycle/gangs.py); appended here --------------------------
     def multinode_jobs(self, statuses: Sequence[str], ids: Sequence[str] | None = None) -> list[Row]:
         """MNP jobs (not their nodes) in `statuses`, all of them or those among `ids`."""
         query = select(jobs).where(jobs.c.status.in_(list(statuses)), jobs.c.num_nodes.is_not(None))

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.batch import multinode
-from kiln.engine.gangs import outcome
 from kiln.engine.lifecycle import Status
+from kiln.engine.lifecycle.gangs import outcome
 from kiln.engine.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
 from kiln.errors import ValidationError
 from tests.engine.test_scheduling import Scenario, scenarios

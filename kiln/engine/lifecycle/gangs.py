@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kiln.engine import lifecycle
-from kiln.engine.lifecycle import ACTIVE, TERMINAL, Move, Status, transition, transition_each
+from kiln.engine.lifecycle.states import ACTIVE, TERMINAL, Status
+from kiln.engine.lifecycle.stops import restart_gang, stop_running
+from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
 from kiln.store.repository import Repository
@@ -68,14 +69,14 @@ def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
 
 def _stop_others(repo: Repository, nodes: list[Row], main: int) -> bool:
     live = [node for node in nodes if Status(node["status"]) in ACTIVE and not node["is_terminated"]]
-    lifecycle.stop_running(repo, live, MAIN_NODE_EXITED.format(main=main))
+    stop_running(repo, live, MAIN_NODE_EXITED.format(main=main))
     return bool(live)
 
 
 def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) -> None:
     if any(Status(node["status"]) not in TERMINAL for node in nodes):
         return  # stopping nodes still hold their capacity: the next gang waits for them
-    lifecycle.restart_gang(repo, job, nodes, now)
+    restart_gang(repo, job, nodes, now)
 
 
 def fail_stranded(repo: Repository, now: int) -> bool:

@@ -1,6 +1,6 @@
 """Moving jobs along before and after they run: dependencies, array parents, attempt outcomes.
 
-Each function takes a repository inside a transaction and decides with `lifecycle.transition`; the
+Each function takes a repository inside a transaction and decides with `transitions.transition`; the
 scheduler calls them every tick. They are idempotent: running one twice changes nothing more.
 """
 
@@ -10,15 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.engine.lifecycle import (
-    ARRAY_CHILD_FAILED,
-    DEPENDENT_JOB_FAILED,
-    TERMINAL,
-    Move,
-    Status,
-    transition,
-    transition_each,
-)
+from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILED, TERMINAL, Status
+from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
 from kiln.store.repository import Repository
@@ -133,7 +126,7 @@ def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[
     if event.terminated or job["is_terminated"]:
         return Status.FAILED, job["spec"].get("stopReason") or event.status_reason
     outcome = AttemptOutcome(event.status_reason, event.reason, event.exit_code)
-    # A node of a multi-node parallel job is never retried alone: its job is (kiln/engine/gangs.py).
+    # A node of a multi-node parallel job is never retried alone: its job is (kiln/engine/lifecycle/gangs.py).
     is_node = job.get("node_index") is not None
     if not event.timed_out and not is_node and should_retry(retry_strategy, job["attempt_count"], outcome):
         return Status.RUNNABLE, None

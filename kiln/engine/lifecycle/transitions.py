@@ -1,0 +1,100 @@
+"""The one writer of `status` and `statusReason`: moves allowed by the table of `states`, with the
+timestamps each state sets. A transition names the states it may leave, so a late or duplicate
+event (an exit reported for a job a user already terminated) changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kiln.engine.lifecycle.states import TERMINAL, TRANSITIONS, Status, sources_of
+from kiln.store.repository import Repository
+
+
+def transition(
+    repo: Repository,
+    job_ids: Sequence[str],
+    target: Status,
+    reason: str | None,
+    now_ms: int,
+    *,
+    only_from: frozenset[Status] | None = None,
+) -> list[str]:
+    """Move jobs to `target` where the table allows it; returns the ids that moved.
+
+    Timestamps follow the model: `runnable_at` (queue order) on entering RUNNABLE, `startedAt` on
+    RUNNING, `stoppedAt` on a terminal state.
+    """
+    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    values: dict[str, object] = {"status": target.value, "status_reason": reason}
+    if target is Status.RUNNABLE:
+        values["runnable_at"] = now_ms
+    elif target is Status.RUNNING:
+        values["started_at"] = now_ms
+    elif target in TERMINAL:
+        values["stopped_at"] = now_ms
+    return repo.update_jobs(job_ids, [s.value for s in allowed], values)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One job's move in a batch: when, why, and any other columns that change with it."""
+
+    job_id: str
+    at_ms: int
+    reason: str | None = None
+    values: Mapping[str, object] = field(default_factory=dict)
+
+
+def transition_each(
+    repo: Repository,
+    target: Status,
+    moves: Sequence[Move],
+    *,
+    only_from: frozenset[Status] | None = None,
+    through_running: bool = False,
+) -> None:
+    """`transition` for many jobs in one statement (group commit), each with its own time and reason.
+
+    With `through_running`, a STARTING job passes through RUNNING on its way to `target` (each
+    move's values carry its `started_at`): a job whose start and end are recorded in the same
+    transaction costs one write, as no reader can see the state in between.
+    """
+    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    if through_running and target in TRANSITIONS[Status.RUNNING]:
+        allowed |= sources_of(Status.RUNNING) & {Status.STARTING}
+    time_column = _TIME_COLUMN.get(target)
+    rows = []
+    for move in moves:
+        row: dict[str, object] = {"_id": move.job_id, "status": target.value, "status_reason": move.reason}
+        row.update(move.values)
+        if time_column is not None:
+            row[time_column] = move.at_ms
+        rows.append(row)
+    repo.update_jobs_each(rows, [s.value for s in allowed])
+
+
+_TIME_COLUMN = {
+    Status.RUNNABLE: "runnable_at",
+    Status.RUNNING: "started_at",
+    Status.SUCCEEDED: "stopped_at",
+    Status.FAILED: "stopped_at",
+}
+
+
+def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:
+    """Change only the reason of jobs staying in `in_status` (RUNNABLE capacity diagnostics)."""
+    return repo.update_jobs(job_ids, [in_status.value], {"status_reason": reason})
+
+
+def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
+    """A retried multi-node parallel job's nodes wait again (SUBMITTED) for the job's next placement.
+
+    The one way out of a terminal state, and only for node jobs (`<job>#<i>`): AWS gives every node
+    of an MNP job a new attempt when the job is retried. A node leaves SUCCEEDED/FAILED only, so
+    one whose attempt still runs stays put; the terminate flag set when the main node ended is cleared.
+    """
+    ids = [job_id for job_id in node_ids if "#" in job_id]
+    values = {"status": Status.SUBMITTED.value, "status_reason": None, "started_at": None, "stopped_at": None,
+              "is_terminated": False}  # fmt: skip
+    return repo.update_jobs(ids, [s.value for s in TERMINAL], values)
