@@ -9,7 +9,8 @@ Work is batched (group commit): one transaction applies every event that arrived
 tick and one transaction records every placement of a tick, so ten thousand short jobs cost a
 few statements per tick, not per job. The executor wakes the loop the moment an attempt ends; the
 slower sweeps (dependencies, array parents, RUNNABLE diagnostics) run when something changed or
-once a second.
+once a second. What an attempt is (`attempts`), crash recovery (`recovery`) and retention
+(`retention`) live beside it; job states are the lifecycle's (`lifecycle`).
 """
 
 from __future__ import annotations
@@ -24,19 +25,18 @@ from typing import Any
 from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
-from kiln.engine import lifecycle, scheduling, share_queue, time_limits
-from kiln.engine.containers import environment_of, volume_mounts
+from kiln.engine import lifecycle, recovery, scheduling, share_queue, time_limits
+from kiln.engine.attempts import AttemptBuilder, log_stream_name
 from kiln.engine.lifecycle import TERMINAL, Move, Status, gangs, progress
+from kiln.engine.retention import Retention
 from kiln.engine.start_ahead import Chained, StartAhead
 from kiln.executors.base import (
-    HOST_TERMINATED,
     TASK_FAILED_TO_START,
     AttemptEvent,
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
     Executor,
-    GangMember,
     local_host_id,
 )
 from kiln.observability.metrics import SchedulerMetrics
@@ -52,13 +52,6 @@ AHEAD_CANDIDATES = 256  # per queue and tick, for start-ahead chains
 DIAGNOSED_PER_QUEUE = 1000
 SWEEP_SECONDS = 1.0
 TICK_SPACING_SECONDS = 0.05  # between busy ticks, unless the API changed something
-RETENTION_CHECK_SECONDS = 60.0
-PARENT_SPEC_CACHE = 10_000
-LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
-
-
-def log_stream_name(definition_name: str, task_id: str) -> str:
-    return f"{definition_name[:200]}/default/{task_id}"
 
 
 class Scheduler:
@@ -80,13 +73,13 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._signalled: set[str] = set()
-        self._last_purge = 0.0
         self._last_diagnosis = 0.0
         self._changed = threading.Event()  # the API committed something: sweep on the next tick
         self._unblocked = False  # a job with dependents ended: look at PENDING jobs next tick
         self._queues: list[Row] = []  # ENABLED queue documents, refreshed by each sweep
         self._environments: list[Row] = []
-        self._parent_specs: dict[str, Row] = {}
+        self.attempts = AttemptBuilder(settings)
+        self.retention = Retention(db, settings)
         self._unapplied: list[AttemptEvent] = []
         self._ahead = StartAhead()
         self._chained_this_tick: list[str] = []  # to forget if the tick's transaction fails
@@ -203,7 +196,7 @@ class Scheduler:
         self._launch(to_start)
         if sweep or stop_nodes:
             self.signal_terminations()
-        self.purge_expired(now)
+        self.retention.purge_expired(now)
         return moved or bool(to_start)
 
     def apply_events(self, repo: Repository, events: list[AttemptEvent]) -> set[str]:
@@ -213,7 +206,7 @@ class Scheduler:
             return set()
         attempts = {a["task_id"]: a for a in repo.get_attempts([e.attempt_id for e in events])}
         jobs = {j["id"]: j for j in repo.get_jobs(sorted({a["job_id"] for a in attempts.values()}))}
-        specs = self._specs(repo, list(jobs.values()))
+        specs = self.attempts.specs(repo, list(jobs.values()))
         started: list[Row] = []
         running: list[Move] = []
         exits: list[progress.Exit] = []
@@ -338,7 +331,7 @@ class Scheduler:
     def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
         """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
         jobs = {j["id"]: j for j in repo.get_jobs([p.job_id for p in placements])}
-        job_specs = self._specs(repo, list(jobs.values()))
+        job_specs = self.attempts.specs(repo, list(jobs.values()))
         launches: list[_Launch] = []
         moves, attempt_rows = [], []
         skipped: dict[str, str | None] = {}  # a chain link that was not placed -> what it waited for
@@ -361,7 +354,7 @@ class Scheduler:
                                  "compute_environment": placement.environment, "log_stream": stream,
                                  "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
                                  "active": True, "placed_by": self.placer})  # fmt: skip
-            attempt = self._attempt_spec(job, spec, task_id, number, placement.environment, stream)
+            attempt = self.attempts.attempt_spec(job, spec, task_id, number, placement.environment, stream)
             launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
         lifecycle.placed(repo, moves)
         repo.insert_attempts(attempt_rows)
@@ -374,7 +367,7 @@ class Scheduler:
         main = gangs.main_node(job)
         nodes.sort(key=lambda node: node["node_index"] != main)
         lifecycle.release_gang_nodes(repo, [node["id"] for node in nodes], now)
-        node_specs = self._specs(repo, nodes)
+        node_specs = self.attempts.specs(repo, nodes)
         moves, rows, launches = [], [], []
         for node in nodes:
             task_id, spec = uuid.uuid4().hex, node_specs[node["id"]]
@@ -384,7 +377,7 @@ class Scheduler:
                          "compute_environment": environment, "log_stream": stream, "vcpus": node["vcpus"],
                          "memory_mib": node["memory_mib"], "gpus": node["gpus"], "active": True,
                          "placed_by": self.placer})  # fmt: skip
-            attempt = self._attempt_spec(node, spec, task_id, number, environment, stream)
+            attempt = self.attempts.attempt_spec(node, spec, task_id, number, environment, stream)
             launches.append(_Launch(attempt, None, environment))
         lifecycle.placed(repo, moves)
         repo.insert_attempts(rows)
@@ -416,104 +409,12 @@ class Scheduler:
             attempt = repo.get_attempt(task_id)
             job = repo.get_job(attempt["job_id"]) if attempt else None
             if attempt and job:
-                strategy = self._specs(repo, [job])[job["id"]].get("retryStrategy")
+                strategy = self.attempts.specs(repo, [job])[job["id"]].get("retryStrategy")
                 progress.record_exits(repo, [progress.Exit(job, attempt, event, strategy)])
 
-    def _attempt_spec(self, job: Row, spec: Row, task_id: str, number: int, environment: str,
-                      stream: str) -> AttemptSpec:  # fmt: skip
-        container = spec["container"]
-        variables = {
-            "AWS_BATCH_JOB_ID": job["id"],
-            "AWS_BATCH_JOB_ATTEMPT": str(number),
-            "AWS_BATCH_JQ_NAME": job["queue_arn"].rsplit("/", 1)[-1],
-            "AWS_BATCH_CE_NAME": environment,
-        }
-        gang = None
-        if job["array_index"] is not None:
-            variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job["array_index"])
-            variables["AWS_BATCH_JOB_ARRAY_SIZE"] = str(spec["arrayProperties"]["size"])
-        elif job["node_index"] is not None:
-            nodes = spec["nodeProperties"]
-            gang = GangMember(f"{job['parent_id']}/{number}", job["node_index"], nodes["numNodes"], nodes["mainNode"])
-            variables.update(_node_variables(gang))
-        timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
-        # The role's variables (credentials meant for jobs) reach the attempt only, never the job's
-        # stored spec, so DescribeJobs does not show them; the definition's own variables win.
-        role = self.settings.job_roles.get(container.get("jobRoleArn") or "")
-        variables = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
-        return AttemptSpec(
-            attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
-            environment=variables, vcpus=job["vcpus"], memory_mib=job["memory_mib"],
-            gpus=job["gpus"], log_path=self.settings.log_file(stream), workdir=self.settings.work_dir / task_id,
-            timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
-            volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
-        )  # fmt: skip
-
-    def _specs(self, repo: Repository, jobs: list[Row]) -> dict[str, Row]:
-        """Each job's resolved spec: its own, or (array child) its parent's overlaid by its own.
-
-        Parents' specs are cached: what an attempt needs of them (container, retry strategy,
-        timeout, array size) never changes after submit.
-        """
-        missing = sorted({job["parent_id"] for job in jobs if job["parent_id"]} - self._parent_specs.keys())
-        if len(self._parent_specs) > PARENT_SPEC_CACHE:
-            self._parent_specs.clear()
-        self._parent_specs.update({p["id"]: p["spec"] for p in repo.get_jobs(missing)})
-        parent_specs = self._parent_specs
-        return {
-            job["id"]: {**parent_specs[job["parent_id"]], **job["spec"]} if job["parent_id"] else job["spec"]
-            for job in jobs
-        }
-
-    # -- crash recovery and retention ----------------------------------------------------------
     def reconcile_lost_attempts(self) -> None:
-        """Account for every attempt a previous server process placed (see `Executor.adopt`):
-        adopted ones carry on, never-started ones are started now, and the rest are failed as a
-        lost host (AWS's text), so each job is retried per its strategy instead of hanging."""
-        reason = HOST_TERMINATED.format(host=self.host_id)
-        with self.db.begin() as connection:
-            repo = Repository(connection)
-            attempts = repo.active_attempts()
-            jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
-            specs = self._specs(repo, list(jobs.values()))
-            # Only this server's executor can know its own attempts; after a takeover on a shared
-            # PostgreSQL database, those the previous leader placed are lost with its host.
-            ours = [a["task_id"] for a in attempts if a["placed_by"] in (None, self.placer)]
-            adoption = self.executor.adopt(ours)
-            exits, relaunch = [], []
-            for attempt in attempts:
-                job = jobs.get(attempt["job_id"])
-                if job is None or attempt["task_id"] in adoption.known:
-                    continue
-                if attempt["task_id"] in adoption.never_started:
-                    relaunch.append(self._attempt_spec(job, specs[job["id"]], attempt["task_id"], attempt["number"],
-                                                       attempt["compute_environment"], attempt["log_stream"]))  # fmt: skip
-                    continue
-                event = AttemptExited(
-                    attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None
-                )
-                exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
-            progress.record_exits(repo, exits)
-        for attempt_spec in relaunch:
-            self.executor.start(attempt_spec)
-        if relaunch:
-            log.info("started %d attempts placed just before the previous server stopped", len(relaunch))
-
-    def purge_expired(self, now: int) -> None:
-        retention_ms = int(self.settings.retention_days * 86_400_000)
-        if now / 1000 - self._last_purge < min(RETENTION_CHECK_SECONDS, retention_ms / 4000):
-            return
-        self._last_purge = now / 1000
-        cutoff = now - retention_ms
-        with self.db.begin() as connection:
-            repo = Repository(connection)
-            ids = repo.purge_candidates(cutoff)
-            streams = repo.log_streams_of(ids + repo.child_ids(ids))
-            repo.purge_jobs(ids)
-        for stream in streams:
-            self.settings.log_file(stream).unlink(missing_ok=True)
-        if ids:
-            log.info("purged %d jobs finished before the retention window", len(ids))
+        """See `recovery.reconcile_lost_attempts` (before the first tick, and on gaining the lease)."""
+        recovery.reconcile_lost_attempts(self.db, self.executor, self.attempts, self.placer, self.host_id)
 
 
 @dataclass(frozen=True)
@@ -523,19 +424,6 @@ class _Launch:
     spec: AttemptSpec
     parent_id: str | None  # the array parent of a child (start-ahead follows arrays)
     environment: str
-
-
-def _node_variables(gang: GangMember) -> dict[str, str]:
-    """AWS's MNP variables; the main node's address only on the other nodes (executors on several
-    hosts replace it with the main node's own)."""
-    variables = {
-        "AWS_BATCH_JOB_NODE_INDEX": str(gang.index),
-        "AWS_BATCH_JOB_NUM_NODES": str(gang.size),
-        "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(gang.main),
-    }
-    if gang.index != gang.main:
-        variables["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = LOCAL_MAIN_NODE_ADDRESS
-    return variables
 
 
 def _queue_view(queue: Row) -> scheduling.QueueView:
