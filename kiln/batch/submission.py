@@ -14,7 +14,7 @@ from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_id
 from kiln.batch.tags import check_tags
 from kiln.context import Context
 from kiln.engine import containers
-from kiln.engine.lifecycle import Status
+from kiln.engine.lifecycle import FINISHED, Status
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import ValidationError
 
@@ -88,7 +88,7 @@ def _share_identifier(ctx: Context, params: dict[str, Any], queue: dict[str, Any
             f"JobQueue {queue['jobQueueName']} has a fair-share scheduling policy: shareIdentifier is required"
         )
     check_share_identifier(share, "shareIdentifier")
-    active = ctx.repo.active_share_identifiers(queue["jobQueueArn"])
+    active = ctx.repo.active_share_identifiers(queue["jobQueueArn"], FINISHED)
     if share not in active and len(active) >= MAX_SHARE_IDENTIFIERS:
         raise ValidationError(
             f"JobQueue {queue['jobQueueName']} already has {MAX_SHARE_IDENTIFIERS} active share identifiers; "

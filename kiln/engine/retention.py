@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from kiln.config import Settings
+from kiln.engine.lifecycle import FINISHED
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -27,7 +28,7 @@ class Retention:
         cutoff = now_ms - retention_ms
         with self.db.begin() as connection:
             repo = Repository(connection)
-            ids = repo.purge_candidates(cutoff)
+            ids = repo.purge_candidates(cutoff, FINISHED)
             streams = repo.log_streams_of(ids + repo.child_ids(ids))
             repo.purge_jobs(ids)
         for stream in streams:

@@ -298,7 +298,9 @@ class Scheduler:
         for queue in self._queues:
             if queue.get("schedulingPolicyArn"):
                 continue  # fair-share order is decided per tick by share_queue
-            rows = repo.runnable_candidates(queue["jobQueueArn"], min(room, AHEAD_CANDIDATES), float("inf"), 2**62)
+            rows = repo.runnable_candidates(
+                queue["jobQueueArn"], Status.RUNNABLE.value, min(room, AHEAD_CANDIDATES), float("inf"), 2**62
+            )
             chained = self._ahead.chain(
                 [(r["id"], r["parent_id"], (r["vcpus"], r["memory_mib"], r["gpus"])) for r in rows]
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from kiln.clock import now_ms
 from kiln.engine import fair_share
+from kiln.engine.lifecycle import Status
 from kiln.store.repository import Repository
 
 Row = dict[str, Any]
@@ -22,8 +23,8 @@ def runnable_candidates(repo: Repository, queue: Row, limit: int, max_vcpus: flo
     queue_arn = queue["jobQueueArn"]
     policy_arn = queue.get("schedulingPolicyArn")
     if not policy_arn:
-        return repo.runnable_candidates(queue_arn, limit, max_vcpus, max_memory_mib)
-    rows = repo.share_candidates(queue_arn, limit, max_vcpus, max_memory_mib)
+        return repo.runnable_candidates(queue_arn, Status.RUNNABLE.value, limit, max_vcpus, max_memory_mib)
+    rows = repo.share_candidates(queue_arn, Status.RUNNABLE.value, limit, max_vcpus, max_memory_mib)
     if not rows:
         return []
     stored = repo.get_scheduling_policy(arn=policy_arn)

@@ -80,7 +80,9 @@ def enforce(repo: Repository, now_ms: int) -> bool:
     waiting: list[Waiting] = []
     for queue_arn, queue_actions in actions.items():
         shortest = min(int(action["maxTimeSeconds"]) for action in queue_actions)
-        rows = repo.diagnosed_runnable_since(queue_arn, now_ms - shortest * 1000, ENFORCED_PER_QUEUE)
+        rows = repo.diagnosed_runnable_since(
+            queue_arn, Status.RUNNABLE.value, now_ms - shortest * 1000, ENFORCED_PER_QUEUE
+        )
         waiting += [Waiting(r["id"], queue_arn, r["runnable_at"], r["status_reason"]) for r in rows]
     groups: dict[tuple[str, str], list[str]] = {}
     for item in decide(waiting, actions, now_ms):

@@ -35,7 +35,11 @@ _PARENT = jobs.alias("parent")
 _STRANDED_NODES = (
     select(jobs.c.id, _PARENT.c.status_reason)
     .join_from(jobs, _PARENT, _PARENT.c.id == jobs.c.parent_id)
-    .where(jobs.c.status == "SUBMITTED", jobs.c.node_index.is_not(None), _PARENT.c.status.in_(["SUCCEEDED", "FAILED"]))
+    .where(
+        jobs.c.status == bindparam("waiting"),
+        jobs.c.node_index.is_not(None),
+        _PARENT.c.status.in_(bindparam("ended", expanding=True)),
+    )
 )
 _TERMINATED_ACTIVE_ATTEMPTS = (
     select(attempts.c.task_id, jobs.c.spec)
@@ -255,16 +259,6 @@ class Repository:
             query = query.limit(limit)
         return _rows(self.connection.execute(query))
 
-    def runnable_in_queue(self, queue_arn: str, limit: int) -> list[Row]:
-        """A queue's RUNNABLE jobs in the order they became runnable (FIFO)."""
-        query = (
-            select(jobs)
-            .where(jobs.c.queue_arn == queue_arn, jobs.c.status == "RUNNABLE")
-            .order_by(jobs.c.runnable_at, jobs.c.created_at, jobs.c.array_index, jobs.c.id)
-            .limit(limit)
-        )
-        return _rows(self.connection.execute(query))
-
     def update_jobs(self, ids: Sequence[str], from_statuses: Sequence[str] | None, values: Row) -> list[str]:
         """Update jobs still in one of `from_statuses`; returns the ids actually changed."""
         changed: list[str] = []
@@ -290,15 +284,18 @@ class Repository:
             )
             self.connection.execute(statement, list(group))
 
-    def runnable_candidates(self, queue_arn: str, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
-        """A queue's RUNNABLE jobs that could fit the free capacity, FIFO, without their specs."""
+    def runnable_candidates(
+        self, queue_arn: str, status: str, limit: int, max_vcpus: float, max_memory_mib: int
+    ) -> list[Row]:
+        """A queue's jobs in `status` (the waiting one) that could fit the free capacity, in the
+        order they entered it (FIFO), without their specs."""
         columns = (jobs.c.id, jobs.c.queue_arn, jobs.c.parent_id, jobs.c.vcpus, jobs.c.memory_mib, jobs.c.gpus,
                    jobs.c.status_reason, jobs.c.num_nodes)  # fmt: skip
         query = (
             select(*columns)
             .where(
                 jobs.c.queue_arn == queue_arn,
-                jobs.c.status == "RUNNABLE",
+                jobs.c.status == status,
                 jobs.c.vcpus <= max_vcpus,
                 jobs.c.memory_mib <= _integer_bound(max_memory_mib),
             )
@@ -308,8 +305,9 @@ class Repository:
         )
         return _rows(self.connection.execute(query))
 
-    def has_unfinished_children(self, parent_id: str) -> bool:
-        query = select(jobs.c.id).where(jobs.c.parent_id == parent_id, jobs.c.status.notin_(["SUCCEEDED", "FAILED"]))
+    def has_unfinished_children(self, parent_id: str, finished: Sequence[str]) -> bool:
+        """Whether a child of `parent_id` is in none of the `finished` statuses."""
+        query = select(jobs.c.id).where(jobs.c.parent_id == parent_id, jobs.c.status.notin_(list(finished)))
         return self.connection.execute(query.limit(1)).first() is not None
 
     def update_job_fields(self, job_id: str, values: Row) -> None:
@@ -339,12 +337,12 @@ class Repository:
             result.update({row[0]: row[1] for row in self.connection.execute(query)})
         return result
 
-    def purge_candidates(self, cutoff_ms: int) -> list[str]:
-        """Finished top-level jobs that stopped before `cutoff_ms` (retention expired)."""
+    def purge_candidates(self, cutoff_ms: int, finished: Sequence[str]) -> list[str]:
+        """Top-level jobs in a `finished` status that stopped before `cutoff_ms` (retention expired)."""
         query = select(jobs.c.id).where(
             jobs.c.stopped_at < cutoff_ms,
             jobs.c.parent_id.is_(None),
-            jobs.c.status.in_(["SUCCEEDED", "FAILED"]),
+            jobs.c.status.in_(list(finished)),
         )
         return [row[0] for row in self.connection.execute(query)]
 
@@ -445,14 +443,14 @@ class Repository:
 
     # -- job-state time limits and fair share (kiln/engine/time_limits.py, scheduling_policies.py,
     #    share_queue.py); appended here, below the scheduler's queries ----------------------------
-    def diagnosed_runnable_since(self, queue_arn: str, cutoff_ms: int, limit: int) -> list[Row]:
-        """A queue's jobs RUNNABLE since `cutoff_ms` or earlier with a diagnostic statusReason
-        (jobs merely waiting for capacity have none), longest waiting first."""
+    def diagnosed_runnable_since(self, queue_arn: str, status: str, cutoff_ms: int, limit: int) -> list[Row]:
+        """A queue's jobs in `status` (the waiting one) since `cutoff_ms` or earlier with a diagnostic
+        statusReason (jobs merely waiting for capacity have none), longest waiting first."""
         query = (
             select(jobs.c.id, jobs.c.runnable_at, jobs.c.status_reason)
             .where(
                 jobs.c.queue_arn == queue_arn,
-                jobs.c.status == "RUNNABLE",
+                jobs.c.status == status,
                 jobs.c.runnable_at <= cutoff_ms,
                 jobs.c.status_reason.is_not(None),
             )
@@ -486,8 +484,9 @@ class Repository:
         for chunk in _chunks(list(rows)):
             self.connection.execute(insert(job_shares), list(chunk))
 
-    def active_share_identifiers(self, queue_arn: str) -> list[str]:
-        """Share identifiers of a queue's unfinished top-level jobs (AWS caps them at 500)."""
+    def active_share_identifiers(self, queue_arn: str, finished: Sequence[str]) -> list[str]:
+        """Share identifiers of a queue's top-level jobs in none of the `finished` statuses (AWS caps
+        them at 500)."""
         query = (
             select(job_shares.c.share_identifier)
             .distinct()
@@ -495,12 +494,14 @@ class Repository:
             .where(
                 job_shares.c.queue_arn == queue_arn,
                 jobs.c.parent_id.is_(None),
-                jobs.c.status.notin_(["SUCCEEDED", "FAILED"]),
+                jobs.c.status.notin_(list(finished)),
             )
         )
         return [row[0] for row in self.connection.execute(query)]
 
-    def share_candidates(self, queue_arn: str, per_share: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:
+    def share_candidates(
+        self, queue_arn: str, status: str, per_share: int, max_vcpus: float, max_memory_mib: int
+    ) -> list[Row]:
         """A fair-share queue's RUNNABLE jobs that could fit, at most `per_share` of each share (its
         highest scheduling priority first), returned in RUNNABLE (FIFO) order with share and priority."""
         rank = (
@@ -520,7 +521,7 @@ class Repository:
             .join_from(jobs, job_shares, job_shares.c.job_id == jobs.c.id)
             .where(
                 jobs.c.queue_arn == queue_arn,
-                jobs.c.status == "RUNNABLE",
+                jobs.c.status == status,
                 jobs.c.vcpus <= max_vcpus,
                 jobs.c.memory_mib <= _integer_bound(max_memory_mib),
             )
@@ -656,7 +657,7 @@ class Repository:
             found += _rows(self.connection.execute(query.where(jobs.c.id.in_(list(chunk)))))
         return found
 
-    def stranded_nodes(self) -> list[Row]:
-        """Node jobs still SUBMITTED whose MNP job has ended without them (cancelled, a dependency
-        failed, a time limit): `id` and the job's `status_reason`."""
-        return _rows(self.connection.execute(_STRANDED_NODES))
+    def stranded_nodes(self, waiting: str, ended: Sequence[str]) -> list[Row]:
+        """Node jobs still `waiting` whose MNP job is in an `ended` status without them (cancelled,
+        a dependency failed, a time limit): `id` and the job's `status_reason`."""
+        return _rows(self.connection.execute(_STRANDED_NODES, {"waiting": waiting, "ended": list(ended)}))

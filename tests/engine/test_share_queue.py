@@ -16,7 +16,7 @@ from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.engine import share_queue
 from kiln.engine.fair_share import MIN_CHARGE_SECONDS, AttemptUsage, decayed_usage
-from kiln.engine.lifecycle import Status, transition
+from kiln.engine.lifecycle import FINISHED, Status, transition
 from kiln.errors import ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository
@@ -112,8 +112,8 @@ def test_purge_removes_share_rows(service: BatchService) -> None:
     with service.db.begin() as connection:
         repo = Repository(connection)
         transition(repo, [parent], Status.FAILED, "x", 0)
-        repo.purge_jobs(repo.purge_candidates(now_ms() + 1))
-        assert repo.active_share_identifiers("arn:aws:batch:us-east-1:123456789012:job-queue/q") == []
+        repo.purge_jobs(repo.purge_candidates(now_ms() + 1, FINISHED))
+        assert repo.active_share_identifiers("arn:aws:batch:us-east-1:123456789012:job-queue/q", FINISHED) == []
         remaining = connection.exec_driver_sql("SELECT count(*) FROM job_shares").scalar_one()
     assert remaining == 0
 

@@ -81,7 +81,7 @@ def test_thousands_of_jobs_in_chunks_and_status_counts(db: Database) -> None:
         assert len(repo.get_jobs([k["id"] for k in kids])) == 1200
         assert repo.status_counts(["p"]) == {"p": {"RUNNABLE": 800, "SUCCEEDED": 400}}
         assert [k["array_index"] for k in repo.children("p", ["SUCCEEDED"])][:3] == [0, 3, 6]
-        assert repo.has_unfinished_children("p") is True
+        assert repo.has_unfinished_children("p", ["SUCCEEDED", "FAILED"]) is True
     with db.begin() as connection:
         changed = Repository(connection).update_jobs([k["id"] for k in kids], ["RUNNABLE"], {"status": "FAILED"})
     assert len(changed) == 800
@@ -129,8 +129,8 @@ def test_candidates_accept_an_unbounded_memory_limit_and_keep_fifo_order(db: Dat
         Repository(connection).insert_jobs(rows)
     with db.read() as connection:
         repo = Repository(connection)
-        everything = repo.runnable_candidates(QUEUE, 10, float("inf"), 2**62)
-        fitting = repo.runnable_candidates(QUEUE, 10, 1.0, 200)
+        everything = repo.runnable_candidates(QUEUE, "RUNNABLE", 10, float("inf"), 2**62)
+        fitting = repo.runnable_candidates(QUEUE, "RUNNABLE", 10, 1.0, 200)
     assert [r["id"] for r in everything] == ["r4", "r3", "r2", "r1", "r0"]
     assert [r["id"] for r in fitting] == ["r2", "r1", "r0"]
 
@@ -164,7 +164,7 @@ def test_attempts_usage_and_purge_cascade(db: Database) -> None:
             {"task_id": "t0", "compute_environment": "ce", "vcpus": 1.5, "memory_mib": 64, "gpus": 0}
         ]
         assert repo.active_usage_by_environment() == {"ce": (1.5, 64, 0)}  # only the active attempt
-        assert repo.purge_candidates(11) == ["p"]
+        assert repo.purge_candidates(11, ["SUCCEEDED", "FAILED"]) == ["p"]
         assert sorted(repo.log_streams_of(repo.child_ids(["p"]))) == ["s0", "s1"]
     with db.begin() as connection:
         Repository(connection).purge_jobs(["p"])

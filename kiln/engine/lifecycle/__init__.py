@@ -22,6 +22,7 @@ from kiln.engine.lifecycle.states import (
     ACTIVE,
     ARRAY_CHILD_FAILED,
     DEPENDENT_JOB_FAILED,
+    FINISHED,
     NOT_STARTED,
     TERMINAL,
     TRANSITIONS,
@@ -32,7 +33,7 @@ from kiln.engine.lifecycle.stops import Stop, cancel, expire, restart_gang, stop
 from kiln.engine.lifecycle.transitions import Move, restart_nodes, set_reason, transition, transition_each
 
 __all__ = [
-    "ACTIVE", "ARRAY_CHILD_FAILED", "DEPENDENT_JOB_FAILED", "NOT_STARTED", "TERMINAL", "TRANSITIONS", "Move", "Status",
+    "ACTIVE", "ARRAY_CHILD_FAILED", "DEPENDENT_JOB_FAILED", "FINISHED", "NOT_STARTED", "TERMINAL", "TRANSITIONS", "Move", "Status",
     "Stop", "cancel", "diagnose", "expire", "placed", "release_gang_nodes", "restart_gang", "restart_nodes",
     "running", "set_reason", "sources_of", "stop_running", "terminate", "transition", "transition_each",
 ]  # fmt: skip

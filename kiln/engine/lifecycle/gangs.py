@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kiln.engine.lifecycle.states import ACTIVE, TERMINAL, Status
+from kiln.engine.lifecycle.states import ACTIVE, FINISHED, TERMINAL, Status
 from kiln.engine.lifecycle.stops import restart_gang, stop_running
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
@@ -82,7 +82,7 @@ def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) 
 def fail_stranded(repo: Repository, now: int) -> bool:
     """Nodes of an MNP job that ended before placing them (cancelled, a dependency failed, a
     time limit) end with it, with its reason."""
-    stranded = repo.stranded_nodes()
+    stranded = repo.stranded_nodes(Status.SUBMITTED.value, FINISHED)
     by_reason: dict[str | None, list[str]] = {}
     for row in stranded:
         by_reason.setdefault(row["status_reason"], []).append(row["id"])

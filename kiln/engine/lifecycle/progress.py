@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILED, TERMINAL, Status
+from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILED, FINISHED, TERMINAL, Status
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
@@ -93,7 +93,11 @@ def finish_array_parents(repo: Repository, now: int, only: Sequence[str] | None 
         pending = repo.jobs_with_status([Status.PENDING.value], top_level=True)
     else:
         pending = [job for job in repo.get_jobs(only) if job["status"] == Status.PENDING.value]
-    parents = [job for job in pending if job["array_size"] is not None and not repo.has_unfinished_children(job["id"])]
+    parents = [
+        job
+        for job in pending
+        if job["array_size"] is not None and not repo.has_unfinished_children(job["id"], FINISHED)
+    ]
     counts = repo.status_counts([job["id"] for job in parents])
     moved = False
     for parent in parents:

@@ -20,6 +20,8 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
 ACTIVE = frozenset({Status.STARTING, Status.RUNNING})
 NOT_STARTED = frozenset({Status.SUBMITTED, Status.PENDING, Status.RUNNABLE})
+# The terminal states as the store compares them (it names no state itself).
+FINISHED = tuple(sorted(status.value for status in TERMINAL))
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SUBMITTED: frozenset({Status.PENDING, Status.RUNNABLE, Status.FAILED}),
