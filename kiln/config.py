@@ -167,12 +167,7 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
     if config_path.exists():
         settings = _apply_file(settings, config_path)
     clean = {key: value for key, value in overrides.items() if value is not None}
-    settings = replace(settings, **clean)
-    if settings.executor == "local":  # Ray nodes resolve users themselves; Docker has its own
-        from kiln.executors.job_users import JobUsers
-
-        JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)  # refuses bad ones now
-    return settings
+    return replace(settings, **clean)
 
 
 def _apply_file(settings: Settings, path: Path) -> Settings:

@@ -30,6 +30,7 @@ from kiln.errors import ConflictError, ValidationError
 from kiln.executors.base import Executor, local_host_id
 from kiln.executors.docker import DockerExecutor
 from kiln.executors.images import ImageCatalogue
+from kiln.executors.job_users import JobUsers
 from kiln.executors.supervised import SupervisedExecutor
 from kiln.logs.service import LogsService
 from kiln.observability.metrics import ServerMetrics
@@ -93,12 +94,15 @@ EXECUTORS = ("local", "docker", "ray")
 
 
 def check_executor(settings: Settings) -> None:
-    """An unknown executor, or a Docker daemon that does not answer, refuses the start.
+    """An unknown executor, job users the local executor cannot use, or a Docker daemon that does
+    not answer, refuses the start.
 
     Only a ping: the executor itself is made after the database (the local one starts a supervisor).
     """
     if settings.executor not in EXECUTORS:
         raise ValidationError(f"unknown executor {settings.executor!r}: use local, docker or ray")
+    if settings.executor == "local":  # an unknown job user or a bad job_uids; Ray nodes resolve their own
+        JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)
     if settings.executor == "docker":
         from kiln.executors.docker import answering_client
 

@@ -100,8 +100,8 @@ def server(
     job_user: Annotated[
         str | None,
         typer.Option(
-            help="User that jobs run as on the local and Ray executors [default: nobody when the server runs as "
-            "root, else the server's own user]."
+            help="User that jobs run as on the local and Ray executors [default: a uid of each job's own "
+            "(job_uids in kiln.toml) with nobody's group when the server runs as root, else the server's own user]."
         ),
     ] = None,
 ) -> None:

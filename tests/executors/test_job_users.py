@@ -11,6 +11,8 @@ import itertools
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from kiln.executors.job_users import (
     parse_uid_range,
 )
 from kiln.executors.local import LocalExecutor
+from kiln.server import check_start
 
 from .helpers import exited, wait_for_exit
 
@@ -272,12 +275,28 @@ def test_kiln_toml_names_job_users_roles_and_the_work_root(tmp_path: Path) -> No
         ('[job_roles."arn:aws:iam::1:role/r"]\nA = 1\n', 'must be a table of VARIABLE = "value" strings'),
         ('[job_roles."arn:aws:iam::1:role/r"]\nAWS_BATCH_JOB_ID = "x"\n', "AWS_BATCH_JOB_ID is reserved"),
         ('[server]\njob_user = "no-such-user-kiln"\n', "job_user 'no-such-user-kiln': no such user on this host"),
+        ('[server]\njob_uids = "10-20"\n', "job_uids '10-20' must be FIRST-LAST with 1000 <= FIRST"),
+        ("[server]\njob_uids = 5\n", "job_uids must be a string"),
     ],
 )
 def test_wrong_job_settings_refuse_the_start(tmp_path: Path, table: str, message: str) -> None:
+    """What `kiln server` checks before it writes anything (`check_start`)."""
     (tmp_path / "kiln.toml").write_text(table)
     with pytest.raises(ValidationError, match=message):
-        load_settings(tmp_path)
+        check_start(load_settings(tmp_path))
+
+
+def test_a_server_with_a_job_uids_range_held_by_a_user_does_not_start(tmp_path: Path) -> None:
+    """The real `kiln server`: a clear error, exit 2, and nothing written to the data dir."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    (tmp_path / "kiln.toml").write_text(f'[server]\njob_uids = "{nobody - 5}-{nobody + 5}"\n')
+    started = subprocess.run(
+        [sys.executable, "-m", "kiln", "server", "--data-dir", str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 2, started
+    assert f"holds uid {nobody} of user nobody" in " ".join(started.stderr.split())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kiln.toml"]
 
 
 @as_root
