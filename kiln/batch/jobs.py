@@ -12,6 +12,7 @@ from kiln.context import Context
 from kiln.engine import lifecycle
 from kiln.engine.lifecycle import Status
 from kiln.errors import ValidationError
+from kiln.store.repository import Row
 
 MAX_DESCRIBE_JOBS = 100
 MAX_BULK = 50
@@ -19,7 +20,6 @@ MAX_REASON = 1024
 DEFAULT_LIST_PAGE = 100
 MAX_LIST_PAGE = 1000
 FILTER_NAMES = ("JOB_NAME", "JOB_DEFINITION", "BEFORE_CREATED_AT", "AFTER_CREATED_AT", "SHARE_IDENTIFIER")
-Row = dict[str, Any]
 
 
 def _specs(ctx: Context, jobs: list[Row]) -> dict[str, Row]:

@@ -16,11 +16,11 @@ from typing import Any
 
 from kiln.engine import containers
 from kiln.errors import ValidationError
+from kiln.store.repository import Row
 
 MAX_NODES = 1000
 MAX_NODE_RANGES = 5
 _RANGE = re.compile(r"^(?P<start>\d*)(?P<colon>:?)(?P<end>\d*)$")
-Row = dict[str, Any]
 
 
 @dataclass(frozen=True)

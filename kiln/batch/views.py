@@ -6,8 +6,7 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.engine.lifecycle import Status
-
-Row = dict[str, Any]
+from kiln.store.repository import Row
 
 
 def _task_arn(ctx: Context, task_id: str) -> str:

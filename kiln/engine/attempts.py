@@ -9,14 +9,12 @@ are cached, since what an attempt needs of them never changes after submit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from kiln.config import Settings
 from kiln.engine.containers import environment_of, volume_mounts
 from kiln.executors.base import AttemptSpec, GangMember
-from kiln.store.repository import Repository
+from kiln.store.repository import Repository, Row
 
-Row = dict[str, Any]
 PARENT_SPEC_CACHE = 10_000
 LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
 

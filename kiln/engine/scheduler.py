@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
 
 from kiln.arns import Arns
 from kiln.clock import now_ms
@@ -42,10 +41,9 @@ from kiln.executors.base import (
 from kiln.observability.metrics import SchedulerMetrics
 from kiln.store import leader_lease
 from kiln.store.database import Database
-from kiln.store.repository import Repository, Usage
+from kiln.store.repository import Repository, Row, Usage
 
 log = logging.getLogger(__name__)
-Row = dict[str, Any]
 # Candidates fetched per queue and tick when placing; a sweep diagnoses up to DIAGNOSED_PER_QUEUE.
 CANDIDATES_PER_QUEUE = 64
 AHEAD_CANDIDATES = 256  # per queue and tick, for start-ahead chains

@@ -8,14 +8,10 @@ and `fair_share.order` decides the order; the planner then takes them in that or
 
 from __future__ import annotations
 
-from typing import Any
-
 from kiln.clock import now_ms
 from kiln.engine import fair_share
 from kiln.engine.lifecycle import Status
-from kiln.store.repository import Repository
-
-Row = dict[str, Any]
+from kiln.store.repository import Repository, Row
 
 
 def runnable_candidates(repo: Repository, queue: Row, limit: int, max_vcpus: float, max_memory_mib: int) -> list[Row]:

@@ -23,7 +23,7 @@ from kiln.store.schema import (
     scheduling_policies,
 )
 
-Row = dict[str, Any]
+Row = dict[str, Any]  # a row as the store returns it, until typed records (Job, Attempt, ...) replace it
 Usage = tuple[float, int, int]  # vCPUs, MiB of memory, GPUs
 # SQLite caps bound parameters per statement; stay well below it.
 _CHUNK = 500

@@ -11,16 +11,14 @@ gang placement. A node that ends on its own does not affect the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from kiln.engine.lifecycle.states import ACTIVE, FINISHED, TERMINAL, Status
 from kiln.engine.lifecycle.stops import restart_gang, stop_running
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
-from kiln.store.repository import Repository
+from kiln.store.repository import Repository, Row
 
-Row = dict[str, Any]
 MAIN_NODE_EXITED = "Stopped: the main node (#{main}) of its multi-node parallel job exited"
 
 

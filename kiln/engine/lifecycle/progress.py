@@ -14,9 +14,7 @@ from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILE
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
-from kiln.store.repository import Repository
-
-Row = dict[str, Any]
+from kiln.store.repository import Repository, Row
 
 
 def _dependency_state(repo: Repository, job_ids: list[str]) -> dict[str, str]:
