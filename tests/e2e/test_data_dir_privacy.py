@@ -38,7 +38,7 @@ def test_data_dir_database_and_job_logs_are_private(tmp_path: Path) -> None:
         assert mode(log_file) == 0o600
         for directory in (data_dir, data_dir / "logs"):
             assert mode(directory) == 0o700, directory
-        # Jobs run as another user (nobody): their workdirs live outside the data dir, under a root
+        # Jobs run as other users (lent uids): their workdirs live outside the data dir, under a root
         # they may pass through but not list (tests/e2e/test_job_isolation.py).
         from kiln.config import shared_work_root
 

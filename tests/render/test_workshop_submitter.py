@@ -98,7 +98,7 @@ def workshop_queue(batch: Any) -> str:
 def test_the_workshop_submitter_runs_unchanged(
     batch: Any, workshop_queue: str, job_tmp: Path, frames: int, frames_per_job: int, array_size: int | None
 ) -> None:
-    """Its jobs run as the default job user (nobody under a root server): scene and output live
+    """Its jobs run as the default job user (a uid of their own under a root server): scene and output live
     where that user may read and write, as they would on a shared server."""
     scene = tiny_scene(job_tmp / "scene.blend", frames)
     name = unique("Sample")

@@ -52,7 +52,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture(scope="session")
 def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
     # Its jobs render with this interpreter and write into pytest's root-only temp dirs, which the
-    # default job user (nobody, under a root server) cannot reach; tests/e2e/test_job_isolation.py
+    # default job user (a lent uid, under a root server) cannot reach; tests/e2e/test_job_isolation.py
     # covers the default.
     server = start_server(tmp_path_factory.mktemp("kiln-ui"), [*FAST_FLAGS, *JOBS_AS_ROOT])
     yield server
