@@ -23,7 +23,6 @@ with numbers, and an array's thousands of children do not each read /etc/passwd.
 from __future__ import annotations
 
 import grp
-import heapq
 import os
 import pwd
 import stat
@@ -220,14 +219,14 @@ def parse_uid_range(spec: str) -> tuple[int, int] | None:
 class UidPool:
     """The uids lent to running attempts: the lowest free one first, back when the attempt is over.
 
-    Not thread-safe: the local executor calls it under its lock.
+    What is free follows from what is lent: at most a host's concurrency is lent at once, so the
+    lowest free uid is found among the first few of the range. Not thread-safe: the local executor
+    calls it under its lock.
     """
 
     def __init__(self, span: tuple[int, int] | None, lent: dict[str, int] | None = None) -> None:
         self.span = span
         self.lent: dict[str, int] = dict(lent or {})
-        self._returned: list[int] = []
-        self._next = span[0] if span else 0
 
     def resized(self, span: tuple[int, int] | None) -> UidPool:
         """A pool over `span` that keeps what is lent now (a reconnecting server may change job_uids)."""
@@ -238,15 +237,10 @@ class UidPool:
         if not user.borrows_uid:
             return user
         in_use = set(self.lent.values())
-        uid = None
-        while self._returned and uid is None:
-            candidate = heapq.heappop(self._returned)
-            uid = candidate if self._fits(candidate) and candidate not in in_use else None
-        while uid is None and self.span is not None and self._next <= self.span[1]:
-            uid = self._next if self._next not in in_use else None
-            self._next += 1
+        first, last = self.span or (0, -1)
+        uid = next((uid for uid in range(first, last + 1) if uid not in in_use), None)
         if uid is None:
-            span = "off" if self.span is None else f"{self.span[0]}-{self.span[1]}"
+            span = "off" if self.span is None else f"{first}-{last}"
             raise UserRefused(
                 f"{CANNOT_START_PREFIX}: every uid of job_uids ({span}) is lent to a running attempt; "
                 "widen job_uids in kiln.toml"
@@ -256,12 +250,7 @@ class UidPool:
 
     def give_back(self, attempt_id: str) -> None:
         """The attempt has no process left: its uid may be lent again."""
-        uid = self.lent.pop(attempt_id, None)
-        if uid is not None and self._fits(uid):
-            heapq.heappush(self._returned, uid)
-
-    def _fits(self, uid: int) -> bool:
-        return self.span is not None and self.span[0] <= uid <= self.span[1]
+        self.lent.pop(attempt_id, None)
 
 
 def blocked_on_the_way(
