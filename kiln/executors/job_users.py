@@ -66,6 +66,13 @@ class JobUser:
         return replace(self, name=str(uid), uid=uid)
 
     @property
+    def described(self) -> str:
+        """This identity in an error message."""
+        if self.borrows_uid:
+            return f"uid {self.uid} (lent from job_uids, group {self.gid})"
+        return f"user {self.name} (uid {self.uid})"
+
+    @property
     def umask(self) -> int | None:
         """The umask the launcher gives the job (None: the supervisor's own, inherited)."""
         return SHARED_GROUP_UMASK if self.borrows_uid else None

@@ -487,7 +487,7 @@ class LocalExecutor(EventReporter):
         operator (root)."""
         blocked = self._blocked_for(program, user)
         raise ProgramUnreachable(
-            f'exec: "{program}": permission denied: the job runs as {who_runs(user)} '
+            f'exec: "{program}": permission denied: the job runs as {user.described} '
             f"and the {blocked}; make that path reachable for it (or install Kiln and the job's "
             "programs outside private directories such as /root), or pick another user with "
             "job_user in kiln.toml"
@@ -559,7 +559,7 @@ class LocalExecutor(EventReporter):
         """`setpriv` switches user in the shell launcher (util-linux; the C launcher needs none)."""
         if self._setpriv is None:
             raise FileNotFoundError(
-                f"cannot start the job as {who_runs(user)}: the shell launcher needs setpriv (util-linux), "
+                f"cannot start the job as {user.described}: the shell launcher needs setpriv (util-linux), "
                 "which is not installed, and the C launcher was not built"
             )
         groups = ["--groups", ",".join(map(str, user.groups))] if user.groups else ["--clear-groups"]
@@ -735,10 +735,3 @@ def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str], uma
     """`argv` behind the shell wrapper that enters the workdir, joins the cgroups and sets `umask`."""
     script = WRAPPER_SCRIPT if umask is None else f"umask {umask:03o}; {WRAPPER_SCRIPT}"
     return ["/bin/sh", "-c", script, "kiln-attempt", str(workdir), *map(str, procs_files), "--", *argv]
-
-
-def who_runs(user: JobUser) -> str:
-    """The job's user in an error message."""
-    if user.borrows_uid:
-        return f"uid {user.uid} (lent from job_uids, group {user.gid})"
-    return f"user {user.name} (uid {user.uid})"

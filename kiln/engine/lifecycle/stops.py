@@ -5,13 +5,12 @@ which jobs fail now and which attempts the scheduler must stop."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 
 from kiln.engine.lifecycle.states import ACTIVE, NOT_STARTED, Status
 from kiln.engine.lifecycle.transitions import restart_nodes, transition
-from kiln.store.repository import Repository
+from kiln.store.repository import Repository, Row
 
 
 class Stop(StrEnum):
@@ -21,15 +20,12 @@ class Stop(StrEnum):
     TERMINATE = "is_terminated"
 
 
-JobRow = Mapping[str, Any]
-
-
-def cancel(repo: Repository, jobs: Sequence[JobRow], reason: str, now_ms: int) -> None:
+def cancel(repo: Repository, jobs: Sequence[Row], reason: str, now_ms: int) -> None:
     """CancelJob: jobs not yet STARTING fail with `reason`; running ones are left alone (as AWS)."""
     _stop_not_started(repo, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, Stop.CANCEL, now_ms)
 
 
-def terminate(repo: Repository, jobs: Sequence[JobRow], reason: str, now_ms: int) -> None:
+def terminate(repo: Repository, jobs: Sequence[Row], reason: str, now_ms: int) -> None:
     """TerminateJob: like cancel for jobs not started; running attempts (an array's or a
     multi-node job's included) are flagged, and the scheduler stops them with this reason."""
     _stop_not_started(
@@ -50,14 +46,14 @@ def expire(repo: Repository, job_ids: Sequence[str], stop: Stop, reason: str, no
     return bool(moved)
 
 
-def stop_running(repo: Repository, jobs: Sequence[JobRow], reason: str) -> None:
+def stop_running(repo: Repository, jobs: Sequence[Row], reason: str) -> None:
     """Flag running jobs for termination: the scheduler signals their attempts, whose exits then
     end the jobs with `reason` (their `stopReason`), never retried."""
     for job in jobs:
         repo.update_job_fields(job["id"], {Stop.TERMINATE.value: True, "spec": {**job["spec"], "stopReason": reason}})
 
 
-def restart_gang(repo: Repository, job: JobRow, nodes: Sequence[JobRow], now_ms: int) -> None:
+def restart_gang(repo: Repository, job: Row, nodes: Sequence[Row], now_ms: int) -> None:
     """A retried multi-node job whose nodes have all stopped waits (RUNNABLE) for its next gang;
     its nodes wait with it, their stop reasons cleared."""
     for node in nodes:
@@ -67,7 +63,7 @@ def restart_gang(repo: Repository, job: JobRow, nodes: Sequence[JobRow], now_ms:
     transition(repo, [job["id"]], Status.RUNNABLE, None, now_ms, only_from=ACTIVE)
 
 
-def _stop_not_started(repo: Repository, jobs: Sequence[JobRow], reason: str, stop: Stop, now_ms: int) -> None:
+def _stop_not_started(repo: Repository, jobs: Sequence[Row], reason: str, stop: Stop, now_ms: int) -> None:
     """Fail jobs that never started. For an array parent, fail its children that never started;
     the parent itself ends (with `reason`) once every child is done, as on AWS."""
     ids = [job["id"] for job in jobs if job["array_size"] is None]
