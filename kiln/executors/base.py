@@ -158,6 +158,60 @@ def attempt_ended(
     )
 
 
+@dataclass
+class AttemptStop:
+    """Why and how far an attempt is being stopped: what every executor keeps per attempt, so that
+    the first stop wins (a terminate after the timeout fired changes nothing, and the reason stays
+    the timeout's) and the end is reported in AWS's words. Times are on the executor's own clock
+    (monotonic for processes, the epoch for containers that outlive the server)."""
+
+    timeout_seconds: float | None = None
+    deadline: float | None = None  # set when the attempt starts running: AWS counts from startedAt
+    timed_out: bool = False
+    terminated: bool = False
+    terminate_reason: str = ""
+    oom: bool = False
+    kill_at: float | None = None  # when the grace after SIGTERM is over and SIGKILL follows
+
+    @property
+    def stopping(self) -> bool:
+        return self.oom or self.timed_out or self.terminated
+
+    def running_since(self, at: float) -> None:
+        """The attempt runs from `at`: its timeout (if any) is due `timeout_seconds` later."""
+        if self.timeout_seconds:
+            self.deadline = at + self.timeout_seconds
+
+    def terminate(self, reason: str) -> bool:
+        """A terminate request; True when it is the stop to carry out (no other is under way)."""
+        if self.stopping:
+            return False
+        self.terminated, self.terminate_reason = True, reason
+        return True
+
+    def time_out(self, now: float) -> bool:
+        """True once: when the deadline has passed and no other stop is under way."""
+        if self.deadline is None or now < self.deadline or self.stopping:
+            return False
+        self.timed_out = True
+        return True
+
+    def grace(self, now: float, seconds: float) -> None:
+        """SIGTERM was sent at `now`: SIGKILL is due `seconds` later (never later than already due)."""
+        kill_at = now + seconds
+        self.kill_at = kill_at if self.kill_at is None else min(self.kill_at, kill_at)
+
+    def kill_due(self, now: float) -> bool:
+        return self.kill_at is not None and now >= self.kill_at
+
+    def ended(self, attempt_id: str, at_ms: int, exit_code: int | None, *, oom: bool = False) -> AttemptExited:
+        """The attempt's `AttemptExited`; `oom` adds what the executor learnt only at the end."""
+        return attempt_ended(
+            attempt_id, at_ms, exit_code, oom=self.oom or oom, timed_out=self.timed_out,
+            terminated=self.terminated, terminate_reason=self.terminate_reason,
+        )  # fmt: skip
+
+
 class EventReporter:
     """What every executor shares towards the scheduler: events queued in the order they happened
     for `poll`, and the listener (the scheduler's wake) called the moment one is queued, from

@@ -58,10 +58,10 @@ from .base import (
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
+    AttemptStop,
     Capacity,
     EventReporter,
     VolumeMount,
-    attempt_ended,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,22 +120,18 @@ class _Attempt:
 
     attempt_id: str
     log_path: Path
-    timeout_seconds: float | None
-    deadline: float | None = None  # epoch seconds, set once the container runs (AWS counts from startedAt)
+    stop: AttemptStop  # on the epoch clock: a container's timeout outlives a server restart
     container_id: str | None = None
     started: bool = False  # the daemon reported `start` (or the container was adopted running)
     started_ms: int = 0  # the time reported with AttemptRunning
     finishing: bool = False  # an exit is being collected: later die events change nothing
-    timed_out: bool = False
-    terminated: bool = False
-    terminate_reason: str = ""
     launched: threading.Event = field(default_factory=threading.Event)  # create/start call returned
     log_thread: threading.Thread | None = None
     log_stream: Any = None  # the daemon's follow stream, closed at shutdown
 
     @property
     def stopping(self) -> bool:
-        return self.timed_out or self.terminated or self.finishing
+        return self.stop.stopping or self.finishing
 
 
 def answering_client(settings: Settings, **options: Any) -> docker.DockerClient:
@@ -200,7 +196,7 @@ class DockerExecutor(EventReporter):
 
     def start(self, spec: AttemptSpec) -> None:
         """Register the attempt and create/start its container on the API pool; returns at once."""
-        attempt = _Attempt(spec.attempt_id, spec.log_path, spec.timeout_seconds)
+        attempt = _Attempt(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the docker executor has been shut down")
@@ -212,10 +208,8 @@ class DockerExecutor(EventReporter):
     def terminate(self, attempt_id: str, reason: str) -> None:
         with self._lock:
             attempt = self._attempts.get(attempt_id)
-            if attempt is None or attempt.stopping:
+            if attempt is None or attempt.finishing or not attempt.stop.terminate(reason):
                 return
-            attempt.terminated = True
-            attempt.terminate_reason = reason
         self._pool.submit(self._stop, attempt)
 
     def running(self) -> set[str]:
@@ -241,9 +235,8 @@ class DockerExecutor(EventReporter):
                 continue
             container_id = summary["Id"]
             timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
-            attempt = _Attempt(
-                attempt_id, Path(labels.get(LABEL_LOG) or os.devnull), timeout, container_id=container_id
-            )
+            log = Path(labels.get(LABEL_LOG) or os.devnull)
+            attempt = _Attempt(attempt_id, log, AttemptStop(timeout), container_id=container_id)
             attempt.started = True
             attempt.launched.set()
             with self._lock:
@@ -330,7 +323,7 @@ class DockerExecutor(EventReporter):
         self._follow_logs(attempt)
         attempt.launched.set()
         with self._lock:
-            stop = attempt.terminated  # TerminateJob arrived while the container was being created
+            stop = attempt.stop.terminated  # TerminateJob arrived while the container was being created
         if stop:
             self._stop(attempt)
 
@@ -461,9 +454,9 @@ class DockerExecutor(EventReporter):
             self._pool.submit(work, attempt)
 
     def _schedule_timeout(self, attempt: _Attempt, started: float) -> None:
-        if attempt.timeout_seconds:
-            attempt.deadline = started + attempt.timeout_seconds
-            self._add_timer(attempt.deadline, "timeout", attempt.attempt_id)
+        attempt.stop.running_since(started)
+        if attempt.stop.deadline is not None:
+            self._add_timer(attempt.stop.deadline, "timeout", attempt.attempt_id)
 
     def _add_timer(self, when: float, action: str, attempt_id: str) -> None:
         with self._lock:
@@ -482,10 +475,8 @@ class DockerExecutor(EventReporter):
                 attempt = self._attempts.get(attempt_id)
                 if attempt is None or attempt.finishing:
                     continue
-                if action == "timeout":
-                    if attempt.stopping:
-                        continue
-                    attempt.timed_out = True
+                if action == "timeout" and not attempt.stop.time_out(time.time()):
+                    continue  # another stop came first
             if action == "timeout":
                 self._pool_submit(self._stop, attempt)
             else:
@@ -536,15 +527,12 @@ class DockerExecutor(EventReporter):
             if self._closed:
                 return  # the next server adopts it and reads the same exit
         self._remove(attempt.container_id)
-        event = attempt_ended(
+        event = attempt.stop.ended(
             attempt.attempt_id,
             # The daemon's start event can come after a quick container already finished: never stop before starting.
             max(docker_time_ms(state.get("FinishedAt")) or now_ms(), attempt.started_ms),
             state.get("ExitCode"),
             oom=bool(state.get("OOMKilled")),
-            timed_out=attempt.timed_out,
-            terminated=attempt.terminated,
-            terminate_reason=attempt.terminate_reason,
         )
         with self._lock:
             if self._attempts.pop(attempt.attempt_id, None) is not None:

@@ -56,9 +56,9 @@ from .base import (
     AttemptExited,
     AttemptRunning,
     AttemptSpec,
+    AttemptStop,
     Capacity,
     EventReporter,
-    attempt_ended,
 )
 from .cgroup_pool import CgroupPool
 from .cgroups import MIB, AttemptCgroups, CgroupSupport, attempt_group_name, detect_cgroups
@@ -133,25 +133,17 @@ class _Attempt:
     process: SpawnedProcess
     tree: ProcessTree
     cgroups: AttemptCgroups
-    deadline: float | None  # monotonic time of the timeout
+    stop: AttemptStop  # on the monotonic clock
     pidfd: int | None = None  # readable once the essential process has exited
     exit_code: int | None = None  # of the essential process, once reaped (128 + N for signal N)
-    oom: bool = False
-    timed_out: bool = False
-    terminated: bool = False
-    terminate_reason: str = ""
-    kill_at: float | None = None  # monotonic time at which SIGTERM turns into SIGKILL
 
     @property
     def stopping(self) -> bool:
         """A stop is under way (or the job ended): later stop requests change nothing."""
-        return self.oom or self.timed_out or self.terminated or self.exit_code is not None
+        return self.stop.stopping or self.exit_code is not None
 
     def exit_event(self) -> AttemptExited:
-        return attempt_ended(
-            self.spec.attempt_id, now_ms(), self.exit_code, oom=self.oom, timed_out=self.timed_out,
-            terminated=self.terminated, terminate_reason=self.terminate_reason,
-        )  # fmt: skip
+        return self.stop.ended(self.spec.attempt_id, now_ms(), self.exit_code)
 
 
 class LocalExecutor(EventReporter):
@@ -302,10 +294,8 @@ class LocalExecutor(EventReporter):
                 self._starting[attempt_id] = self._starting[attempt_id] or reason
                 return
             attempt = self._attempts.get(attempt_id)
-            if attempt is None or attempt.stopping:
+            if attempt is None or attempt.exit_code is not None or not attempt.stop.terminate(reason):
                 return
-            attempt.terminated = True
-            attempt.terminate_reason = reason
             self._begin_stop(attempt, self._settings.termination_grace_seconds)
 
     def running(self) -> set[str]:
@@ -393,8 +383,7 @@ class LocalExecutor(EventReporter):
             self._attempts[spec.attempt_id] = attempt
             self._watch_exit(attempt)
             self._emit(AttemptRunning(spec.attempt_id, now_ms()))
-            if stopped is not None:  # terminated while its process was being made
-                attempt.terminated, attempt.terminate_reason = True, stopped
+            if stopped is not None and attempt.stop.terminate(stopped):  # terminated while being made
                 self._begin_stop(attempt, self._settings.termination_grace_seconds)
         self._ensure_monitor()
 
@@ -439,9 +428,9 @@ class LocalExecutor(EventReporter):
             self._programs.clear()  # perhaps a program that was found before has gone
             raise
         tracker = cgroups.pids if cgroups.tracks_processes else None
-        started = time.monotonic()
-        deadline = started + spec.timeout_seconds if spec.timeout_seconds else None
-        return _Attempt(spec, process, ProcessTree(process.pid, tracker), cgroups, deadline)
+        stop = AttemptStop(spec.timeout_seconds)
+        stop.running_since(time.monotonic())
+        return _Attempt(spec, process, ProcessTree(process.pid, tracker), cgroups, stop)
 
     def _find_program(self, name: str, search_path: str | None, user: JobUser) -> str:
         """`name` looked up in `search_path` like a container runtime, as the job's user would: a
@@ -649,7 +638,7 @@ class LocalExecutor(EventReporter):
         self._check_memory(attempt, live)
         if attempt.exit_code is None:
             self._check_timeout(attempt, now)
-            if attempt.kill_at is not None and now >= attempt.kill_at:
+            if attempt.stop.kill_due(now):
                 self._kill(attempt, live)
             return False
         if live:
@@ -662,33 +651,29 @@ class LocalExecutor(EventReporter):
 
         Cgroup v1 kills only the largest process, so everything else is killed here as well.
         """
-        if attempt.oom:
+        if attempt.stop.oom:
             return
         if attempt.cgroups.memory is not None:
-            attempt.oom = attempt.cgroups.oom_kills() > 0
+            attempt.stop.oom = attempt.cgroups.oom_kills() > 0
         elif live:
-            attempt.oom = attempt.tree.rss_bytes(live) > attempt.spec.memory_mib * MIB
-        if attempt.oom:
+            attempt.stop.oom = attempt.tree.rss_bytes(live) > attempt.spec.memory_mib * MIB
+        if attempt.stop.oom:
             logger.info("attempt %s ran out of memory", attempt.spec.attempt_id)
             self._kill(attempt, live)
 
     def _check_timeout(self, attempt: _Attempt, now: float) -> None:
-        if attempt.deadline is None or now < attempt.deadline or attempt.stopping:
-            return
-        attempt.timed_out = True
-        self._begin_stop(attempt, self._settings.termination_grace_seconds)
+        if attempt.stop.time_out(now):
+            self._begin_stop(attempt, self._settings.termination_grace_seconds)
 
     def _begin_stop(self, attempt: _Attempt, grace_seconds: float) -> None:
-        attempt.kill_at = time.monotonic() + grace_seconds
+        attempt.stop.grace(time.monotonic(), grace_seconds)
         attempt.tree.signal(signal.SIGTERM)
 
     def _stop_for_shutdown(self, attempt: _Attempt, grace_seconds: float) -> None:
-        if not attempt.stopping:
-            attempt.terminated = True
-            attempt.terminate_reason = SHUTDOWN_REASON
+        if attempt.exit_code is None and attempt.stop.terminate(SHUTDOWN_REASON):
             self._begin_stop(attempt, grace_seconds)
-        elif attempt.kill_at is not None:
-            attempt.kill_at = min(attempt.kill_at, time.monotonic() + grace_seconds)
+        elif attempt.stop.kill_at is not None:
+            attempt.stop.grace(time.monotonic(), grace_seconds)
 
     def _kill(self, attempt: _Attempt, live: list[psutil.Process]) -> None:
         attempt.cgroups.kill()

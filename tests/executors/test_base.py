@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kiln.executors.base import AttemptExited, AttemptRunning, EventReporter, attempt_ended
+from kiln.executors.base import AttemptExited, AttemptRunning, AttemptStop, EventReporter, attempt_ended
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,67 @@ def test_events_reach_poll_in_order_and_wake_the_listener_each_time() -> None:
     assert isinstance(drained[-1], AttemptExited)
     assert woken == [f"emitter-{n}" for n in range(len(events))]  # called on the emitting thread
     assert reporter.poll() == []
+
+
+def test_a_timeout_is_due_only_once_the_attempt_runs_and_its_time_has_passed() -> None:
+    stop = AttemptStop(timeout_seconds=60)
+    assert not stop.time_out(10_000.0)  # not running yet: AWS counts from startedAt
+    stop.running_since(100.0)
+    assert stop.deadline == 160.0
+    assert not stop.time_out(159.9)
+    assert stop.time_out(160.0)
+    assert not stop.time_out(161.0)  # once
+    event = stop.ended("t", 5, 143)
+    assert (event.status_reason, event.timed_out, event.terminated) == (
+        "Job attempt duration exceeded timeout",
+        True,
+        False,
+    )
+
+
+def test_no_timeout_without_timeout_seconds() -> None:
+    stop = AttemptStop()
+    stop.running_since(0.0)
+    assert stop.deadline is None
+    assert not stop.time_out(10**9)
+
+
+def test_the_first_stop_wins() -> None:
+    terminated = AttemptStop(timeout_seconds=1)
+    terminated.running_since(0.0)
+    assert terminated.terminate("user asked")
+    assert not terminated.terminate("again")  # a second request changes nothing
+    assert not terminated.time_out(5.0)  # nor does the timeout that passes meanwhile
+    assert terminated.ended("t", 1, 143).status_reason == "user asked"
+
+    timed_out = AttemptStop(timeout_seconds=1)
+    timed_out.running_since(0.0)
+    assert timed_out.time_out(1.0)
+    assert not timed_out.terminate("too late")
+    assert timed_out.ended("t", 1, 143).status_reason == "Job attempt duration exceeded timeout"
+
+    out_of_memory = AttemptStop()
+    out_of_memory.oom = True
+    assert not out_of_memory.terminate("after the kernel's kill")
+    assert (out_of_memory.ended("t", 1, -9).exit_code, out_of_memory.ended("t", 1, -9).terminated) == (137, False)
+
+
+def test_sigkill_follows_the_grace_and_a_shorter_grace_brings_it_forward() -> None:
+    stop = AttemptStop()
+    assert not stop.kill_due(10**9)  # no SIGTERM sent: nothing to escalate
+    stop.grace(100.0, 30.0)
+    assert not stop.kill_due(129.0)
+    assert stop.kill_due(130.0)
+    stop.grace(101.0, 5.0)  # a server shutting down waits less
+    assert stop.kill_at == 106.0
+    stop.grace(102.0, 60.0)  # a longer grace never postpones it
+    assert stop.kill_at == 106.0
+
+
+def test_an_oom_learnt_at_the_end_is_reported_as_aws_does() -> None:
+    event = AttemptStop().ended("t", 7, 1, oom=True)
+    assert (event.exit_code, event.reason, event.oom) == (
+        137,
+        "OutOfMemoryError: Container killed due to memory usage",
+        True,
+    )
