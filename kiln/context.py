@@ -4,11 +4,11 @@ settings, time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from kiln.arns import Arns
 from kiln.config import Settings
 from kiln.errors import NotFoundError
+from kiln.store.records import Job
 from kiln.store.repository import Repository
 
 
@@ -20,9 +20,9 @@ class Context:
     now: int
 
 
-def require_job(ctx: Context, job_id: str) -> dict[str, Any]:
+def require_job(ctx: Context, job_id: str) -> Job:
     """The job's row, or AWS's `Job <id> not found.` (a 400 ClientException)."""
-    job = ctx.repo.get_job(job_id)
+    job = ctx.repo.jobs.get(job_id)
     if job is None:
         raise NotFoundError(f"Job {job_id} not found.")
     return job

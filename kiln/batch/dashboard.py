@@ -7,7 +7,6 @@ in the Batch API reports the capacity attempts hold; both come from one SQL quer
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kiln.config import Settings
@@ -15,17 +14,6 @@ from kiln.engine.lifecycle import Status
 from kiln.errors import NotFoundError, ValidationError
 from kiln.store.database import Database
 from kiln.store.repository import Repository
-
-
-@dataclass(frozen=True)
-class CapacityInUse:
-    """What running attempts hold in one compute environment."""
-
-    compute_environment: str
-    running_attempts: int
-    vcpus: float
-    memory_mib: int
-    gpus: int
 
 
 class DashboardReads:
@@ -40,29 +28,18 @@ class DashboardReads:
         """`{"size": N, "children": [[index, status], ...]}` for an array parent."""
         with self.db.read() as connection:
             repo = Repository(connection)
-            parent = repo.get_job(parent_id)
+            parent = repo.jobs.get(parent_id)
             if parent is None:
                 raise NotFoundError(f"Job {parent_id} not found.")
-            if parent["array_size"] is None:
+            if parent.array_size is None:
                 raise ValidationError(f"Job {parent_id} is not an array job")
-            children = repo.child_statuses(parent_id)
-        return {"size": parent["array_size"], "children": [[index, status] for index, status in children]}
+            children = repo.jobs.child_statuses(parent_id)
+        return {"size": parent.array_size, "children": [[index, status] for index, status in children]}
 
     def capacity_in_use(self) -> dict[str, Any]:
         """Per compute environment, the resources held by running attempts; plus the host's total."""
         with self.db.read() as connection:
-            rows = Repository(connection).active_usage()
-        totals: dict[str, CapacityInUse] = {}
-        for row in rows:
-            name = row["compute_environment"]
-            held = totals.get(name, CapacityInUse(name, 0, 0.0, 0, 0))
-            totals[name] = CapacityInUse(
-                name,
-                held.running_attempts + 1,
-                held.vcpus + float(row["vcpus"]),
-                held.memory_mib + int(row["memory_mib"]),
-                held.gpus + int(row["gpus"] or 0),
-            )
+            usage = Repository(connection).attempts.usage_by_environment()
         return {
             "host": {
                 "vcpus": self.settings.host_vcpus,
@@ -72,19 +49,19 @@ class DashboardReads:
             "computeEnvironments": [
                 {
                     "computeEnvironmentName": held.compute_environment,
-                    "runningAttempts": held.running_attempts,
+                    "runningAttempts": held.attempts,
                     "vcpus": held.vcpus,
                     "memoryMiB": held.memory_mib,
                     "gpus": held.gpus,
                 }
-                for held in sorted(totals.values(), key=lambda held: held.compute_environment)
+                for held in sorted(usage.values(), key=lambda held: held.compute_environment)
             ],
         }
 
     def job_counts(self) -> dict[str, Any]:
         """`{"queues": {queueArn: {status: count}}}` over top-level jobs, every status listed."""
         with self.db.read() as connection:
-            rows = Repository(connection).top_level_status_counts()
+            rows = Repository(connection).jobs.top_level_status_counts()
         queues: dict[str, dict[str, int]] = {}
         for queue, status, count in rows:
             queues.setdefault(queue, {s.value: 0 for s in Status})[status] = count

@@ -15,6 +15,7 @@ from kiln.context import Context
 from kiln.engine.containers import check_container
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import NotFoundError, ValidationError
+from kiln.store.records import JobDefinition
 
 MAX_DESCRIBE = 100
 MAX_DEFINITION_BYTES = 24 * 1024
@@ -86,7 +87,7 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
 def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     platform = _check_body(ctx, params)
     name = params["jobDefinitionName"]
-    revision = ctx.repo.latest_revision(name) + 1
+    revision = ctx.repo.definitions.latest_revision(name) + 1
     arn = ctx.arns.job_definition(name, revision)
     doc = {key: value for key, value in params.items() if value is not None}
     doc.update(
@@ -100,15 +101,8 @@ def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, A
     )
     if platform == fargate.FARGATE:
         doc["containerProperties"] = fargate.with_defaults(doc["containerProperties"])
-    ctx.repo.insert_definition(
-        {
-            "name": name,
-            "revision": revision,
-            "arn": arn,
-            "status": "ACTIVE",
-            "created_at": ctx.now,
-            "doc": doc,
-        }
+    ctx.repo.definitions.insert(
+        JobDefinition(id=None, name=name, revision=revision, arn=arn, status="ACTIVE", created_at=ctx.now, doc=doc)
     )
     return {"jobDefinitionName": name, "jobDefinitionArn": arn, "revision": revision}
 
@@ -131,10 +125,10 @@ def _split_reference(reference: str) -> tuple[str, int | None]:
 def resolve_active(ctx: Context, reference: str) -> dict[str, Any]:
     """The revision SubmitJob means: the named one, or the newest ACTIVE; must be ACTIVE."""
     name, revision = _split_reference(reference)
-    row = ctx.repo.get_definition(name, revision)
-    if row is None or row["status"] != "ACTIVE":
+    definition = ctx.repo.definitions.get(name, revision)
+    if definition is None or definition.status != "ACTIVE":
         raise NotFoundError(f"JobDefinition name {reference} does not exist or is not in ACTIVE status")
-    return dict(row["doc"])
+    return dict(definition.doc)
 
 
 def describe_job_definitions(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -150,22 +144,21 @@ def describe_job_definitions(ctx: Context, params: dict[str, Any]) -> dict[str, 
         refs = [(name, rev) for name, rev in map(_split_reference, listed) if rev is not None]
     limit = pagination.page_size(params.get("maxResults"), default=MAX_DESCRIBE, maximum=MAX_DESCRIBE)
     offset = pagination.offset_of(params.get("nextToken"))
-    rows = ctx.repo.list_definitions(params.get("jobDefinitionName"), params.get("status"), refs, offset, limit + 1)
-    token = pagination.encode_token(offset + limit) if len(rows) > limit else None
-    return {"jobDefinitions": [row["doc"] for row in rows[:limit]], "nextToken": token}
+    found = ctx.repo.definitions.page(params.get("jobDefinitionName"), params.get("status"), refs, offset, limit + 1)
+    token = pagination.encode_token(offset + limit) if len(found) > limit else None
+    return {"jobDefinitions": [definition.doc for definition in found[:limit]], "nextToken": token}
 
 
 def deregister_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     reference = params["jobDefinition"]
     name, revision = _split_reference(reference)
-    row = ctx.repo.get_definition(name, revision)
-    if row is None:
+    definition = ctx.repo.definitions.get(name, revision)
+    if definition is None:
         raise NotFoundError(f"JobDefinition {reference} does not exist")
-    doc = {**row["doc"], "status": "INACTIVE"}
-    ctx.repo.set_definition_status(row["arn"], "INACTIVE", doc)
+    ctx.repo.definitions.update(definition.arn, doc={**definition.doc, "status": "INACTIVE"}, status="INACTIVE")
     return {}
 
 
 def get_definition_by_arn(ctx: Context, arn: str) -> dict[str, Any] | None:
-    row = ctx.repo.get_definition_by_arn(arn)
-    return None if row is None else dict(row["doc"])
+    definition = ctx.repo.definitions.get_by_arn(arn)
+    return None if definition is None else dict(definition.doc)

@@ -17,6 +17,8 @@ from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
 from kiln.errors import ConflictError, NotFoundError, ValidationError
+from kiln.store.records import ComputeEnvironment, JobQueue
+from kiln.store.resources import NamedStore
 
 CE_HEALTHY = "ComputeEnvironment Healthy"
 QUEUE_HEALTHY = "JobQueue Healthy"
@@ -49,7 +51,7 @@ def _check_compute_resources(ce_type: str, resources: dict[str, Any] | None) -> 
 def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     name = params["computeEnvironmentName"]
     check_resource_name(name, "computeEnvironmentName")
-    if ctx.repo.get_named("ce", name) is not None:
+    if ctx.repo.environments.get(name) is not None:
         raise ConflictError(f"Object already exists: compute environment {name}")
     _check_compute_resources(params["type"], params.get("computeResources"))
     if params["type"] == "MANAGED" and params.get("unmanagedvCpus") is not None:
@@ -72,35 +74,41 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
         "uuid": str(uuid.uuid4()),
         "containerOrchestrationType": "ECS",
     }
-    ctx.repo.insert_named("ce", {"name": name, "arn": arn, "state": state, "status": "VALID",
-                                 "created_at": ctx.now, "doc": doc})  # fmt: skip
+    ctx.repo.environments.insert(
+        ComputeEnvironment(name=name, arn=arn, state=state, status="VALID", created_at=ctx.now, doc=doc)
+    )
     return {"computeEnvironmentName": name, "computeEnvironmentArn": arn}
 
 
 def get_compute_environment(ctx: Context, reference: str) -> dict[str, Any]:
-    row = ctx.repo.get_named("ce", name_from_reference(reference, "compute-environment"))
-    if row is None:
+    environment = ctx.repo.environments.get(name_from_reference(reference, "compute-environment"))
+    if environment is None:
         raise NotFoundError(f"ComputeEnvironment {reference} not found.")
-    return dict(row["doc"])
+    return dict(environment.doc)
 
 
 def _describe(
-    ctx: Context, kind: str, listed: list[str] | None, params: dict[str, Any], arn_kind: str
+    store: NamedStore[ComputeEnvironment] | NamedStore[JobQueue],
+    list_name: str,
+    listed: list[str] | None,
+    params: dict[str, Any],
+    arn_kind: str,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    list_name = "ComputeEnvironments" if kind == "ce" else "JobQueues"
     pagination.check_exclusive(listed, params.get("maxResults"), list_name)
     if listed is not None and len(listed) > MAX_DESCRIBE:
         raise ValidationError(f"At most {MAX_DESCRIBE} {list_name} can be described at once")
     names = None if not listed else [name_from_reference(ref, arn_kind) for ref in listed]
     limit = pagination.page_size(params.get("maxResults"), default=MAX_DESCRIBE, maximum=MAX_DESCRIBE)
     offset = pagination.offset_of(params.get("nextToken"))
-    rows = ctx.repo.list_named(kind, names, offset, limit + 1)
-    token = pagination.encode_token(offset + limit) if len(rows) > limit else None
-    return [dict(row["doc"]) for row in rows[:limit]], token
+    found = store.page(offset, limit + 1, names=names)
+    token = pagination.encode_token(offset + limit) if len(found) > limit else None
+    return [dict(resource.doc) for resource in found[:limit]], token
 
 
 def describe_compute_environments(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    docs, token = _describe(ctx, "ce", params.get("computeEnvironments"), params, "compute-environment")
+    docs, token = _describe(
+        ctx.repo.environments, "ComputeEnvironments", params.get("computeEnvironments"), params, "compute-environment"
+    )
     return {"computeEnvironments": docs, "nextToken": token}
 
 
@@ -119,7 +127,7 @@ def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     for key in ("state", "serviceRole"):
         if params.get(key) is not None:
             doc[key] = params[key]
-    ctx.repo.update_named("ce", doc["computeEnvironmentName"], {"state": doc["state"], "doc": doc})
+    ctx.repo.environments.update(doc["computeEnvironmentName"], {"state": doc["state"], "doc": doc})
     return {
         "computeEnvironmentName": doc["computeEnvironmentName"],
         "computeEnvironmentArn": doc["computeEnvironmentArn"],
@@ -127,11 +135,10 @@ def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
 
 
 def _queues_using(ctx: Context, ce_arn: str) -> list[str]:
-    rows = ctx.repo.list_named("queue", None, 0, ctx.repo.count_named("queue") + 1)
     return [
-        row["name"]
-        for row in rows
-        if any(item["computeEnvironment"] == ce_arn for item in row["doc"].get("computeEnvironmentOrder") or [])
+        queue.name
+        for queue in ctx.repo.queues.all()
+        if any(item["computeEnvironment"] == ce_arn for item in queue.doc.get("computeEnvironmentOrder") or [])
     ]
 
 
@@ -145,7 +152,7 @@ def delete_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
             f"Cannot delete compute environment {doc['computeEnvironmentName']}: "
             f"it is still attached to job queue(s) {', '.join(users)}"
         )
-    ctx.repo.delete_named("ce", doc["computeEnvironmentName"])
+    ctx.repo.environments.delete(doc["computeEnvironmentName"])
     return {}
 
 
@@ -196,10 +203,10 @@ def _policy_arn(ctx: Context, reference: str) -> str:
     """The ARN of an existing scheduling policy (a queue with one is a fair-share queue)."""
     if not reference:
         raise ValidationError("schedulingPolicyArn must name a scheduling policy")
-    row = ctx.repo.get_scheduling_policy(name=name_from_reference(reference, "scheduling-policy"))
-    if row is None:
+    policy = ctx.repo.policies.get(name_from_reference(reference, "scheduling-policy"))
+    if policy is None:
         raise NotFoundError(f"SchedulingPolicy {reference} not found.")
-    return str(row["arn"])
+    return policy.arn
 
 
 def _swapped_policy(ctx: Context, queue: dict[str, Any], reference: str) -> str:
@@ -225,7 +232,7 @@ def _check_priority(priority: int) -> None:
 def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     name = params["jobQueueName"]
     check_resource_name(name, "jobQueueName")
-    if ctx.repo.get_named("queue", name) is not None:
+    if ctx.repo.queues.get(name) is not None:
         raise ConflictError(f"Object already exists: job queue {name}")
     policy_arn = _policy_arn(ctx, params["schedulingPolicyArn"]) if "schedulingPolicyArn" in params else None
     _check_priority(params["priority"])
@@ -249,20 +256,20 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     }
     if policy_arn is not None:
         doc["schedulingPolicyArn"] = policy_arn
-    ctx.repo.insert_named("queue", {"name": name, "arn": arn, "state": state, "status": "VALID",
-                                    "priority": params["priority"], "created_at": ctx.now, "doc": doc})  # fmt: skip
+    ctx.repo.queues.insert(JobQueue(name=name, arn=arn, state=state, status="VALID", priority=params["priority"],
+                                    created_at=ctx.now, doc=doc))  # fmt: skip
     return {"jobQueueName": name, "jobQueueArn": arn}
 
 
 def get_job_queue(ctx: Context, reference: str) -> dict[str, Any]:
-    row = ctx.repo.get_named("queue", name_from_reference(reference, "job-queue"))
-    if row is None:
+    queue = ctx.repo.queues.get(name_from_reference(reference, "job-queue"))
+    if queue is None:
         raise NotFoundError(f"JobQueue {reference} not found.")
-    return dict(row["doc"])
+    return dict(queue.doc)
 
 
 def describe_job_queues(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    docs, token = _describe(ctx, "queue", params.get("jobQueues"), params, "job-queue")
+    docs, token = _describe(ctx.repo.queues, "JobQueues", params.get("jobQueues"), params, "job-queue")
     return {"jobQueues": docs, "nextToken": token}
 
 
@@ -281,9 +288,7 @@ def update_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         doc["jobStateTimeLimitActions"] = params["jobStateTimeLimitActions"]
     if params.get("state") is not None:
         doc["state"] = params["state"]
-    ctx.repo.update_named(
-        "queue", doc["jobQueueName"], {"state": doc["state"], "priority": doc["priority"], "doc": doc}
-    )
+    ctx.repo.queues.update(doc["jobQueueName"], {"state": doc["state"], "priority": doc["priority"], "doc": doc})
     return {"jobQueueName": doc["jobQueueName"], "jobQueueArn": doc["jobQueueArn"]}
 
 

@@ -12,7 +12,7 @@ from kiln.context import Context
 from kiln.engine import lifecycle
 from kiln.engine.lifecycle import Status
 from kiln.errors import ValidationError
-from kiln.store.repository import Row
+from kiln.store.records import Attempt, Document, Job
 
 MAX_DESCRIBE_JOBS = 100
 MAX_BULK = 50
@@ -22,40 +22,38 @@ MAX_LIST_PAGE = 1000
 FILTER_NAMES = ("JOB_NAME", "JOB_DEFINITION", "BEFORE_CREATED_AT", "AFTER_CREATED_AT", "SHARE_IDENTIFIER")
 
 
-def _specs(ctx: Context, jobs: list[Row]) -> dict[str, Row]:
+def _specs(ctx: Context, jobs: list[Job]) -> dict[str, Document]:
     """Each job's resolved spec: array children share their parent's; an MNP node overlays its
     job's with its own container."""
-    parents = {job["id"]: job["spec"] for job in jobs if job["parent_id"] is None}
-    missing = sorted({job["parent_id"] for job in jobs if job["parent_id"] and job["parent_id"] not in parents})
-    parents.update({parent["id"]: parent["spec"] for parent in ctx.repo.get_jobs(missing)})
-    return {job["id"]: {**parents[job["parent_id"]], **job["spec"]} if job["parent_id"] else job["spec"]
+    parents = {job.id: job.spec for job in jobs if job.parent_id is None}
+    missing = sorted({job.parent_id for job in jobs if job.parent_id and job.parent_id not in parents})
+    parents.update({parent.id: parent.spec for parent in ctx.repo.jobs.get_many(missing)})
+    return {job.id: {**parents[job.parent_id], **job.spec} if job.parent_id else job.spec
             for job in jobs}  # fmt: skip
 
 
-def _attempts(ctx: Context, jobs: list[Row]) -> dict[str, list[Row]]:
+def _attempts(ctx: Context, jobs: list[Job]) -> dict[str, list[Attempt]]:
     """Each job's attempts; an MNP job shows its main node's (AWS fills them from the main node)."""
-    mains = {job["id"]: multinode.node_id(job["id"], job["spec"]["nodeProperties"]["mainNode"])
-             for job in jobs if job["num_nodes"] is not None}  # fmt: skip
-    found = ctx.repo.attempts_of([job["id"] for job in jobs] + list(mains.values()))
-    return {job["id"]: found[mains[job["id"]] if job["id"] in mains else job["id"]] for job in jobs}
+    mains = {job.id: multinode.node_id(job.id, job.spec["nodeProperties"]["mainNode"])
+             for job in jobs if job.num_nodes is not None}  # fmt: skip
+    found = ctx.repo.attempts.of_jobs([job.id for job in jobs] + list(mains.values()))
+    return {job.id: found[mains.get(job.id, job.id)] for job in jobs}
 
 
 def describe_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     ids = params["jobs"]
     if len(ids) > MAX_DESCRIBE_JOBS:
         raise ValidationError("Error executing request, Exception : Maximum number of jobs supported is  100 .")
-    found = {job["id"]: job for job in ctx.repo.get_jobs(ids)}
+    found = {job.id: job for job in ctx.repo.jobs.get_many(ids)}
     jobs = [found[job_id] for job_id in dict.fromkeys(ids) if job_id in found]
     specs = _specs(ctx, jobs)
     attempts = _attempts(ctx, jobs)
-    summaries = ctx.repo.status_counts([job["id"] for job in jobs if job["array_size"] is not None])
-    details = [
-        views.job_detail(ctx, job, specs[job["id"]], attempts[job["id"]], summaries.get(job["id"])) for job in jobs
-    ]
+    summaries = ctx.repo.jobs.status_counts([job.id for job in jobs if job.array_size is not None])
+    details = [views.job_detail(ctx, job, specs[job.id], attempts[job.id], summaries.get(job.id)) for job in jobs]
     return {"jobs": details}
 
 
-def _filter_query(ctx: Context, filters: list[Row]) -> dict[str, Any]:
+def _filter_query(ctx: Context, filters: list[Document]) -> dict[str, Any]:
     if len(filters) > 1:
         raise ValidationError("ListJobs accepts one filter at a time")
     if not filters:
@@ -85,17 +83,17 @@ def _definition_arns(ctx: Context, value: str) -> list[str]:
     """JOB_DEFINITION filter: `name`, `name*` (name prefix), `name:revision` or an ARN (no '*')."""
     if value.endswith("*") and ":" not in value:
         prefix = value[:-1]
-        rows = ctx.repo.list_definitions(None, None, None, 0, 1_000_000)
-        return [row["arn"] for row in rows if row["name"].startswith(prefix)]
+        rows = ctx.repo.definitions.page(None, None, None, 0, 1_000_000)
+        return [row.arn for row in rows if row.name.startswith(prefix)]
     if ":" in value or value.startswith("arn:"):
         definition = get_definition_by_arn(ctx, value) if value.startswith("arn:") else None
         if definition is None and not value.startswith("arn:"):
             name, _, revision = value.partition(":")
-            row = ctx.repo.get_definition(name, int(revision) if revision.isdigit() else -1)
-            definition = None if row is None else row["doc"]
+            row = ctx.repo.definitions.get(name, int(revision) if revision.isdigit() else -1)
+            definition = None if row is None else row.doc
         return [definition["jobDefinitionArn"]] if definition else []
-    rows = ctx.repo.list_definitions(value, None, None, 0, 100_000)
-    return [row["arn"] for row in rows]
+    rows = ctx.repo.definitions.page(value, None, None, 0, 100_000)
+    return [row.arn for row in rows]
 
 
 def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -117,17 +115,17 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     else:
         parent_id = params.get("arrayJobId") or params["multiNodeJobId"]
     nodes = bool(params.get("multiNodeJobId"))
-    rows = ctx.repo.list_jobs(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses, after=after,
+    rows = ctx.repo.jobs.page(queue_arn=queue_arn, parent_id=parent_id, statuses=statuses, after=after,
                               limit=limit + 1, share_identifier=share, nodes=nodes, **filters)  # fmt: skip
     page = rows[:limit]
     last_attempts = _attempts(ctx, page)
     token = None
     if len(rows) > limit:
         last = page[-1]
-        index = last["node_index"] if nodes else last["array_index"]
-        token = pagination.encode_token([index] if parent_id else [last["created_at"], last["id"]])
+        index = last.node_index if nodes else last.array_index
+        token = pagination.encode_token([index] if parent_id else [last.created_at, last.id])
     specs = _specs(ctx, page)
-    summaries = [views.job_summary(ctx, job, next(reversed(last_attempts[job["id"]]), None), specs[job["id"]])
+    summaries = [views.job_summary(ctx, job, next(reversed(last_attempts[job.id]), None), specs[job.id])
                  for job in page]  # fmt: skip
     return {"jobSummaryList": summaries, "nextToken": token}
 
@@ -137,12 +135,12 @@ def _check_reason(reason: str) -> None:
         raise ValidationError(f"reason must be at most {MAX_REASON} characters")
 
 
-def _targets(ctx: Context, job_id: str) -> list[Row]:
+def _targets(ctx: Context, job_id: str) -> list[Job]:
     """The job named; for a node of an MNP job (`<job>#<i>`), the MNP job, which ends all its nodes."""
     node = multinode.split_node_id(job_id)
-    job = ctx.repo.get_job(node[0] if node else job_id)
-    if node and (job is None or job["num_nodes"] is None):
-        job = ctx.repo.get_job(job_id)  # not a node after all
+    job = ctx.repo.jobs.get(node[0] if node else job_id)
+    if node and (job is None or job.num_nodes is None):
+        job = ctx.repo.jobs.get(job_id)  # not a node after all
     return [] if job is None else [job]
 
 
@@ -172,7 +170,7 @@ def delete_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     doc = check_queue_deletable(ctx, params["jobQueue"])
     reason = f"Job queue {doc['jobQueueName']} was deleted"
     unfinished = [s.value for s in Status if s not in (Status.SUCCEEDED, Status.FAILED)]
-    jobs = ctx.repo.list_jobs(queue_arn=doc["jobQueueArn"], parent_id=None, statuses=unfinished, limit=1_000_000)
-    terminate(ctx, [job["id"] for job in jobs], reason)
-    ctx.repo.delete_named("queue", doc["jobQueueName"])
+    jobs = ctx.repo.jobs.page(queue_arn=doc["jobQueueArn"], parent_id=None, statuses=unfinished, limit=1_000_000)
+    terminate(ctx, [job.id for job in jobs], reason)
+    ctx.repo.queues.delete(doc["jobQueueName"])
     return {}

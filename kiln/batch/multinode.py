@@ -16,7 +16,7 @@ from typing import Any
 
 from kiln.engine import containers
 from kiln.errors import ValidationError
-from kiln.store.repository import Row
+from kiln.store.records import Document
 
 MAX_NODES = 1000
 MAX_NODE_RANGES = 5
@@ -40,8 +40,8 @@ class ResolvedNodes:
 
     num_nodes: int
     main_node: int
-    node_properties: Row  # numNodes, mainNode, nodeRangeProperties (containers resolved)
-    containers: list[Row]  # index i: node i's container
+    node_properties: Document  # numNodes, mainNode, nodeRangeProperties (containers resolved)
+    containers: list[Document]  # index i: node i's container
 
 
 def parse_range(target: str, num_nodes: int, where: str = "targetNodes") -> NodeRange:
@@ -90,7 +90,7 @@ def _check_layout(ranges: list[tuple[str, NodeRange]], num_nodes: int) -> None:
         )
 
 
-def _ranges(node_properties: Row, num_nodes: int) -> list[tuple[str, NodeRange]]:
+def _ranges(node_properties: Document, num_nodes: int) -> list[tuple[str, NodeRange]]:
     entries = node_properties.get("nodeRangeProperties") or []
     if not entries:
         raise ValidationError("nodeProperties.nodeRangeProperties needs at least one node range")
@@ -107,7 +107,7 @@ def _ranges(node_properties: Row, num_nodes: int) -> list[tuple[str, NodeRange]]
     return ranges
 
 
-def check_node_properties(node_properties: Row) -> None:
+def check_node_properties(node_properties: Document) -> None:
     """RegisterJobDefinition's rules for `nodeProperties` (each range's container as any container)."""
     num_nodes, main_node = node_properties.get("numNodes"), node_properties.get("mainNode")
     _check_counts(num_nodes, main_node)
@@ -124,7 +124,7 @@ def check_node_properties(node_properties: Row) -> None:
         containers.check_container(entry["container"], where=where)
 
 
-def _effective_num_nodes(node_properties: Row, overrides: Row) -> int:
+def _effective_num_nodes(node_properties: Document, overrides: Document) -> int:
     num_nodes = int(node_properties["numNodes"])
     wanted = overrides.get("numNodes")
     if wanted is None or wanted == num_nodes:
@@ -145,7 +145,7 @@ def _effective_num_nodes(node_properties: Row, overrides: Row) -> int:
     return int(wanted)
 
 
-def resolve(node_properties: Row, overrides: Row | None, parameters: dict[str, str]) -> ResolvedNodes:
+def resolve(node_properties: Document, overrides: Document | None, parameters: dict[str, str]) -> ResolvedNodes:
     """The job's nodes: definition ranges under `nodeOverrides`, containers resolved per node."""
     overrides = overrides or {}
     num_nodes = _effective_num_nodes(node_properties, overrides)
@@ -153,7 +153,7 @@ def resolve(node_properties: Row, overrides: Row | None, parameters: dict[str, s
     ranges = _ranges(node_properties, num_nodes)
     _check_layout(ranges, num_nodes)
     spans = [(r.start, r.end) for _, r in ranges]
-    by_span: dict[tuple[int, int], list[Row]] = {}
+    by_span: dict[tuple[int, int], list[Document]] = {}
     unmatched = []
     for i, entry in enumerate(overrides.get("nodePropertyOverrides") or []):
         target = str(entry.get("targetNodes") or "")

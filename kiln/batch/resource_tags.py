@@ -8,6 +8,13 @@ from kiln.arns import parse_arn
 from kiln.batch.tags import check_tags, merged
 from kiln.context import Context
 from kiln.errors import NotFoundError, ValidationError
+from kiln.store.records import ComputeEnvironment, JobQueue
+from kiln.store.resources import NamedStore
+
+
+def _named(ctx: Context, kind: str) -> NamedStore[ComputeEnvironment] | NamedStore[JobQueue]:
+    """The store of a compute environment ("ce") or a job queue ("queue")."""
+    return ctx.repo.environments if kind == "ce" else ctx.repo.queues
 
 
 def _load(ctx: Context, arn: str) -> tuple[str, str, dict[str, Any]]:
@@ -18,38 +25,38 @@ def _load(ctx: Context, arn: str) -> tuple[str, str, dict[str, Any]]:
     if parsed.kind == "job":
         if ":" in parsed.resource or "#" in parsed.resource:
             raise ValidationError("Array child and multi-node node jobs cannot be tagged; tag the parent job")
-        job = ctx.repo.get_job(parsed.resource)
+        job = ctx.repo.jobs.get(parsed.resource)
         if job is None:
             raise NotFoundError(f"Resource {arn} not found")
-        return "job", job["id"], dict(job["spec"])
+        return "job", job.id, dict(job.spec)
     if parsed.kind == "job-definition":
-        row = ctx.repo.get_definition_by_arn(arn)
-        if row is None:
+        definition = ctx.repo.definitions.get_by_arn(arn)
+        if definition is None:
             raise NotFoundError(f"Resource {arn} not found")
-        return "definition", arn, dict(row["doc"])
+        return "definition", arn, dict(definition.doc)
     if parsed.kind == "scheduling-policy":
-        policy = ctx.repo.get_scheduling_policy(name=parsed.resource)
+        policy = ctx.repo.policies.get(parsed.resource)
         if policy is None:
             raise NotFoundError(f"Resource {arn} not found")
-        return "policy", parsed.resource, dict(policy["doc"])
+        return "policy", parsed.resource, dict(policy.doc)
     kinds = {"job-queue": "queue", "compute-environment": "ce"}
     if parsed.kind not in kinds:
         raise ValidationError(f"Resources of type {parsed.kind} cannot be tagged on Kiln")
-    row = ctx.repo.get_named(kinds[parsed.kind], parsed.resource)
-    if row is None:
+    resource = _named(ctx, kinds[parsed.kind]).get(parsed.resource)
+    if resource is None:
         raise NotFoundError(f"Resource {arn} not found")
-    return kinds[parsed.kind], parsed.resource, dict(row["doc"])
+    return kinds[parsed.kind], parsed.resource, dict(resource.doc)
 
 
 def _save(ctx: Context, kind: str, key: str, doc: dict[str, Any]) -> None:
     if kind == "job":
-        ctx.repo.update_job_fields(key, {"spec": doc})
+        ctx.repo.jobs.update_fields(key, {"spec": doc})
     elif kind == "definition":
-        ctx.repo.update_definition_doc(key, doc)
+        ctx.repo.definitions.update(key, doc=doc)
     elif kind == "policy":
-        ctx.repo.update_scheduling_policy(key, doc)
+        ctx.repo.policies.update(key, {"doc": doc})
     else:
-        ctx.repo.update_named(kind, key, {"doc": doc})
+        _named(ctx, kind).update(key, {"doc": doc})
 
 
 def tag_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
 from kiln.errors import ConflictError, NotFoundError, ValidationError
+from kiln.store.records import SchedulingPolicy
 
 MAX_SHARE_DECAY_SECONDS = 604_800
 MAX_COMPUTE_RESERVATION = 99
@@ -85,23 +86,23 @@ def _check_body(params: dict[str, Any]) -> None:
 def create_scheduling_policy(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     name = params["name"]
     check_resource_name(name, "name")
-    if ctx.repo.get_scheduling_policy(name=name) is not None:
+    if ctx.repo.policies.get(name) is not None:
         raise ConflictError(f"Object already exists: scheduling policy {name}")
     _check_body(params)
     check_tags(params.get("tags"))
     arn = ctx.arns.scheduling_policy(name)
     doc = {"name": name, "arn": arn, "fairsharePolicy": params.get("fairsharePolicy") or {},
            "tags": params.get("tags") or {}}  # fmt: skip
-    ctx.repo.insert_scheduling_policy({"name": name, "arn": arn, "created_at": ctx.now, "doc": doc})
+    ctx.repo.policies.insert(SchedulingPolicy(name=name, arn=arn, created_at=ctx.now, doc=doc))
     return {"name": name, "arn": arn}
 
 
 def get_scheduling_policy(ctx: Context, reference: str) -> dict[str, Any]:
     """A policy by ARN (or, leniently, by name); a missing one is a 400 as for queues."""
-    row = ctx.repo.get_scheduling_policy(name=name_from_reference(reference, "scheduling-policy"))
-    if row is None:
+    policy = ctx.repo.policies.get(name_from_reference(reference, "scheduling-policy"))
+    if policy is None:
         raise NotFoundError(f"SchedulingPolicy {reference} not found.")
-    return dict(row["doc"])
+    return dict(policy.doc)
 
 
 def describe_scheduling_policies(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -110,16 +111,16 @@ def describe_scheduling_policies(ctx: Context, params: dict[str, Any]) -> dict[s
     if len(arns) > MAX_DESCRIBE:
         raise ValidationError(f"At most {MAX_DESCRIBE} scheduling policies can be described at once")
     wanted = [ctx.arns.scheduling_policy(name_from_reference(arn, "scheduling-policy")) for arn in arns]
-    found = {row["arn"]: row["doc"] for row in ctx.repo.list_scheduling_policies(wanted, 0, MAX_DESCRIBE)}
+    found = {policy.arn: policy.doc for policy in ctx.repo.policies.page(0, MAX_DESCRIBE, arns=wanted)}
     return {"schedulingPolicies": [found[arn] for arn in wanted if arn in found]}
 
 
 def list_scheduling_policies(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     limit = pagination.page_size(params.get("maxResults"), default=MAX_DESCRIBE, maximum=MAX_DESCRIBE)
     offset = pagination.offset_of(params.get("nextToken"))
-    rows = ctx.repo.list_scheduling_policies(None, offset, limit + 1)
-    token = pagination.encode_token(offset + limit) if len(rows) > limit else None
-    return {"schedulingPolicies": [{"arn": row["arn"]} for row in rows[:limit]], "nextToken": token}
+    policies = ctx.repo.policies.page(offset, limit + 1)
+    token = pagination.encode_token(offset + limit) if len(policies) > limit else None
+    return {"schedulingPolicies": [{"arn": policy.arn} for policy in policies[:limit]], "nextToken": token}
 
 
 def update_scheduling_policy(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -127,13 +128,12 @@ def update_scheduling_policy(ctx: Context, params: dict[str, Any]) -> dict[str, 
     _check_body(params)
     if params.get("fairsharePolicy") is not None:
         doc["fairsharePolicy"] = params["fairsharePolicy"]
-    ctx.repo.update_scheduling_policy(doc["name"], doc)
+    ctx.repo.policies.update(doc["name"], {"doc": doc})
     return {}
 
 
 def queues_using(ctx: Context, arn: str) -> list[str]:
-    rows = ctx.repo.list_named("queue", None, 0, ctx.repo.count_named("queue") + 1)
-    return [row["name"] for row in rows if row["doc"].get("schedulingPolicyArn") == arn]
+    return [queue.name for queue in ctx.repo.queues.all() if queue.doc.get("schedulingPolicyArn") == arn]
 
 
 def delete_scheduling_policy(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -141,5 +141,5 @@ def delete_scheduling_policy(ctx: Context, params: dict[str, Any]) -> dict[str, 
     users = queues_using(ctx, doc["arn"])
     if users:
         raise ConflictError(f"Cannot delete scheduling policy {doc['name']}: job queue(s) {', '.join(users)} use it")
-    ctx.repo.delete_scheduling_policy(doc["name"])
+    ctx.repo.policies.delete(doc["name"])
     return {}

@@ -6,57 +6,57 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.engine.lifecycle import Status
-from kiln.store.repository import Row
+from kiln.store.records import Attempt, Document, Job
 
 
 def _task_arn(ctx: Context, task_id: str) -> str:
     return f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:task/kiln/{task_id}"
 
 
-def attempt_detail(ctx: Context, attempt: Row) -> dict[str, Any]:
+def attempt_detail(ctx: Context, attempt: Attempt) -> dict[str, Any]:
     container = {
-        "exitCode": attempt["exit_code"],
-        "reason": attempt["reason"],
-        "logStreamName": attempt["log_stream"],
-        "taskArn": _task_arn(ctx, attempt["task_id"]),
+        "exitCode": attempt.exit_code,
+        "reason": attempt.reason,
+        "logStreamName": attempt.log_stream,
+        "taskArn": _task_arn(ctx, attempt.task_id),
         "containerInstanceArn": f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:container-instance/"
-        f"kiln/{attempt['compute_environment']}",
+        f"kiln/{attempt.compute_environment}",
     }
     return {
         "container": container,
-        "startedAt": attempt["started_at"],
-        "stoppedAt": attempt["stopped_at"],
-        "statusReason": attempt["status_reason"],
+        "startedAt": attempt.started_at,
+        "stoppedAt": attempt.stopped_at,
+        "statusReason": attempt.status_reason,
     }
 
 
 def job_detail(
-    ctx: Context, job: Row, spec: Row, attempts: list[Row], summary: dict[str, int] | None
+    ctx: Context, job: Job, spec: Document, attempts: list[Attempt], summary: dict[str, int] | None
 ) -> dict[str, Any]:
     """`spec` is the job's resolved specification (an array child's is its parent's; an MNP node's
     its job's with the node's own container); an MNP job's `attempts` are its main node's."""
     container = dict(spec.get("container") or {})
     current = attempts[-1] if attempts else None
-    if current is not None and job["num_nodes"] is None:
+    if current is not None and job.num_nodes is None:
         container.update(
-            exitCode=current["exit_code"],
-            reason=current["reason"],
-            logStreamName=current["log_stream"] if current["started_at"] else None,
-            taskArn=_task_arn(ctx, current["task_id"]),
+            exitCode=current.exit_code,
+            reason=current.reason,
+            logStreamName=current.log_stream if current.started_at else None,
+            taskArn=_task_arn(ctx, current.task_id),
         )
     detail: dict[str, Any] = {
-        "jobArn": ctx.arns.job(job["id"]),
-        "jobName": job["name"],
-        "jobId": job["id"],
-        "jobQueue": job["queue_arn"],
-        "status": job["status"],
-        "statusReason": job["status_reason"],
-        "createdAt": job["created_at"],
-        "startedAt": job["started_at"],
-        "stoppedAt": job["stopped_at"],
-        "attempts": [attempt_detail(ctx, a) for a in attempts if a["stopped_at"] is not None],
-        "dependsOn": spec.get("dependsOn") if job["parent_id"] is None else [],
-        "jobDefinition": job["definition_arn"],
+        "jobArn": ctx.arns.job(job.id),
+        "jobName": job.name,
+        "jobId": job.id,
+        "jobQueue": job.queue_arn,
+        "status": job.status,
+        "statusReason": job.status_reason,
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "stoppedAt": job.stopped_at,
+        "attempts": [attempt_detail(ctx, a) for a in attempts if a.stopped_at is not None],
+        "dependsOn": spec.get("dependsOn") if job.parent_id is None else [],
+        "jobDefinition": job.definition_arn,
         "parameters": spec.get("parameters") or {},
         "container": container,
         "retryStrategy": spec.get("retryStrategy"),
@@ -66,55 +66,55 @@ def job_detail(
         "platformCapabilities": spec.get("platformCapabilities"),
         "schedulingPriority": spec.get("schedulingPriority"),
         "shareIdentifier": spec.get("shareIdentifier"),
-        "isCancelled": bool(job["is_cancelled"]),
-        "isTerminated": bool(job["is_terminated"]),
+        "isCancelled": bool(job.is_cancelled),
+        "isTerminated": bool(job.is_terminated),
     }
-    if job["array_size"] is not None:
+    if job.array_size is not None:
         detail["arrayProperties"] = {
-            "size": job["array_size"],
+            "size": job.array_size,
             # Every status, zeros included, so clients can index any key.
             "statusSummary": {status.value: (summary or {}).get(status.value, 0) for status in Status},
             "statusSummaryLastUpdatedAt": ctx.now,
         }
-    elif job["array_index"] is not None:
-        detail["arrayProperties"] = {"index": job["array_index"]}
-    if job["num_nodes"] is not None:  # an MNP job: its nodes are described as `<jobId>#<i>`
+    elif job.array_index is not None:
+        detail["arrayProperties"] = {"index": job.array_index}
+    if job.num_nodes is not None:  # an MNP job: its nodes are described as `<jobId>#<i>`
         detail["nodeProperties"] = spec["nodeProperties"]
         del detail["container"]
-    elif job["node_index"] is not None:
+    elif job.node_index is not None:
         main = spec["nodeProperties"]["mainNode"]
-        detail["nodeDetails"] = {"nodeIndex": job["node_index"], "isMainNode": job["node_index"] == main}
+        detail["nodeDetails"] = {"nodeIndex": job.node_index, "isMainNode": job.node_index == main}
     return detail
 
 
-def job_summary(ctx: Context, job: Row, last_attempt: Row | None, spec: Row) -> dict[str, Any]:
+def job_summary(ctx: Context, job: Job, last_attempt: Attempt | None, spec: Document) -> dict[str, Any]:
     """`spec` as for `job_detail`; `last_attempt` is an MNP job's main node's."""
     summary: dict[str, Any] = {
-        "jobArn": ctx.arns.job(job["id"]),
-        "jobId": job["id"],
-        "jobName": job["name"],
-        "createdAt": job["created_at"],
-        "startedAt": job["started_at"],
-        "stoppedAt": job["stopped_at"],
-        "status": job["status"],
-        "statusReason": job["status_reason"],
-        "jobDefinition": job["definition_arn"],
+        "jobArn": ctx.arns.job(job.id),
+        "jobId": job.id,
+        "jobName": job.name,
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "stoppedAt": job.stopped_at,
+        "status": job.status,
+        "statusReason": job.status_reason,
+        "jobDefinition": job.definition_arn,
         "shareIdentifier": spec.get("shareIdentifier"),
     }
-    if last_attempt is not None and last_attempt["stopped_at"] is not None:
-        summary["container"] = {"exitCode": last_attempt["exit_code"], "reason": last_attempt["reason"]}
-    if job["array_size"] is not None:
-        summary["arrayProperties"] = {"size": job["array_size"]}
-    elif job["array_index"] is not None:
-        summary["arrayProperties"] = {"index": job["array_index"]}
-    if job["num_nodes"] is not None:
-        summary["nodeProperties"] = {"numNodes": job["num_nodes"]}
-    elif job["node_index"] is not None:
+    if last_attempt is not None and last_attempt.stopped_at is not None:
+        summary["container"] = {"exitCode": last_attempt.exit_code, "reason": last_attempt.reason}
+    if job.array_size is not None:
+        summary["arrayProperties"] = {"size": job.array_size}
+    elif job.array_index is not None:
+        summary["arrayProperties"] = {"index": job.array_index}
+    if job.num_nodes is not None:
+        summary["nodeProperties"] = {"numNodes": job.num_nodes}
+    elif job.node_index is not None:
         nodes = spec["nodeProperties"]
-        summary["nodeProperties"] = {"nodeIndex": job["node_index"], "isMainNode": job["node_index"] == nodes["mainNode"],
+        summary["nodeProperties"] = {"nodeIndex": job.node_index, "isMainNode": job.node_index == nodes["mainNode"],
                                      "numNodes": nodes["numNodes"]}  # fmt: skip
-    if job["is_cancelled"]:
+    if job.is_cancelled:
         summary["isCancelled"] = True
-    if job["is_terminated"]:
+    if job.is_terminated:
         summary["isTerminated"] = True
     return summary

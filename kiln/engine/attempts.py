@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from kiln.config import Settings
 from kiln.engine.containers import environment_of, volume_mounts
 from kiln.executors.base import AttemptSpec, GangMember
-from kiln.store.repository import Repository, Row
+from kiln.store.records import Document, Job
+from kiln.store.repository import Repository
 
 PARENT_SPEC_CACHE = 10_000
 LOCAL_MAIN_NODE_ADDRESS = "127.0.0.1"  # every node of a gang on this one host
@@ -29,37 +30,34 @@ class AttemptBuilder:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._parent_specs: dict[str, Row] = {}
+        self._parent_specs: dict[str, Document] = {}
 
-    def specs(self, repo: Repository, jobs: Sequence[Row]) -> dict[str, Row]:
+    def specs(self, repo: Repository, jobs: Sequence[Job]) -> dict[str, Document]:
         """Each job's resolved spec: its own, or (array child) its parent's overlaid by its own."""
-        missing = sorted({job["parent_id"] for job in jobs if job["parent_id"]} - self._parent_specs.keys())
+        missing = sorted({job.parent_id for job in jobs if job.parent_id} - self._parent_specs.keys())
         if len(self._parent_specs) > PARENT_SPEC_CACHE:
             self._parent_specs.clear()
-        self._parent_specs.update({p["id"]: p["spec"] for p in repo.get_jobs(missing)})
+        self._parent_specs.update({p.id: p.spec for p in repo.jobs.get_many(missing)})
         parent_specs = self._parent_specs
-        return {
-            job["id"]: {**parent_specs[job["parent_id"]], **job["spec"]} if job["parent_id"] else job["spec"]
-            for job in jobs
-        }
+        return {job.id: {**parent_specs[job.parent_id], **job.spec} if job.parent_id else job.spec for job in jobs}
 
-    def attempt_spec(self, job: Row, spec: Row, task_id: str, number: int, environment: str,
+    def attempt_spec(self, job: Job, spec: Document, task_id: str, number: int, environment: str,
                      stream: str) -> AttemptSpec:  # fmt: skip
         """Attempt `number` of `job`, placed on compute environment `environment`."""
         container = spec["container"]
         variables = {
-            "AWS_BATCH_JOB_ID": job["id"],
+            "AWS_BATCH_JOB_ID": job.id,
             "AWS_BATCH_JOB_ATTEMPT": str(number),
-            "AWS_BATCH_JQ_NAME": job["queue_arn"].rsplit("/", 1)[-1],
+            "AWS_BATCH_JQ_NAME": job.queue_arn.rsplit("/", 1)[-1],
             "AWS_BATCH_CE_NAME": environment,
         }
         gang = None
-        if job["array_index"] is not None:
-            variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job["array_index"])
+        if job.array_index is not None:
+            variables["AWS_BATCH_JOB_ARRAY_INDEX"] = str(job.array_index)
             variables["AWS_BATCH_JOB_ARRAY_SIZE"] = str(spec["arrayProperties"]["size"])
-        elif job["node_index"] is not None:
+        elif job.node_index is not None:
             nodes = spec["nodeProperties"]
-            gang = GangMember(f"{job['parent_id']}/{number}", job["node_index"], nodes["numNodes"], nodes["mainNode"])
+            gang = GangMember(f"{job.parent_id}/{number}", job.node_index, nodes["numNodes"], nodes["mainNode"])
             variables.update(node_variables(gang))
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
         # The role's variables (credentials meant for jobs) reach the attempt only, never the job's
@@ -67,9 +65,9 @@ class AttemptBuilder:
         role = self.settings.job_roles.get(container.get("jobRoleArn") or "")
         variables = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
         return AttemptSpec(
-            attempt_id=task_id, job_id=job["id"], image=container["image"], command=list(container.get("command") or []),
-            environment=variables, vcpus=job["vcpus"], memory_mib=job["memory_mib"],
-            gpus=job["gpus"], log_path=self.settings.log_file(stream), workdir=self.settings.work_dir / task_id,
+            attempt_id=task_id, job_id=job.id, image=container["image"], command=list(container.get("command") or []),
+            environment=variables, vcpus=job.vcpus, memory_mib=job.memory_mib,
+            gpus=job.gpus, log_path=self.settings.log_file(stream), workdir=self.settings.work_dir / task_id,
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
             volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
         )  # fmt: skip

@@ -27,24 +27,24 @@ def reconcile_lost_attempts(
     reason = HOST_TERMINATED.format(host=host_id)
     with db.begin() as connection:
         repo = Repository(connection)
-        attempts = repo.active_attempts()
-        jobs = {j["id"]: j for j in repo.get_jobs([a["job_id"] for a in attempts])}
+        attempts = repo.attempts.active()
+        jobs = {j.id: j for j in repo.jobs.get_many([a.job_id for a in attempts])}
         specs = builder.specs(repo, list(jobs.values()))
         # Only this server's executor can know its own attempts; after a takeover on a shared
         # PostgreSQL database, those the previous leader placed are lost with its host.
-        ours = [a["task_id"] for a in attempts if a["placed_by"] in (None, placer)]
+        ours = [a.task_id for a in attempts if a.placed_by in (None, placer)]
         adoption = executor.adopt(ours)
         exits, relaunch = [], []
         for attempt in attempts:
-            job = jobs.get(attempt["job_id"])
-            if job is None or attempt["task_id"] in adoption.known:
+            job = jobs.get(attempt.job_id)
+            if job is None or attempt.task_id in adoption.known:
                 continue
-            if attempt["task_id"] in adoption.never_started:
-                relaunch.append(builder.attempt_spec(job, specs[job["id"]], attempt["task_id"], attempt["number"],
-                                                     attempt["compute_environment"], attempt["log_stream"]))  # fmt: skip
+            if attempt.task_id in adoption.never_started:
+                relaunch.append(builder.attempt_spec(job, specs[job.id], attempt.task_id, attempt.number,
+                                                     attempt.compute_environment, attempt.log_stream))  # fmt: skip
                 continue
-            event = AttemptExited(attempt["task_id"], now_ms(), None, reason, started=attempt["started_at"] is not None)
-            exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
+            event = AttemptExited(attempt.task_id, now_ms(), None, reason, started=attempt.started_at is not None)
+            exits.append(progress.Exit(job, attempt, event, specs[job.id].get("retryStrategy")))
         progress.record_exits(repo, exits)
     for attempt_spec in relaunch:
         executor.start(attempt_spec)

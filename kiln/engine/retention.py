@@ -28,9 +28,9 @@ class Retention:
         cutoff = now_ms - retention_ms
         with self.db.begin() as connection:
             repo = Repository(connection)
-            ids = repo.purge_candidates(cutoff, FINISHED)
-            streams = repo.log_streams_of(ids + repo.child_ids(ids))
-            repo.purge_jobs(ids)
+            ids = repo.jobs.expired(cutoff, FINISHED)
+            streams = repo.attempts.log_streams_of(ids + repo.jobs.child_ids(ids))
+            repo.jobs.purge(ids)
         for stream in streams:
             self.settings.log_file(stream).unlink(missing_ok=True)
         if ids:

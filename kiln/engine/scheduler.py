@@ -41,7 +41,9 @@ from kiln.executors.base import (
 from kiln.observability.metrics import SchedulerMetrics
 from kiln.store import leader_lease
 from kiln.store.database import Database
-from kiln.store.repository import Repository, Row, Usage
+from kiln.store.queries import Values
+from kiln.store.records import Attempt, Candidate, Document, EnvironmentUsage, Job
+from kiln.store.repository import Repository
 
 log = logging.getLogger(__name__)
 # Candidates fetched per queue and tick when placing; a sweep diagnoses up to DIAGNOSED_PER_QUEUE.
@@ -74,8 +76,8 @@ class Scheduler:
         self._last_diagnosis = 0.0
         self._changed = threading.Event()  # the API committed something: sweep on the next tick
         self._unblocked = False  # a job with dependents ended: look at PENDING jobs next tick
-        self._queues: list[Row] = []  # ENABLED queue documents, refreshed by each sweep
-        self._environments: list[Row] = []
+        self._queues: list[Document] = []  # ENABLED queue documents, refreshed by each sweep
+        self._environments: list[Document] = []
         self.attempts = AttemptBuilder(settings)
         self.retention = Retention(db, settings)
         self._unapplied: list[AttemptEvent] = []
@@ -202,66 +204,68 @@ class Scheduler:
         (their completion is checked right away, not at the next sweep)."""
         if not events:
             return set()
-        attempts = {a["task_id"]: a for a in repo.get_attempts([e.attempt_id for e in events])}
-        jobs = {j["id"]: j for j in repo.get_jobs(sorted({a["job_id"] for a in attempts.values()}))}
+        attempts = {a.task_id: a for a in repo.attempts.get_many([e.attempt_id for e in events])}
+        jobs = {j.id: j for j in repo.jobs.get_many(sorted({a.job_id for a in attempts.values()}))}
         specs = self.attempts.specs(repo, list(jobs.values()))
-        started: list[Row] = []
+        started: list[Values] = []
         running: list[Move] = []
         exits: list[progress.Exit] = []
         # Started and ended within this batch: the exit's writes record the start too (one write each).
         ending = {event.attempt_id for event in events if isinstance(event, AttemptExited)}
         for event in events:
             attempt = attempts.get(event.attempt_id)
-            job = None if attempt is None else jobs.get(attempt["job_id"])
-            if attempt is None or job is None or not attempt["active"]:
+            job = None if attempt is None else jobs.get(attempt.job_id)
+            if attempt is None or job is None or not attempt.active:
                 continue  # purged meanwhile, or replayed by the executor after a restart
-            if job["node_index"] is not None:
-                self._gangs.add(job["parent_id"])
+            if job.node_index is not None and job.parent_id is not None:
+                self._gangs.add(job.parent_id)
             if isinstance(event, AttemptRunning):
-                attempt["started_at"] = event.at_ms
+                attempt.started_at = event.at_ms
                 if event.attempt_id not in ending:
-                    started.append({"_task_id": attempt["task_id"], "started_at": event.at_ms})
-                    running.append(Move(job["id"], event.at_ms))
+                    started.append({"_task_id": attempt.task_id, "started_at": event.at_ms})
+                    running.append(Move(job.id, event.at_ms))
             elif isinstance(event, AttemptExited):
                 self._signalled.discard(event.attempt_id)
-                exits.append(progress.Exit(job, attempt, event, specs[job["id"]].get("retryStrategy")))
-        self.metrics.record_events(events, attempts)
-        repo.update_attempts_each(started)
+                exits.append(progress.Exit(job, attempt, event, specs[job.id].get("retryStrategy")))
+        self.metrics.record_events(events, {task_id: a.started_at for task_id, a in attempts.items()})
+        repo.attempts.update_each(started)
         lifecycle.running(repo, running)
         decided = progress.record_exits(repo, exits)
         ended = [job_id for job_id, status in decided.items() if status in TERMINAL]
-        if ended and repo.has_dependents(ended):
+        if ended and repo.jobs.has_dependents(ended):
             self._unblocked = True
-        return {jobs[job_id]["parent_id"] for job_id in ended if jobs[job_id]["parent_id"]}
+        return {parent for job_id in ended if (parent := jobs[job_id].parent_id)}
 
     def _refresh_config(self, repo: Repository) -> None:
         """Queue and CE documents change only through the API, which triggers a sweep."""
-        self._queues = [row["doc"] for row in repo.list_named("queue", None, 0, 10_000) if row["state"] == "ENABLED"]
-        self._environments = [row["doc"] for row in repo.list_named("ce", None, 0, 10_000)]
+        self._queues = [queue.doc for queue in repo.queues.all() if queue.state == "ENABLED"]
+        self._environments = [environment.doc for environment in repo.environments.all()]
 
     def signal_terminations(self) -> None:
         """TerminateJob is recorded durably by the API; here the running attempt gets its signal."""
         with self.db.read() as connection:
-            terminated = Repository(connection).terminated_active_attempts()
-        for attempt in terminated:
-            if attempt["task_id"] not in self._signalled:
-                self._signalled.add(attempt["task_id"])
-                self.executor.terminate(attempt["task_id"], attempt["spec"].get("stopReason") or "Terminated")
+            terminated = Repository(connection).attempts.terminated_active()
+        for task_id, spec in terminated:
+            if task_id not in self._signalled:
+                self._signalled.add(task_id)
+                self.executor.terminate(task_id, spec.get("stopReason") or "Terminated")
 
     # -- placement -----------------------------------------------------------------------------
     def place(self, repo: Repository, now: int, *, diagnose: bool) -> list[_Launch]:
         """Plan what fits now and record those placements; with `diagnose`, also refresh RUNNABLE
         reasons. Returns the attempts to start once the transaction has committed."""
         capacity = self.executor.capacity()
-        usage = repo.active_usage_by_environment()
+        usage = repo.attempts.usage_by_environment()
         # Placed behind another attempt (start-ahead): they will use its place, not hold their own.
         for environment, (vcpus, memory, gpus) in self._ahead.queued_usage().items():
-            held = usage.get(environment, (0.0, 0, 0))
-            usage[environment] = (held[0] - vcpus, held[1] - memory, held[2] - gpus)
+            held = usage.setdefault(environment, EnvironmentUsage(environment, 0.0, 0, 0, 0))
+            held.vcpus -= vcpus
+            held.memory_mib -= memory
+            held.gpus -= gpus
         free = scheduling.Resources(
-            capacity.vcpus - sum(u[0] for u in usage.values()),
-            capacity.memory_mib - sum(u[1] for u in usage.values()),
-            capacity.gpus - sum(u[2] for u in usage.values()),
+            capacity.vcpus - sum(u.vcpus for u in usage.values()),
+            capacity.memory_mib - sum(u.memory_mib for u in usage.values()),
+            capacity.gpus - sum(u.gpus for u in usage.values()),
         )
         if not diagnose and (free.vcpus <= 0 or free.memory_mib <= 0):
             return []  # nothing can start until an attempt ends (which wakes us)
@@ -271,9 +275,7 @@ class Scheduler:
         total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
         decision = scheduling.plan(
             [
-                scheduling.Candidate(
-                    j["id"], j["queue_arn"], j["vcpus"], j["memory_mib"], j["gpus"], j.get("num_nodes") is not None
-                )
+                scheduling.Candidate(j.id, j.queue_arn, j.vcpus, j.memory_mib, j.gpus, j.num_nodes is not None)
                 for j in runnable
             ],
             [_queue_view(q) for q in self._queues],
@@ -296,12 +298,10 @@ class Scheduler:
         for queue in self._queues:
             if queue.get("schedulingPolicyArn"):
                 continue  # fair-share order is decided per tick by share_queue
-            rows = repo.runnable_candidates(
+            candidates = repo.jobs.candidates(
                 queue["jobQueueArn"], Status.RUNNABLE.value, min(room, AHEAD_CANDIDATES), float("inf"), 2**62
             )
-            chained = self._ahead.chain(
-                [(r["id"], r["parent_id"], (r["vcpus"], r["memory_mib"], r["gpus"])) for r in rows]
-            )
+            chained = self._ahead.chain([(r.id, r.parent_id, (r.vcpus, r.memory_mib, r.gpus)) for r in candidates])
             if chained:
                 placed = self._record_placements(repo, chained, now)
                 self._chain_heads(placed)
@@ -309,7 +309,9 @@ class Scheduler:
                 launches += placed
         return launches
 
-    def _candidates(self, repo: Repository, queues: list[Row], free: scheduling.Resources, diagnose: bool) -> list[Row]:
+    def _candidates(
+        self, repo: Repository, queues: list[Document], free: scheduling.Resources, diagnose: bool
+    ) -> list[Candidate]:
         """Per queue (so a huge queue never hides a higher-priority one): everything for a
         diagnosis sweep, else only jobs that could fit the free capacity."""
         if diagnose:
@@ -318,70 +320,76 @@ class Scheduler:
             # A few more than could start now: reading rows is a large part of a tick's cost.
             limit = min(CANDIDATES_PER_QUEUE, max(8, int(4 * free.vcpus)))
             vcpus, memory = free.vcpus, free.memory_mib
-        # share_queue orders a fair-share queue's candidates (FIFO queues: repo.runnable_candidates)
+        # share_queue orders a fair-share queue's candidates (FIFO queues: repo.jobs.candidates)
         return [job for queue in queues for job in share_queue.runnable_candidates(repo, queue, limit, vcpus, memory)]
 
     @staticmethod
-    def _record_diagnostics(repo: Repository, runnable: list[Row], decision: scheduling.Plan) -> None:
-        current = {job["id"]: job["status_reason"] for job in runnable}
+    def _record_diagnostics(repo: Repository, runnable: list[Candidate], decision: scheduling.Plan) -> None:
+        current = {job.id: job.status_reason for job in runnable}
         for job_id, reason in decision.diagnostics.items():
             if current[job_id] != reason:
                 lifecycle.diagnose(repo, job_id, reason)
 
     def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
         """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
-        jobs = {j["id"]: j for j in repo.get_jobs([p.job_id for p in placements])}
+        jobs = {j.id: j for j in repo.jobs.get_many([p.job_id for p in placements])}
         job_specs = self.attempts.specs(repo, list(jobs.values()))
         launches: list[_Launch] = []
-        moves, attempt_rows = [], []
+        moves: list[Move] = []
+        attempts: list[Attempt] = []
         skipped: dict[str, str | None] = {}  # a chain link that was not placed -> what it waited for
         for placement in placements:
             after = placement.after
             while after in skipped:
                 after = skipped[after]
             job = jobs.get(placement.job_id)
-            if job is None or job["status"] != Status.RUNNABLE.value:
+            if job is None or job.status != Status.RUNNABLE.value:
                 skipped[placement.task_id] = after  # cancelled or terminated since the candidates were read
                 continue
-            task_id, number = placement.task_id, job["attempt_count"] + 1
-            spec = job_specs[job["id"]]
-            moves.append(Move(job["id"], now, None, {"attempt_count": number}))
-            if job["num_nodes"] is not None:  # a multi-node parallel job: its nodes start as one gang
+            task_id, number = placement.task_id, job.attempt_count + 1
+            spec = job_specs[job.id]
+            moves.append(Move(job.id, now, None, {"attempt_count": number}))
+            if job.num_nodes is not None:  # a multi-node parallel job: its nodes start as one gang
                 launches += self._place_gang(repo, job, number, placement.environment, now)
                 continue
             stream = log_stream_name(spec["jobDefinitionName"], task_id)
-            attempt_rows.append({"task_id": task_id, "job_id": job["id"], "number": number,
-                                 "compute_environment": placement.environment, "log_stream": stream,
-                                 "vcpus": job["vcpus"], "memory_mib": job["memory_mib"], "gpus": job["gpus"],
-                                 "active": True, "placed_by": self.placer})  # fmt: skip
+            attempts.append(self._new_attempt(job, task_id, number, placement.environment, stream))
             attempt = self.attempts.attempt_spec(job, spec, task_id, number, placement.environment, stream)
-            launches.append(_Launch(replace(attempt, start_after=after), job["parent_id"], placement.environment))
+            launches.append(_Launch(replace(attempt, start_after=after), job.parent_id, placement.environment))
         lifecycle.placed(repo, moves)
-        repo.insert_attempts(attempt_rows)
+        repo.attempts.insert(attempts)
         return launches
 
-    def _place_gang(self, repo: Repository, job: Row, number: int, environment: str, now: int) -> list[_Launch]:
+    def _place_gang(self, repo: Repository, job: Job, number: int, environment: str, now: int) -> list[_Launch]:
         """Every node of an MNP job placed, in the same transaction as the job: SUBMITTED nodes
         pass through RUNNABLE to STARTING with an attempt each, the main node first."""
-        nodes = sorted(repo.children(job["id"], [Status.SUBMITTED.value]), key=lambda node: node["node_index"])
         main = gangs.main_node(job)
-        nodes.sort(key=lambda node: node["node_index"] != main)
-        lifecycle.release_gang_nodes(repo, [node["id"] for node in nodes], now)
+        nodes = sorted(  # the main node, then the others by index (a node always has one)
+            repo.jobs.children(job.id, [Status.SUBMITTED.value]),
+            key=lambda node: (node.node_index != main, node.node_index or 0),
+        )
+        lifecycle.release_gang_nodes(repo, [node.id for node in nodes], now)
         node_specs = self.attempts.specs(repo, nodes)
-        moves, rows, launches = [], [], []
+        moves: list[Move] = []
+        attempts: list[Attempt] = []
+        launches: list[_Launch] = []
         for node in nodes:
-            task_id, spec = uuid.uuid4().hex, node_specs[node["id"]]
+            task_id, spec = uuid.uuid4().hex, node_specs[node.id]
             stream = log_stream_name(spec["jobDefinitionName"], task_id)
-            moves.append(Move(node["id"], now, None, {"attempt_count": number}))
-            rows.append({"task_id": task_id, "job_id": node["id"], "number": number,
-                         "compute_environment": environment, "log_stream": stream, "vcpus": node["vcpus"],
-                         "memory_mib": node["memory_mib"], "gpus": node["gpus"], "active": True,
-                         "placed_by": self.placer})  # fmt: skip
+            moves.append(Move(node.id, now, None, {"attempt_count": number}))
+            attempts.append(self._new_attempt(node, task_id, number, environment, stream))
             attempt = self.attempts.attempt_spec(node, spec, task_id, number, environment, stream)
             launches.append(_Launch(attempt, None, environment))
         lifecycle.placed(repo, moves)
-        repo.insert_attempts(rows)
+        repo.attempts.insert(attempts)
         return launches
+
+    def _new_attempt(self, job: Job, task_id: str, number: int, environment: str, stream: str) -> Attempt:
+        """The row of attempt `number` of `job`, placed now by this server (active, not yet started)."""
+        return Attempt(
+            task_id=task_id, job_id=job.id, number=number, compute_environment=environment, log_stream=stream,
+            vcpus=job.vcpus, memory_mib=job.memory_mib, gpus=job.gpus, placed_by=self.placer,
+        )  # fmt: skip
 
     def _chain_heads(self, launches: list[_Launch]) -> None:
         """Array children placed now become places that start-ahead may queue followers behind."""
@@ -406,10 +414,10 @@ class Scheduler:
         event = AttemptExited(task_id, now_ms(), None, TASK_FAILED_TO_START, reason, started=False)
         with self.db.begin() as connection:
             repo = Repository(connection)
-            attempt = repo.get_attempt(task_id)
-            job = repo.get_job(attempt["job_id"]) if attempt else None
+            attempt = repo.attempts.get(task_id)
+            job = repo.jobs.get(attempt.job_id) if attempt else None
             if attempt and job:
-                strategy = self.attempts.specs(repo, [job])[job["id"]].get("retryStrategy")
+                strategy = self.attempts.specs(repo, [job])[job.id].get("retryStrategy")
                 progress.record_exits(repo, [progress.Exit(job, attempt, event, strategy)])
 
     def reconcile_lost_attempts(self) -> None:
@@ -426,13 +434,15 @@ class _Launch:
     environment: str
 
 
-def _queue_view(queue: Row) -> scheduling.QueueView:
+def _queue_view(queue: Document) -> scheduling.QueueView:
     names = tuple(item["computeEnvironment"].rsplit("/", 1)[-1] for item in queue["computeEnvironmentOrder"])
     return scheduling.QueueView(arn=queue["jobQueueArn"], priority=queue["priority"], environments=names)
 
 
-def _environment_views(environments: list[Row], usage: dict[str, Usage]) -> list[scheduling.EnvironmentView]:
-    used = {environment: held[0] for environment, held in usage.items()}
+def _environment_views(
+    environments: list[Document], usage: dict[str, EnvironmentUsage]
+) -> list[scheduling.EnvironmentView]:
+    used = {environment: held.vcpus for environment, held in usage.items()}
     return [
         scheduling.EnvironmentView(
             name=doc["computeEnvironmentName"],
@@ -444,7 +454,7 @@ def _environment_views(environments: list[Row], usage: dict[str, Usage]) -> list
     ]
 
 
-def _cap(ce_doc: Row) -> float | None:
+def _cap(ce_doc: Document) -> float | None:
     if ce_doc["type"] == "UNMANAGED":
         return ce_doc.get("unmanagedvCpus")
     return (ce_doc.get("computeResources") or {}).get("maxvCpus")

@@ -8,11 +8,11 @@ when idle.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from kiln.engine.lifecycle import Status
 from kiln.executors.base import Capacity
 from kiln.observability.metrics import EnvironmentUsage, StoreSnapshot
+from kiln.store import records
 from kiln.store.database import Database
 from kiln.store.repository import Repository
 
@@ -22,16 +22,16 @@ MAX_LISTED = 10_000
 def snapshot(db: Database, capacity: Callable[[], Capacity]) -> StoreSnapshot:
     with db.read() as connection:
         repo = Repository(connection)
-        counts = repo.job_counts()
-        usage = {row["compute_environment"]: row for row in repo.usage_by_environment()}
-        queues = [row["name"] for row in repo.list_named("queue", None, 0, MAX_LISTED)]
-        environments = [row["name"] for row in repo.list_named("ce", None, 0, MAX_LISTED)]
+        counts = repo.jobs.counts()
+        usage = repo.attempts.usage_by_environment()
+        queues = [queue.name for queue in repo.queues.page(0, MAX_LISTED)]
+        environments = [environment.name for environment in repo.environments.page(0, MAX_LISTED)]
     zeros = {(queue, status.value): 0 for queue in queues for status in Status}
     jobs, children = dict(zeros), dict(zeros)
-    for row in counts:
-        key = (row["queue_arn"].rsplit("/", 1)[-1], row["status"])
-        target = children if row["child"] else jobs
-        target[key] = target.get(key, 0) + row["count"]
+    for group in counts:
+        key = (group.queue_arn.rsplit("/", 1)[-1], group.status)
+        target = children if group.child else jobs
+        target[key] = target.get(key, 0) + group.count
     host = capacity()
     return StoreSnapshot(
         jobs=jobs,
@@ -43,9 +43,7 @@ def snapshot(db: Database, capacity: Callable[[], Capacity]) -> StoreSnapshot:
     )
 
 
-def _usage(name: str, row: dict[str, Any] | None) -> EnvironmentUsage:
-    if row is None:
+def _usage(name: str, held: records.EnvironmentUsage | None) -> EnvironmentUsage:
+    if held is None:
         return EnvironmentUsage(name)
-    return EnvironmentUsage(
-        name, float(row["vcpus"] or 0), int(row["memory_mib"] or 0), int(row["gpus"] or 0), int(row["attempts"] or 0)
-    )
+    return EnvironmentUsage(name, held.vcpus, held.memory_mib, held.gpus, held.attempts)

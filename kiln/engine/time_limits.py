@@ -73,17 +73,20 @@ def decide(jobs: Sequence[Waiting], actions: Mapping[str, Sequence[Mapping[str, 
 def enforce(repo: Repository, now_ms: int) -> bool:
     """Apply every queue's actions (scheduler sweep); returns whether a job moved."""
     actions = {
-        row["doc"]["jobQueueArn"]: row["doc"]["jobStateTimeLimitActions"]
-        for row in repo.list_named("queue", None, 0, 10_000)
-        if row["doc"].get("jobStateTimeLimitActions")
+        queue.doc["jobQueueArn"]: queue.doc["jobStateTimeLimitActions"]
+        for queue in repo.queues.all()
+        if queue.doc.get("jobStateTimeLimitActions")
     }
     waiting: list[Waiting] = []
     for queue_arn, queue_actions in actions.items():
         shortest = min(int(action["maxTimeSeconds"]) for action in queue_actions)
-        rows = repo.diagnosed_runnable_since(
+        found = repo.jobs.diagnosed_waiting(
             queue_arn, Status.RUNNABLE.value, now_ms - shortest * 1000, ENFORCED_PER_QUEUE
         )
-        waiting += [Waiting(r["id"], queue_arn, r["runnable_at"], r["status_reason"]) for r in rows]
+        # runnable_at is never None here (the query compares it with the cutoff): the test is for the type.
+        waiting += [
+            Waiting(j.id, queue_arn, j.runnable_at, j.status_reason) for j in found if j.runnable_at is not None
+        ]
     groups: dict[tuple[str, str], list[str]] = {}
     for item in decide(waiting, actions, now_ms):
         groups.setdefault((item.action, item.status_reason), []).append(item.job_id)

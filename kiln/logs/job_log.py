@@ -20,21 +20,21 @@ class LogLocation:
 def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation:
     """The log of attempt `attempt_number` (1-based; default: the latest) of a job."""
     job = require_job(ctx, job_id)
-    if job["num_nodes"] is not None:  # an MNP job's log is its main node's
-        job_id = f"{job_id}#{job['spec']['nodeProperties']['mainNode']}"
+    if job.num_nodes is not None:  # an MNP job's log is its main node's
+        job_id = f"{job_id}#{job.spec['nodeProperties']['mainNode']}"
         job = require_job(ctx, job_id)
-    if job["array_size"] is not None:
+    if job.array_size is not None:
         raise ValidationError(f"Job {job_id} is an array parent; ask for a child's log, e.g. {job_id}:0")
-    attempts = ctx.repo.attempts_of([job_id])[job_id]
+    attempts = ctx.repo.attempts.of_jobs([job_id])[job_id]
     if not attempts:
-        raise NotFoundError(f"Job {job_id} has not started an attempt yet (status {job['status']})")
+        raise NotFoundError(f"Job {job_id} has not started an attempt yet (status {job.status})")
     if attempt_number is None:
         attempt = attempts[-1]
     elif 1 <= attempt_number <= len(attempts):
         attempt = attempts[attempt_number - 1]
     else:
         raise ValidationError(f"Job {job_id} has {len(attempts)} attempt(s); attempt {attempt_number} does not exist")
-    finished = attempt["stopped_at"] is not None and (
-        Status(job["status"]) in TERMINAL or attempt is not attempts[-1] or job["status"] == Status.RUNNABLE.value
+    finished = attempt.stopped_at is not None and (
+        Status(job.status) in TERMINAL or attempt is not attempts[-1] or job.status == Status.RUNNABLE.value
     )
-    return LogLocation(attempt["log_stream"], ctx.settings.log_file(attempt["log_stream"]), finished)
+    return LogLocation(attempt.log_stream, ctx.settings.log_file(attempt.log_stream), finished)

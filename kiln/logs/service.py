@@ -21,6 +21,7 @@ from kiln.logs import filter_patterns
 from kiln.logs.events import MAX_PAGE_BYTES, Event, StreamFile
 from kiln.pagination import encode_token, keyset_of
 from kiln.store.database import Database
+from kiln.store.records import Attempt, Stream
 from kiln.store.repository import Repository
 
 LOG_GROUP = "/aws/batch/job"
@@ -49,16 +50,16 @@ def require_group(ctx: Context, params: Params) -> None:
 
 def open_stream(ctx: Context, name: str) -> StreamFile:
     task_id = name.rsplit("/", 1)[-1]
-    attempt = ctx.repo.get_attempt(task_id)
-    if attempt is None or attempt["log_stream"] != name:
+    attempt = ctx.repo.attempts.get(task_id)
+    if attempt is None or attempt.log_stream != name:
         raise NotFoundError("The specified log stream does not exist.")
     return _stream_of(ctx, attempt)
 
 
-def _stream_of(ctx: Context, attempt: Params) -> StreamFile:
-    name = attempt["log_stream"]
+def _stream_of(ctx: Context, attempt: Attempt | Stream) -> StreamFile:
+    name = attempt.log_stream
     path = ctx.settings.log_file(name)
-    return StreamFile.open(name, path, attempt["started_at"], attempt["stopped_at"], ctx.now)
+    return StreamFile.open(name, path, attempt.started_at, attempt.stopped_at, ctx.now)
 
 
 def in_window(start: int | None, end: int | None) -> Callable[[Event], bool]:
@@ -96,27 +97,28 @@ def describe_log_streams(ctx: Context, params: Params) -> Params:
     require_group(ctx, params)
     prefix, descending = params.get("logStreamNamePrefix"), bool(params.get("descending"))
     limit = params.get("limit", DEFAULT_STREAMS)
+    keys: list[list[str | int | None]]  # each stream's position, for the next page's token
     if params.get("orderBy", "LogStreamName") == "LogStreamName":
         after = keyset_of(params.get("nextToken"), (str,))
-        rows = ctx.repo.attempt_streams(
+        rows = ctx.repo.attempts.streams(
             limit=limit + 1, prefix=prefix, after=after[0] if after else None, descending=descending
         )
-        keys = [[row["log_stream"]] for row in rows]
+        keys = [[row.log_stream] for row in rows]
     else:
         if prefix is not None:
             raise ValidationError("Cannot order by LastEventTime with a logStreamNamePrefix.")
         position = keyset_of(params.get("nextToken"), (int, str))
-        rows = ctx.repo.attempt_streams_by_stop(
+        rows = ctx.repo.attempts.streams_by_stop(
             limit=limit + 1, after=(position[0], position[1]) if position else None, descending=descending
         )
-        keys = [[row["last"], row["log_stream"]] for row in rows]
+        keys = [[row.last, row.log_stream] for row in rows]
     result: Params = {"logStreams": [_describe_stream(ctx, row) for row in rows[:limit]]}
     if len(rows) > limit:
         result["nextToken"] = encode_token(keys[limit - 1])
     return result
 
 
-def _describe_stream(ctx: Context, attempt: Params) -> Params:
+def _describe_stream(ctx: Context, attempt: Stream) -> Params:
     stream = _stream_of(ctx, attempt)
     timeline = stream.timeline
     written = stream.size > 0
@@ -146,17 +148,17 @@ def filter_log_events(ctx: Context, params: Params) -> Params:
     events: list[Params] = []
     searched: list[Params] = []
     budget, used = FILTER_SCAN_BYTES, 0
-    pending: list[Params] = []
+    pending: list[Attempt | Stream] = []
     after: str | None = None
     offset = 0
     if position is not None:
         after, offset = position[0], position[1]
-        resumed = ctx.repo.get_attempt(after.rsplit("/", 1)[-1])
-        pending = [resumed] if resumed is not None and resumed["log_stream"] == after else []
+        resumed = ctx.repo.attempts.get(after.rsplit("/", 1)[-1])
+        pending = [resumed] if resumed is not None and resumed.log_stream == after else []
         offset = offset if pending else 0  # that stream was purged meanwhile: go on with the next one
     while True:
         if not pending:
-            pending = ctx.repo.attempt_streams(
+            pending += ctx.repo.attempts.streams(
                 limit=STREAMS_PER_QUERY, prefix=prefix, names=names, after=after, since_ms=start, until_ms=end
             )
             if not pending:
@@ -168,7 +170,7 @@ def filter_log_events(ctx: Context, params: Params) -> Params:
         )
         budget -= stopped - offset
         used += sum(len(e.message.encode()) for e in found)
-        events += [_filtered(stream.name, attempt["task_id"], e) for e in found]
+        events += [_filtered(stream.name, attempt.task_id, e) for e in found]
         after, offset = stream.name, 0
         if stopped < stream.readable:  # limit, page size or scan budget reached inside this stream
             return {"events": events, "searchedLogStreams": searched, "nextToken": encode_token([after, stopped])}

@@ -92,12 +92,12 @@ class SchedulerMetrics:
         """`with metrics.time_tick(): scheduler.tick()` (an exception is timed too)."""
         return self.tick_seconds.time()
 
-    def record_events(self, events: Sequence[AttemptEvent], attempts: Mapping[str, Mapping[str, Any]]) -> None:
-        """Count executor events as the scheduler applies them; `attempts` are their rows by task id
-        (for start times). Events of attempts not in `attempts` (purged meanwhile) are not counted."""
+    def record_events(self, events: Sequence[AttemptEvent], started_at: Mapping[str, int | None]) -> None:
+        """Count executor events as the scheduler applies them; `started_at` is when each of their
+        attempts started (None: not yet), by task id. Events of attempts not in it (purged
+        meanwhile) are not counted."""
         for event in events:
-            attempt = attempts.get(event.attempt_id)
-            if attempt is None:
+            if event.attempt_id not in started_at:
                 continue
             if isinstance(event, AttemptRunning):
                 self.attempts_started.inc()
@@ -105,7 +105,7 @@ class SchedulerMetrics:
                 reason = failure_reason(event)
                 if reason is not None:
                     self.attempts_failed.labels(reason).inc()
-                started = attempt.get("started_at")
+                started = started_at[event.attempt_id]
                 if event.started and started is not None:
                     outcome = "succeeded" if reason is None else "failed"
                     self.attempt_duration.labels(outcome).observe(max(0, event.at_ms - started) / 1000)

@@ -15,6 +15,7 @@ from kiln.engine.lifecycle import Status
 from kiln.engine.lifecycle.gangs import outcome
 from kiln.engine.scheduling import INSUFFICIENT_CAPACITY, JOB_REQUIREMENT, MAX_RESOURCE, Candidate, plan
 from kiln.errors import ValidationError
+from kiln.store.records import Attempt, Job
 from tests.engine.test_scheduling import Scenario, scenarios
 
 CONTAINER = {"image": "host", "vcpus": 1, "memory": 64, "command": ["run", "Ref::mode"]}
@@ -75,24 +76,31 @@ def test_node_ids() -> None:
     assert multinode.split_node_id("abc:3") is None
 
 
-def _row(status: str, **extra: Any) -> dict[str, Any]:
+def _row(status: str, **extra: Any) -> Job:
     spec = {"retryStrategy": {"attempts": 2}, "nodeProperties": {"mainNode": 0}}
-    return {"status": status, "status_reason": "Essential container in task exited", "is_terminated": False,
-            "attempt_count": 1, "spec": spec, **extra}  # fmt: skip
+    row = Job(
+        id="mnp", name="mnp", queue_arn="q", definition_arn="d", status=status,
+        status_reason="Essential container in task exited", created_at=0, runnable_at=None, started_at=None,
+        stopped_at=None, parent_id=None, array_index=None, array_size=None, num_nodes=2, node_index=None,
+        attempt_count=1, vcpus=1.0, memory_mib=64, gpus=0, is_cancelled=False, is_terminated=False, spec=spec,
+    )  # fmt: skip
+    return dataclasses.replace(row, **extra)
 
 
-def _attempt(exit_code: int, status_reason: str = "Essential container in task exited") -> dict[str, Any]:
-    return {"status_reason": status_reason, "reason": None, "exit_code": exit_code}
+def _attempt(exit_code: int, status_reason: str = "Essential container in task exited") -> Attempt:
+    return Attempt(task_id="t", job_id="mnp#0", number=1, compute_environment="ce", log_stream="s", vcpus=1.0,
+                   memory_mib=64, gpus=0, active=False, exit_code=exit_code, reason=None,
+                   status_reason=status_reason)  # fmt: skip
 
 
 def test_outcome_follows_the_main_node() -> None:
     job = _row("RUNNING")
     assert outcome(job, _row("SUCCEEDED"), _attempt(0))[0] is Status.SUCCEEDED
     assert outcome(job, _row("FAILED"), _attempt(1)) == (Status.RUNNABLE, None)  # attempt 1 of 2
-    assert outcome({**job, "attempt_count": 2}, _row("FAILED"), _attempt(1))[0] is Status.FAILED
+    assert outcome(dataclasses.replace(job, attempt_count=2), _row("FAILED"), _attempt(1))[0] is Status.FAILED
     timed_out = _attempt(137, "Job attempt duration exceeded timeout")
     assert outcome(job, _row("FAILED"), timed_out)[0] is Status.FAILED
-    stopped = {**job, "is_terminated": True, "spec": {**job["spec"], "stopReason": "enough"}}
+    stopped = dataclasses.replace(job, is_terminated=True, spec={**job.spec, "stopReason": "enough"})
     assert outcome(stopped, _row("FAILED"), _attempt(143)) == (Status.FAILED, "enough")
 
 

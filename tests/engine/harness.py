@@ -24,6 +24,7 @@ from kiln.engine.lifecycle import TERMINAL
 from kiln.engine.scheduler import Scheduler
 from kiln.executors.local import LocalExecutor
 from kiln.store.database import Database
+from kiln.store.records import Job
 from kiln.store.repository import Repository
 
 TICK_PAUSE_SECONDS = 0.02
@@ -74,12 +75,12 @@ class Engine:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.jobs([job_id])[job_id]
 
-    def row(self, job_id: str) -> dict[str, Any]:
-        """The stored row (flags DescribeJobs does not show as such)."""
+    def row(self, job_id: str) -> Job:
+        """The stored job record (flags DescribeJobs does not show as such)."""
         with self.service.db.read() as connection:
-            found = Repository(connection).get_job(job_id)
+            found = Repository(connection).jobs.get(job_id)
         assert found is not None, job_id
-        return dict(found)
+        return found
 
     def run_until(
         self, job_ids: Iterable[str], statuses: Iterable[str] = TERMINAL, timeout: float = DEFAULT_WAIT_SECONDS

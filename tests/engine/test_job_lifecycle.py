@@ -48,7 +48,7 @@ def test_retry_strategy_uses_every_attempt_then_fails(tmp_path: Path) -> None:
     assert _exit_codes(job) == [1, 1, 1]
     assert [attempt["statusReason"] for attempt in job["attempts"]] == [ESSENTIAL_EXITED] * 3
     assert job["container"]["exitCode"] == 1
-    assert row["attempt_count"] == 3
+    assert row.attempt_count == 3
     assert record.read_text().split() == ["1", "2", "3"]  # AWS_BATCH_JOB_ATTEMPT counts from 1
 
 
@@ -66,7 +66,7 @@ def test_retry_strategy_stops_at_the_first_success(tmp_path: Path) -> None:
     assert len(job["attempts"]) == 2
     assert _exit_codes(job) == [1, 0]
     assert job["container"]["exitCode"] == 0
-    assert row["attempt_count"] == 2
+    assert row.attempt_count == 2
     first, second = job["attempts"]
     assert first["stoppedAt"] <= second["startedAt"]
 
@@ -92,7 +92,7 @@ def test_evaluate_on_exit_exit_rule_stops_retrying(tmp_path: Path) -> None:
     assert job["status"] == "FAILED"
     assert job["statusReason"] == ESSENTIAL_EXITED
     assert _exit_codes(job) == [3]
-    assert row["attempt_count"] == 1
+    assert row.attempt_count == 1
 
 
 def test_evaluate_on_exit_retry_rule_retries(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_evaluate_on_exit_retry_rule_retries(tmp_path: Path) -> None:
     assert job["status"] == "FAILED"
     assert job["statusReason"] == ESSENTIAL_EXITED
     assert _exit_codes(job) == [42, 5]  # 42 retried by the RETRY rule; 5 ended by EXIT with 1 attempt left
-    assert row["attempt_count"] == 2
+    assert row.attempt_count == 2
 
 
 # -- dependsOn -------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_dependent_of_a_failed_job_fails_without_running(tmp_path: Path) -> None
     assert jobs[b]["statusReason"] == "Dependent Job failed"
     assert jobs[b]["attempts"] == []
     assert jobs[b]["startedAt"] is None
-    assert b_row["attempt_count"] == 0
+    assert b_row.attempt_count == 0
     assert not ran.exists()
 
 
@@ -237,8 +237,8 @@ def test_cancel_of_a_job_not_started_fails_it_at_once(tmp_path: Path) -> None:
         assert jobs[job_id]["isCancelled"] is True
         assert jobs[job_id]["isTerminated"] is False
         assert jobs[job_id]["attempts"] == []
-        assert rows[job_id]["is_cancelled"]
-        assert rows[job_id]["attempt_count"] == 0
+        assert rows[job_id].is_cancelled
+        assert rows[job_id].attempt_count == 0
     assert not ran.exists()
 
 
@@ -258,7 +258,7 @@ def test_cancel_of_a_running_job_changes_nothing(tmp_path: Path) -> None:
     assert job["status"] == "SUCCEEDED"
     assert job["statusReason"] == ESSENTIAL_EXITED
     assert job["isCancelled"] is False
-    assert not row["is_cancelled"]
+    assert not row.is_cancelled
     assert _exit_codes(job) == [0]
 
 
@@ -278,8 +278,8 @@ def test_terminate_of_a_running_job_fails_it_without_retry(tmp_path: Path) -> No
     assert job["statusReason"] == "operator stopped it"
     assert job["isTerminated"] is True
     assert job["isCancelled"] is False
-    assert row["is_terminated"]
-    assert row["attempt_count"] == 1
+    assert row.is_terminated
+    assert row.attempt_count == 1
     assert len(job["attempts"]) == 1
     assert job["attempts"][0]["statusReason"] == "operator stopped it"
     assert _exit_codes(job) == [SIGTERM_EXIT_CODE]
@@ -314,7 +314,7 @@ def test_terminate_recorded_after_the_process_exited_0_keeps_success(tmp_path: P
         assert kiln.run_until([job_id], {"STARTING"})[job_id]["status"] == "STARTING"
         _wait_for(lambda: not kiln.executor.running(), "the process to exit and its exit to be queued")
         kiln.call("TerminateJob", jobId=job_id, reason="too late")  # the job is still STARTING in the store
-        assert kiln.row(job_id)["is_terminated"]
+        assert kiln.row(job_id).is_terminated
         job = kiln.run_until([job_id])[job_id]
     assert job["status"] == "SUCCEEDED"
     assert job["statusReason"] == ESSENTIAL_EXITED
@@ -340,7 +340,7 @@ def test_attempt_timeout_fails_the_job_without_retry(tmp_path: Path) -> None:
     assert len(job["attempts"]) == 1
     assert job["attempts"][0]["statusReason"] == TIMEOUT_REASON
     assert _exit_codes(job) == [SIGTERM_EXIT_CODE]
-    assert row["attempt_count"] == 1
+    assert row.attempt_count == 1
     assert 1 <= took < 10
     attempt = job["attempts"][0]
     # About the 1 s allowed (startedAt is stamped a moment after the timeout clock starts).

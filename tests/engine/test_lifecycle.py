@@ -4,6 +4,7 @@ against a real SQLite database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from kiln.engine.lifecycle import (
     transition_each,
 )
 from kiln.store.database import Database
+from kiln.store.records import Job
 from kiln.store.repository import Repository
 
 S = Status
@@ -96,34 +98,42 @@ def db(database_url: str) -> Iterator[Database]:
     database.close()
 
 
-def job_row(job_id: str, status: Status, **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": job_id,
-        "name": f"name-{job_id}",
-        "queue_arn": "arn:aws:batch:us-east-1:123456789012:job-queue/q",
-        "definition_arn": "arn:aws:batch:us-east-1:123456789012:job-definition/d:1",
-        "status": status.value,
-        "status_reason": None,
-        "created_at": NOW - 1000,
-        "runnable_at": None,
-        "started_at": None,
-        "stopped_at": None,
-        "vcpus": 1.0,
-        "memory_mib": 128,
-        "spec": {},
-    }
-    row.update(extra)
-    return row
+def job_row(job_id: str, status: Status, **extra: Any) -> Job:
+    row = Job(
+        id=job_id,
+        name=f"name-{job_id}",
+        queue_arn="arn:aws:batch:us-east-1:123456789012:job-queue/q",
+        definition_arn="arn:aws:batch:us-east-1:123456789012:job-definition/d:1",
+        status=status.value,
+        status_reason=None,
+        created_at=NOW - 1000,
+        runnable_at=None,
+        started_at=None,
+        stopped_at=None,
+        parent_id=None,
+        array_index=None,
+        array_size=None,
+        num_nodes=None,
+        node_index=None,
+        attempt_count=0,
+        vcpus=1.0,
+        memory_mib=128,
+        gpus=0,
+        is_cancelled=False,
+        is_terminated=False,
+        spec={},
+    )
+    return replace(row, **extra)
 
 
-def insert(db: Database, *rows: dict[str, Any]) -> None:
+def insert(db: Database, *rows: Job) -> None:
     with db.begin() as connection:
-        Repository(connection).insert_jobs(list(rows))
+        Repository(connection).jobs.insert(list(rows))
 
 
-def get(db: Database, job_id: str) -> dict[str, Any]:
+def get(db: Database, job_id: str) -> Job:
     with db.read() as connection:
-        row = Repository(connection).get_job(job_id)
+        row = Repository(connection).jobs.get(job_id)
     assert row is not None
     return row
 
@@ -153,14 +163,14 @@ def test_entering_runnable_sets_runnable_at(db: Database) -> None:
     insert(db, job_row("j", S.SUBMITTED))
     assert move(db, ["j"], S.RUNNABLE) == ["j"]
     row = get(db, "j")
-    assert (row["status"], row["runnable_at"], row["started_at"], row["stopped_at"]) == ("RUNNABLE", NOW, None, None)
+    assert (row.status, row.runnable_at, row.started_at, row.stopped_at) == ("RUNNABLE", NOW, None, None)
 
 
 def test_starting_sets_no_timestamp_and_clears_reason(db: Database) -> None:
     insert(db, job_row("j", S.RUNNABLE, status_reason="CAPACITY:...", runnable_at=NOW - 5))
     assert move(db, ["j"], S.STARTING) == ["j"]
     row = get(db, "j")
-    assert (row["status"], row["status_reason"], row["runnable_at"], row["started_at"]) == (
+    assert (row.status, row.status_reason, row.runnable_at, row.started_at) == (
         "STARTING",
         None,
         NOW - 5,
@@ -172,7 +182,7 @@ def test_running_sets_started_at(db: Database) -> None:
     insert(db, job_row("j", S.STARTING, runnable_at=NOW - 5))
     assert move(db, ["j"], S.RUNNING) == ["j"]
     row = get(db, "j")
-    assert (row["status"], row["started_at"], row["stopped_at"]) == ("RUNNING", NOW, None)
+    assert (row.status, row.started_at, row.stopped_at) == ("RUNNING", NOW, None)
 
 
 @pytest.mark.parametrize("target", [S.SUCCEEDED, S.FAILED])
@@ -180,16 +190,16 @@ def test_terminal_state_sets_stopped_at_and_reason(db: Database, target: Status)
     insert(db, job_row("j", S.RUNNING, runnable_at=NOW - 5, started_at=NOW - 3))
     assert move(db, ["j"], target, "Essential container in task exited") == ["j"]
     row = get(db, "j")
-    assert row["status"] == target.value
-    assert row["status_reason"] == "Essential container in task exited"
-    assert (row["runnable_at"], row["started_at"], row["stopped_at"]) == (NOW - 5, NOW - 3, NOW)
+    assert row.status == target.value
+    assert row.status_reason == "Essential container in task exited"
+    assert (row.runnable_at, row.started_at, row.stopped_at) == (NOW - 5, NOW - 3, NOW)
 
 
 def test_retry_back_to_runnable_refreshes_runnable_at(db: Database) -> None:
     insert(db, job_row("j", S.RUNNING, runnable_at=NOW - 5, started_at=NOW - 3))
     assert move(db, ["j"], S.RUNNABLE) == ["j"]
     row = get(db, "j")
-    assert (row["status"], row["runnable_at"], row["started_at"], row["stopped_at"]) == ("RUNNABLE", NOW, NOW - 3, None)
+    assert (row.status, row.runnable_at, row.started_at, row.stopped_at) == ("RUNNABLE", NOW, NOW - 3, None)
 
 
 def test_only_allowed_jobs_of_a_batch_move(db: Database) -> None:
@@ -204,20 +214,20 @@ def test_only_allowed_jobs_of_a_batch_move(db: Database) -> None:
     assert sorted(moved) == ["pending", "runnable", "submitted"]
     for job_id in moved:
         row = get(db, job_id)
-        assert (row["status"], row["status_reason"], row["stopped_at"]) == ("FAILED", "Dependent Job failed", NOW)
-    assert get(db, "succeeded")["stopped_at"] == NOW - 1
+        assert (row.status, row.status_reason, row.stopped_at) == ("FAILED", "Dependent Job failed", NOW)
+    assert get(db, "succeeded").stopped_at == NOW - 1
 
 
 def test_only_from_narrows_the_sources(db: Database) -> None:
     insert(db, job_row("submitted", S.SUBMITTED), job_row("pending", S.PENDING))
     assert move(db, ["submitted", "pending"], S.FAILED, "cancel", only_from=frozenset({S.SUBMITTED})) == ["submitted"]
-    assert get(db, "pending")["status"] == "PENDING"
+    assert get(db, "pending").status == "PENDING"
 
 
 def test_only_from_cannot_widen_the_table(db: Database) -> None:
     insert(db, job_row("r", S.RUNNABLE))
     assert move(db, ["r"], S.RUNNING, only_from=frozenset({S.RUNNABLE})) == []
-    assert get(db, "r")["status"] == "RUNNABLE"
+    assert get(db, "r").status == "RUNNABLE"
 
 
 def test_set_reason_changes_only_jobs_in_that_status(db: Database) -> None:
@@ -225,9 +235,9 @@ def test_set_reason_changes_only_jobs_in_that_status(db: Database) -> None:
     with db.begin() as connection:
         changed = set_reason(Repository(connection), ["r", "s"], S.RUNNABLE, "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY")
     assert changed == ["r"]
-    assert get(db, "r")["status_reason"] == "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
-    assert get(db, "r")["status"] == "RUNNABLE"
-    assert get(db, "s")["status_reason"] is None
+    assert get(db, "r").status_reason == "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
+    assert get(db, "r").status == "RUNNABLE"
+    assert get(db, "s").status_reason is None
 
 
 def test_through_running_records_a_start_and_an_end_in_one_write(db: Database) -> None:
@@ -244,18 +254,16 @@ def test_through_running_records_a_start_and_an_end_in_one_write(db: Database) -
              for job_id in ("starting", "running", "runnable", "failed")]  # fmt: skip
     with db.begin() as connection:
         transition_each(Repository(connection), S.SUCCEEDED, moves, through_running=True)
-    assert [
-        (get(db, j)["status"], get(db, j)["started_at"], get(db, j)["stopped_at"]) for j in ("starting", "running")
-    ] == [
+    assert [(get(db, j).status, get(db, j).started_at, get(db, j).stopped_at) for j in ("starting", "running")] == [
         ("SUCCEEDED", NOW - 3, NOW),
         ("SUCCEEDED", NOW - 3, NOW),
     ]
-    assert (get(db, "runnable")["status"], get(db, "runnable")["started_at"]) == ("RUNNABLE", None)
-    assert get(db, "failed")["stopped_at"] == NOW - 1
+    assert (get(db, "runnable").status, get(db, "runnable").started_at) == ("RUNNABLE", None)
+    assert get(db, "failed").stopped_at == NOW - 1
 
 
 def test_without_through_running_a_starting_job_cannot_end(db: Database) -> None:
     insert(db, job_row("starting", S.STARTING))
     with db.begin() as connection:
         transition_each(Repository(connection), S.SUCCEEDED, [Move("starting", NOW)])
-    assert get(db, "starting")["status"] == "STARTING"
+    assert get(db, "starting").status == "STARTING"

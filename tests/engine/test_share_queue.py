@@ -19,6 +19,7 @@ from kiln.engine.fair_share import MIN_CHARGE_SECONDS, AttemptUsage, decayed_usa
 from kiln.engine.lifecycle import FINISHED, Status, transition
 from kiln.errors import ValidationError
 from kiln.store.database import Database
+from kiln.store.records import Attempt, Document, Job, JobShare, ShareUsage
 from kiln.store.repository import Repository
 
 
@@ -29,7 +30,7 @@ def service(tmp_path: Path, database_url: str) -> Iterator[BatchService]:
     db.close()
 
 
-def _setup(service: BatchService, shares: dict[str, float], reservation: int = 0, max_vcpus: int = 4) -> dict[str, Any]:
+def _setup(service: BatchService, shares: dict[str, float], reservation: int = 0, max_vcpus: int = 4) -> Document:
     policy = service.call("CreateSchedulingPolicy", {"name": "fs", "fairsharePolicy": {
         "computeReservation": reservation,
         "shareDistribution": [{"shareIdentifier": s, "weightFactor": w} for s, w in shares.items()]}})  # fmt: skip
@@ -40,9 +41,9 @@ def _setup(service: BatchService, shares: dict[str, float], reservation: int = 0
     service.call("RegisterJobDefinition", {"jobDefinitionName": "d", "type": "container",
                                            "containerProperties": {"image": "host", "vcpus": 1, "memory": 64}})  # fmt: skip
     with service.db.read() as connection:
-        row = Repository(connection).get_named("queue", "q")
+        row = Repository(connection).queues.get("q")
     assert row is not None
-    return dict(row["doc"])
+    return dict(row.doc)
 
 
 def _submit(service: BatchService, share: str, **extra: Any) -> str:
@@ -57,10 +58,10 @@ def _runnable(service: BatchService, ids: list[str], at: int) -> None:
             transition(Repository(connection), [job_id], Status.RUNNABLE, None, at + offset)
 
 
-def _candidates(service: BatchService, queue: dict[str, Any]) -> list[str]:
+def _candidates(service: BatchService, queue: Document) -> list[str]:
     with service.db.read() as connection:
         rows = share_queue.runnable_candidates(Repository(connection), queue, 64, float("inf"), 2**62)
-    return [row["id"] for row in rows]
+    return [row.id for row in rows]
 
 
 def test_at_most_500_active_share_identifiers_per_queue(service: BatchService) -> None:
@@ -85,9 +86,9 @@ def test_candidates_follow_weighted_usage_and_priority(service: BatchService) ->
     assert _candidates(service, queue) == [heavy[0], light[1], light[2], light[0], heavy[1], heavy[2]]
     with service.db.begin() as connection:  # a finished light attempt of 100 vCPU-seconds
         repo = Repository(connection)
-        repo.insert_attempts([{"task_id": "t1", "job_id": f"{light[0]}", "number": 1, "compute_environment": "ce",
-                               "log_stream": "s", "vcpus": 1.0, "memory_mib": 64, "gpus": 0, "active": False,
-                               "started_at": now_ms() - 100_000, "stopped_at": now_ms()}])  # fmt: skip
+        repo.attempts.insert([Attempt(task_id="t1", job_id=f"{light[0]}", number=1, compute_environment="ce",
+                                      log_stream="s", vcpus=1.0, memory_mib=64, gpus=0, active=False,
+                                      started_at=now_ms() - 100_000, stopped_at=now_ms())])  # fmt: skip
     assert _candidates(service, queue) == [*heavy, light[1], light[2], light[0]]
 
 
@@ -96,9 +97,9 @@ def test_compute_reservation_holds_back_a_running_share(service: BatchService) -
     busy = [_submit(service, "busy") for _ in range(4)]
     _runnable(service, busy, now_ms())
     with service.db.begin() as connection:  # "busy" already runs on 1 vCPU: 50% of 4 is reserved
-        Repository(connection).insert_attempts([{"task_id": "t", "job_id": busy[3], "number": 1,
-                                                 "compute_environment": "ce", "log_stream": "s", "vcpus": 1.0,
-                                                 "memory_mib": 64, "gpus": 0, "active": True}])  # fmt: skip
+        Repository(connection).attempts.insert([Attempt(task_id="t", job_id=busy[3], number=1,
+                                                        compute_environment="ce", log_stream="s", vcpus=1.0,
+                                                        memory_mib=64, gpus=0, active=True)])  # fmt: skip
     assert _candidates(service, queue) == busy[:1]  # 1 running + 1 more = 2 = 4 - 2 reserved
     fresh = _submit(service, "fresh")
     _runnable(service, [fresh], now_ms())
@@ -112,8 +113,8 @@ def test_purge_removes_share_rows(service: BatchService) -> None:
     with service.db.begin() as connection:
         repo = Repository(connection)
         transition(repo, [parent], Status.FAILED, "x", 0)
-        repo.purge_jobs(repo.purge_candidates(now_ms() + 1, FINISHED))
-        assert repo.active_share_identifiers("arn:aws:batch:us-east-1:123456789012:job-queue/q", FINISHED) == []
+        repo.jobs.purge(repo.jobs.expired(now_ms() + 1, FINISHED))
+        assert repo.shares.active_identifiers("arn:aws:batch:us-east-1:123456789012:job-queue/q", FINISHED) == []
         remaining = connection.exec_driver_sql("SELECT count(*) FROM job_shares").scalar_one()
     assert remaining == 0
 
@@ -143,34 +144,47 @@ def test_sql_usage_agrees_with_decayed_usage(
         connection.exec_driver_sql("DELETE FROM job_shares")
         connection.exec_driver_sql("DELETE FROM jobs")
         for share in ("a", "b", "c"):
-            repo.insert_jobs(
+            repo.jobs.insert(
                 [
-                    {
-                        "id": share,
-                        "name": share,
-                        "queue_arn": queue_arn,
-                        "definition_arn": "d",
-                        "status": "RUNNING",
-                        "created_at": 0,
-                        "vcpus": 1.0,
-                        "memory_mib": 4,
-                        "spec": {},
-                    }
+                    Job(
+                        id=share,
+                        name=share,
+                        queue_arn=queue_arn,
+                        definition_arn="d",
+                        status="RUNNING",
+                        status_reason=None,
+                        created_at=0,
+                        runnable_at=None,
+                        started_at=None,
+                        stopped_at=None,
+                        parent_id=None,
+                        array_index=None,
+                        array_size=None,
+                        num_nodes=None,
+                        node_index=None,
+                        attempt_count=0,
+                        vcpus=1.0,
+                        memory_mib=4,
+                        gpus=0,
+                        is_cancelled=False,
+                        is_terminated=False,
+                        spec={},
+                    )
                 ]
             )
-        repo.insert_job_shares(
+        repo.shares.insert(
             [
-                {"job_id": s, "queue_arn": queue_arn, "share_identifier": s, "scheduling_priority": 0}
+                JobShare(job_id=s, queue_arn=queue_arn, share_identifier=s, scheduling_priority=0)
                 for s in ("a", "b", "c")
             ]
         )
-        repo.insert_attempts([{"task_id": f"t{i}", "job_id": share, "number": i, "compute_environment": "ce",
-                               "log_stream": "s", "vcpus": vcpus, "memory_mib": 4, "gpus": 0, "active": active,
-                               "started_at": started, "stopped_at": stopped}
+        repo.attempts.insert([Attempt(task_id=f"t{i}", job_id=share, number=i, compute_environment="ce",
+                                      log_stream="s", vcpus=vcpus, memory_mib=4, gpus=0, active=active,
+                                      started_at=started, stopped_at=stopped)
                               for i, (share, vcpus, started, stopped, active) in enumerate(attempts)])  # fmt: skip
-        totals = {t["share_identifier"]: t for t in repo.share_usage(queue_arn, NOW, decay * 1000, MIN_CHARGE_SECONDS)}
+        totals = {t.share_identifier: t for t in repo.shares.usage(queue_arn, NOW, decay * 1000, MIN_CHARGE_SECONDS)}
     expected = decayed_usage([AttemptUsage(*attempt) for attempt in attempts], NOW, decay)
     for share in ("a", "b", "c"):
-        row = totals.get(share, {"usage": 0.0, "running": 0})
-        assert float(row["usage"]) == pytest.approx(expected.get(share, 0.0))
-        assert int(row["running"]) == sum(1 for attempt in attempts if attempt[0] == share and attempt[4])
+        row = totals.get(share, ShareUsage(share, 0.0, 0))
+        assert float(row.usage) == pytest.approx(expected.get(share, 0.0))
+        assert int(row.running) == sum(1 for attempt in attempts if attempt[0] == share and attempt[4])

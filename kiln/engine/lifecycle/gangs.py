@@ -17,30 +17,31 @@ from kiln.engine.lifecycle.stops import restart_gang, stop_running
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, TIMEOUT_STATUS_REASON
-from kiln.store.repository import Repository, Row
+from kiln.store.records import Attempt, Job
+from kiln.store.repository import Repository
 
 MAIN_NODE_EXITED = "Stopped: the main node (#{main}) of its multi-node parallel job exited"
 
 
-def main_node(job: Row) -> int:
-    return int(job["spec"]["nodeProperties"]["mainNode"])
+def main_node(job: Job) -> int:
+    return int(job.spec["nodeProperties"]["mainNode"])
 
 
-def outcome(job: Row, main: Row, last_attempt: Row | None) -> tuple[Status, str | None]:
+def outcome(job: Job, main: Job, last_attempt: Attempt | None) -> tuple[Status, str | None]:
     """The MNP job's next state once its main node has ended: its result, a retry, or a failure.
 
     Pure. Only a main-node failure consumes an attempt (AWS); a terminated or timed-out job is
     never retried."""
-    if main["status"] == Status.SUCCEEDED.value:
+    if main.status == Status.SUCCEEDED.value:
         return Status.SUCCEEDED, ESSENTIAL_CONTAINER_EXITED
-    if job["is_terminated"]:
-        return Status.FAILED, job["spec"].get("stopReason") or main["status_reason"]
-    status_reason = last_attempt["status_reason"] if last_attempt else main["status_reason"]
-    if last_attempt is not None and status_reason != TIMEOUT_STATUS_REASON:
-        attempt = AttemptOutcome(status_reason, last_attempt["reason"], last_attempt["exit_code"])
-        if should_retry(job["spec"].get("retryStrategy"), job["attempt_count"], attempt):
+    if job.is_terminated:
+        return Status.FAILED, job.spec.get("stopReason") or main.status_reason
+    if last_attempt is not None and last_attempt.status_reason != TIMEOUT_STATUS_REASON:
+        # An absent reason matches evaluateOnExit patterns as empty text (`retry.matches`).
+        attempt = AttemptOutcome(last_attempt.status_reason or "", last_attempt.reason, last_attempt.exit_code)
+        if should_retry(job.spec.get("retryStrategy"), job.attempt_count, attempt):
             return Status.RUNNABLE, None
-    return Status.FAILED, main["status_reason"]
+    return Status.FAILED, main.status_reason
 
 
 def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
@@ -48,31 +49,32 @@ def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
 
     Returns True when nodes were asked to stop (the scheduler then delivers the signals)."""
     stopping = False
-    for job in repo.multinode_jobs([s.value for s in ACTIVE], job_ids):
-        nodes = sorted(repo.children(job["id"]), key=lambda node: node["node_index"])
+    for job in repo.jobs.multinode([s.value for s in ACTIVE], job_ids):
+        # In node order: `children` sorts by array_index, which nodes lack (each has a node_index).
+        nodes = sorted(repo.jobs.children(job.id), key=lambda node: node.node_index or 0)
         main = nodes[main_node(job)]
-        if main["started_at"] is not None and job["status"] == Status.STARTING.value:
-            transition_each(repo, Status.RUNNING, [Move(job["id"], main["started_at"])])
-        if Status(main["status"]) not in TERMINAL:
+        if main.started_at is not None and job.status == Status.STARTING.value:
+            transition_each(repo, Status.RUNNING, [Move(job.id, main.started_at)])
+        if Status(main.status) not in TERMINAL:
             continue
-        last = repo.attempts_of([main["id"]])[main["id"]]
+        last = repo.attempts.of_jobs([main.id])[main.id]
         target, reason = outcome(job, main, last[-1] if last else None)
         stopping |= _stop_others(repo, nodes, main_node(job))
         if target is Status.RUNNABLE:
             _retry_when_stopped(repo, job, nodes, now)
         else:
-            transition(repo, [job["id"]], target, reason, now, only_from=ACTIVE)
+            transition(repo, [job.id], target, reason, now, only_from=ACTIVE)
     return stopping
 
 
-def _stop_others(repo: Repository, nodes: list[Row], main: int) -> bool:
-    live = [node for node in nodes if Status(node["status"]) in ACTIVE and not node["is_terminated"]]
+def _stop_others(repo: Repository, nodes: list[Job], main: int) -> bool:
+    live = [node for node in nodes if Status(node.status) in ACTIVE and not node.is_terminated]
     stop_running(repo, live, MAIN_NODE_EXITED.format(main=main))
     return bool(live)
 
 
-def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) -> None:
-    if any(Status(node["status"]) not in TERMINAL for node in nodes):
+def _retry_when_stopped(repo: Repository, job: Job, nodes: list[Job], now: int) -> None:
+    if any(Status(node.status) not in TERMINAL for node in nodes):
         return  # stopping nodes still hold their capacity: the next gang waits for them
     restart_gang(repo, job, nodes, now)
 
@@ -80,10 +82,10 @@ def _retry_when_stopped(repo: Repository, job: Row, nodes: list[Row], now: int) 
 def fail_stranded(repo: Repository, now: int) -> bool:
     """Nodes of an MNP job that ended before placing them (cancelled, a dependency failed, a
     time limit) end with it, with its reason."""
-    stranded = repo.stranded_nodes(Status.SUBMITTED.value, FINISHED)
+    stranded = repo.jobs.stranded_nodes(Status.SUBMITTED.value, FINISHED)
     by_reason: dict[str | None, list[str]] = {}
-    for row in stranded:
-        by_reason.setdefault(row["status_reason"], []).append(row["id"])
+    for node_id, reason in stranded:
+        by_reason.setdefault(reason, []).append(node_id)
     for reason, ids in by_reason.items():
         transition(repo, ids, Status.FAILED, reason, now, only_from=frozenset({Status.SUBMITTED}))
     return bool(stranded)

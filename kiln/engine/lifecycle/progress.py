@@ -14,17 +14,18 @@ from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILE
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
-from kiln.store.repository import Repository, Row
+from kiln.store.records import Attempt, Job
+from kiln.store.repository import Repository
 
 
 def _dependency_state(repo: Repository, job_ids: list[str]) -> dict[str, str]:
     """Per job: 'ready' (all dependencies succeeded), 'failed' (one failed) or 'waiting'."""
-    deps = repo.dependencies_of(job_ids)
-    targets = sorted({dep["depends_on"] for rows in deps.values() for dep in rows})
-    statuses = repo.statuses_of(targets)
+    deps = repo.jobs.dependencies_of(job_ids)
+    targets = sorted({dep.depends_on for edges in deps.values() for dep in edges})
+    statuses = repo.jobs.statuses_of(targets)
     state: dict[str, str] = {}
-    for job_id, rows in deps.items():
-        seen = [statuses.get(dep["depends_on"], Status.SUCCEEDED.value) for dep in rows]
+    for job_id, edges in deps.items():
+        seen = [statuses.get(dep.depends_on, Status.SUCCEEDED.value) for dep in edges]
         if any(s == Status.FAILED.value for s in seen):
             state[job_id] = "failed"
         elif all(s == Status.SUCCEEDED.value for s in seen):
@@ -36,7 +37,7 @@ def _dependency_state(repo: Repository, job_ids: list[str]) -> dict[str, str]:
 
 def _release_children(repo: Repository, parent_id: str, now: int) -> None:
     """An array parent's dependencies are met: children start their own lives."""
-    children = [child["id"] for child in repo.children(parent_id, [Status.SUBMITTED.value])]
+    children = [child.id for child in repo.jobs.children(parent_id, [Status.SUBMITTED.value])]
     state = _dependency_state(repo, children)
     transition(repo, [j for j in children if state[j] != "ready"], Status.PENDING, None, now)
     transition(repo, [j for j in children if state[j] == "ready"], Status.RUNNABLE, None, now)
@@ -44,11 +45,11 @@ def _release_children(repo: Repository, parent_id: str, now: int) -> None:
 
 def advance_submitted(repo: Repository, now: int) -> bool:
     """SUBMITTED top-level jobs go to PENDING (dependencies or array) or RUNNABLE."""
-    jobs = repo.jobs_with_status([Status.SUBMITTED.value], limit=1000, top_level=True)
+    jobs = repo.jobs.with_status([Status.SUBMITTED.value], limit=1000, top_level=True)
     if not jobs:
         return False
-    state = _dependency_state(repo, [job["id"] for job in jobs])
-    waits = {job["id"]: state[job["id"]] != "ready" or job["array_size"] is not None for job in jobs}
+    state = _dependency_state(repo, [job.id for job in jobs])
+    waits = {job.id: state[job.id] != "ready" or job.array_size is not None for job in jobs}
     transition(repo, [job_id for job_id, waiting in waits.items() if waiting], Status.PENDING, None, now)
     transition(repo, [job_id for job_id, waiting in waits.items() if not waiting], Status.RUNNABLE, None, now)
     return True
@@ -56,28 +57,28 @@ def advance_submitted(repo: Repository, now: int) -> bool:
 
 def advance_pending(repo: Repository, now: int) -> bool:
     """PENDING jobs whose dependencies finished: run (or release children), or fail and cascade."""
-    pending = repo.jobs_with_status([Status.PENDING.value])
+    pending = repo.jobs.with_status([Status.PENDING.value])
     if not pending:
         return False
-    state = _dependency_state(repo, [job["id"] for job in pending])
+    state = _dependency_state(repo, [job.id for job in pending])
     moved = False
     for job in pending:
-        verdict = state[job["id"]]
+        verdict = state[job.id]
         if verdict == "failed":
             moved |= _fail_dependent(repo, job, now)
-        elif verdict == "ready" and job["array_size"] is not None:
-            if repo.children(job["id"], [Status.SUBMITTED.value]):
-                _release_children(repo, job["id"], now)
+        elif verdict == "ready" and job.array_size is not None:
+            if repo.jobs.children(job.id, [Status.SUBMITTED.value]):
+                _release_children(repo, job.id, now)
                 moved = True
         elif verdict == "ready":
-            moved |= bool(transition(repo, [job["id"]], Status.RUNNABLE, None, now))
+            moved |= bool(transition(repo, [job.id], Status.RUNNABLE, None, now))
     return moved
 
 
-def _fail_dependent(repo: Repository, job: Row, now: int) -> bool:
-    ids = [job["id"]]
-    if job["array_size"] is not None:
-        ids += [child["id"] for child in repo.children(job["id"], [Status.SUBMITTED.value, Status.PENDING.value])]
+def _fail_dependent(repo: Repository, job: Job, now: int) -> bool:
+    ids = [job.id]
+    if job.array_size is not None:
+        ids += [child.id for child in repo.jobs.children(job.id, [Status.SUBMITTED.value, Status.PENDING.value])]
     return bool(transition(repo, ids, Status.FAILED, DEPENDENT_JOB_FAILED, now))
 
 
@@ -88,26 +89,26 @@ def finish_array_parents(repo: Repository, now: int, only: Sequence[str] | None 
     an index on (parent_id, status) makes "any child still unfinished?" one lookup.
     """
     if only is None:
-        pending = repo.jobs_with_status([Status.PENDING.value], top_level=True)
+        pending = repo.jobs.with_status([Status.PENDING.value], top_level=True)
     else:
-        pending = [job for job in repo.get_jobs(only) if job["status"] == Status.PENDING.value]
-    parents = [
-        job
+        pending = [job for job in repo.jobs.get_many(only) if job.status == Status.PENDING.value]
+    parents = [  # (parent, array size)
+        (job, job.array_size)
         for job in pending
-        if job["array_size"] is not None and not repo.has_unfinished_children(job["id"], FINISHED)
+        if job.array_size is not None and not repo.jobs.has_unfinished_children(job.id, FINISHED)
     ]
-    counts = repo.status_counts([job["id"] for job in parents])
+    counts = repo.jobs.status_counts([parent.id for parent, _ in parents])
     moved = False
-    for parent in parents:
-        summary = counts[parent["id"]]
+    for parent, size in parents:
+        summary = counts[parent.id]
         done = sum(summary.get(s.value, 0) for s in TERMINAL)
-        if done < parent["array_size"]:
+        if done < size:
             continue
         if summary.get(Status.FAILED.value, 0) == 0:
-            moved |= bool(transition(repo, [parent["id"]], Status.SUCCEEDED, None, now))
+            moved |= bool(transition(repo, [parent.id], Status.SUCCEEDED, None, now))
         else:
-            reason = parent["spec"].get("stopReason") or ARRAY_CHILD_FAILED
-            moved |= bool(transition(repo, [parent["id"]], Status.FAILED, reason, now))
+            reason = parent.spec.get("stopReason") or ARRAY_CHILD_FAILED
+            moved |= bool(transition(repo, [parent.id], Status.FAILED, reason, now))
     return moved
 
 
@@ -115,29 +116,29 @@ def finish_array_parents(repo: Repository, now: int, only: Sequence[str] | None 
 class Exit:
     """An attempt that ended, with what deciding the job's next state needs."""
 
-    job: Row
-    attempt: Row
+    job: Job
+    attempt: Attempt
     event: AttemptExited
     retry_strategy: Any
 
 
-def exit_decision(job: Row, event: AttemptExited, retry_strategy: Any) -> tuple[Status, str | None]:
+def exit_decision(job: Job, event: AttemptExited, retry_strategy: Any) -> tuple[Status, str | None]:
     """Done, retried or failed (and why), from the attempt's outcome: AWS's rules, no I/O."""
     if event.exit_code == 0 and not (event.terminated or event.timed_out):
         return Status.SUCCEEDED, ESSENTIAL_CONTAINER_EXITED
-    if event.terminated or job["is_terminated"]:
-        return Status.FAILED, job["spec"].get("stopReason") or event.status_reason
+    if event.terminated or job.is_terminated:
+        return Status.FAILED, job.spec.get("stopReason") or event.status_reason
     outcome = AttemptOutcome(event.status_reason, event.reason, event.exit_code)
     # A node of a multi-node parallel job is never retried alone: its job is (kiln/engine/lifecycle/gangs.py).
-    is_node = job.get("node_index") is not None
-    if not event.timed_out and not is_node and should_retry(retry_strategy, job["attempt_count"], outcome):
+    is_node = job.node_index is not None
+    if not event.timed_out and not is_node and should_retry(retry_strategy, job.attempt_count, outcome):
         return Status.RUNNABLE, None
     return Status.FAILED, event.status_reason
 
 
 def _started_at(e: Exit) -> int | None:
-    if e.attempt["started_at"] is not None:
-        return int(e.attempt["started_at"])
+    if e.attempt.started_at is not None:
+        return e.attempt.started_at
     if not e.event.started:
         return None
     return e.event.started_at if e.event.started_at is not None else e.event.at_ms
@@ -148,12 +149,12 @@ def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
 
     Returns the job id -> new status decided for each exit.
     """
-    started = {e.attempt["task_id"]: _started_at(e) for e in exits}
-    repo.update_attempts_each(
+    started = {e.attempt.task_id: _started_at(e) for e in exits}
+    repo.attempts.update_each(
         [
-            {"_task_id": e.attempt["task_id"], "active": False, "stopped_at": e.event.at_ms,
+            {"_task_id": e.attempt.task_id, "active": False, "stopped_at": e.event.at_ms,
              "exit_code": e.event.exit_code, "reason": e.event.reason, "status_reason": e.event.status_reason,
-             "started_at": started[e.attempt["task_id"]]}
+             "started_at": started[e.attempt.task_id]}
             for e in exits
         ]
     )  # fmt: skip
@@ -163,10 +164,10 @@ def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
     moves: dict[tuple[Status, bool], list[Move]] = {}
     for e in exits:
         target, reason = exit_decision(e.job, e.event, e.retry_strategy)
-        decided[e.job["id"]] = target
+        decided[e.job.id] = target
         ran = e.event.started
-        values = {"started_at": started[e.attempt["task_id"]] or e.event.at_ms} if ran else {}
-        moves.setdefault((target, ran), []).append(Move(e.job["id"], e.event.at_ms, reason, values))
+        values = {"started_at": started[e.attempt.task_id] or e.event.at_ms} if ran else {}
+        moves.setdefault((target, ran), []).append(Move(e.job.id, e.event.at_ms, reason, values))
     for (target, ran), batch in moves.items():
         transition_each(repo, target, batch, through_running=ran)
     return decided

@@ -10,7 +10,8 @@ from enum import StrEnum
 
 from kiln.engine.lifecycle.states import ACTIVE, NOT_STARTED, Status
 from kiln.engine.lifecycle.transitions import restart_nodes, transition
-from kiln.store.repository import Repository, Row
+from kiln.store.records import Job
+from kiln.store.repository import Repository
 
 
 class Stop(StrEnum):
@@ -20,21 +21,19 @@ class Stop(StrEnum):
     TERMINATE = "is_terminated"
 
 
-def cancel(repo: Repository, jobs: Sequence[Row], reason: str, now_ms: int) -> None:
+def cancel(repo: Repository, jobs: Sequence[Job], reason: str, now_ms: int) -> None:
     """CancelJob: jobs not yet STARTING fail with `reason`; running ones are left alone (as AWS)."""
-    _stop_not_started(repo, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, Stop.CANCEL, now_ms)
+    _stop_not_started(repo, [job for job in jobs if Status(job.status) in NOT_STARTED], reason, Stop.CANCEL, now_ms)
 
 
-def terminate(repo: Repository, jobs: Sequence[Row], reason: str, now_ms: int) -> None:
+def terminate(repo: Repository, jobs: Sequence[Job], reason: str, now_ms: int) -> None:
     """TerminateJob: like cancel for jobs not started; running attempts (an array's or a
     multi-node job's included) are flagged, and the scheduler stops them with this reason."""
-    _stop_not_started(
-        repo, [job for job in jobs if Status(job["status"]) in NOT_STARTED], reason, Stop.TERMINATE, now_ms
-    )
-    running = [job for job in jobs if Status(job["status"]) in ACTIVE]
+    _stop_not_started(repo, [job for job in jobs if Status(job.status) in NOT_STARTED], reason, Stop.TERMINATE, now_ms)
+    running = [job for job in jobs if Status(job.status) in ACTIVE]
     for job in jobs:  # a PENDING array parent may have running children: terminate reaches them too
-        if job["array_size"] is not None or job["num_nodes"] is not None:
-            running += repo.children(job["id"], [s.value for s in ACTIVE])
+        if job.array_size is not None or job.num_nodes is not None:
+            running += repo.jobs.children(job.id, [s.value for s in ACTIVE])
     stop_running(repo, running, reason)
 
 
@@ -42,35 +41,35 @@ def expire(repo: Repository, job_ids: Sequence[str], stop: Stop, reason: str, no
     """A job-state time limit passed: RUNNABLE jobs fail with `reason`, flagged as `stop` says."""
     moved = transition(repo, job_ids, Status.FAILED, reason, now_ms, only_from=frozenset({Status.RUNNABLE}))
     for job_id in moved:
-        repo.update_job_fields(job_id, {stop.value: True})
+        repo.jobs.update_fields(job_id, {stop.value: True})
     return bool(moved)
 
 
-def stop_running(repo: Repository, jobs: Sequence[Row], reason: str) -> None:
+def stop_running(repo: Repository, jobs: Sequence[Job], reason: str) -> None:
     """Flag running jobs for termination: the scheduler signals their attempts, whose exits then
     end the jobs with `reason` (their `stopReason`), never retried."""
     for job in jobs:
-        repo.update_job_fields(job["id"], {Stop.TERMINATE.value: True, "spec": {**job["spec"], "stopReason": reason}})
+        repo.jobs.update_fields(job.id, {Stop.TERMINATE.value: True, "spec": {**job.spec, "stopReason": reason}})
 
 
-def restart_gang(repo: Repository, job: Row, nodes: Sequence[Row], now_ms: int) -> None:
+def restart_gang(repo: Repository, job: Job, nodes: Sequence[Job], now_ms: int) -> None:
     """A retried multi-node job whose nodes have all stopped waits (RUNNABLE) for its next gang;
     its nodes wait with it, their stop reasons cleared."""
     for node in nodes:
-        spec = {key: value for key, value in node["spec"].items() if key != "stopReason"}
-        repo.update_job_fields(node["id"], {"spec": spec})
-    restart_nodes(repo, [node["id"] for node in nodes])
-    transition(repo, [job["id"]], Status.RUNNABLE, None, now_ms, only_from=ACTIVE)
+        spec = {key: value for key, value in node.spec.items() if key != "stopReason"}
+        repo.jobs.update_fields(node.id, {"spec": spec})
+    restart_nodes(repo, [node.id for node in nodes])
+    transition(repo, [job.id], Status.RUNNABLE, None, now_ms, only_from=ACTIVE)
 
 
-def _stop_not_started(repo: Repository, jobs: Sequence[Row], reason: str, stop: Stop, now_ms: int) -> None:
+def _stop_not_started(repo: Repository, jobs: Sequence[Job], reason: str, stop: Stop, now_ms: int) -> None:
     """Fail jobs that never started. For an array parent, fail its children that never started;
     the parent itself ends (with `reason`) once every child is done, as on AWS."""
-    ids = [job["id"] for job in jobs if job["array_size"] is None]
-    for mnp in (job for job in jobs if job["num_nodes"] is not None):  # its nodes wait with it, and end with it
-        ids += [node["id"] for node in repo.children(mnp["id"], [Status.SUBMITTED.value])]
-    for parent in (job for job in jobs if job["array_size"] is not None):
-        ids += [child["id"] for child in repo.children(parent["id"], [s.value for s in NOT_STARTED])]
-        repo.update_job_fields(parent["id"], {stop.value: True, "spec": {**parent["spec"], "stopReason": reason}})
+    ids = [job.id for job in jobs if job.array_size is None]
+    for mnp in (job for job in jobs if job.num_nodes is not None):  # its nodes wait with it, and end with it
+        ids += [node.id for node in repo.jobs.children(mnp.id, [Status.SUBMITTED.value])]
+    for parent in (job for job in jobs if job.array_size is not None):
+        ids += [child.id for child in repo.jobs.children(parent.id, [s.value for s in NOT_STARTED])]
+        repo.jobs.update_fields(parent.id, {stop.value: True, "spec": {**parent.spec, "stopReason": reason}})
     for job_id in transition(repo, ids, Status.FAILED, reason, now_ms, only_from=NOT_STARTED):
-        repo.update_job_fields(job_id, {stop.value: True})
+        repo.jobs.update_fields(job_id, {stop.value: True})

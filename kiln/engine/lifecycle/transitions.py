@@ -33,7 +33,7 @@ def transition(
         values["started_at"] = now_ms
     elif target in TERMINAL:
         values["stopped_at"] = now_ms
-    return repo.update_jobs(job_ids, [s.value for s in allowed], values)
+    return repo.jobs.update(job_ids, [s.value for s in allowed], values)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def transition_each(
         if time_column is not None:
             row[time_column] = move.at_ms
         rows.append(row)
-    repo.update_jobs_each(rows, [s.value for s in allowed])
+    repo.jobs.update_each(rows, [s.value for s in allowed])
 
 
 _TIME_COLUMN = {
@@ -84,7 +84,7 @@ _TIME_COLUMN = {
 
 def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:
     """Change only the reason of jobs staying in `in_status` (RUNNABLE capacity diagnostics)."""
-    return repo.update_jobs(job_ids, [in_status.value], {"status_reason": reason})
+    return repo.jobs.update(job_ids, [in_status.value], {"status_reason": reason})
 
 
 def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
@@ -97,4 +97,4 @@ def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
     ids = [job_id for job_id in node_ids if "#" in job_id]
     values = {"status": Status.SUBMITTED.value, "status_reason": None, "started_at": None, "stopped_at": None,
               "is_terminated": False}  # fmt: skip
-    return repo.update_jobs(ids, [s.value for s in TERMINAL], values)
+    return repo.jobs.update(ids, [s.value for s in TERMINAL], values)

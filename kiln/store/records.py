@@ -1,0 +1,203 @@
+"""Typed records the store reads and writes: one dataclass per table row, and one per partial row a
+query returns (the scheduler's candidates, usage sums, log streams). Field order is the table's
+column order, so a full row becomes a record without a dict in between.
+
+Records are plain mutable dataclasses: the store fills them and the engine may note a value it just
+wrote (an attempt's start) without reading the row again. JSON columns stay `Document`s: they hold
+AWS's own shapes (a queue's JobQueueDetail, a job's resolved spec), whose keys AWS owns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+Document = dict[str, Any]  # a JSON document in AWS's shape (JobQueueDetail, a job's resolved spec, ...)
+
+
+@dataclass(slots=True)
+class Job:
+    """A job: top-level, an array child (`parent_id`, `array_index`) or a node of a multi-node
+    parallel job (`parent_id`, `node_index`). Children carry an empty `spec`: they read the parent's."""
+
+    id: str
+    name: str
+    queue_arn: str
+    definition_arn: str
+    status: str
+    status_reason: str | None
+    created_at: int
+    runnable_at: int | None  # when it last entered RUNNABLE: FIFO order within a queue
+    started_at: int | None
+    stopped_at: int | None
+    parent_id: str | None
+    array_index: int | None
+    array_size: int | None
+    num_nodes: int | None
+    node_index: int | None
+    attempt_count: int
+    vcpus: float
+    memory_mib: int
+    gpus: int
+    is_cancelled: bool
+    is_terminated: bool
+    spec: Document = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Dependency:
+    job_id: str
+    depends_on: str
+    type: str | None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of a job on an executor; `active` while it holds capacity."""
+
+    task_id: str
+    job_id: str
+    number: int
+    compute_environment: str
+    log_stream: str
+    vcpus: float
+    memory_mib: int
+    gpus: int
+    active: bool = True
+    started_at: int | None = None
+    stopped_at: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    status_reason: str | None = None
+    placed_by: str | None = None  # "<host id>:<data dir>" of the server whose supervisor runs it
+
+
+@dataclass(slots=True)
+class ComputeEnvironment:
+    name: str
+    arn: str
+    state: str
+    status: str
+    created_at: int
+    doc: Document  # the ComputeEnvironmentDetail DescribeComputeEnvironments returns
+
+
+@dataclass(slots=True)
+class JobQueue:
+    name: str
+    arn: str
+    state: str
+    status: str
+    priority: int
+    created_at: int
+    doc: Document  # the JobQueueDetail DescribeJobQueues returns
+
+
+@dataclass(slots=True)
+class JobDefinition:
+    id: int | None  # assigned by the database on insert
+    name: str
+    revision: int
+    arn: str
+    status: str
+    created_at: int
+    doc: Document  # the JobDefinition DescribeJobDefinitions returns
+
+
+@dataclass(slots=True)
+class SchedulingPolicy:
+    name: str
+    arn: str
+    created_at: int
+    doc: Document  # the SchedulingPolicyDetail
+
+
+@dataclass(slots=True)
+class JobShare:
+    """A job's share in a fair-share queue: one for a job and one for each of its children."""
+
+    job_id: str
+    queue_arn: str
+    share_identifier: str
+    scheduling_priority: int
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A RUNNABLE job as the scheduler weighs it, without its spec; the share and priority are
+    set for a fair-share queue."""
+
+    id: str
+    queue_arn: str
+    parent_id: str | None
+    vcpus: float
+    memory_mib: int
+    gpus: int
+    status_reason: str | None
+    num_nodes: int | None
+    runnable_at: int | None = None
+    created_at: int | None = None
+    share_identifier: str | None = None
+    scheduling_priority: int = 0
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A job waiting with a diagnostic reason (what a job-state time limit looks at)."""
+
+    id: str
+    runnable_at: int | None
+    status_reason: str | None
+
+
+@dataclass(slots=True)
+class ShareUsage:
+    share_identifier: str
+    usage: float  # decayed vCPU-seconds
+    running: int  # attempts holding capacity
+
+
+@dataclass(slots=True)
+class EnvironmentUsage:
+    """What running attempts hold in one compute environment."""
+
+    compute_environment: str
+    vcpus: float
+    memory_mib: int
+    gpus: int
+    attempts: int
+
+
+@dataclass(slots=True)
+class Stream:
+    """A started attempt as a CloudWatch log stream; `last` orders streams by when they stopped."""
+
+    task_id: str
+    log_stream: str
+    started_at: int | None
+    stopped_at: int | None
+    last: int | None = None
+
+
+@dataclass(slots=True)
+class JobCount:
+    queue_arn: str
+    status: str
+    child: bool
+    count: int
+
+
+def field_names(record: type[Any]) -> tuple[str, ...]:
+    """A record type's fields in order (cached: `fields()` costs more than building a small record)."""
+    names = _FIELD_NAMES.get(record)
+    if names is None:
+        names = _FIELD_NAMES[record] = tuple(f.name for f in fields(record))
+    return names
+
+
+def values_of(record: Any) -> dict[str, Any]:
+    """A record's columns for an INSERT (shallow: documents are not copied, unlike `asdict`)."""
+    return {name: getattr(record, name) for name in field_names(type(record))}
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
