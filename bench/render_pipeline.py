@@ -228,6 +228,8 @@ def run(settings: Settings, rounds: int, zygote: str) -> tuple[dict[str, list[fl
     best: dict[str, PipelineRun] = {}
     with tempfile.TemporaryDirectory(prefix="kiln-render-bench-") as scratch_name:
         scratch = Path(scratch_name)
+        # A root server lends each job a uid of its own: like /tmp, anyone may make a folder here.
+        scratch.chmod(0o1777)
         settings_used = sorted({setting for _, _, setting in pipelines(zygote)})
         servers = {setting: start_server(scratch / f"data-{setting}", setting) for setting in settings_used}
         try:
