@@ -16,7 +16,7 @@ MAX_PATTERN_LENGTH = 512
 class AttemptOutcome:
     """What an attempt's failure looked like, for matching against evaluateOnExit."""
 
-    status_reason: str
+    status_reason: str | None
     reason: str | None
     exit_code: int | None
 

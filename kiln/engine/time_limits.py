@@ -21,21 +21,12 @@ from typing import Any
 
 from kiln.engine import lifecycle
 from kiln.engine.lifecycle import Status
+from kiln.store.records import Waiting
 from kiln.store.repository import Repository
 
 CANCELED_BY_ACTION = "Canceled by JobStateTimeLimit action due to reason: {reason}"
 # Jobs looked at per queue and sweep; the rest wait for the next sweep (a second later).
 ENFORCED_PER_QUEUE = 1000
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """A RUNNABLE job as the rule sees it."""
-
-    job_id: str
-    queue_arn: str
-    runnable_at: int  # epoch ms it last entered RUNNABLE
-    status_reason: str | None
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ def decide(jobs: Sequence[Waiting], actions: Mapping[str, Sequence[Mapping[str, 
             old_enough = now_ms - job.runnable_at >= int(action["maxTimeSeconds"]) * 1000
             if old_enough and reason_matches(action["reason"], job.status_reason):
                 reason = CANCELED_BY_ACTION.format(reason=action["reason"])
-                expired.append(Expired(job.job_id, action["action"], reason))
+                expired.append(Expired(job.id, action["action"], reason))
                 break
     return expired
 
@@ -80,13 +71,8 @@ def enforce(repo: Repository, now_ms: int) -> bool:
     waiting: list[Waiting] = []
     for queue_arn, queue_actions in actions.items():
         shortest = min(int(action["maxTimeSeconds"]) for action in queue_actions)
-        found = repo.jobs.diagnosed_waiting(
-            queue_arn, Status.RUNNABLE.value, now_ms - shortest * 1000, ENFORCED_PER_QUEUE
-        )
-        # runnable_at is never None here (the query compares it with the cutoff): the test is for the type.
-        waiting += [
-            Waiting(j.id, queue_arn, j.runnable_at, j.status_reason) for j in found if j.runnable_at is not None
-        ]
+        cutoff = now_ms - shortest * 1000
+        waiting += repo.jobs.diagnosed_waiting(queue_arn, Status.RUNNABLE.value, cutoff, ENFORCED_PER_QUEUE)
     groups: dict[tuple[str, str], list[str]] = {}
     for item in decide(waiting, actions, now_ms):
         groups.setdefault((item.action, item.status_reason), []).append(item.job_id)

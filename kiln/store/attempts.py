@@ -46,10 +46,7 @@ class AttemptStore(Queries):
         return self._first(select(attempts).where(attempts.c.task_id == task_id), Attempt)
 
     def get_many(self, task_ids: Sequence[str]) -> list[Attempt]:
-        found: list[Attempt] = []
-        for chunk in chunks(task_ids):
-            found += self._all(select(attempts).where(attempts.c.task_id.in_(list(chunk))), Attempt)
-        return found
+        return self._all_among(select(attempts), attempts.c.task_id, task_ids, Attempt)
 
     def of_jobs(self, job_ids: Sequence[str]) -> dict[str, list[Attempt]]:
         """Each job's attempts, first try first."""
@@ -77,11 +74,7 @@ class AttemptStore(Queries):
         }
 
     def log_streams_of(self, job_ids: Sequence[str]) -> list[str]:
-        streams: list[str] = []
-        for chunk in chunks(job_ids):
-            query = select(attempts.c.log_stream).where(attempts.c.job_id.in_(list(chunk)))
-            streams += [row[0] for row in self.connection.execute(query)]
-        return streams
+        return self._column_among(attempts.c.log_stream, attempts.c.job_id, job_ids)
 
     # -- attempts as CloudWatch log streams (kiln/logs/service.py) -----------------------------
     def streams(

@@ -86,10 +86,7 @@ class JobStore(Queries):
         return self._first(select(jobs).where(jobs.c.id == job_id), Job)
 
     def get_many(self, ids: Sequence[str]) -> list[Job]:
-        found: list[Job] = []
-        for chunk in chunks(ids):
-            found += self._all(select(jobs).where(jobs.c.id.in_(list(chunk))), Job)
-        return found
+        return self._all_among(select(jobs), jobs.c.id, ids, Job)
 
     def children(self, parent_id: str, statuses: Sequence[str] | None = None) -> list[Job]:
         query = select(jobs).where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
@@ -98,11 +95,7 @@ class JobStore(Queries):
         return self._all(query, Job)
 
     def child_ids(self, parent_ids: Sequence[str]) -> list[str]:
-        found: list[str] = []
-        for chunk in chunks(parent_ids):
-            query = select(jobs.c.id).where(jobs.c.parent_id.in_(list(chunk)))
-            found += [row[0] for row in self.connection.execute(query)]
-        return found
+        return self._column_among(jobs.c.id, jobs.c.parent_id, parent_ids)
 
     def child_statuses(self, parent_id: str) -> list[tuple[int, str]]:
         """(array index, status) of every child of an array, in index order: two columns, one query."""
@@ -219,7 +212,7 @@ class JobStore(Queries):
         """A queue's jobs in `status` (the waiting one) since `cutoff_ms` or earlier with a diagnostic
         statusReason (jobs merely waiting for capacity have none), longest waiting first."""
         query = (
-            select(jobs.c.id, jobs.c.runnable_at, jobs.c.status_reason)
+            select(jobs.c.id, jobs.c.queue_arn, jobs.c.runnable_at, jobs.c.status_reason)
             .where(
                 jobs.c.queue_arn == queue_arn,
                 jobs.c.status == status,
@@ -261,12 +254,7 @@ class JobStore(Queries):
     def multinode(self, statuses: Sequence[str], ids: Sequence[str] | None = None) -> list[Job]:
         """MNP jobs (not their nodes) in `statuses`, all of them or those among `ids`."""
         query = select(jobs).where(jobs.c.status.in_(list(statuses)), jobs.c.num_nodes.is_not(None))
-        if ids is None:
-            return self._all(query, Job)
-        found: list[Job] = []
-        for chunk in chunks(ids):
-            found += self._all(query.where(jobs.c.id.in_(list(chunk))), Job)
-        return found
+        return self._all(query, Job) if ids is None else self._all_among(query, jobs.c.id, ids, Job)
 
     def stranded_nodes(self, waiting: str, ended: Sequence[str]) -> list[tuple[str, str | None]]:
         """Node jobs still `waiting` whose MNP job is in an `ended` status without them (cancelled,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Result
 
 from kiln.store.records import field_names
@@ -63,3 +63,17 @@ class Queries:
 
     def _all(self, query: Any, record: type[R]) -> list[R]:
         return records(self.connection.execute(query), record)
+
+    def _all_among(self, query: Any, column: Any, ids: Sequence[str], record: type[R]) -> list[R]:
+        """`query` restricted to rows whose `column` is one of `ids`, a chunk of ids per statement."""
+        found: list[R] = []
+        for chunk in chunks(ids):
+            found += self._all(query.where(column.in_(list(chunk))), record)
+        return found
+
+    def _column_among(self, selected: Any, column: Any, ids: Sequence[str]) -> list[Any]:
+        """One column (`selected`) of the rows whose `column` is one of `ids`, in chunks."""
+        found: list[Any] = []
+        for chunk in chunks(ids):
+            found += [row[0] for row in self.connection.execute(select(selected).where(column.in_(list(chunk))))]
+        return found

@@ -43,6 +43,18 @@ class Job:
     is_terminated: bool
     spec: Document = field(default_factory=dict)
 
+    @classmethod
+    def new(
+        cls, id: str, name: str, queue_arn: str, definition_arn: str, status: str, created_at: int, *,
+        vcpus: float, memory_mib: int, gpus: int = 0, spec: Document | None = None, parent_id: str | None = None,
+        array_index: int | None = None, array_size: int | None = None, num_nodes: int | None = None,
+        node_index: int | None = None,
+    ) -> Job:  # fmt: skip
+        """A job as SubmitJob first stores it: no reason, times, attempts or stop flags yet."""
+        return cls(id, name, queue_arn, definition_arn, status, None, created_at, None, None, None, parent_id,
+                   array_index, array_size, num_nodes, node_index, 0, vcpus, memory_mib, gpus, False, False,
+                   {} if spec is None else spec)  # fmt: skip
+
 
 @dataclass(slots=True)
 class Dependency:
@@ -143,10 +155,11 @@ class Candidate:
 
 @dataclass(slots=True)
 class Waiting:
-    """A job waiting with a diagnostic reason (what a job-state time limit looks at)."""
+    """A RUNNABLE job with a diagnostic reason, as a job-state time limit weighs it."""
 
     id: str
-    runnable_at: int | None
+    queue_arn: str
+    runnable_at: int  # epoch ms it last entered RUNNABLE
     status_reason: str | None
 
 

@@ -78,12 +78,8 @@ def test_node_ids() -> None:
 
 def _row(status: str, **extra: Any) -> Job:
     spec = {"retryStrategy": {"attempts": 2}, "nodeProperties": {"mainNode": 0}}
-    row = Job(
-        id="mnp", name="mnp", queue_arn="q", definition_arn="d", status=status,
-        status_reason="Essential container in task exited", created_at=0, runnable_at=None, started_at=None,
-        stopped_at=None, parent_id=None, array_index=None, array_size=None, num_nodes=2, node_index=None,
-        attempt_count=1, vcpus=1.0, memory_mib=64, gpus=0, is_cancelled=False, is_terminated=False, spec=spec,
-    )  # fmt: skip
+    row = Job.new("mnp", "mnp", "q", "d", status, 0, vcpus=1.0, memory_mib=64, spec=spec, num_nodes=2)
+    row.status_reason, row.attempt_count = "Essential container in task exited", 1
     return dataclasses.replace(row, **extra)
 
 

@@ -99,29 +99,15 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def job_row(job_id: str, status: Status, **extra: Any) -> Job:
-    row = Job(
-        id=job_id,
-        name=f"name-{job_id}",
-        queue_arn="arn:aws:batch:us-east-1:123456789012:job-queue/q",
-        definition_arn="arn:aws:batch:us-east-1:123456789012:job-definition/d:1",
-        status=status.value,
-        status_reason=None,
-        created_at=NOW - 1000,
-        runnable_at=None,
-        started_at=None,
-        stopped_at=None,
-        parent_id=None,
-        array_index=None,
-        array_size=None,
-        num_nodes=None,
-        node_index=None,
-        attempt_count=0,
+    row = Job.new(
+        job_id,
+        f"name-{job_id}",
+        "arn:aws:batch:us-east-1:123456789012:job-queue/q",
+        "arn:aws:batch:us-east-1:123456789012:job-definition/d:1",
+        status.value,
+        NOW - 1000,
         vcpus=1.0,
         memory_mib=128,
-        gpus=0,
-        is_cancelled=False,
-        is_terminated=False,
-        spec={},
     )
     return replace(row, **extra)
 

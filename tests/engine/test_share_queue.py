@@ -144,34 +144,7 @@ def test_sql_usage_agrees_with_decayed_usage(
         connection.exec_driver_sql("DELETE FROM job_shares")
         connection.exec_driver_sql("DELETE FROM jobs")
         for share in ("a", "b", "c"):
-            repo.jobs.insert(
-                [
-                    Job(
-                        id=share,
-                        name=share,
-                        queue_arn=queue_arn,
-                        definition_arn="d",
-                        status="RUNNING",
-                        status_reason=None,
-                        created_at=0,
-                        runnable_at=None,
-                        started_at=None,
-                        stopped_at=None,
-                        parent_id=None,
-                        array_index=None,
-                        array_size=None,
-                        num_nodes=None,
-                        node_index=None,
-                        attempt_count=0,
-                        vcpus=1.0,
-                        memory_mib=4,
-                        gpus=0,
-                        is_cancelled=False,
-                        is_terminated=False,
-                        spec={},
-                    )
-                ]
-            )
+            repo.jobs.insert([Job.new(share, share, queue_arn, "d", "RUNNING", 0, vcpus=1.0, memory_mib=4)])
         repo.shares.insert(
             [
                 JobShare(job_id=s, queue_arn=queue_arn, share_identifier=s, scheduling_priority=0)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.engine.scheduling import JOB_REQUIREMENT, MAX_RESOURCE
-from kiln.engine.time_limits import Expired, Waiting, decide, reason_matches
+from kiln.engine.time_limits import Expired, decide, reason_matches
+from kiln.store.records import Waiting
 
 Q1, Q2 = "arn:q1", "arn:q2"
 MAX_CODE = "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"
@@ -69,4 +70,4 @@ def test_never_fails_a_job_too_young_or_with_another_reason(
     expired = {item.job_id for item in decide(jobs, {Q1: [action(MAX_CODE, seconds)]}, now)}
     for job in jobs:
         due = now - job.runnable_at >= seconds * 1000 and job.status_reason == MAX_RESOURCE
-        assert (job.job_id in expired) == due
+        assert (job.id in expired) == due

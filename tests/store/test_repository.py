@@ -62,12 +62,8 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def job(job_id: str, **extra: Any) -> Job:
-    base = Job(
-        id=job_id, name=f"job-{job_id}", queue_arn=QUEUE, definition_arn="arn:def:1", status="SUBMITTED",
-        status_reason=None, created_at=1_000, runnable_at=None, started_at=None, stopped_at=None, parent_id=None,
-        array_index=None, array_size=None, num_nodes=None, node_index=None, attempt_count=0, vcpus=1.0,
-        memory_mib=128, gpus=0, is_cancelled=False, is_terminated=False, spec={"n": job_id},
-    )  # fmt: skip
+    base = Job.new(job_id, f"job-{job_id}", QUEUE, "arn:def:1", "SUBMITTED", 1_000, vcpus=1.0, memory_mib=128,
+                   spec={"n": job_id})  # fmt: skip
     return replace(base, **extra)
 
 
@@ -94,14 +90,15 @@ def test_records_are_built_by_name_when_columns_come_in_another_order(db: Databa
     with db.read() as connection:
         in_order = records(connection.execute(select(jobs)), Job)
         shuffled = records(connection.execute(select(*reversed(list(jobs.columns)))), Job)
-        waiting = records(connection.execute(select(jobs.c.status_reason, jobs.c.runnable_at, jobs.c.id)), Waiting)
+        columns = (jobs.c.status_reason, jobs.c.runnable_at, jobs.c.queue_arn, jobs.c.id)
+        waiting = records(connection.execute(select(*columns)), Waiting)
         # Fewer columns than the record, in another order: the others keep their defaults.
         columns = (jobs.c.gpus, jobs.c.num_nodes, jobs.c.id, jobs.c.status_reason, jobs.c.memory_mib, jobs.c.vcpus,
                    jobs.c.queue_arn, jobs.c.parent_id)  # fmt: skip
         candidates = records(connection.execute(select(*columns)), Candidate)
     assert in_order == [stored]
     assert shuffled == [stored]
-    assert waiting == [Waiting(id="x", runnable_at=7, status_reason="CAPACITY:x")]
+    assert waiting == [Waiting(id="x", queue_arn=QUEUE, runnable_at=7, status_reason="CAPACITY:x")]
     assert candidates == [Candidate(id="x", queue_arn=QUEUE, parent_id=None, vcpus=1.0, memory_mib=128, gpus=2,
                                     status_reason="CAPACITY:x", num_nodes=None)]  # fmt: skip
 

@@ -38,7 +38,7 @@ def outcome(job: Job, main: Job, last_attempt: Attempt | None) -> tuple[Status, 
         return Status.FAILED, job.spec.get("stopReason") or main.status_reason
     if last_attempt is not None and last_attempt.status_reason != TIMEOUT_STATUS_REASON:
         # An absent reason matches evaluateOnExit patterns as empty text (`retry.matches`).
-        attempt = AttemptOutcome(last_attempt.status_reason or "", last_attempt.reason, last_attempt.exit_code)
+        attempt = AttemptOutcome(last_attempt.status_reason, last_attempt.reason, last_attempt.exit_code)
         if should_retry(job.spec.get("retryStrategy"), job.attempt_count, attempt):
             return Status.RUNNABLE, None
     return Status.FAILED, main.status_reason
