@@ -49,7 +49,7 @@ from kiln.cli.render_pipeline import (
     storage_uri,
     submit_pipeline,
 )
-from kiln.cli.render_watch import Outcome, ServerGoneError, failure_line, watch
+from kiln.cli.render_watch import FrameCount, Outcome, ServerGoneError, failure_line, watch
 from kiln.config import DEFAULT_ENDPOINT
 
 console = Console()
@@ -330,11 +330,26 @@ def _report(outcome: Outcome, plan: RenderPlan, jobs: SubmittedPipeline, connect
     lines.append(f"  see why:  {_logs_hint(failed['jobId'], connection)}")
     if failed["jobId"] != jobs.stitch_id:
         lines.append(f"  the stitch job {jobs.stitch_id} did not run {_reason(outcome)}")
-    lines.append(
-        f"  {outcome.frames_done} of {plan.frame_count} frames are in {plan.frames_uri}/; the same command "
-        "again renders only the missing ones"
-    )
+    lines += frame_lines(outcome.frames, plan)
     raise _fail("\n".join(lines))
+
+
+def frame_lines(frames: FrameCount, plan: RenderPlan) -> list[str]:
+    """Where the frames stand after a failure, saying only what was seen from here."""
+    where = f"{plan.frames_uri}/"
+    if frames.seen is None:
+        return [f"  {where} cannot be listed from here ({frames.listing_error}); the render jobs report "
+                f"{frames.reported} of {plan.frame_count} frames done"]  # fmt: skip
+    lines = [f"  {frames.seen} of {plan.frame_count} frames are in {where}"]
+    if frames.reported > frames.seen:
+        lines.append(
+            f"  the render jobs report {frames.reported} frames done, but only {frames.seen} are in {where} as "
+            "seen from here: the jobs wrote them where this machine cannot see (on a cluster whose nodes share "
+            "no disk with it, name an s3:// output)"
+        )
+    if frames.seen:
+        lines.append("  the same command again renders only the missing ones")
+    return lines
 
 
 def _reason(outcome: Outcome) -> str:

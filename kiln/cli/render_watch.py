@@ -42,33 +42,54 @@ class Outcome:
     render: dict[str, Any]
     stitch: dict[str, Any]
     failed: dict[str, Any] | None
-    frames_done: int
+    frames: FrameCount
     elapsed_seconds: float
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """What the watcher knows of the frames, kept apart so that no line claims what it did not see:
+    `seen` are in the output folder as listed from here (None: it cannot be listed, `listing_error`
+    says why), `reported` are implied by render jobs that succeeded. On a cluster whose nodes share
+    no disk with this machine, jobs may report frames that are not where the user looks."""
+
+    seen: int | None
+    reported: int
+    listing_error: str | None = None
+
+    @property
+    def shown(self) -> int:
+        """What the progress bar counts: frames seen, or what the jobs report when nothing can be seen."""
+        return self.reported if self.seen is None else self.seen
+
+    @property
+    def unit(self) -> str:
+        return "frames" if self.seen is not None else "frames (as the jobs report: the output cannot be listed)"
 
 
 @dataclass
 class FrameCounter:
-    """Frames of the plan already published; gives up listing after the first storage error."""
+    """Frames of the plan published in the output; gives up listing after the first storage error."""
 
     plan: RenderPlan
-    listing_works: bool = True
+    listing_error: str | None = None
     wanted: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.wanted = frozenset(self.plan.frames)
 
-    def count(self, render: dict[str, Any]) -> int:
-        estimate = estimate_from_jobs(render, self.plan)
-        if not self.listing_works:
-            return estimate
-        try:
-            from kiln.render.uris import list_files
+    def count(self, render: dict[str, Any]) -> FrameCount:
+        reported = estimate_from_jobs(render, self.plan)
+        if self.listing_error is None:
+            try:
+                from kiln.render.uris import list_files
 
-            names = list_files(self.plan.frames_uri)
-        except Exception:  # any storage failure (credentials, network): fall back to the job states
-            self.listing_works = False
-            return estimate
-        return max(estimate, len(published_frames(names) & self.wanted))
+                names = list_files(self.plan.frames_uri)
+            except Exception as error:  # any storage failure (credentials, network): stop listing
+                self.listing_error = str(error) or type(error).__name__
+            else:
+                return FrameCount(len(published_frames(names) & self.wanted), reported)
+        return FrameCount(None, reported, self.listing_error)
 
 
 def published_frames(names: Iterable[str]) -> set[int]:
@@ -131,13 +152,13 @@ def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Consol
     reporter = ChildFailureReporter(batch, jobs, console)
     progress = _new_progress(console)
     with progress:
-        task: TaskID = progress.add_task("rendering", total=plan.frame_count)
+        task: TaskID = progress.add_task("rendering", total=plan.frame_count, unit="frames")
         render_failed_at: float | None = None
         while True:
             render, stitch = _describe_both(batch, jobs)
-            done = counter.count(render)
+            frames = counter.count(render)
             progress.states = describe_states(render, stitch)
-            progress.update(task, completed=done, description=_phase(render, stitch))
+            progress.update(task, completed=frames.shown, description=_phase(render, stitch), unit=frames.unit)
             reporter.report_new_failures(render)
             if stitch["status"] in TERMINAL:
                 break
@@ -148,11 +169,16 @@ def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Consol
                     break
             time.sleep(STITCH_POLL_SECONDS if render["status"] == "SUCCEEDED" else POLL_SECONDS)
     failed = _blame(batch, render, stitch)
-    return Outcome(failed is None, render, stitch, failed, done, time.monotonic() - started)
+    return Outcome(failed is None, render, stitch, failed, frames, time.monotonic() - started)
 
 
 def _new_progress(console: Console) -> _PipelineProgress:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
+    )
     return _PipelineProgress(*columns, TimeElapsedColumn(), console=console)
 
 

@@ -10,7 +10,7 @@ linearly to nothing over `shareDecaySeconds` (0 means AWS's default window of 60
 attempt counts at least MIN_CHARGE_SECONDS of its vCPUs, and so does each job placed within one
 ordering, so a burst of very short jobs still shares by job count rather than not at all.
 `decayed_usage` is the definition; the scheduler gets the same sums from SQL
-(`Repository.share_usage`), and a test checks that the two agree.
+(`ShareStore.usage` in kiln/store/shares.py), and a test checks that the two agree.
 
 `computeReservation` keeps `(computeReservation/100) ** active_shares` of the capacity for share
 identifiers that have nothing running yet: a job of a share already running is held back when it

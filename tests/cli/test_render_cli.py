@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from kiln.cli.embedded_server import answers
+from kiln.cli.render_command import frame_lines
 from kiln.cli.render_pipeline import (
     PlanError,
     RenderPlan,
@@ -31,7 +32,7 @@ from kiln.cli.render_pipeline import (
     render_definition,
     storage_uri,
 )
-from kiln.cli.render_watch import estimate_from_jobs, failure_line, published_frames
+from kiln.cli.render_watch import FrameCount, FrameCounter, estimate_from_jobs, failure_line, published_frames
 from kiln.render.blend_header import read_scene_info
 from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, free_port, start_server
 from tests.support import unique, wait_for
@@ -146,6 +147,40 @@ def test_local_paths_become_absolute_and_uris_stay(tmp_path: Path, monkeypatch: 
     assert storage_uri("file:///data/scene.blend") == "file:///data/scene.blend"
     assert job_base_name("s3://b/My Scene v2.blend") == "My-Scene-v2"
     assert job_base_name("/x/.blend") == "scene"
+
+
+def test_progress_never_claims_frames_it_did_not_see(tmp_path: Path) -> None:
+    """Jobs on other machines may report frames that are not where the user looks (a cluster whose
+    nodes share no disk with the submitter): the count says what was listed, the report says both."""
+    plan = RenderPlan(str(tmp_path / "scene.blend"), str(tmp_path / "out"), range(1, 5), 1)
+    all_succeeded = {"status": "SUCCEEDED", "arrayProperties": {"size": 4, "statusSummary": {"SUCCEEDED": 4}}}
+    counter = FrameCounter(plan)
+    assert counter.count(all_succeeded) == FrameCount(seen=0, reported=4)  # the folder does not even exist
+    frames = tmp_path / "out" / "frames"
+    frames.mkdir(parents=True)
+    (frames / "0002.png").write_bytes(b"png")
+    (frames / "0009.png").write_bytes(b"png")  # not a frame of this plan
+    counted = counter.count(all_succeeded)
+    assert (counted.seen, counted.reported, counted.shown, counted.unit) == (1, 4, 1, "frames")
+    lines = frame_lines(counted, plan)
+    assert lines[0] == f"  1 of 4 frames are in {frames}/"
+    assert "report 4 frames done, but only 1 are in" in lines[1] and "s3://" in lines[1]
+    assert lines[2] == "  the same command again renders only the missing ones"
+    assert frame_lines(FrameCount(0, 0), plan) == [f"  0 of 4 frames are in {frames}/"]
+
+
+def test_an_output_that_cannot_be_listed_is_said_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    plan = RenderPlan(str(tmp_path / "scene.blend"), str(blocker), range(1, 3), 1)  # frames under a file
+    counter = FrameCounter(plan)
+    counted = counter.count({"status": "RUNNING", "arrayProperties": {"size": 2, "statusSummary": {"SUCCEEDED": 1}}})
+    assert (counted.seen, counted.reported, counted.shown) == (None, 1, 1)
+    assert counted.listing_error and "cannot list" in counted.listing_error
+    assert "as the jobs report" in counted.unit
+    [line] = frame_lines(counted, plan)
+    assert line.startswith(f"  {blocker}/frames/ cannot be listed from here (")
+    assert line.endswith("the render jobs report 1 of 2 frames done")
 
 
 def test_the_definition_is_the_workshops_on_the_render_image() -> None:
