@@ -21,6 +21,7 @@ see tests/ray_cluster.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import tempfile
@@ -110,15 +111,16 @@ def node_loss(batch: Any, endpoint: str, cluster: RayCluster) -> dict[str, float
         match = NODE_IN_PATH.search(response.json().get("text", "")) if response.status_code == 200 else None
         return match.group(1) if match else None
 
-    where = {
-        job_id: _until(f"job {job_id} on a node", lambda job_id=job_id: node_of(job_id), 120, 0.2) for job_id in jobs
-    }
+    def failed(job_id: str) -> bool:
+        return _status(batch, job_id) == "FAILED"
+
+    where = {job_id: _until(f"job {job_id} on a node", functools.partial(node_of, job_id), 120, 0.2) for job_id in jobs}
     names = {node_id[:12]: name for name, node_id in cluster.node_ids().items()}
     victim = next(job_id for job_id, node in where.items() if names[node] == "w2")
     for job_id in set(jobs) - {victim}:
         batch.terminate_job(jobId=job_id, reason="bench: free the node")
     for job_id in set(jobs) - {victim}:
-        _until(f"{job_id} terminated", lambda job_id=job_id: _status(batch, job_id) == "FAILED", 60)
+        _until(f"{job_id} terminated", functools.partial(failed, job_id), 60)
     killed = time.monotonic()
     cluster.nodes["w2"].kill()
     failed_at = running_at = None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from kiln.cli.embedded_server import start_embedded_server
 from kiln.cli.render_pipeline import RenderPlan, ensure_definition, ensure_queue, submit_pipeline
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 POTTERY = Path("/work/shared/data/pottery.blend")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-VIEWPORT = {"width": 1440, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:

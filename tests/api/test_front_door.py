@@ -44,7 +44,7 @@ def post(server: KilnServer, operation: str, payload: dict[str, Any], **headers:
 def test_a_cross_site_simple_request_creates_nothing(kiln_server: KilnServer, batch: Any) -> None:
     """The whole attack a page can mount without a preflight: text/plain bodies, a foreign Origin."""
     name = unique("evil")
-    attack = [
+    attack: list[tuple[str, dict[str, Any]]] = [
         ("createcomputeenvironment", {"computeEnvironmentName": name, "type": "UNMANAGED"}),
         ("createjobqueue", {"jobQueueName": name, "priority": 1,
                             "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": name}]}),

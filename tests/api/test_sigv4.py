@@ -248,7 +248,7 @@ def test_malformed_authorization_header_is_refused(secured: tuple[KilnServer, Ke
         response = httpx.post(
             f"{server.endpoint}/v1/describejobqueues",
             content=b"{}",
-            headers={"Authorization": header.encode("latin-1"), **JSON},
+            headers=httpx.Headers({"Authorization": header, **JSON}, encoding="latin-1"),
             timeout=10,
         )
         assert response.status_code == 403, response.text
@@ -292,11 +292,11 @@ def test_fuzzed_auth_headers_are_refused_never_a_5xx(secured: tuple[KilnServer, 
         @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(authorization=authorization, amz_date=amz_date, http_date=http_date, body=st.binary(max_size=64))
         def run(authorization: str, amz_date: str | None, http_date: str | None, body: bytes) -> None:
-            headers = {"Authorization": authorization.encode("latin-1"), "Content-Type": b"application/json"}
+            headers = {b"Authorization": authorization.encode("latin-1"), b"Content-Type": b"application/json"}
             if amz_date is not None:
-                headers["X-Amz-Date"] = amz_date.encode("latin-1")
+                headers[b"X-Amz-Date"] = amz_date.encode("latin-1")
             if http_date is not None:
-                headers["Date"] = http_date.encode("latin-1")
+                headers[b"Date"] = http_date.encode("latin-1")
             response = http.post("/v1/describejobqueues", content=body, headers=headers)
             assert response.status_code == 403, response.text
             assert response.json()["__type"].endswith("Exception")

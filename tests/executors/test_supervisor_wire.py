@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kiln.executors.base import AttemptExited, AttemptRunning, AttemptSpec, GangMember, VolumeMount
+from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember, VolumeMount
 from kiln.executors.supervisor_wire import event_from_wire, event_to_wire, spec_from_wire, spec_to_wire
 
 
@@ -30,7 +30,7 @@ def test_a_plain_spec_comes_back_equal() -> None:
 
 
 def test_events_come_back_equal() -> None:
-    events = [
+    events: list[AttemptEvent] = [
         AttemptRunning("a1", 1_700_000_000_000, host="node-1"),
         AttemptExited("a1", 1_700_000_000_005, 137, "Essential container in task exited",
                       "OutOfMemoryError: Container killed due to memory usage", oom=True),

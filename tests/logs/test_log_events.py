@@ -23,7 +23,8 @@ def stream_of(path: Path, data: bytes, *, complete: bool = True, name: str = "jd
 
 
 def forward_pages(stream: StreamFile, page: int) -> list[list[str]]:
-    pages, position = [], 0
+    pages: list[list[str]] = []
+    position = 0
     for _ in range(10_000):
         events, after = stream.forward(position, page, everything)
         if not events and after == position:
@@ -34,7 +35,8 @@ def forward_pages(stream: StreamFile, page: int) -> list[list[str]]:
 
 
 def backward_pages(stream: StreamFile, page: int) -> list[list[str]]:
-    pages, position = [], stream.readable
+    pages: list[list[str]] = []
+    position = stream.readable
     for _ in range(10_000):
         events, before = stream.backward(position, page, everything)
         if not events and before == position:

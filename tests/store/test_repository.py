@@ -90,12 +90,12 @@ def test_records_are_built_by_name_when_columns_come_in_another_order(db: Databa
     with db.read() as connection:
         in_order = records(connection.execute(select(jobs)), Job)
         shuffled = records(connection.execute(select(*reversed(list(jobs.columns)))), Job)
-        columns = (jobs.c.status_reason, jobs.c.runnable_at, jobs.c.queue_arn, jobs.c.id)
-        waiting = records(connection.execute(select(*columns)), Waiting)
+        waiting_columns = (jobs.c.status_reason, jobs.c.runnable_at, jobs.c.queue_arn, jobs.c.id)
+        waiting = records(connection.execute(select(*waiting_columns)), Waiting)
         # Fewer columns than the record, in another order: the others keep their defaults.
-        columns = (jobs.c.gpus, jobs.c.num_nodes, jobs.c.id, jobs.c.status_reason, jobs.c.memory_mib, jobs.c.vcpus,
-                   jobs.c.queue_arn, jobs.c.parent_id)  # fmt: skip
-        candidates = records(connection.execute(select(*columns)), Candidate)
+        candidate_columns = (jobs.c.gpus, jobs.c.num_nodes, jobs.c.id, jobs.c.status_reason, jobs.c.memory_mib,
+                             jobs.c.vcpus, jobs.c.queue_arn, jobs.c.parent_id)  # fmt: skip
+        candidates = records(connection.execute(select(*candidate_columns)), Candidate)
     assert in_order == [stored]
     assert shuffled == [stored]
     assert waiting == [Waiting(id="x", queue_arn=QUEUE, runnable_at=7, status_reason="CAPACITY:x")]
