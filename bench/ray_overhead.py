@@ -1,19 +1,24 @@
-"""Per-attempt overhead of the Ray executor against the local one, and how fast a lost node's job is retried.
+"""Per-attempt overhead of the Ray executor against Ray itself and the local executor, and how fast
+a lost node's job is retried.
 
 Starts its own three-node Ray cluster on this machine (tests/ray_cluster.py: a head and two workers,
 2 CPUs and 2 GiB each, every node its own `ray start` process group) and tears it down at the end.
 
-1. Overhead. For each executor a fresh `kiln server` (127.0.0.1, its own data dir; `executor` and
+1. Against Ray. For each N (`--jobs`, default 400 and 2,000): Ray alone runs N tasks that each
+   `subprocess.run(["true"])` (num_cpus=1, from a driver process of its own, after one warm-up
+   task), then a fresh `kiln server` (127.0.0.1, its own data dir; `executor = "ray"` and
    `ray_address` in its kiln.toml) runs an array of N children of `true` (1 vCPU, 32 MiB) on a
-   compute environment of <cores> vCPUs, so both executors run <cores> at a time. Reported: wall
-   time SubmitJob -> parent SUCCEEDED, jobs per second, and per attempt wall x <cores> / N.
-2. Node loss. On the Ray server, three 2-vCPU jobs (one fills a node) print their working directory
+   compute environment of as many vCPUs as the cluster has CPUs (6), so both run 6 at a time.
+   Reported: both wall times (SubmitJob -> parent SUCCEEDED for Kiln), Kiln / Ray (target <= 2x),
+   and Kiln's cost per attempt, wall x 6 / N.
+2. For reference, the local executor runs the same array on this machine's cores.
+3. Node loss. On the Ray server, three 2-vCPU jobs (one fills a node) print their working directory
    (which names the node) and sleep; the ones on the head and the first worker are terminated so
    only the second worker is busy, then that node's process group is SIGKILLed. Reported: kill ->
    the attempt FAILED with `Host EC2 (instance ...) terminated.`, and kill -> the retry RUNNING
    (polled every 20 ms through DescribeJobs).
 
-Usage: python bench/ray_overhead.py [--jobs 200]
+Usage: python bench/ray_overhead.py [--jobs 400,2000]
 Every loop is bounded in time; everything listens on 127.0.0.1 (Ray binds some ports more widely,
 see tests/ray_cluster.py).
 """
@@ -24,6 +29,8 @@ import argparse
 import functools
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,8 +40,10 @@ from typing import Any
 import boto3
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' Ray cluster helper, run as a script
+
 from kiln.cli.embedded_server import start_embedded_server
-from tests.ray_cluster import RayCluster, start_cluster
+from tests.ray_cluster import NODE_CPUS, RayCluster, start_cluster
 
 DEADLINE_SECONDS = 600
 NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
@@ -97,6 +106,33 @@ def overhead(batch: Any, jobs: int, cores: int) -> dict[str, float]:
     return {"wall": wall, "rate": jobs / wall, "slot": wall * cores / jobs}
 
 
+# Ray alone doing Kiln's unit of work, from a driver of its own: N tasks that each run `true`.
+RAY_TASKS = """
+import subprocess, sys, time
+import ray
+ray.init(address=sys.argv[1], _node_ip_address="127.0.0.1", logging_level="ERROR")
+
+@ray.remote(num_cpus=1)
+def run_true() -> int:
+    return subprocess.run(["true"], check=True).returncode
+
+ray.get(run_true.remote())  # warm-up: a worker process per node is not what is measured
+started = time.perf_counter()
+ray.get([run_true.remote() for _ in range(int(sys.argv[2]))])
+print(time.perf_counter() - started)
+"""
+
+
+def ray_tasks_seconds(address: str, jobs: int) -> float:
+    run = subprocess.run([sys.executable, "-c", RAY_TASKS, address, str(jobs)], capture_output=True, text=True,
+                         timeout=DEADLINE_SECONDS, check=True)  # fmt: skip
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def array_of(jobs: int, max_vcpus: int) -> Callable[[Any, str], dict[str, float]]:
+    return lambda batch, _: overhead(batch, jobs, max_vcpus)
+
+
 def node_loss(batch: Any, endpoint: str, cluster: RayCluster) -> dict[str, float]:
     _queue(batch, 6)
     script = 'echo "pwd=$(pwd)"; if [ "$AWS_BATCH_JOB_ATTEMPT" = 1 ]; then sleep 300; fi'
@@ -147,25 +183,31 @@ def _status(batch: Any, job_id: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", default="400,2000", help="array sizes, comma-separated")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.jobs.split(",")]
     cores = os.cpu_count() or 1
     cluster = start_cluster()
+    slots = NODE_CPUS * len(cluster.nodes)
     try:
         ray_config = f'[server]\nexecutor = "ray"\nray_address = "{cluster.address}"\n'
-        rows = {
-            "local": with_server('[server]\nexecutor = "local"\n', lambda b, _: overhead(b, args.jobs, cores)),
-            "ray": with_server(ray_config, lambda b, _: overhead(b, args.jobs, cores)),
-        }
+        rows: list[tuple[int, float, dict[str, float], dict[str, float]]] = []
+        for size in sizes:
+            alone = ray_tasks_seconds(cluster.address, size)
+            kiln = with_server(ray_config, array_of(size, slots))
+            local = with_server('[server]\nexecutor = "local"\n', array_of(size, cores))
+            rows.append((size, alone, kiln, local))
         loss = with_server(ray_config, lambda b, endpoint: node_loss(b, endpoint, cluster))
     finally:
         cluster.stop()
-    print(f"{args.jobs} no-op jobs, CE maxvCpus {cores} (1 vCPU each), 3-node local Ray cluster")
-    print("| executor | wall | jobs/s | per attempt (wall x cores / jobs) |")
-    print("| --- | --- | --- | --- |")
-    for name, row in rows.items():
-        print(f"| {name} | {row['wall']:.2f} s | {row['rate']:.1f} | {row['slot']:.3f} s |")
-    print(f"Ray / local per attempt: {rows['ray']['slot'] / rows['local']['slot']:.1f}x")
+    print(f"arrays of `true` (1 vCPU each); 3-node local Ray cluster, {slots} CPUs; this machine {cores} cores")
+    print("| N | Ray tasks alone | Kiln on Ray | Kiln / Ray | Kiln on Ray per attempt (wall x slots / N) "
+          "| local executor (CE = cores) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for size, alone, kiln, local in rows:
+        verdict = "met" if kiln["wall"] <= 2 * alone else "MISSED"
+        print(f"| {size} | {alone:.2f} s | {kiln['wall']:.2f} s | {kiln['wall'] / alone:.1f}x (target <= 2x: "
+              f"{verdict}) | {kiln['slot'] * 1000:.0f} ms | {local['wall']:.2f} s |")  # fmt: skip
     print(f"node killed -> attempt FAILED (Host EC2 ... terminated.): {loss['failed']:.2f} s")
     print(f"node killed -> retry RUNNING: {loss['retry_running']:.2f} s")
 

@@ -75,7 +75,7 @@ class Attempt:
     vcpus: float
     memory_mib: int
     gpus: int
-    active: bool = True
+    active: bool = True  # holds its vCPUs, memory and GPUs in its compute environment
     started_at: int | None = None
     stopped_at: int | None = None
     exit_code: int | None = None
@@ -85,9 +85,17 @@ class Attempt:
 
 
 @dataclass(slots=True)
-class ComputeEnvironment:
+class Named:
+    """A resource whose name is its key (compute environments, job queues, scheduling policies)."""
+
     name: str
     arn: str
+
+
+@dataclass(slots=True)
+class ComputeEnvironment(Named):
+    """Where jobs may run, and how much of it (`doc`): the scheduler's capacity per environment."""
+
     state: str
     status: str
     created_at: int
@@ -95,9 +103,9 @@ class ComputeEnvironment:
 
 
 @dataclass(slots=True)
-class JobQueue:
-    name: str
-    arn: str
+class JobQueue(Named):
+    """Jobs wait here; `priority` orders queues that share an environment, `state` stops submissions."""
+
     state: str
     status: str
     priority: int
@@ -107,6 +115,8 @@ class JobQueue:
 
 @dataclass(slots=True)
 class JobDefinition:
+    """One revision of a definition; SubmitJob resolves a name to its newest ACTIVE revision."""
+
     id: int | None  # assigned by the database on insert
     name: str
     revision: int
@@ -117,9 +127,9 @@ class JobDefinition:
 
 
 @dataclass(slots=True)
-class SchedulingPolicy:
-    name: str
-    arn: str
+class SchedulingPolicy(Named):
+    """A fair-share policy queues may name (share weights, decay, compute reservation in `doc`)."""
+
     created_at: int
     doc: Document  # the SchedulingPolicyDetail
 
