@@ -36,6 +36,7 @@ from kiln.config import Settings
 from kiln.private_files import make_private_dir
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
+from .chains import StartChains
 from .images import ImageCatalogue
 from .local import LocalExecutor
 from .supervisor_journal import Journal
@@ -57,8 +58,7 @@ class Supervisor:
         self.journal = Journal(state_dir)
         self.exits: dict[str, dict[str, Any]] = self.journal.unacknowledged_exits()
         self.started: dict[str, int] = {}  # live attempt -> when it began running (epoch ms)
-        self.waiting: dict[str, list[AttemptSpec]] = {}  # predecessor id -> attempts starting after it
-        self.queued: dict[str, str] = {}  # attempt waiting -> its predecessor
+        self.chains = StartChains()  # attempts placed behind a running one (start-ahead)
         self.client: socket.socket | None = None
         self.reader = LineReader()
         self.selector = selectors.DefaultSelector()
@@ -107,7 +107,7 @@ class Supervisor:
             self._read_client(self.client)
 
     def _should_exit(self) -> bool:
-        busy = self.client is not None or self.engine.running() or self.queued
+        busy = self.client is not None or self.engine.running() or self.chains.queued
         if busy and not self.stopping:
             self.idle_since = time.monotonic()
             return False
@@ -195,7 +195,7 @@ class Supervisor:
         for stale in set(self.exits) - asked:  # the server recorded these before it went away
             del self.exits[stale]
         live = self._live()
-        known = [a for a in attempt_ids if a in live or a in self.queued or a in self.exits]
+        known = [a for a in attempt_ids if a in live or a in self.chains.queued or a in self.exits]
         # Never received by this supervisor, nor started by a previous one (its journal says):
         # the server may start them now without running anything twice.
         unseen = [a for a in attempt_ids if a not in known and a not in self.lost]
@@ -213,33 +213,26 @@ class Supervisor:
         return set(self.started) | self.engine.running()
 
     def _start(self, spec: AttemptSpec) -> None:
-        if spec.attempt_id in self._live() or spec.attempt_id in self.queued or spec.attempt_id in self.exits:
+        live = self._live()
+        if spec.attempt_id in live or spec.attempt_id in self.chains.queued or spec.attempt_id in self.exits:
             return  # sent twice (a server restarted between commit and send): already ours
-        after = spec.start_after
-        if after is not None and (after in self._live() or after in self.queued):
-            self.waiting.setdefault(after, []).append(spec)
-            self.queued[spec.attempt_id] = after
+        if self.chains.hold(spec, live):
             return
         self.journal.record_start(spec.attempt_id)
         self.engine.start(spec)
 
     def _terminate(self, attempt_id: str, reason: str) -> None:
-        predecessor = self.queued.pop(attempt_id, None)
-        if predecessor is None:
+        if not self.chains.drop(attempt_id):
             self.engine.terminate(attempt_id, reason)
             return
-        # Never started: it ends here, and whoever waited for it waits for its predecessor.
-        self.waiting[predecessor] = [s for s in self.waiting[predecessor] if s.attempt_id != attempt_id]
-        for follower in self.waiting.pop(attempt_id, []):
-            self.waiting[predecessor].append(follower)
-            self.queued[follower.attempt_id] = predecessor
+        # Never started: it ends here (whoever waited for it now waits for its predecessor).
         event = AttemptExited.stopped_before_start(attempt_id, now_ms(), reason)
         self._record([event])
 
     def _stop_everything(self) -> None:
         """`kiln executor stop`: terminate every attempt, then exit once they are gone."""
         self.stopping = True
-        for attempt_id in list(self.queued):
+        for attempt_id in list(self.chains.queued):
             self._terminate(attempt_id, STOP_REASON)
         for attempt_id in list(self.started):
             self.engine.terminate(attempt_id, STOP_REASON)
@@ -266,12 +259,10 @@ class Supervisor:
                 continue
             self.started.pop(event.attempt_id, None)
             self.exits[event.attempt_id] = wire
-            for follower in self.waiting.pop(event.attempt_id, []):
-                del self.queued[follower.attempt_id]
-                followers.append(follower)
+            followers += self.chains.released(event.attempt_id)
         self._send([{"op": "event", **wire} for wire in wires])
         for follower in followers:
-            self._start(replace(follower, start_after=None))
+            self._start(follower)
 
 
 def bind(state_dir: Path) -> socket.socket | None:
