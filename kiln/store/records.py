@@ -96,18 +96,18 @@ class Named:
 class ComputeEnvironment(Named):
     """Where jobs may run, and how much of it (`doc`): the scheduler's capacity per environment."""
 
-    state: str
-    status: str
+    state: str  # ENABLED or DISABLED: a disabled environment takes no new placements
+    status: str  # VALID, DELETING, ... (AWS's lifecycle of the resource itself)
     created_at: int
     doc: Document  # the ComputeEnvironmentDetail DescribeComputeEnvironments returns
 
 
 @dataclass(slots=True)
 class JobQueue(Named):
-    """Jobs wait here; `priority` orders queues that share an environment, `state` stops submissions."""
+    """Jobs wait here; `priority` orders queues that share an environment."""
 
-    state: str
-    status: str
+    state: str  # ENABLED or DISABLED: a disabled queue refuses SubmitJob and places nothing
+    status: str  # VALID, DELETING, ...
     priority: int
     created_at: int
     doc: Document  # the JobQueueDetail DescribeJobQueues returns
