@@ -40,8 +40,7 @@ def terminate(repo: Repository, jobs: Sequence[Job], reason: str, now_ms: int) -
 def expire(repo: Repository, job_ids: Sequence[str], stop: Stop, reason: str, now_ms: int) -> bool:
     """A job-state time limit passed: RUNNABLE jobs fail with `reason`, flagged as `stop` says."""
     moved = transition(repo, job_ids, Status.FAILED, reason, now_ms, only_from=frozenset({Status.RUNNABLE}))
-    for job_id in moved:
-        repo.jobs.update_fields(job_id, {stop.value: True})
+    repo.jobs.update(moved, None, {stop.value: True})
     return bool(moved)
 
 
@@ -49,7 +48,12 @@ def stop_running(repo: Repository, jobs: Sequence[Job], reason: str) -> None:
     """Flag running jobs for termination: the scheduler signals their attempts, whose exits then
     end the jobs with `reason` (their `stopReason`), never retried."""
     for job in jobs:
-        repo.jobs.update_fields(job.id, {Stop.TERMINATE.value: True, "spec": {**job.spec, "stopReason": reason}})
+        _flag(repo, job, Stop.TERMINATE, reason)
+
+
+def _flag(repo: Repository, job: Job, stop: Stop, reason: str) -> None:
+    """Flag `job` as stopped by `stop`, and keep `reason` as the one its end will carry."""
+    repo.jobs.update_fields(job.id, {stop.value: True, "spec": {**job.spec, "stopReason": reason}})
 
 
 def restart_gang(repo: Repository, job: Job, nodes: Sequence[Job], now_ms: int) -> None:
@@ -70,6 +74,6 @@ def _stop_not_started(repo: Repository, jobs: Sequence[Job], reason: str, stop: 
         ids += [node.id for node in repo.jobs.children(mnp.id, [Status.SUBMITTED.value])]
     for parent in (job for job in jobs if job.array_size is not None):
         ids += [child.id for child in repo.jobs.children(parent.id, [s.value for s in NOT_STARTED])]
-        repo.jobs.update_fields(parent.id, {stop.value: True, "spec": {**parent.spec, "stopReason": reason}})
-    for job_id in transition(repo, ids, Status.FAILED, reason, now_ms, only_from=NOT_STARTED):
-        repo.jobs.update_fields(job_id, {stop.value: True})
+        _flag(repo, parent, stop, reason)
+    failed = transition(repo, ids, Status.FAILED, reason, now_ms, only_from=NOT_STARTED)
+    repo.jobs.update(failed, None, {stop.value: True})

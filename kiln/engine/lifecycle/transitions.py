@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from kiln.engine.lifecycle.states import TERMINAL, TRANSITIONS, Status, sources_of
 from kiln.store.repository import Repository
 
+# The time each state sets: `runnable_at` (queue order) on entering RUNNABLE, `startedAt` on
+# RUNNING, `stoppedAt` on a terminal state.
+_TIME_COLUMN = {Status.RUNNABLE: "runnable_at", Status.RUNNING: "started_at"} | dict.fromkeys(TERMINAL, "stopped_at")
+
+
+def _allowed(target: Status, only_from: frozenset[Status] | None) -> frozenset[Status]:
+    """The states a job may leave for `target`: the table's, narrowed to `only_from` if given."""
+    return sources_of(target) if only_from is None else sources_of(target) & only_from
+
 
 def transition(
     repo: Repository,
@@ -20,20 +29,13 @@ def transition(
     *,
     only_from: frozenset[Status] | None = None,
 ) -> list[str]:
-    """Move jobs to `target` where the table allows it; returns the ids that moved.
-
-    Timestamps follow the model: `runnable_at` (queue order) on entering RUNNABLE, `startedAt` on
-    RUNNING, `stoppedAt` on a terminal state.
-    """
-    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    """Move jobs to `target` where the table allows it, setting the time that state sets
+    (`_TIME_COLUMN`); returns the ids that moved."""
     values: dict[str, object] = {"status": target.value, "status_reason": reason}
-    if target is Status.RUNNABLE:
-        values["runnable_at"] = now_ms
-    elif target is Status.RUNNING:
-        values["started_at"] = now_ms
-    elif target in TERMINAL:
-        values["stopped_at"] = now_ms
-    return repo.jobs.update(job_ids, [s.value for s in allowed], values)
+    time_column = _TIME_COLUMN.get(target)
+    if time_column is not None:
+        values[time_column] = now_ms
+    return repo.jobs.update(job_ids, [s.value for s in _allowed(target, only_from)], values)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def transition_each(
     move's values carry its `started_at`): a job whose start and end are recorded in the same
     transaction costs one write, as no reader can see the state in between.
     """
-    allowed = sources_of(target) if only_from is None else sources_of(target) & only_from
+    allowed = _allowed(target, only_from)
     if through_running and target in TRANSITIONS[Status.RUNNING]:
         allowed |= sources_of(Status.RUNNING) & {Status.STARTING}
     time_column = _TIME_COLUMN.get(target)
@@ -72,14 +74,6 @@ def transition_each(
             row[time_column] = move.at_ms
         rows.append(row)
     repo.jobs.update_each(rows, [s.value for s in allowed])
-
-
-_TIME_COLUMN = {
-    Status.RUNNABLE: "runnable_at",
-    Status.RUNNING: "started_at",
-    Status.SUCCEEDED: "stopped_at",
-    Status.FAILED: "stopped_at",
-}
 
 
 def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reason: str | None) -> list[str]:
