@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 
-from kiln.store.queries import Queries, Values, bound_values, chunks, same_keys
-from kiln.store.records import Attempt, Document, EnvironmentUsage, Stream, values_of
+from kiln.store.queries import Queries, Values, bound_values, same_keys
+from kiln.store.records import Attempt, Document, EnvironmentUsage, Stream
 from kiln.store.schema import attempts, jobs
 
 _TERMINATED_ACTIVE = (
@@ -33,8 +33,7 @@ _STREAM_COLUMNS = (attempts.c.task_id, attempts.c.log_stream, attempts.c.started
 
 class AttemptStore(Queries):
     def insert(self, records_: Sequence[Attempt]) -> None:
-        if records_:
-            self.connection.execute(insert(attempts), [values_of(attempt) for attempt in records_])
+        self._insert(attempts, records_)
 
     def update_each(self, rows: Sequence[Values]) -> None:
         """One executemany per set of keys: each row has `_task_id` plus the values to set."""
@@ -51,10 +50,9 @@ class AttemptStore(Queries):
     def of_jobs(self, job_ids: Sequence[str]) -> dict[str, list[Attempt]]:
         """Each job's attempts, first try first."""
         result: dict[str, list[Attempt]] = {job_id: [] for job_id in job_ids}
-        for chunk in chunks(job_ids):
-            query = select(attempts).where(attempts.c.job_id.in_(list(chunk))).order_by(attempts.c.number)
-            for attempt in self._all(query, Attempt):
-                result[attempt.job_id].append(attempt)
+        query = select(attempts).order_by(attempts.c.number)  # a job's attempts all come in one chunk
+        for attempt in self._all_among(query, attempts.c.job_id, job_ids, Attempt):
+            result[attempt.job_id].append(attempt)
         return result
 
     def active(self) -> list[Attempt]:

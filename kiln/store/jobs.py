@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from kiln.store.queries import Queries, Values, bound_values, chunks, integer_bound, records, same_keys
-from kiln.store.records import Candidate, Dependency, Job, JobCount, Waiting, values_of
+from kiln.store.records import Candidate, Dependency, Job, JobCount, Waiting
 from kiln.store.schema import attempts, job_dependencies, job_shares, jobs
 
 # Statements a scheduler sweep runs (after every API change), built once: building a join or an
@@ -34,13 +34,10 @@ _CANDIDATE_COLUMNS = (jobs.c.id, jobs.c.queue_arn, jobs.c.parent_id, jobs.c.vcpu
 class JobStore(Queries):
     # -- writes --------------------------------------------------------------------------------
     def insert(self, records_: Sequence[Job]) -> None:
-        """One multi-row INSERT per chunk: an array of 10,000 children is a few statements."""
-        for chunk in chunks(records_):
-            self.connection.execute(insert(jobs), [values_of(job) for job in chunk])
+        self._insert(jobs, records_)
 
     def insert_dependencies(self, edges: Sequence[Dependency]) -> None:
-        if edges:
-            self.connection.execute(insert(job_dependencies), [values_of(edge) for edge in edges])
+        self._insert(job_dependencies, edges)
 
     def update(self, ids: Sequence[str], from_statuses: Sequence[str] | None, values: Values) -> list[str]:
         """Update jobs still in one of `from_statuses`; returns the ids actually changed."""
@@ -236,10 +233,8 @@ class JobStore(Queries):
     # -- dependencies --------------------------------------------------------------------------
     def dependencies_of(self, job_ids: Sequence[str]) -> dict[str, list[Dependency]]:
         result: dict[str, list[Dependency]] = {job_id: [] for job_id in job_ids}
-        for chunk in chunks(job_ids):
-            query = select(job_dependencies).where(job_dependencies.c.job_id.in_(list(chunk)))
-            for edge in self._all(query, Dependency):
-                result[edge.job_id].append(edge)
+        for edge in self._all_among(select(job_dependencies), job_dependencies.c.job_id, job_ids, Dependency):
+            result[edge.job_id].append(edge)
         return result
 
     def has_dependents(self, job_ids: Sequence[str]) -> bool:

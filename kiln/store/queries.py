@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.engine import Connection, Result
 
-from kiln.store.records import field_names
+from kiln.store.records import field_names, values_of
 
 R = TypeVar("R")
 Values = Mapping[str, Any]  # column -> value for an UPDATE
@@ -63,6 +63,11 @@ class Queries:
 
     def _all(self, query: Any, record: type[R]) -> list[R]:
         return records(self.connection.execute(query), record)
+
+    def _insert(self, table: Table, rows: Sequence[Any]) -> None:
+        """Records as multi-row INSERTs, a chunk per statement: an array of 10,000 children is a few."""
+        for chunk in chunks(rows):
+            self.connection.execute(insert(table), [values_of(row) for row in chunk])
 
     def _all_among(self, query: Any, column: Any, ids: Sequence[str], record: type[R]) -> list[R]:
         """`query` restricted to rows whose `column` is one of `ids`, a chunk of ids per statement."""

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Float, Integer, case, cast, func, insert, or_, select
+from sqlalchemy import Float, Integer, case, cast, func, or_, select
 
-from kiln.store.queries import Queries, chunks, integer_bound
-from kiln.store.records import Candidate, JobShare, ShareUsage, values_of
+from kiln.store.queries import Queries, integer_bound
+from kiln.store.records import Candidate, JobShare, ShareUsage
 from kiln.store.schema import attempts, job_shares, jobs
 
 
 class ShareStore(Queries):
     def insert(self, shares: Sequence[JobShare]) -> None:
-        for chunk in chunks(shares):
-            self.connection.execute(insert(job_shares), [values_of(share) for share in chunk])
+        self._insert(job_shares, shares)
 
     def active_identifiers(self, queue_arn: str, finished: Sequence[str]) -> list[str]:
         """Share identifiers of a queue's top-level jobs in none of the `finished` statuses (AWS caps
