@@ -364,10 +364,8 @@ class Scheduler:
         """Every node of an MNP job placed, in the same transaction as the job: SUBMITTED nodes
         pass through RUNNABLE to STARTING with an attempt each, the main node first."""
         main = gangs.main_node(job)
-        nodes = sorted(  # the main node, then the others by index (a node always has one)
-            repo.jobs.children(job.id, [Status.SUBMITTED.value]),
-            key=lambda node: (node.node_index != main, node.node_index or 0),
-        )
+        # The main node, then the others in node order (`children`'s order; the sort is stable).
+        nodes = sorted(repo.jobs.children(job.id, [Status.SUBMITTED.value]), key=lambda node: node.node_index != main)
         lifecycle.release_gang_nodes(repo, [node.id for node in nodes], now)
         node_specs = self.attempts.specs(repo, nodes)
         moves: list[Move] = []

@@ -86,7 +86,8 @@ class JobStore(Queries):
         return self._all_among(select(jobs), jobs.c.id, ids, Job)
 
     def children(self, parent_id: str, statuses: Sequence[str] | None = None) -> list[Job]:
-        query = select(jobs).where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index)
+        """An array's children in index order, or a multi-node job's nodes in node order."""
+        query = select(jobs).where(jobs.c.parent_id == parent_id).order_by(jobs.c.array_index, jobs.c.node_index)
         if statuses is not None:
             query = query.where(jobs.c.status.in_(list(statuses)))
         return self._all(query, Job)

@@ -50,8 +50,7 @@ def sync(repo: Repository, now: int, job_ids: Sequence[str] | None) -> bool:
     Returns True when nodes were asked to stop (the scheduler then delivers the signals)."""
     stopping = False
     for job in repo.jobs.multinode([s.value for s in ACTIVE], job_ids):
-        # In node order: `children` sorts by array_index, which nodes lack (each has a node_index).
-        nodes = sorted(repo.jobs.children(job.id), key=lambda node: node.node_index or 0)
+        nodes = repo.jobs.children(job.id)  # in node order
         main = nodes[main_node(job)]
         if main.started_at is not None and job.status == Status.STARTING.value:
             transition_each(repo, Status.RUNNING, [Move(job.id, main.started_at)])
