@@ -10,6 +10,7 @@ from kiln.batch.definitions import get_definition_by_arn
 from kiln.batch.environments import check_queue_deletable, get_job_queue
 from kiln.context import Context
 from kiln.engine import lifecycle
+from kiln.engine.attempts import resolved_specs
 from kiln.engine.lifecycle import Status
 from kiln.errors import ValidationError
 from kiln.store.records import Attempt, Document, Job
@@ -23,13 +24,9 @@ FILTER_NAMES = ("JOB_NAME", "JOB_DEFINITION", "BEFORE_CREATED_AT", "AFTER_CREATE
 
 
 def _specs(ctx: Context, jobs: list[Job]) -> dict[str, Document]:
-    """Each job's resolved spec: array children share their parent's; an MNP node overlays its
-    job's with its own container."""
-    parents = {job.id: job.spec for job in jobs if job.parent_id is None}
-    missing = sorted({job.parent_id for job in jobs if job.parent_id and job.parent_id not in parents})
-    parents.update({parent.id: parent.spec for parent in ctx.repo.jobs.get_many(missing)})
-    return {job.id: {**parents[job.parent_id], **job.spec} if job.parent_id else job.spec
-            for job in jobs}  # fmt: skip
+    """Each job's resolved spec (array children share their parent's; an MNP node overlays its
+    job's with its own container); parents among `jobs` are not read again."""
+    return resolved_specs(ctx.repo, jobs, {job.id: job.spec for job in jobs if job.parent_id is None})
 
 
 def _attempts(ctx: Context, jobs: list[Job]) -> dict[str, list[Attempt]]:

@@ -33,13 +33,10 @@ class AttemptBuilder:
         self._parent_specs: dict[str, Document] = {}
 
     def specs(self, repo: Repository, jobs: Sequence[Job]) -> dict[str, Document]:
-        """Each job's resolved spec: its own, or (array child) its parent's overlaid by its own."""
-        missing = sorted({job.parent_id for job in jobs if job.parent_id} - self._parent_specs.keys())
+        """Each job's resolved spec (`resolved_specs`), parents' specs kept for the next call."""
         if len(self._parent_specs) > PARENT_SPEC_CACHE:
             self._parent_specs.clear()
-        self._parent_specs.update({p.id: p.spec for p in repo.jobs.get_many(missing)})
-        parent_specs = self._parent_specs
-        return {job.id: {**parent_specs[job.parent_id], **job.spec} if job.parent_id else job.spec for job in jobs}
+        return resolved_specs(repo, jobs, self._parent_specs)
 
     def attempt_spec(self, job: Job, spec: Document, task_id: str, number: int, environment: str,
                      stream: str) -> AttemptSpec:  # fmt: skip
@@ -71,6 +68,14 @@ class AttemptBuilder:
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
             volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
         )  # fmt: skip
+
+
+def resolved_specs(repo: Repository, jobs: Sequence[Job], parent_specs: dict[str, Document]) -> dict[str, Document]:
+    """Each job's resolved spec: its own, or for an array child (or an MNP node) its parent's
+    overlaid by its own. `parent_specs` holds parents' specs already known; those read now join it."""
+    missing = sorted({job.parent_id for job in jobs if job.parent_id} - parent_specs.keys())
+    parent_specs.update({parent.id: parent.spec for parent in repo.jobs.get_many(missing)})
+    return {job.id: {**parent_specs[job.parent_id], **job.spec} if job.parent_id else job.spec for job in jobs}
 
 
 def node_variables(gang: GangMember) -> dict[str, str]:
