@@ -1,11 +1,15 @@
 """Run attempts on a Ray cluster: Ray picks the node and holds the resources, Kiln's agent runs it.
 
-Per attempt the server creates a one-bundle placement group (`CPU` = vCPUs, `memory` = the job's
-memory in bytes, `GPU` = GPUs): Ray chooses a node with room and reserves it there, without a
-Ray worker process per attempt. Once the group is placed, the node's `NodeAgent` actor (see
-ray_node.py) runs the attempt with the local executor's engine and limits. One monitor thread
-does everything else, on a short tick: starts placed attempts, pulls logs and events from the
-agents, and watches the nodes.
+An attempt runs in a *slot*: a one-bundle placement group (`CPU` = vCPUs, `memory` = the job's
+memory in bytes, `GPU` = GPUs) with which Ray chooses a node with room and reserves it there,
+without a Ray worker process per attempt. Slots are reused: once an attempt's exit is recorded
+its slot goes to the next attempt of the same shape (creating a group on a full cluster waits
+about a second for Ray, reusing one does not), an attempt placed `start_after` a running sibling
+(start-ahead) shares its predecessor's slot and waits on its node, and spares nobody took soon
+are removed so other shapes and other Ray users get the room back. The node's `NodeAgent` actor
+(see ray_node.py) runs the attempts with the local executor's engine and limits, and gets them
+in one call per node and pass. One monitor thread does everything else, on a short tick: places
+and starts attempts, pulls logs and events from the agents, and watches the nodes.
 
 Ray's own fault handling is not used (why: docs/ray.md, "Losing a node"): no task or
 actor retries, and node death is detected here - a node missing from `ray.nodes()`, or an agent
@@ -19,11 +23,13 @@ the last of its attempts arrives; all its nodes are handed to their agents in on
 placed the whole group, the other nodes told the main node's Ray node address.
 
 Attempts outlive the server, as with the local executor's supervisor: the agents are detached
-named actors (`kiln-agent-<tag>-<node id>`, the tag naming this host and data dir) and each
-attempt's placement group is detached and named `kiln-<tag>-<attempt id>`, both in Kiln's Ray
-namespace. A restarted server finds them again, `adopt`s what its agents still run or hold the
-exit of, and acknowledges each exit once it is recorded: only then does the agent forget it and the
-server remove the group. Attempts that no agent of a live node knows are lost with their node.
+named actors (`kiln-agent-<tag>-<node id>`, the tag naming this host and data dir), slots are
+detached groups named `kiln-<tag>-slot-<id>`, and which attempts were handed over is kept in
+Ray's GCS (ray_handovers.py), all in Kiln's Ray namespace. A restarted server finds them again,
+`adopt`s what its agents still run or hold the exit of (with the slot each uses), and acknowledges
+each exit once it is recorded: only then does the agent forget it and the slot become free.
+Attempts handed over that no agent of a live node knows are lost with their node; attempts never
+handed over are started.
 Gang attempts are not re-adopted: a restarted server has their agents stop them and fails them as
 lost (their gang's group is named after the main node's attempt only, so the other nodes' attempts
 could not be matched to it), and the job's retry runs a new gang.
@@ -39,8 +45,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +77,13 @@ from .base import (
 )
 from .cgroups import MIB
 from .job_environment import inherited_environment
-from .ray_node import NodeAgent, NodeReport
+from .ray_handovers import HandOvers
+from .ray_node import Handed, Known, NodeAgent, NodeReport
 
 logger = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.1
+TICK_SECONDS = 0.05
+SPARE_SECONDS = 2.0  # a free slot nobody took in this long is removed (its room goes back to Ray)
 NODES_EVERY_SECONDS = 1.0  # how often `ray.nodes()` is read: node loss is noticed within about this
 CALL_TIMEOUT_SECONDS = 10.0  # an agent that does not answer a report in this long is lost
 ADOPT_TIMEOUT_SECONDS = 60.0  # the first call to a new agent waits for its worker process to start
@@ -91,14 +100,34 @@ class _Node:
     agent: Any = None  # the NodeAgent actor handle, once created
 
 
+Shape = tuple[tuple[str, float], ...]  # a bundle's resources, as a key
+
+
+@dataclass
+class _Slot:
+    """A placement group Kiln holds: a single attempt's (reused by the next of its shape) or a
+    gang's (one bundle per node, removed with the gang)."""
+
+    name: str
+    group: PlacementGroup | None  # None: adopted, and its group was already gone
+    shape: Shape | None  # None: a gang's, never reused
+    holders: set[str] = field(default_factory=set)  # attempts using it whose exit is not recorded yet
+    nodes: dict[int, str] | None = None  # bundle index -> Ray node, once Ray has placed the group
+    idle_since: float = 0.0  # a spare's
+
+    def shared_on(self, node_id: str) -> bool:
+        """A single attempt's slot on `node_id` that start-ahead followers share."""
+        return self.shape is not None and len(self.holders) > 1 and node_id in (self.nodes or {}).values()
+
+
 @dataclass
 class _Attempt:
     spec: AttemptSpec
-    group: PlacementGroup | None  # None: adopted, and its group was already gone
-    node_id: str | None = None  # set once the group is placed and the agent was asked to start it
+    slot: _Slot | None = None  # None: waiting for one
+    node_id: str | None = None  # set once it was handed to its node's agent
     started_at: int | None = None
     stop_reason: str | None = None  # terminate asked before the attempt reached its node
-    bundle_index: int = 0  # its bundle in `group` (a gang's group has one per node)
+    bundle_index: int = 0  # its bundle in the slot (a gang's slot has one per node)
 
 
 @dataclass
@@ -112,13 +141,12 @@ class _Gang:
 
 
 def group_name(tag: str, attempt_id: str) -> str:
-    """The attempt's placement group: named so a restarted server (same tag) finds it again."""
+    """A gang's placement group, named after its main node's attempt."""
     return f"kiln-{tag}-{attempt_id}"
 
 
-def gang_group_name(tag: str, members: dict[int, AttemptSpec], main: int) -> str:
-    """A gang's group is named after its main node's attempt, like a single attempt's group."""
-    return group_name(tag, members[main].attempt_id)
+def slot_name(tag: str) -> str:
+    return f"kiln-{tag}-slot-{uuid.uuid4().hex[:16]}"
 
 
 def node_address(node_id: str) -> str | None:
@@ -150,6 +178,10 @@ def bundle(spec: AttemptSpec) -> dict[str, float]:
     return resources
 
 
+def shape(spec: AttemptSpec) -> Shape:
+    return tuple(sorted(bundle(spec).items()))
+
+
 def fits(need: dict[str, float], resources: dict[str, float]) -> bool:
     return all(resources.get(name, 0.0) + 1e-9 >= amount for name, amount in need.items())
 
@@ -170,18 +202,23 @@ class RayExecutor(EventReporter):
         )
         # Agents are named per server (host and data dir): a restarted server finds its own.
         self._tag = hashlib.sha256(f"{socket.gethostname()}:{settings.data_dir}".encode()).hexdigest()[:10]
+        self._epoch = uuid.uuid4().hex  # this server process: agents take starts only from the latest
+        self._handovers = HandOvers(self._tag)
         self._nodes: dict[str, _Node] = {}
         self._attempts: dict[str, _Attempt] = {}
         self._lost: set[str] = set()  # nodes given up on: never used again, even if Ray still lists them
+        self._spares: list[_Slot] = []  # free slots, oldest first
         # Exits handed to the scheduler and not yet acknowledged: the node whose agent holds each
-        # (told once it is recorded) and the group still reserving its resources.
+        # (told once it is recorded) and the slot still reserving its resources.
         self._held_on: dict[str, str] = {}
-        self._ended_groups: dict[str, PlacementGroup | None] = {}
+        self._ended_slots: dict[str, _Slot | None] = {}
         self._acked: list[str] = []  # acknowledged, for the monitor to pass on to the agents
-        self._unclaimed: list[PlacementGroup] = []  # groups of attempts `adopt` did not find
+        self._unclaimed: list[str] = []  # attempts `adopt` found lost: their records go once that is recorded
+        # Attempts that ended before reaching a node -> the one they were to start after, for
+        # their own followers to wait for instead (until their end is recorded).
+        self._skipped: dict[str, str | None] = {}
         self._gangs: dict[str, _Gang] = {}  # gang id -> nodes handed over so far, until all are
         self._waiting_members: dict[str, str] = {}  # attempt id -> gang id, for nodes in `_gangs`
-        self._doomed: list[PlacementGroup] = []  # unclaimed groups whose attempts' ends are recorded
         self._lock = threading.Lock()
         self._reports = threading.Lock()  # one exchange of reports at a time: `adopt` rewinds them
         self._stop = threading.Event()
@@ -202,6 +239,7 @@ class RayExecutor(EventReporter):
             memory_mib=int(sum(r.get("memory", 0.0) for r in nodes) // MIB),
             gpus=int(sum(r.get("GPU", 0.0) for r in nodes)),
             notes=[f"Ray cluster: {len(nodes)} live node(s)"],
+            start_after=True,
             largest_host=(largest.get("CPU", 0.0), int(largest.get("memory", 0.0) // MIB), int(largest.get("GPU", 0))),
         )
 
@@ -209,10 +247,8 @@ class RayExecutor(EventReporter):
         if spec.gang is not None:
             self._start_gang_member(spec)
             return
-        name = group_name(self._tag, spec.attempt_id)
-        group = placement_group([bundle(spec)], strategy="STRICT_PACK", name=name, lifetime="detached")
         with self._lock:
-            self._attempts[spec.attempt_id] = _Attempt(spec, group)
+            self._attempts[spec.attempt_id] = _Attempt(spec)
         self._wake.set()
 
     def _start_gang_member(self, spec: AttemptSpec) -> None:
@@ -230,13 +266,14 @@ class RayExecutor(EventReporter):
             for member in gang.members.values():
                 self._waiting_members.pop(member.attempt_id, None)
         order = sorted(gang.members)
-        name = gang_group_name(self._tag, gang.members, gang.main)
+        name = group_name(self._tag, gang.members[gang.main].attempt_id)
         bundles = [bundle(gang.members[index]) for index in order]
         group = placement_group(bundles, strategy="SPREAD", name=name, lifetime="detached")
+        slot = _Slot(name, group, None, {gang.members[index].attempt_id for index in order})
         with self._lock:
             for position, index in enumerate(order):
                 member = gang.members[index]
-                self._attempts[member.attempt_id] = _Attempt(member, group, bundle_index=position)
+                self._attempts[member.attempt_id] = _Attempt(member, slot, bundle_index=position)
         self._wake.set()
 
     def _drop_incomplete_member(self, attempt_id: str) -> bool:
@@ -272,16 +309,16 @@ class RayExecutor(EventReporter):
             return set(self._attempts) | set(self._waiting_members)
 
     def acknowledge(self, attempt_ids: Collection[str]) -> None:
-        """Recorded: the agents may forget these exits and their groups can go (on the monitor).
+        """Recorded: the agents may forget these exits and their slots are free (on the monitor).
 
-        Called after every committed tick, so it is also when the groups of attempts `adopt` did
-        not find are removed: their host-lost ends are committed by then.
+        Called after every committed tick, so it is also when the hand-over records of attempts
+        `adopt` found lost go: their host-lost ends are committed by then.
         """
         with self._lock:
             self._acked.extend(attempt_ids)
-            self._doomed.extend(self._unclaimed)
+            self._acked.extend(self._unclaimed)
             self._unclaimed = []
-            if self._doomed or attempt_ids:
+            if self._acked:
                 self._wake.set()
 
     def adopt(self, attempt_ids: Collection[str]) -> Adoption:
@@ -289,48 +326,50 @@ class RayExecutor(EventReporter):
 
         Known: an agent (of a live node) still runs it or holds its exit; its log goes on from
         where the server's copy stops, and a start or exit the server missed is reported again.
-        Never started: no agent knows it and it has no placement group, so it was never handed
-        over. The rest are lost; their groups are removed at the next acknowledgement, and the
-        agents stop whatever they run that no id here claims.
+        Never started: it was never handed over (no record in the GCS), so it is started now.
+        The rest are lost. Slots no known attempt uses are removed, and the agents stop whatever
+        they run that no id here claims.
         """
         wanted = set(attempt_ids)
+        handed = self._handovers.take_over(wanted)
         with self._reports:
             with self._lock:
                 agents = {node_id: node.agent for node_id, node in self._nodes.items() if node.agent is not None}
                 tracked = wanted & set(self._attempts)
             asks = {node_id: agent.adopt.remote(sorted(wanted)) for node_id, agent in agents.items()}
-            found: dict[str, dict[str, tuple[AttemptSpec, int | None]]] = {}
+            found: dict[str, dict[str, Known]] = {}
             for node_id, call in asks.items():
                 try:
                     found[node_id] = ray.get(call, timeout=ADOPT_TIMEOUT_SECONDS)
                 except (RayError, GetTimeoutError) as exc:
                     logger.warning("the agent of Ray node %s failed while adopting: %s", node_id, exc)
                     self._lose_node(node_id)
-            gang_nodes = {a for known_here in found.values() for a, (spec, _) in known_here.items() if spec.gang}
+            gang_nodes = {a for known_here in found.values() for a, info in known_here.items() if info.spec.gang}
             if gang_nodes:  # not re-adopted: stopped on their agents and lost (see docs/ray.md)
                 self._disown(agents, found, wanted - gang_nodes)
             resumes = []
+            slots: dict[str, _Slot] = {}
             for node_id, known_here in found.items():
-                adopted = {a: v for a, v in known_here.items() if a not in tracked}
-                offsets = {attempt_id: _size(spec.log_path) for attempt_id, (spec, _) in adopted.items()}
+                adopted = {a: info for a, info in known_here.items() if a not in tracked}
+                offsets = {attempt_id: _size(info.spec.log_path) for attempt_id, info in adopted.items()}
                 resumes.append(agents[node_id].resume.remote(offsets))
-                with self._lock:
-                    for attempt_id, (spec, started_at) in adopted.items():
-                        group = named_group(group_name(self._tag, attempt_id))
-                        self._attempts[attempt_id] = _Attempt(spec, group, node_id, started_at)
+                for attempt_id, info in adopted.items():
+                    slot = slots.get(info.slot)
+                    if slot is None:
+                        slot = slots[info.slot] = _Slot(info.slot, named_group(info.slot), shape(info.spec))
+                        slot.nodes = {0: node_id}
+                    slot.holders.add(attempt_id)
+                    with self._lock:
+                        self._attempts[attempt_id] = _Attempt(info.spec, slot, node_id, info.started_at)
             try:
                 ray.get(resumes, timeout=CALL_TIMEOUT_SECONDS)
             except (RayError, GetTimeoutError) as exc:  # the next report notices a failed agent
                 logger.warning("a Ray node agent failed while resuming adopted attempts: %s", exc)
+        self._remove_unused_groups(keep=set(slots))
         known = tracked | {attempt_id for known_here in found.values() for attempt_id in known_here}
-        never_started = set()
-        for attempt_id in wanted - known:
-            group = named_group(group_name(self._tag, attempt_id))
-            if group is None and attempt_id not in gang_nodes:
-                never_started.add(attempt_id)
-            elif group is not None:
-                with self._lock:
-                    self._unclaimed.append(group)
+        never_started = wanted - known - handed
+        with self._lock:
+            self._unclaimed.extend(wanted - known - never_started)
         if known or wanted:
             logger.info(
                 "adopted %d Ray attempt(s); %d never started, %d lost",
@@ -339,7 +378,7 @@ class RayExecutor(EventReporter):
         self._wake.set()
         return Adoption(frozenset(known), frozenset(never_started))
 
-    def _disown(self, agents: dict[str, Any], found: dict[str, dict[str, Any]], claimed: set[str]) -> None:
+    def _disown(self, agents: dict[str, Any], found: dict[str, dict[str, Known]], claimed: set[str]) -> None:
         """Claim only `claimed` again on the agents that know other attempts: they stop the rest."""
         for node_id in list(found):
             if set(found[node_id]) <= claimed:
@@ -348,13 +387,24 @@ class RayExecutor(EventReporter):
                 ray.get(agents[node_id].adopt.remote(sorted(claimed)), timeout=CALL_TIMEOUT_SECONDS)
             except (RayError, GetTimeoutError) as exc:
                 logger.warning("the agent of Ray node %s failed while adopting: %s", node_id, exc)
-            found[node_id] = {a: known for a, known in found[node_id].items() if a in claimed}
+            found[node_id] = {a: info for a, info in found[node_id].items() if a in claimed}
+
+    def _remove_unused_groups(self, keep: set[str]) -> None:
+        """Remove this server's groups (by their name) that no adopted attempt uses: slots that were
+        spare or whose attempts are lost, and gangs' groups."""
+        with self._lock:
+            keep |= {a.slot.name for a in self._attempts.values() if a.slot is not None}
+        prefix = f"kiln-{self._tag}-"
+        for entry in placement_group_table().values():
+            name = entry.get("name") or ""
+            if name.startswith(prefix) and name not in keep and entry.get("state") != "REMOVED":
+                self._remove_group(named_group(name))
 
     def shutdown(self) -> None:
         """Leave the attempts running for the next server (and the agents that run them or hold
-        their exits); remove only the agents with nothing left to do.
+        their exits); remove only the agents with nothing left to do, and the spare slots.
 
-        An attempt still waiting for its group is not handed over any more: its group goes, so the
+        An attempt still waiting for its slot is not handed over any more: the slot goes, so the
         next server finds it never started and starts it.
         """
         if self._stop.is_set():
@@ -365,9 +415,12 @@ class RayExecutor(EventReporter):
         self._release()
         with self._lock:
             nodes = list(self._nodes.values())
-            waiting = [a for a in self._attempts.values() if a.node_id is None]
-        for attempt in waiting:
-            self._remove_group(attempt.group)
+            handed = {a.slot.name for a in self._attempts.values() if a.slot is not None and a.node_id is not None}
+            handed |= {slot.name for slot in self._ended_slots.values() if slot is not None}
+            unused = [*self._spares, *(a.slot for a in self._attempts.values() if a.slot is not None)]
+            self._spares = []
+        for slot in {s.name: s for s in unused if s.name not in handed}.values():
+            self._remove_group(slot.group)
         for node in nodes:
             if node.agent is None:
                 continue
@@ -385,9 +438,9 @@ class RayExecutor(EventReporter):
             try:
                 if time.monotonic() >= self._next_nodes:
                     self._refresh_nodes()
+                self._release()
                 self._place()
                 self._collect()
-                self._release()
             except Exception:  # the monitor must outlive any one surprise from the cluster
                 logger.exception("the Ray executor's monitor pass failed")
             self._wake.wait(TICK_SECONDS)
@@ -423,7 +476,7 @@ class RayExecutor(EventReporter):
         ).remote(node_id, self._tag)
         # Only what jobs may inherit, and no role credentials (the server puts them in each attempt).
         environment = inherited_environment(os.environ, self._settings.job_environment)
-        agent.configure.remote(replace(self._settings, job_roles={}), environment)
+        agent.configure.remote(replace(self._settings, job_roles={}), environment, self._epoch)
         return agent
 
     def _lose_node(self, node_id: str) -> None:
@@ -433,6 +486,15 @@ class RayExecutor(EventReporter):
             lost = [a for a in self._attempts.values() if a.node_id == node_id]
             for attempt in lost:
                 del self._attempts[attempt.spec.attempt_id]
+            spares = [slot for slot in self._spares if slot.nodes is not None and node_id in slot.nodes.values()]
+            self._spares = [slot for slot in self._spares if slot not in spares]
+            for attempt in self._attempts.values():  # queued behind an attempt of that node: a slot of its own
+                slot = attempt.slot
+                if attempt.node_id is None and slot is not None and slot.shared_on(node_id):
+                    slot.holders.discard(attempt.spec.attempt_id)
+                    attempt.slot, attempt.spec = None, replace(attempt.spec, start_after=None)
+        for slot in spares:
+            self._remove_group(slot.group)
         if node is None:
             return
         logger.warning("Ray node %s is gone; %d attempt(s) on it lost", node_id, len(lost))
@@ -452,16 +514,25 @@ class RayExecutor(EventReporter):
             )
 
     def _place(self) -> None:
-        """Hand attempts whose placement group is placed to their nodes' agents: a gang's nodes
-        all at once, when its whole group is placed."""
+        """Give waiting attempts a slot (a spare, their predecessor's, or a new group), and hand
+        those whose slot is placed to their nodes' agents: a gang's nodes all at once, when its
+        whole group is placed. Spares nobody took are removed when a new group waits for room,
+        or once they have been idle for a while."""
         with self._lock:
             waiting = [a for a in self._attempts.values() if a.node_id is None]
             nodes = {node_id: node.resources for node_id, node in self._nodes.items()}
-        groups: dict[Any, list[_Attempt]] = {}
+        units: dict[str, list[_Attempt]] = {}  # what starts together: a gang, else one attempt
         for attempt in waiting:
-            key = attempt.group.id if attempt.group is not None else attempt.spec.attempt_id
-            groups.setdefault(key, []).append(attempt)
-        for members in groups.values():
+            if attempt.slot is None and not self._take_slot(attempt):
+                continue
+            self._prefer_spare(attempt)
+            assert attempt.slot is not None
+            units.setdefault(attempt.slot.name if attempt.slot.shape is None else attempt.spec.attempt_id, []).append(
+                attempt
+            )
+        handovers: dict[str, list[Handed]] = {}
+        pending = False
+        for members in units.values():
             stop = next((a.stop_reason for a in members if a.stop_reason is not None), None)
             if stop is not None:  # a gang starts whole or not at all
                 for attempt in members:
@@ -470,46 +541,143 @@ class RayExecutor(EventReporter):
             needs = [bundle(a.spec) for a in members]
             misfit = next((need for need in needs if not any(fits(need, r) for r in nodes.values())), None)
             if misfit is not None:
-                text = ", ".join(f"{amount:g} {name}" for name, amount in misfit.items())
                 for attempt in members:
-                    self._not_started(attempt, TASK_FAILED_TO_START, NO_NODE_FITS.format(need=text), started=False)
+                    self._not_started(
+                        attempt, TASK_FAILED_TO_START, NO_NODE_FITS.format(need=_text(misfit)), started=False
+                    )
                 continue
-            group = members[0].group
-            if group is None:
+            slot = members[0].slot
+            assert slot is not None
+            if slot.nodes is None and not self._placed(slot):
+                pending = True
                 continue
-            table = placement_group_table(group)
-            if table.get("state") != "CREATED":
-                continue
-            self._hand_over(members, table["bundles_to_node_id"])
+            for attempt, spec, node_id in self._destinations(members):
+                handovers.setdefault(node_id, []).append(Handed(spec, slot.name))
+                attempt.node_id = node_id
+        self._trim_spares(pending)
+        if handovers:
+            self._handovers.record([h.spec.attempt_id for batch in handovers.values() for h in batch])
+            with self._lock:
+                agents = {node_id: self._nodes[node_id].agent for node_id in handovers if node_id in self._nodes}
+            for node_id, batch in handovers.items():
+                if node_id in agents:
+                    agents[node_id].start.remote(batch, self._epoch)
 
-    def _hand_over(self, members: list[_Attempt], bundle_nodes: dict[int, str]) -> None:
-        """Start a placed group's attempts on the agents of the nodes their bundles landed on;
-        a gang's other nodes get the main node's Ray node address."""
+    def _take_slot(self, attempt: _Attempt) -> bool:
+        """A slot for a waiting single attempt: its predecessor's (start-ahead: it waits on that
+        node), else a spare of its shape, else a new group. False: its predecessor has none yet."""
+        after = attempt.spec.start_after
         with self._lock:
-            placed = {a.spec.attempt_id: self._nodes.get(bundle_nodes[a.bundle_index]) for a in members}
-        if any(node is None for node in placed.values()):
-            return  # a node is gone; the next refresh fails its attempts or the group moves
+            while after is not None and after in self._skipped:  # it never reached a node: follow its predecessor
+                after = self._skipped[after]
+        attempt.spec = replace(attempt.spec, start_after=after)
+        return self._own_slot(attempt) if after is None else self._follow(attempt, after)
+
+    def _follow(self, attempt: _Attempt, after: str) -> bool:
+        """Share the slot of the attempt it starts after, on that node; False: wait for it to have
+        one. Its predecessor being over already, it gets a slot of its own."""
+        with self._lock:
+            predecessor = self._attempts.get(after)
+            slot = predecessor.slot if predecessor is not None else self._ended_slots.get(after)
+        if predecessor is not None and (slot is None or slot.nodes is None):
+            return False
+        if slot is not None and self._alive(slot):
+            attempt.slot = slot
+            slot.holders.add(attempt.spec.attempt_id)
+            return True
+        attempt.spec = replace(attempt.spec, start_after=None)
+        return self._own_slot(attempt)
+
+    def _own_slot(self, attempt: _Attempt) -> bool:
+        """A spare of its shape, else a new group (placed by Ray in its own time)."""
+        wanted = shape(attempt.spec)
+        with self._lock:
+            spare = next((slot for slot in self._spares if slot.shape == wanted), None)
+            if spare is not None:
+                self._spares.remove(spare)
+        if spare is None:
+            name = slot_name(self._tag)
+            group = placement_group([bundle(attempt.spec)], strategy="STRICT_PACK", name=name, lifetime="detached")
+            spare = _Slot(name, group, wanted)
+            logger.info(
+                "new Ray slot %s (%s) for attempt %s", name, _text(bundle(attempt.spec)), attempt.spec.attempt_id
+            )
+        spare.holders = {attempt.spec.attempt_id}
+        attempt.slot = spare
+        return True
+
+    def _prefer_spare(self, attempt: _Attempt) -> None:
+        """An attempt whose own new group Ray has not placed yet takes a spare of its shape that
+        came free meanwhile (an exit recorded just after it was placed): no wait for Ray."""
+        slot = attempt.slot
+        if slot is None or slot.nodes is not None or slot.shape is None or slot.holders != {attempt.spec.attempt_id}:
+            return
+        with self._lock:
+            spare = next((s for s in self._spares if s.shape == slot.shape), None)
+            if spare is None:
+                return
+            self._spares.remove(spare)
+        self._remove_group(slot.group)
+        spare.holders = {attempt.spec.attempt_id}
+        attempt.slot = spare
+
+    def _alive(self, slot: _Slot) -> bool:
+        """Every node the slot's bundles are on is live (False while it is not placed)."""
+        with self._lock:
+            return slot.nodes is not None and all(node in self._nodes for node in slot.nodes.values())
+
+    @staticmethod
+    def _placed(slot: _Slot) -> bool:
+        """Whether Ray has placed the slot's group; notes its bundles' nodes when it has."""
+        if slot.group is None:
+            return False
+        table = placement_group_table(slot.group)
+        if table.get("state") != "CREATED":
+            return False
+        slot.nodes = {int(index): str(node) for index, node in table["bundles_to_node_id"].items()}
+        return True
+
+    def _destinations(self, members: list[_Attempt]) -> list[tuple[_Attempt, AttemptSpec, str]]:
+        """Where each attempt of a placed slot goes (nothing while a node is missing); a gang's
+        other nodes get the main node's Ray node address."""
+        slot = members[0].slot
+        assert slot is not None and slot.nodes is not None
+        bundle_nodes = slot.nodes
+        with self._lock:
+            placed = {a.spec.attempt_id: bundle_nodes[a.bundle_index] in self._nodes for a in members}
+        if not all(placed.values()):
+            slot.nodes = None  # a node is gone: Ray moves the group, read where to next pass
+            return []
         main = next((a for a in members if a.spec.gang is not None and a.spec.gang.index == a.spec.gang.main), None)
-        address = None
-        if main is not None:
-            address = node_address(bundle_nodes[main.bundle_index])
-            if address is None:
-                return  # Ray does not list the node (any more): try again next tick
+        if main is None:
+            return [(attempt, attempt.spec, bundle_nodes[attempt.bundle_index]) for attempt in members]
+        address = node_address(bundle_nodes[main.bundle_index])
+        if address is None:
+            return []  # Ray does not list the node (any more): try again next tick
+        destinations = []
         for attempt in members:
-            node = placed[attempt.spec.attempt_id]
-            assert node is not None
             spec = attempt.spec
-            if address is not None and spec.gang is not None and spec.gang.index != spec.gang.main:
+            if spec.gang is not None and spec.gang.index != spec.gang.main:
                 spec = replace(spec, environment={**spec.environment, MAIN_NODE_ADDRESS: address})
-            attempt.node_id = node.node_id
-            node.agent.start.remote(spec)
-        if main is not None:
-            nodes = sorted({node.node_id for node in placed.values() if node is not None})
-            logger.info("gang of %d placed on Ray node(s) %s; main node at %s", len(members), nodes, address)
+            destinations.append((attempt, spec, bundle_nodes[attempt.bundle_index]))
+        logger.info("gang of %d placed on Ray node(s) %s; main node at %s", len(members),
+                    sorted(set(bundle_nodes.values())), address)  # fmt: skip
+        return destinations
+
+    def _trim_spares(self, room_wanted: bool) -> None:
+        """Spares nobody took: all of them when a new group waits for room (they are of other
+        shapes), else those idle for `SPARE_SECONDS`."""
+        now = time.monotonic()
+        with self._lock:
+            doomed = [s for s in self._spares if room_wanted or now - s.idle_since >= SPARE_SECONDS]
+            self._spares = [s for s in self._spares if s not in doomed]
+        for slot in doomed:
+            self._remove_group(slot.group)
 
     def _not_started(self, attempt: _Attempt, status_reason: str, reason: str | None, *, started: bool) -> None:
         with self._lock:
             self._attempts.pop(attempt.spec.attempt_id, None)
+            self._skipped[attempt.spec.attempt_id] = attempt.spec.start_after
         self._ended(attempt, None)
         self._emit(
             AttemptExited(
@@ -555,7 +723,7 @@ class RayExecutor(EventReporter):
                 continue
             if isinstance(event, AttemptRunning):
                 attempt.started_at = event.at_ms
-                logger.info("attempt %s running on Ray node %s", event.attempt_id, node_id)
+                logger.debug("attempt %s running on Ray node %s", event.attempt_id, node_id)
                 self._emit(AttemptRunning(event.attempt_id, event.at_ms, host=node_id))
             else:
                 self._ended(attempt, node_id)
@@ -563,34 +731,46 @@ class RayExecutor(EventReporter):
                 self._emit(replace(event, host=node_id, started_at=started_at))
 
     def _ended(self, attempt: _Attempt, node_id: str | None) -> None:
-        """The attempt's exit goes to the scheduler: keep its group (and, with `node_id`, the
+        """The attempt's exit goes to the scheduler: keep its slot (and, with `node_id`, the
         agent's copy of the exit) until the scheduler acknowledges having recorded it."""
         with self._lock:
-            self._ended_groups[attempt.spec.attempt_id] = attempt.group
+            self._ended_slots[attempt.spec.attempt_id] = attempt.slot
             if node_id is not None:
                 self._held_on[attempt.spec.attempt_id] = node_id
 
     def _release(self) -> None:
-        """Pass acknowledgements on: agents forget those exits, their groups are removed."""
+        """Pass acknowledgements on: agents forget those exits, slots nobody holds any more become
+        spares (a gang's, or one on a node that is gone, is removed)."""
         with self._lock:
             acked, self._acked = self._acked, []
-            groups: list[PlacementGroup | None] = [*self._doomed]
-            self._doomed = []
             by_node: dict[str, list[str]] = {}
+            freed: list[_Slot] = []
             for attempt_id in acked:
-                groups.append(self._ended_groups.pop(attempt_id, None))
+                self._skipped.pop(attempt_id, None)
+                slot = self._ended_slots.pop(attempt_id, None)
+                if slot is not None:
+                    slot.holders.discard(attempt_id)
+                    if not slot.holders:
+                        freed.append(slot)
                 node_id = self._held_on.pop(attempt_id, None)
                 if node_id is not None:
                     by_node.setdefault(node_id, []).append(attempt_id)
             agents = {n: self._nodes[n].agent for n in by_node if n in self._nodes}
-            # A gang's group holds every node's bundle: it goes with the last of them.
-            held = {a.group.id for a in self._attempts.values() if a.group is not None}
-            held |= {group.id for group in self._ended_groups.values() if group is not None}
-            groups = [group for group in groups if group is None or group.id not in held]
+            now = time.monotonic()
+            doomed = []
+            for slot in freed:
+                alive = slot.nodes is not None and all(n in self._nodes for n in slot.nodes.values())
+                if slot.shape is not None and alive and slot.group is not None and not self._stop.is_set():
+                    slot.idle_since = now
+                    self._spares.append(slot)
+                else:
+                    doomed.append(slot)
+        if acked:
+            self._handovers.forget(acked)
         for node_id, agent in agents.items():
             agent.acknowledge.remote(by_node[node_id])
-        for group in groups:
-            self._remove_group(group)
+        for slot in doomed:
+            self._remove_group(slot.group)
 
     @staticmethod
     def _remove_group(group: PlacementGroup | None) -> None:
@@ -598,6 +778,10 @@ class RayExecutor(EventReporter):
             return
         with contextlib.suppress(RayError, ValueError):  # already removed
             remove_placement_group(group)
+
+
+def _text(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
 
 
 def _size(path: Path) -> int:

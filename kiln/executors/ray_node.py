@@ -7,8 +7,15 @@ entrypoints, log capture - written once. The attempt's workdir and log live on t
 dir): the server pulls new log bytes with `report`, so logs stream back even when the server and
 the node share no filesystem.
 
-The actor takes no Ray resources itself (`num_cpus=0`): the attempt's resources are held by the
-placement group the server creates for it, which is also how Ray picks the node.
+The actor takes no Ray resources itself (`num_cpus=0`): the attempt's resources are held by a
+placement group of the server's (a reusable *slot*), which is also how Ray picks the node.
+
+Start-ahead chains live here, as in the local executor's supervisor: an attempt sent
+`start_after` a running one waits beside it and a thread of the agent starts it the moment its
+predecessor's exit comes out of the engine, without a round trip to the server. Starts come in
+batches (one call per node and server pass), and only from the server that configured the agent
+last (`epoch`), so a hand-over a dead server left in flight can never start after its successor
+has taken stock.
 
 The agent is detached: it outlives its server, and so do the attempts it runs. It keeps every
 attempt's exit (and log) until the server acknowledges having recorded it, so a restarted server
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kiln.clock import now_ms
 from kiln.config import Settings
 
 from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec
+from .chains import StartChains
 from .images import ImageCatalogue
 from .job_environment import inherited_environment
 from .local import LocalExecutor
@@ -48,6 +58,23 @@ class NodeReport:
 
     logs: dict[str, bytes] = field(default_factory=dict)
     events: list[AttemptEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Handed:
+    """An attempt as the server handed it over: its spec and the slot (placement group) it uses."""
+
+    spec: AttemptSpec
+    slot: str
+
+
+@dataclass(frozen=True)
+class Known:
+    """What an agent knows of an attempt a restarted server claims."""
+
+    spec: AttemptSpec
+    slot: str
+    started_at: int | None  # None: not running yet (still queued behind its predecessor)
 
 
 def job_environment(node: dict[str, str], server: dict[str, str], extra_names: tuple[str, ...] = ()) -> dict[str, str]:
@@ -75,34 +102,60 @@ class NodeAgent:
         self._started: dict[str, int] = {}  # attempt id -> when it began running
         self._held: dict[str, AttemptExited] = {}  # exits reported, kept until acknowledged
         self._orphans: set[str] = set()  # stopped because no server claims them: not reported
+        self._slots: dict[str, str] = {}  # attempt id -> the slot it uses (told back on adoption)
+        self._live: set[str] = set()  # given to the engine, exit not taken from it yet
+        self._chains = StartChains()
+        self._epoch: str | None = None  # the server that configured this agent last
+        # Ray runs one method at a time; the pump thread (chains) shares the state with them.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
 
-    def configure(self, settings: Settings, server_environment: dict[str, str]) -> str:
-        """Take the (re)connecting server's settings; returns this node's id."""
+    def configure(self, settings: Settings, server_environment: dict[str, str], epoch: str) -> str:
+        """Take the (re)connecting server's settings; from now on only its starts are taken.
+        Returns this node's id."""
         catalogue = ImageCatalogue.from_settings(settings)  # Kiln's render worker: this node's venv
         environment = job_environment(dict(os.environ), server_environment, settings.job_environment)
         settings = replace(settings, gpus=None)  # the server's `gpus` is its own host's: each node finds its own
-        if self._executor is None:
-            self._executor = LocalExecutor(settings, catalogue)
-        self._executor.reconfigure(settings, catalogue, environment)
+        with self._lock:
+            self._epoch = epoch
+            if self._executor is None:
+                self._executor = LocalExecutor(settings, catalogue)
+                self._executor.subscribe(self._wake.set)  # never takes our lock: the engine emits under its own
+                threading.Thread(target=self._pump, name="kiln-agent-chains", daemon=True).start()
+            self._executor.reconfigure(settings, catalogue, environment)
         return self._node_id
 
     def describe(self) -> list[str]:
         return self._engine().describe()
 
-    def start(self, spec: AttemptSpec) -> None:
-        if spec.attempt_id in self._specs:
-            return  # sent twice: already ours
-        local = replace(
-            spec, log_path=self._logs_dir / f"{spec.attempt_id}.log", workdir=self._work_dir / spec.attempt_id
-        )
-        self._specs[spec.attempt_id] = spec
-        self._offsets[spec.attempt_id] = 0
-        self._engine().start(local)
+    def start(self, attempts: list[Handed], epoch: str) -> None:
+        """Run `attempts` (in order; one `start_after` a live one waits for it). Ignored unless
+        `epoch` is the server that configured the agent last: a dead server's late hand-over."""
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            for handed in attempts:
+                spec = handed.spec
+                if spec.attempt_id in self._specs:
+                    continue  # sent twice: already ours
+                self._specs[spec.attempt_id] = spec
+                self._slots[spec.attempt_id] = handed.slot
+                self._offsets[spec.attempt_id] = 0
+                if not self._chains.hold(spec, self._live):
+                    self._launch(spec)
 
     def terminate(self, attempt_id: str, reason: str) -> None:
+        with self._lock:
+            if self._chains.drop(attempt_id):  # still queued: it never starts
+                self._pending.append(AttemptExited.stopped_before_start(attempt_id, now_ms(), reason))
+                return
         self._engine().terminate(attempt_id, reason)
 
     def report(self) -> NodeReport:
+        with self._lock:
+            return self._report()
+
+    def _report(self) -> NodeReport:
         report = NodeReport()
         self._absorb()
         for attempt_id in list(self._offsets):
@@ -123,30 +176,41 @@ class NodeAgent:
 
     def acknowledge(self, attempt_ids: list[str]) -> None:
         """The server has durably recorded these exits: forget them, their logs and workdirs."""
-        for attempt_id in attempt_ids:
-            if self._held.pop(attempt_id, None) is not None:
-                self._forget(attempt_id)
+        with self._lock:
+            for attempt_id in attempt_ids:
+                if self._held.pop(attempt_id, None) is not None:
+                    self._forget(attempt_id)
 
-    def adopt(self, attempt_ids: list[str]) -> dict[str, tuple[AttemptSpec, int | None]]:
+    def adopt(self, attempt_ids: list[str]) -> dict[str, Known]:
         """A (re)started server claims `attempt_ids`: which of them this node knows, with the spec
-        the server sent and when each began running. Attempts the server does not claim are over
-        for it (it recorded their end, or lost them): they are stopped and forgotten here."""
-        if self._executor is None:
-            return {}  # a new agent: it has run nothing yet
-        self._absorb()
-        claimed = set(attempt_ids)
-        for attempt_id in sorted(set(self._specs) - claimed):
-            if attempt_id in self._engine().running():
-                self._orphans.add(attempt_id)
-                self._pending = [e for e in self._pending if e.attempt_id != attempt_id]
-                self._engine().terminate(attempt_id, ORPHAN_REASON)
-            else:
-                self._drop(attempt_id)
-        return {a: (self._specs[a], self._started.get(a)) for a in sorted(claimed & set(self._specs))}
+        the server sent, its slot and when it began running. Attempts the server does not claim
+        are over for it (it recorded their end, or lost them): they are stopped and forgotten here."""
+        with self._lock:
+            if self._executor is None:
+                return {}  # a new agent: it has run nothing yet
+            self._absorb()
+            claimed = set(attempt_ids)
+            for attempt_id in sorted(set(self._specs) - claimed):
+                if self._chains.drop(attempt_id):
+                    self._drop(attempt_id)  # queued, never started
+                elif attempt_id in self._live:
+                    self._orphans.add(attempt_id)
+                    self._pending = [e for e in self._pending if e.attempt_id != attempt_id]
+                    self._engine().terminate(attempt_id, ORPHAN_REASON)
+                else:
+                    self._drop(attempt_id)
+            return {
+                a: Known(self._specs[a], self._slots[a], self._started.get(a))
+                for a in sorted(claimed & set(self._specs))
+            }
 
     def resume(self, offsets: dict[str, int]) -> None:
         """Report adopted attempts again: their log from `offsets` (what the server already has),
         a start it may have missed, and any exit it had not recorded."""
+        with self._lock:
+            self._resume(offsets)
+
+    def _resume(self, offsets: dict[str, int]) -> None:
         replay: list[AttemptEvent] = []
         exits: list[AttemptEvent] = []
         for attempt_id, offset in offsets.items():
@@ -163,18 +227,38 @@ class NodeAgent:
 
     def idle(self) -> bool:
         """Nothing runs here and no exit waits for a server: the agent may be removed."""
-        if self._executor is None:
-            return True
-        self._absorb()
-        return not self._specs and not self._engine().running()
+        with self._lock:
+            if self._executor is None:
+                return True
+            self._absorb()
+            return not self._specs and not self._engine().running()
+
+    def _pump(self) -> None:
+        """Take the engine's events as they come, so that who waits for an exit starts at once."""
+        while True:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                self._absorb()
+
+    def _launch(self, spec: AttemptSpec) -> None:
+        self._live.add(spec.attempt_id)
+        self._engine().start(
+            replace(spec, log_path=self._logs_dir / f"{spec.attempt_id}.log", workdir=self._work_dir / spec.attempt_id)
+        )
 
     def _absorb(self) -> None:
-        """Take the engine's new events; exits of attempts no server claims are dropped here."""
+        """Take the engine's new events: an exit starts who waited for it; exits of attempts no
+        server claims are dropped here."""
         for event in self._engine().poll():
             if isinstance(event, AttemptRunning):
                 self._started[event.attempt_id] = event.at_ms
-            elif event.started and event.started_at is None:
-                event = replace(event, started_at=self._started.get(event.attempt_id))
+            else:
+                self._live.discard(event.attempt_id)
+                for follower in self._chains.released(event.attempt_id):
+                    self._launch(follower)
+                if event.started and event.started_at is None:
+                    event = replace(event, started_at=self._started.get(event.attempt_id))
             if event.attempt_id in self._orphans:
                 if isinstance(event, AttemptExited):
                     self._drop(event.attempt_id)
@@ -206,6 +290,7 @@ class NodeAgent:
     def _forget(self, attempt_id: str) -> None:
         self._offsets.pop(attempt_id, None)
         self._specs.pop(attempt_id, None)
+        self._slots.pop(attempt_id, None)
         self._started.pop(attempt_id, None)
         (self._logs_dir / f"{attempt_id}.log").unlink(missing_ok=True)
         remove_tree(self._work_dir / attempt_id)

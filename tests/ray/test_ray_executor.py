@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import KilnServer
@@ -58,6 +59,58 @@ def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, r
     # 6 one-vCPU children at a time on three 2-CPU nodes: every node must have taken some.
     live = {node_id[:12] for node_id in ray_cluster.node_ids().values()}
     assert set(nodes) == live, (nodes, live)
+
+
+def test_a_fast_array_runs_ahead_on_the_nodes_in_reused_slots(batch: Any, server: KilnServer) -> None:
+    """Children that end at once are queued on the nodes behind running siblings (start-ahead)
+    and run in slots the earlier children held: far fewer placement groups than children."""
+    log = server.data_dir.parent / f"server-{server.port}.log"
+    slots_before = log.read_text().count("new Ray slot ")
+    queue = make_queue(batch, max_vcpus=6)
+    parent = submit(batch, queue, register_shell(batch, 'echo "child=$AWS_BATCH_JOB_ARRAY_INDEX"'),
+                    arrayProperties={"size": 120})  # fmt: skip
+    job = wait_for(batch, parent, timeout=120)
+    assert job["status"] == "SUCCEEDED", job
+    for index in range(0, 120, 7):
+        child = batch.describe_jobs(jobs=[f"{parent}:{index}"])["jobs"][0]
+        assert len(child["attempts"]) == 1 and server.job_log(child["jobId"]) == f"child={index}\n"
+    metrics = httpx.get(f"{server.endpoint}/metrics", timeout=10).text
+    (ahead,) = re.findall(r"^kiln_attempts_placed_ahead_total (\S+)$", metrics, re.MULTILINE)
+    assert float(ahead) > 0, "no child was queued ahead on Ray"
+    assert log.read_text().count("new Ray slot ") - slots_before <= 30
+
+
+def test_terminating_a_fast_array_mid_way_leaves_every_record_true(
+    batch: Any, server: KilnServer, job_tmp: Path
+) -> None:
+    """An array terminated while children run and others wait queued on the nodes' agents: every
+    child ends, each one recorded SUCCEEDED ran and no other child ran (that an agent drops what it
+    holds queued is tests/executors/test_ray_node.py's)."""
+    queue = make_queue(batch, max_vcpus=6)
+    marks = job_tmp / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)  # the jobs run as uids lent by a root server
+    command = f"sleep 0.05; touch {marks}/$AWS_BATCH_JOB_ARRAY_INDEX"
+    parent = submit(batch, queue, register_shell(batch, command), arrayProperties={"size": 2000})
+    deadline = time.monotonic() + 90
+    while len(list(marks.iterdir())) < 60:
+        assert time.monotonic() < deadline, "the array did not get going"
+        time.sleep(0.05)
+    batch.terminate_job(jobId=parent, reason="stopped by the test")
+    job = wait_for(batch, parent, timeout=60)
+    assert job["status"] == "FAILED", job
+    children = [f"{parent}:{index}" for index in range(2000)]
+    deadline = time.monotonic() + 60
+    while True:
+        ended = [j for i in range(0, 2000, 100) for j in batch.describe_jobs(jobs=children[i : i + 100])["jobs"]]
+        if all(j["status"] in ("SUCCEEDED", "FAILED") for j in ended):
+            break
+        assert time.monotonic() < deadline, [j["status"] for j in ended if j["status"] not in ("SUCCEEDED", "FAILED")]
+        time.sleep(0.5)
+    time.sleep(1.0)  # anything wrongly started after the stop would have touched its mark by now
+    succeeded = {int(j["jobId"].rsplit(":", 1)[1]) for j in ended if j["status"] == "SUCCEEDED"}
+    assert {int(mark.name) for mark in marks.iterdir()} == succeeded
+    assert 60 <= len(succeeded) < 2000
 
 
 @pytest.mark.parametrize(("vcpus", "memory"), [(3, 128), (1, 3 * 1024)])

@@ -41,19 +41,29 @@ def _gated(gate: Path, after: str = "echo after; exit 0") -> str:
     return f'echo "pid=$$"; echo before; while [ ! -e {gate} ]; do sleep 0.1; done; {after}'
 
 
-def _groups(ray_cluster: RayCluster, attempt_ids: list[str]) -> dict[str, str]:
-    """Attempt id -> the state of its placement group (`kiln-<tag>-<attempt id>` in Kiln's Ray
-    namespace), read through a short-lived driver; attempts without one are left out."""
+def _groups(ray_cluster: RayCluster) -> dict[str, str]:
+    """Kiln's placement groups (`kiln-<tag>-...` in Kiln's Ray namespace) that are not removed, by
+    name, with their state, read through a short-lived driver."""
     script = (
         "import json,ray,sys; ray.init(address=sys.argv[1], namespace='kiln', _node_ip_address='127.0.0.1',"
-        " logging_level='ERROR'); print(json.dumps({g['name']: g['state'] for g in"
+        " logging_level='ERROR'); print('GROUPS', json.dumps({g['name']: g['state'] for g in"
         " ray.util.placement_group_table().values()}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, ray_cluster.address], capture_output=True, text=True, timeout=60, check=True
     )
-    table: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return {a: state for name, state in table.items() for a in attempt_ids if name.endswith(f"-{a}")}
+    # Ray may write its own lines to stdout too: read only the marked one.
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("GROUPS ")]
+    table: dict[str, str] = json.loads(line.removeprefix("GROUPS "))
+    return {name: state for name, state in table.items() if name.startswith("kiln-") and state != "REMOVED"}
+
+
+def _wait_groups(ray_cluster: RayCluster, among: set[str], expected: set[str], timeout: float = 10) -> None:
+    """Until exactly `expected` of the groups named `among` are left (not removed)."""
+    deadline = time.monotonic() + timeout
+    while (left := set(_groups(ray_cluster)) & among) != expected:
+        assert time.monotonic() < deadline, (left, expected)
+        time.sleep(0.5)
 
 
 def _task_id(attempt_or_job: dict[str, Any]) -> str:
@@ -108,21 +118,19 @@ def _finish_after_restart(server: KilnServer, job_id: str, pid: int, gate: Path)
 def test_a_sigkilled_server_readopts_its_running_ray_attempt(
     ray_cluster: RayCluster, tmp_path: Path, job_tmp: Path
 ) -> None:
+    before = set(_groups(ray_cluster))
     server = _server(ray_cluster, tmp_path)
     gate = job_tmp / "go"
     job_id, pid = _start_gated_job(server, gate)
-    task_id = _task_id(server.client().describe_jobs(jobs=[job_id])["jobs"][0])
+    (slot,) = set(_groups(ray_cluster)) - before  # the attempt's slot: the one group the server holds
     server.stop(kill=True)
     assert psutil.pid_exists(pid)  # the attempt did not die with the server
     server.start()
-    # Its placement group outlived the server that created it: its resources stayed reserved.
-    assert _groups(ray_cluster, [task_id]) == {task_id: "CREATED"}
+    # Its slot outlived the server that created it: its resources stayed reserved.
+    assert _groups(ray_cluster).get(slot) == "CREATED"
     _finish_after_restart(server, job_id, pid, gate)
-    # ... and is removed once the exit is recorded.
-    deadline = time.monotonic() + 10
-    while _groups(ray_cluster, [task_id]) != {task_id: "REMOVED"}:
-        assert time.monotonic() < deadline, _groups(ray_cluster, [task_id])
-        time.sleep(0.5)
+    # ... and is removed once the exit is recorded and nothing else took it.
+    _wait_groups(ray_cluster, {slot}, set())
     server.stop()
 
 
@@ -202,8 +210,11 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
         {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"},
     ]}  # fmt: skip
     definition = register_shell(batch, f'echo "pwd=$(pwd)"; {_gated(gate)}', vcpus=2, retryStrategy=retry)
+    before = set(_groups(ray_cluster))
     jobs = [submit(batch, queue, definition) for _ in range(3)]
     where = {job_id: NODE_IN_PATH.search(server.wait_for_log(job_id, "before\n")) for job_id in jobs}
+    slots = set(_groups(ray_cluster)) - before
+    assert len(slots) == 3, slots  # a slot per attempt
     nodes = ray_cluster.node_ids()
     victim = next(name for name in nodes if name != "head")
     (lost_job,) = [j for j, match in where.items() if match and match.group(1) == nodes[victim][:12]]
@@ -219,10 +230,10 @@ def test_an_attempt_whose_node_died_while_no_server_ran_is_lost_and_retried(
             job = batch.describe_jobs(jobs=[lost_job])["jobs"][0]
         (first,) = job["attempts"]
         assert first["statusReason"].startswith(HOST_LOST_PREFIX), first
-        # Nothing of the lost attempt is left reserving Ray resources.
+        # Nothing of the lost attempt is left reserving Ray resources: only the adopted two slots.
         deadline = time.monotonic() + 10
-        while _groups(ray_cluster, [_task_id(first)]) not in ({}, {_task_id(first): "REMOVED"}):
-            assert time.monotonic() < deadline, _groups(ray_cluster, [_task_id(first)])
+        while len(left := set(_groups(ray_cluster)) & slots) != 2:
+            assert time.monotonic() < deadline, left
             time.sleep(0.5)
         gate.touch()
         for job_id in jobs:
@@ -262,7 +273,10 @@ def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
         assert match, server.job_log(node_id)
         pids.append(int(match.group(1)))
     main_task = _task_id(batch.describe_jobs(jobs=[f"{job_id}#0"])["jobs"][0])
-    assert _groups(ray_cluster, [main_task]) == {main_task: "CREATED"}  # one group, named after the main node
+    (gang_group,) = [
+        name for name in _groups(ray_cluster) if name.endswith(f"-{main_task}")
+    ]  # named after the main node
+    assert _groups(ray_cluster)[gang_group] == "CREATED"
     server.stop(kill=True)
     assert all(psutil.pid_exists(pid) for pid in pids)
     server.start()
@@ -278,10 +292,7 @@ def test_gang_attempts_are_not_readopted_they_are_lost_and_the_gang_is_retried(
     while any(psutil.pid_exists(pid) for pid in pids):
         assert time.monotonic() < deadline, [pid for pid in pids if psutil.pid_exists(pid)]
         time.sleep(0.2)
-    deadline = time.monotonic() + 15
-    while _groups(ray_cluster, [main_task]) not in ({}, {main_task: "REMOVED"}):
-        assert time.monotonic() < deadline, _groups(ray_cluster, [main_task])
-        time.sleep(0.5)
+    _wait_groups(ray_cluster, {gang_group}, set(), timeout=15)
     gate.touch()
     job = wait_for(batch, job_id, timeout=120)
     assert job["status"] == "SUCCEEDED", job
