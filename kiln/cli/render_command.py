@@ -9,10 +9,12 @@ Interrupting it stops the watching, never silently the jobs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,6 +124,21 @@ def render(
             "([job_roles] in kiln.toml), e.g. S3 credentials."
         ),
     ] = None,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            help="Pack the scene with the textures and libraries it uses into one content-addressed zip that "
+            "the jobs fetch (once per node), so they need no disk shared with this machine and render the "
+            "scene as it was at submission. --no-pack: jobs read the .blend where it is.",
+        ),
+    ] = True,
+    pack_store: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="Where the scene pack goes: a folder every node can read (s3://...) [default: OUTPUT/packs].",
+        ),
+    ] = None,
 ) -> None:
     """Render a Blender scene to frames and an MP4 with an array of render jobs and a stitch job.
 
@@ -131,6 +148,8 @@ def render(
     watching; the jobs keep running.
     """
     plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
+    if pack:
+        plan = _packed(plan, pack_store or plan.packs_uri)
     with _connected(endpoint_url, embedded, data_dir) as connection:
         batch = batch_client(connection.endpoint)
         jobs = _submit(
@@ -194,6 +213,44 @@ def _plan(
     except (PlanError, RenderError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     return plan
+
+
+def _packed(plan: RenderPlan, store: str) -> RenderPlan:
+    """The plan with its scene packed (kiln.render.packing) and the pack put in `store`.
+
+    The pack is content-addressed, so a store that has it already is not written again (a resumed
+    render uploads nothing), and jobs verify what they fetch against its name.
+    """
+    from kiln.render import uris
+    from kiln.render.errors import RenderError
+    from kiln.render.packing import pack_scene
+
+    local = uris.local_path(plan.scene_uri)
+    if local is None:
+        console.print(f"note: {escape(plan.scene_uri)} is read by the jobs where it is (not packed)", soft_wrap=True)
+        return plan
+    console.print(f"packing {escape(local.name)} with the files it uses ...", soft_wrap=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="kiln-pack-") as scratch:
+            packed = pack_scene(local, Path(scratch))
+            name = packed.archive.name
+            stored = uris.list_files(store).get(name) == packed.archive.stat().st_size
+            if not stored:
+                uris.upload_atomic(packed.archive, uris.join(store, name))
+    except RenderError as exc:
+        raise _fail(f"cannot pack the scene: {exc}; --no-pack renders it in place (on one machine)") from None
+    target = uris.join(store, name)
+    others = packed.file_count - 1
+    uses = f"and {others} file{'' if others == 1 else 's'} it uses" if others else "(it uses no other files)"
+    console.print(
+        f"packed {escape(local.name)} {uses}, {packed.total_bytes / 2**20:.1f} MiB, "
+        f"{'already in' if stored else 'into'} {escape(target)}",
+        soft_wrap=True,
+    )
+    for path in packed.missing:
+        err.print(f"[yellow]warning:[/yellow] the scene uses {escape(str(path))}, which does not exist: "
+                  "it renders without it (a missing texture renders magenta)", soft_wrap=True)  # fmt: skip
+    return dataclasses.replace(plan, pack_uri=target)
 
 
 @contextmanager

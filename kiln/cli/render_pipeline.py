@@ -45,6 +45,7 @@ class RenderPlan:
     frames_flag_given: bool = False
     resolution_percent: int | None = None
     samples: int | None = None
+    pack_uri: str | None = None  # the scene packed with what it uses (kiln.render.packing): what jobs read
 
     @property
     def frame_count(self) -> int:
@@ -60,12 +61,18 @@ class RenderPlan:
         return f"{self.output_uri.rstrip('/')}/frames"
 
     @property
+    def packs_uri(self) -> str:
+        """Where scene packs go unless the user names a store: beside the frames they make."""
+        return f"{self.output_uri.rstrip('/')}/packs"
+
+    @property
     def video_uri(self) -> str:
         return f"{self.output_uri.rstrip('/')}/output.mp4"
 
     def render_command(self) -> list[str]:
         """The worker's `render` command line; `-t` makes a stale frame count fail loudly in the job."""
-        command = ["render", "-i", self.scene_uri, "-o", self.output_uri, "-f", str(self.frames_per_job)]
+        scene = self.pack_uri or self.scene_uri
+        command = ["render", "-i", scene, "-o", self.output_uri, "-f", str(self.frames_per_job)]
         command += ["-t", str(self.frame_count)]
         if self.frames_flag_given:
             command += ["--frame-start", str(self.frames.start), "--frame-end", str(self.frames[-1])]

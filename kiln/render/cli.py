@@ -3,7 +3,7 @@
 It honours the reference workshop's job definition, `["Ref::action", "-i", "Ref::inputUri", "-o",
 "Ref::outputUri", "-f", "Ref::framesPerJob"]`, so the same definition runs on AWS and on Kiln:
 
-    kiln-render render -i <blend URI> -o <output URI> -f <frames per job> [-t <total frames>]
+    kiln-render render -i <blend or scene-pack URI> -o <output URI> -f <frames per job> [-t <total frames>]
                        [--frame-start N] [--frame-end N] [--resolution-percent P] [--samples S]
     kiln-render stitch -i <URI> -o <URI>            (-f/-t accepted and ignored)
 
@@ -22,6 +22,7 @@ from typing import NoReturn
 from botocore.exceptions import BotoCoreError
 
 from kiln.render.errors import RenderError
+from kiln.render.pack_cache import cache_folder, pack_digest, scene_of_pack
 from kiln.render.slices import array_index
 from kiln.render.vcpus import job_vcpus
 
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", metavar="{render,stitch}", parser_class=_Parser)
     actions.required = True
     render = actions.add_parser("render", help="render this array child's slice of frames")
-    render.add_argument("-i", "--input", required=True, help="URI of the .blend file")
+    render.add_argument(
+        "-i", "--input", required=True, help="URI of the .blend file, or of a scene pack <sha256>.zip (kiln render)"
+    )
     render.add_argument("-o", "--output", required=True, help="output URI; frames go to <output>/frames/NNNN.png")
     render.add_argument("-f", "--frames-per-job", required=True, type=_positive, help="frames per array child")
     render.add_argument("-t", "--total-frames", type=_positive, help="checked against the scene's frame count")
@@ -75,6 +78,9 @@ def main(argv: Sequence[str] | None = None, *, use_zygote: bool = True) -> int:
             raise UsageError(f"unknown action {argv[0]!r}: expected one of {', '.join(ACTIONS)}")
         arguments = build_parser().parse_args(argv)
         if arguments.action == "render":
+            if pack_digest(arguments.input) is not None:  # a scene pack: render its cached local tree
+                arguments.input = str(scene_of_pack(arguments.input, cache_folder(os.environ), say=_say))
+                argv = render_argv(arguments)
             if use_zygote and (status := _render_via_zygote(argv)) is not None:
                 return status
             _render(arguments)
@@ -90,6 +96,21 @@ def main(argv: Sequence[str] | None = None, *, use_zygote: bool = True) -> int:
         _fail("interrupted")
         return 130
     return 0
+
+
+def render_argv(arguments: argparse.Namespace) -> list[str]:
+    """The `render` command line of parsed `arguments` (after the input was replaced by a local file)."""
+    argv = ["render", "-i", arguments.input, "-o", arguments.output, "-f", str(arguments.frames_per_job)]
+    for flag, value in (
+        ("-t", arguments.total_frames),
+        ("--frame-start", arguments.frame_start),
+        ("--frame-end", arguments.frame_end),
+        ("--resolution-percent", arguments.resolution_percent),
+        ("--samples", arguments.samples),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 def run() -> NoReturn:

@@ -103,8 +103,9 @@ def pack_scene(scene: Path, workdir: Path) -> PackedScene:
     return PackedScene(archive, digest, scene_in_tree, file_count, total_bytes, missing)
 
 
-def unpack_scene(archive: Path, cache_dir: Path, digest: str) -> Path:
+def unpack_scene(archive: Path, cache_dir: Path, digest: str, source: str | None = None) -> Path:
     """The scene of `archive`, unpacked once into `cache_dir/<digest>/`; returns the scene's path.
+    Errors name the archive as `source` (where it was downloaded from), else by its path.
 
     An existing complete tree is reused without reading the archive. Otherwise the archive must
     hash to `digest` (DigestMismatchError) and hold only plain relative entries
@@ -120,12 +121,12 @@ def unpack_scene(archive: Path, cache_dir: Path, digest: str) -> Path:
     with archive.open("rb") as raw:  # hashed and extracted through one descriptor: no swap in between
         actual = _sha256_of(raw)
         if actual != digest:
-            raise DigestMismatchError(f"{archive}: sha256 is {actual}, expected {digest}")
+            raise DigestMismatchError(f"{source or archive}: sha256 is {actual}, expected {digest}")
         raw.seek(0)
         partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest}.partial-"))
         partial.chmod(0o755)  # mkdtemp's folder is private; the tree is as readable as its files
         try:
-            _extract(raw, archive, partial)
+            _extract(raw, source or str(archive), partial)
             try:
                 os.rename(partial, final)
             except OSError:
@@ -236,20 +237,20 @@ def _files(tree: Path) -> Iterator[Path]:
             yield Path(folder, name)
 
 
-def _extract(raw: BinaryIO, archive: Path, target: Path) -> None:
+def _extract(raw: BinaryIO, where: str, target: Path) -> None:
     """Check every entry before writing any, then write them below `target` (never overwriting)."""
     try:
         with zipfile.ZipFile(raw) as zipped:
-            entries = [(info, _member_path(info, archive)) for info in zipped.infolist()]
+            entries = [(info, _member_path(info, where)) for info in zipped.infolist()]
             names = [path for _, path in entries]
             if len(set(names)) != len(names):
-                raise UnsafeArchiveError(f"{archive}: the same entry appears twice")
+                raise UnsafeArchiveError(f"{where}: the same entry appears twice")
             manifest = next((info for info, path in entries if path == PurePosixPath(MANIFEST)), None)
             if manifest is None:
-                raise PackingError(f"{archive}: no {MANIFEST}: not an archive made by pack_scene")
-            scene = _scene_of(zipped.read(manifest), str(archive))
+                raise PackingError(f"{where}: no {MANIFEST}: not an archive made by pack_scene")
+            scene = _scene_of(zipped.read(manifest), where)
             if scene not in names:
-                raise PackingError(f"{archive}: the scene {scene} named by {MANIFEST} is not in the archive")
+                raise PackingError(f"{where}: the scene {scene} named by {MANIFEST} is not in the archive")
             for info, path in entries:
                 destination = target.joinpath(*path.parts)
                 if info.is_dir():
@@ -259,18 +260,18 @@ def _extract(raw: BinaryIO, archive: Path, target: Path) -> None:
                 with zipped.open(info) as source, destination.open("xb") as copy:
                     shutil.copyfileobj(source, copy, _CHUNK)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise PackingError(f"{archive}: cannot unpack: {error}") from None
+        raise PackingError(f"{where}: cannot unpack: {error}") from None
 
 
-def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
+def _member_path(info: zipfile.ZipInfo, where: str) -> PurePosixPath:
     """The entry's path relative to the target folder, or UnsafeArchiveError."""
     name = info.filename
     path = PurePosixPath(name)
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UnsafeArchiveError(f"{archive}: entry {name!r} is a link or special file")
+        raise UnsafeArchiveError(f"{where}: entry {name!r} is a link or special file")
     if _unsafe_relative(name):
-        raise UnsafeArchiveError(f"{archive}: entry {name!r} would land outside the unpacked folder")
+        raise UnsafeArchiveError(f"{where}: entry {name!r} would land outside the unpacked folder")
     return path
 
 

@@ -28,6 +28,7 @@ from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, free_port, star
 
 from .conftest import run_bpy
 from .images import psnr, read_png, video_frames
+from .test_packing import BLUE, GREEN, MAGENTA, RED, build_project, colours
 
 BUCKET = "kiln-pipeline-test"
 ROLE = "arn:aws:iam::123456789012:role/kiln-render-test"
@@ -184,6 +185,57 @@ def test_s3_output_through_the_server(
     render_id, _ = run.job_ids()
     render: dict[str, Any] = render_server.client().describe_jobs(jobs=[render_id])["jobs"][0]
     assert "arrayProperties" not in render or "size" not in render["arrayProperties"]
+
+
+PACKED = re.compile(r"packed scene\.blend and 4 files it uses, [0-9.]+ MiB, (?P<how>into|already in) (?P<uri>\S+)")
+
+
+def test_the_scene_travels_packed_with_its_textures_and_library(
+    render_server: KilnServer, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The jobs read the pack, not the .blend: every texture and the linked library are in it, and
+    the same command again finds the pack already stored (content-addressed) and uploads nothing."""
+    project = build_project(tmp_path / "source")
+    output = tmp_path / "out"
+    first = kiln_render(render_server, s3_env, str(project.scene), "-o", str(output))
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    packed = PACKED.search(first.stdout)
+    assert packed and packed["how"] == "into", first.stdout
+    pack = Path(packed["uri"])
+    assert pack.parent == output / "packs" and pack.is_file()
+    assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
+    render_id, _ = first.job_ids()
+    render = render_server.client().describe_jobs(jobs=[render_id])["jobs"][0]
+    command = render["container"]["command"]
+    assert command[command.index("-i") + 1] == str(pack)
+    log = httpx.get(f"{render_server.endpoint}/kiln/v1/logs/{render_id}", timeout=10).json()["text"]
+    assert f"scene pack {pack.stem[:12]}" in log
+
+    (output / "frames" / "0001.png").unlink()
+    again = kiln_render(render_server, s3_env, str(project.scene), "-o", str(output))
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    packed_again = PACKED.search(again.stdout)
+    assert packed_again and packed_again["how"] == "already in" and packed_again["uri"] == str(pack), again.stdout
+    assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
+
+
+def test_a_pack_in_an_s3_store_renders_and_a_missing_texture_is_warned_of(
+    render_server: KilnServer, s3_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """`--pack-store s3://...`: the jobs fetch the pack from S3. A texture that does not exist is not
+    packed, said on stderr, and renders Blender's magenta, never silently."""
+    project = build_project(tmp_path / "source")
+    project.absolute_texture.unlink()
+    store = f"s3://{BUCKET}/packs"
+    run = kiln_render(render_server, s3_env, str(project.scene), "-o", str(tmp_path / "out"), "--pack-store", store)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert f"warning: the scene uses {project.absolute_texture}, which does not exist" in " ".join(run.stderr.split())
+    packed = re.search(r"packed scene\.blend and 3 files it uses, [0-9.]+ MiB, into (\S+)", run.stdout)
+    assert packed and packed[1].startswith(f"{store}/"), run.stdout
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_s3_credentials())
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="packs/").get("Contents", [])]
+    assert keys == [packed[1].removeprefix(f"s3://{BUCKET}/")]
+    assert colours(read_png(tmp_path / "out" / "frames" / "0001.png")) == [RED, MAGENTA, BLUE]
 
 
 def test_a_render_job_far_below_blenders_memory_fails_out_of_memory(
