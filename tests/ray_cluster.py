@@ -29,6 +29,22 @@ NODE_CPUS = 2
 NODE_MEMORY_BYTES = 2 * 1024**3
 START_SECONDS = 90
 RAY = str(Path(sys.executable).with_name("ray"))
+# A private mount namespace whose /tmp is a new empty tmpfs ($0: a folder to create in it), then
+# the command. unshare execs in place, so the node's session and pid stay the Popen's.
+PRIVATE_TMP = [
+    "unshare", "--mount", "--propagation", "private", "--",
+    "sh", "-c", 'mount -t tmpfs -o mode=1777 kiln-node-tmp /tmp && mkdir -p "$0" && exec "$@"',
+]  # fmt: skip
+
+
+def private_tmp_refused() -> str | None:
+    """Why a node cannot get a private /tmp here (the kernel or the sandbox refuses mount
+    namespaces, or `unshare` is missing), or None when it can."""
+    try:
+        done = subprocess.run([*PRIVATE_TMP, "/tmp/probe", "true"], capture_output=True, text=True, timeout=30)
+    except OSError as error:
+        return f"cannot run unshare: {error}"
+    return None if done.returncode == 0 else f"unshare --mount refused: {done.stderr.strip()}"
 
 
 def _host_processes(session: int) -> set[int]:
@@ -106,11 +122,13 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start_node(self, name: str, *, head: bool = False) -> RayNode:
+    def start_node(self, name: str, *, head: bool = False, cpus: int = NODE_CPUS, private_tmp: bool = False) -> RayNode:
+        """`private_tmp`: the node runs in a mount namespace of its own with an empty /tmp, so like a
+        separate machine it sees none of the files the tests, the server and other nodes keep there."""
         log = self.root / f"{name}.log"
         resources = json.dumps({f"kiln_test_{name}": 1})
         common = [
-            "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--num-gpus=0",
+            "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
             f"--memory={NODE_MEMORY_BYTES}", f"--resources={resources}", "--disable-usage-stats",
             f"--object-store-memory={100 * 1024**2}", f"--dashboard-agent-listen-port={free_port()}",
             # Nodes on one machine need session dirs (and so sockets) of their own.
@@ -123,10 +141,11 @@ class RayCluster:
         else:
             where = [f"--address={self.address}"]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        command = [RAY, "start", *where, *common]
+        if private_tmp:
+            command = [*PRIVATE_TMP, str(self.root), *command]
         with log.open("ab") as out:
-            process = subprocess.Popen(
-                [RAY, "start", *where, *common], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         node = RayNode(name, process, log)
         self.nodes[name] = node
         return node
@@ -177,14 +196,18 @@ class RayCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster(workers: tuple[str, ...] = ("w1", "w2")) -> RayCluster:
+def start_cluster(
+    workers: tuple[str, ...] = ("w1", "w2"), *, head_cpus: int = NODE_CPUS, private_tmp: bool = False
+) -> RayCluster:
+    """`private_tmp`: the workers as separate machines (see RayCluster.start_node); with `head_cpus` 0
+    every job then runs on a node that shares no files with the tests."""
     # Short root: Ray's unix sockets live under it and socket paths are limited to 107 bytes.
     cluster = RayCluster(Path(tempfile.mkdtemp(prefix="kray")), free_port())
     try:
-        cluster.start_node("head", head=True)
+        cluster.start_node("head", head=True, cpus=head_cpus)
         cluster.wait_for_nodes(1)
         for name in workers:
-            cluster.start_node(name)
+            cluster.start_node(name, private_tmp=private_tmp)
         cluster.wait_for_nodes(1 + len(workers))
     except BaseException:
         cluster.stop()

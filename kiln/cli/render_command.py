@@ -218,37 +218,44 @@ def _plan(
 def _packed(plan: RenderPlan, store: str) -> RenderPlan:
     """The plan with its scene packed (kiln.render.packing) and the pack put in `store`.
 
-    The pack is content-addressed, so a store that has it already is not written again (a resumed
+    A scene at a URI is fetched first with the files it names by relative paths (remote_scene),
+    and only those are packed: its absolute paths are the artist's disk, not this machine's. The
+    pack is content-addressed, so a store that has it already is not written again (a resumed
     render uploads nothing), and jobs verify what they fetch against its name.
     """
     from kiln.render import uris
     from kiln.render.errors import RenderError
     from kiln.render.packing import pack_scene
+    from kiln.render.remote_scene import fetch_scene
 
     local = uris.local_path(plan.scene_uri)
-    if local is None:
-        console.print(f"note: {escape(plan.scene_uri)} is read by the jobs where it is (not packed)", soft_wrap=True)
-        return plan
-    console.print(f"packing {escape(local.name)} with the files it uses ...", soft_wrap=True)
+    name = escape(plan.scene_uri.rstrip("/").rsplit("/", 1)[-1])
+    console.print(f"packing {name} with the files it uses ...", soft_wrap=True)
     try:
         with tempfile.TemporaryDirectory(prefix="kiln-pack-") as scratch:
-            packed = pack_scene(local, Path(scratch))
-            name = packed.archive.name
-            stored = uris.list_files(store).get(name) == packed.archive.stat().st_size
+            confined_to = None
+            if local is None:
+                confined_to = Path(scratch, "fetched")
+                fetched = fetch_scene(plan.scene_uri, confined_to)
+                local = fetched.scene
+            packed = pack_scene(local, Path(scratch, "packs"), confined_to=confined_to)
+            missing = fetched.missing if confined_to else tuple(str(path) for path in packed.missing)
+            archive = packed.archive.name
+            stored = uris.list_files(store).get(archive) == packed.archive.stat().st_size
             if not stored:
-                uris.upload_atomic(packed.archive, uris.join(store, name))
+                uris.upload_atomic(packed.archive, uris.join(store, archive))
     except RenderError as exc:
-        raise _fail(f"cannot pack the scene: {exc}; --no-pack renders it in place (on one machine)") from None
-    target = uris.join(store, name)
+        raise _fail(f"cannot pack the scene: {exc}; --no-pack makes the jobs read it where it is") from None
+    target = uris.join(store, archive)
     others = packed.file_count - 1
     uses = f"and {others} file{'' if others == 1 else 's'} it uses" if others else "(it uses no other files)"
     console.print(
-        f"packed {escape(local.name)} {uses}, {packed.total_bytes / 2**20:.1f} MiB, "
-        f"{'already in' if stored else 'into'} {escape(target)}",
+        f"packed {name} {uses}, {packed.total_bytes / 2**20:.1f} MiB, {'already in' if stored else 'into'} "
+        f"{escape(target)}",
         soft_wrap=True,
     )
-    for path in packed.missing:
-        err.print(f"[yellow]warning:[/yellow] the scene uses {escape(str(path))}, which does not exist: "
+    for path in missing:
+        err.print(f"[yellow]warning:[/yellow] the scene uses {escape(path)}, which is not there to pack: "
                   "it renders without it (a missing texture renders magenta)", soft_wrap=True)  # fmt: skip
     return dataclasses.replace(plan, pack_uri=target)
 

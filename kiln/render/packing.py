@@ -15,6 +15,7 @@ relative paths) at the top, assets outside it under `_outside_project/<their abs
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ from typing import BinaryIO
 
 from blender_asset_tracer import blendfile, bpathlib, pack, trace
 from blender_asset_tracer.blendfile.exceptions import BlendFileError as BatBlendFileError
+from blender_asset_tracer.trace.result import BlockUsage
 
 from kiln.render.blend_header import read_scene_info
 from kiln.render.errors import BlendFileError, RenderError
@@ -47,7 +49,7 @@ _GZIP_FNAME = 0x08
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # BAT keeps every .blend it parsed in a module-global cache that is not thread-safe and never
 # notices a file changing on disk: one pack at a time, and the cache emptied after each.
-_BAT_LOCK = threading.Lock()
+BAT_LOCK = threading.Lock()
 
 
 class PackingError(RenderError):
@@ -74,12 +76,14 @@ class PackedScene:
     missing: tuple[Path, ...]  # assets the scene refers to that do not exist: not packed, never silently
 
 
-def pack_scene(scene: Path, workdir: Path) -> PackedScene:
+def pack_scene(scene: Path, workdir: Path, *, confined_to: Path | None = None) -> PackedScene:
     """Pack `scene` and everything it depends on into `workdir/<digest>.zip`.
 
     A missing asset does not fail packing (Blender renders without it, pink for a texture): it is
     listed in `missing` so the caller can warn. An input that is not a readable .blend file
-    raises PackingError.
+    raises PackingError. `confined_to`: pack only assets inside that folder and list the others
+    as missing. For a scene fetched from a store (remote_scene), whose absolute or climbing paths
+    would otherwise pick files of this machine (`//../../../home/me/.ssh/id_rsa`) into the pack.
     """
     scene = bpathlib.make_absolute(scene)
     if not scene.is_file():
@@ -91,7 +95,7 @@ def pack_scene(scene: Path, workdir: Path) -> PackedScene:
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".pack-") as temporary:
         tree = Path(temporary, "tree")
-        scene_in_tree, missing = _bat_pack(scene, tree)
+        scene_in_tree, missing = _bat_pack(scene, tree, confined_to)
         for blend in tree.rglob("*.blend"):
             _normalise_gzip_header(blend)
         manifest = json.dumps({"format": MANIFEST_FORMAT, "scene": scene_in_tree.as_posix()}, sort_keys=True)
@@ -151,16 +155,19 @@ def cached_scene(cache_dir: Path, digest: str) -> Path | None:
     return cache_dir / digest / _scene_of(manifest, f"{cache_dir / digest}")
 
 
-def _bat_pack(scene: Path, tree: Path) -> tuple[PurePosixPath, tuple[Path, ...]]:
+def _bat_pack(scene: Path, tree: Path, confined_to: Path | None) -> tuple[PurePosixPath, tuple[Path, ...]]:
     """BAT copies the scene and its dependencies into `tree`, rewriting paths that would break."""
-    with _BAT_LOCK:
+    with BAT_LOCK:
         try:
-            project = _project_root(scene)
+            usages = list(trace.deps(scene))
+            outside = _outside(usages, confined_to)
+            project = _project_root(scene, usages, outside)
             with pack.Packer(scene, project, str(tree)) as packer:
+                packer.exclude(*(glob.escape(str(path)) for path in outside))
                 packer.strategise()
                 packer.execute()
                 scene_in_tree = PurePosixPath(packer.output_path.relative_to(tree).as_posix())
-                missing = tuple(sorted(packer.missing_files))
+                missing = tuple(sorted(set(packer.missing_files) | outside))
         except (BatBlendFileError, pack.Aborted, OSError) as error:
             raise PackingError(f"cannot pack {scene}: {error}") from None
         finally:
@@ -171,15 +178,24 @@ def _bat_pack(scene: Path, tree: Path) -> tuple[PurePosixPath, tuple[Path, ...]]
     return scene_in_tree, missing
 
 
-def _project_root(scene: Path) -> Path:
-    """The deepest folder holding the scene and every existing asset it reaches by a relative path.
+def _outside(usages: list[BlockUsage], confined_to: Path | None) -> set[Path]:
+    """The assets not inside `confined_to` (none when it is None)."""
+    if confined_to is None:
+        return set()
+    root = bpathlib.make_absolute(confined_to)
+    return {usage.abspath for usage in usages if not bpathlib.make_absolute(usage.abspath).is_relative_to(root)}
+
+
+def _project_root(scene: Path, usages: list[BlockUsage], outside: set[Path]) -> Path:
+    """The deepest folder holding the scene and every existing asset it reaches by a relative path
+    (those `outside` excepted).
 
     Inside it, BAT keeps relative paths (`//../library/props.blend`) as they are and rewrites
     nothing; absolute paths are always moved below `_outside_project/` and rewritten.
     """
     folders = [str(scene.parent)]
-    for usage in trace.deps(scene):
-        if usage.asset_path.is_blendfile_relative():
+    for usage in usages:
+        if usage.asset_path.is_blendfile_relative() and usage.abspath not in outside:
             target = usage.abspath.parent if usage.is_sequence else usage.abspath
             if target.exists():
                 folders.append(str(target if target.is_dir() else target.parent))

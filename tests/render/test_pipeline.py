@@ -229,12 +229,33 @@ def test_a_pack_in_an_s3_store_renders_and_a_missing_texture_is_warned_of(
     store = f"s3://{BUCKET}/packs"
     run = kiln_render(render_server, s3_env, str(project.scene), "-o", str(tmp_path / "out"), "--pack-store", store)
     assert run.returncode == 0, (run.stdout, run.stderr)
-    assert f"warning: the scene uses {project.absolute_texture}, which does not exist" in " ".join(run.stderr.split())
+    warning = f"warning: the scene uses {project.absolute_texture}, which is not there to pack"
+    assert warning in " ".join(run.stderr.split())
     packed = re.search(r"packed scene\.blend and 3 files it uses, [0-9.]+ MiB, into (\S+)", run.stdout)
     assert packed and packed[1].startswith(f"{store}/"), run.stdout
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_s3_credentials())
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="packs/").get("Contents", [])]
     assert keys == [packed[1].removeprefix(f"s3://{BUCKET}/")]
+    assert colours(read_png(tmp_path / "out" / "frames" / "0001.png")) == [RED, MAGENTA, BLUE]
+
+
+def test_a_scene_on_s3_renders_with_the_textures_and_library_beside_it(
+    render_server: KilnServer, s3_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """`kiln render s3://.../scene.blend`: what the scene names by relative paths is fetched from
+    the bucket and packed with it; the artist's absolute path is not looked up on this machine."""
+    project = build_project(tmp_path / "source")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_s3_credentials())
+    for path in sorted((tmp_path / "source/project").rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"textured/{path.relative_to(tmp_path / 'source/project').as_posix()}")
+    (tmp_path / "source").rename(tmp_path / "artists-disk")  # its absolute texture is not on this machine
+    scene = f"s3://{BUCKET}/textured/shots/scene.blend"
+    run = kiln_render(render_server, s3_env, scene, "-o", str(tmp_path / "out"))
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert re.search(rf"packed scene\.blend and 3 files it uses, [0-9.]+ MiB, into {tmp_path}/out/packs/", run.stdout)
+    warning = f"warning: the scene uses {project.absolute_texture}, which is not there to pack"
+    assert warning in " ".join(run.stderr.split())
     assert colours(read_png(tmp_path / "out" / "frames" / "0001.png")) == [RED, MAGENTA, BLUE]
 
 
