@@ -22,7 +22,7 @@ from typing import NoReturn
 from botocore.exceptions import BotoCoreError
 
 from kiln.render.errors import RenderError
-from kiln.render.pack_cache import cache_folder, pack_digest, scene_of_pack
+from kiln.render.pack_cache import cache_folder, cache_limit_bytes, pack_digest, scene_of_pack
 from kiln.render.slices import array_index
 from kiln.render.vcpus import job_vcpus
 
@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None, *, use_zygote: bool = True) -> int:
         arguments = build_parser().parse_args(argv)
         if arguments.action == "render":
             if pack_digest(arguments.input) is not None:  # a scene pack: render its cached local tree
-                arguments.input = str(scene_of_pack(arguments.input, cache_folder(os.environ), say=_say))
+                cache, limit = cache_folder(os.environ), cache_limit_bytes(os.environ)
+                arguments.input = str(scene_of_pack(arguments.input, cache, limit, say=_say))
                 argv = render_argv(arguments)
             if use_zygote and (status := _render_via_zygote(argv)) is not None:
                 return status

@@ -7,13 +7,16 @@ textures and the linked library.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kiln.render.pack_cache import pack_digest
+from kiln.render.pack_cache import pack_digest, trim
 from kiln.render.packing import pack_scene
 
 from .conftest import run_worker
@@ -103,6 +106,53 @@ def test_only_a_file_named_by_a_sha256_is_a_pack() -> None:
     assert pack_digest(f"/local/{digest}.blend") is None
     assert pack_digest(f"/local/{digest.upper()}.zip") is None
     assert pack_digest("/local/frames.zip") is None
+
+
+def _tree(cache: Path, name: str, size: int, used: float) -> Path:
+    """A cached tree of `size` bytes whose lock file says it was last used at `used`."""
+    tree = cache / name
+    (tree / "shots").mkdir(parents=True)
+    (tree / "shots" / "scene.blend").write_bytes(b"x" * size)
+    lock = cache / f".{name}.lock"
+    lock.touch()
+    os.utime(lock, (used, used))
+    return tree
+
+
+def test_trimming_removes_the_least_recently_used_trees_no_job_holds(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    held, oldest, newer = ("c" * 64, 1_000.0), ("a" * 64, 2_000.0), ("b" * 64, 3_000.0)
+    for name, used in (held, oldest, newer):
+        _tree(cache, name, 3 * 1024, used)
+    dead_fetch = cache / f".{'d' * 64}.fetch-x1"  # a fetch that was killed: nobody holds its digest
+    live_unpack = cache / f".{'e' * 64}.partial-x2"  # one in progress: its job holds the digest
+    for leftover in (dead_fetch, live_unpack):
+        leftover.mkdir()
+        (leftover / "part").write_bytes(b"y")
+    (cache / f".{'d' * 64}.lock").touch()
+    with _holding(cache / f".{held[0]}.lock", fcntl.LOCK_SH), _holding(cache / f".{'e' * 64}.lock", fcntl.LOCK_EX):
+        done = trim(cache, 6 * 1024)
+        left = trim(cache, 0)
+    assert sorted(path.name for path in cache.iterdir() if not path.name.endswith(".lock")) == sorted(
+        [held[0], live_unpack.name]
+    )
+    assert sorted(done) == sorted(
+        [f"removed {dead_fetch.name} (left by a fetch that did not finish)",
+         f"removed scene pack {'a' * 12} from this node's cache (0.0 MiB)"]
+    )  # fmt: skip
+    assert left == [f"removed scene pack {'b' * 12} from this node's cache (0.0 MiB)"]  # c and e are held
+
+
+@contextlib.contextmanager
+def _holding(lock: Path, how: int) -> Iterator[None]:
+    """`lock` held as a job holds it (shared while rendering, exclusive while fetching)."""
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, how)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def stat_mode(path: Path) -> int:
