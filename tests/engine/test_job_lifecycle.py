@@ -316,8 +316,11 @@ def test_terminate_recorded_after_the_process_exited_0_keeps_success(tmp_path: P
         kiln.call("TerminateJob", jobId=job_id, reason="too late")  # the job is still STARTING in the store
         assert kiln.row(job_id).is_terminated
         job = kiln.run_until([job_id])[job_id]
+        row = kiln.row(job_id)
     assert job["status"] == "SUCCEEDED"
     assert job["statusReason"] == ESSENTIAL_EXITED
+    assert job["isTerminated"] is False  # the terminate stopped nothing
+    assert not row.is_terminated and "stopReason" not in row.spec
     assert _exit_codes(job) == [0]
 
 

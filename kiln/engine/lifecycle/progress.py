@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.engine.lifecycle.states import ARRAY_CHILD_FAILED, DEPENDENT_JOB_FAILED, FINISHED, TERMINAL, Status
+from kiln.engine.lifecycle.stops import came_too_late
 from kiln.engine.lifecycle.transitions import Move, transition, transition_each
 from kiln.engine.retry import AttemptOutcome, should_retry
 from kiln.executors.base import ESSENTIAL_CONTAINER_EXITED, AttemptExited
@@ -170,4 +171,5 @@ def record_exits(repo: Repository, exits: Sequence[Exit]) -> dict[str, Status]:
         moves.setdefault((target, ran), []).append(Move(e.job.id, e.event.at_ms, reason, values))
     for (target, ran), batch in moves.items():
         transition_each(repo, target, batch, through_running=ran)
+    came_too_late(repo, [e.job for e in exits if e.job.is_terminated and decided[e.job.id] is Status.SUCCEEDED])
     return decided

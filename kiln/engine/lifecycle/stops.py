@@ -51,6 +51,14 @@ def stop_running(repo: Repository, jobs: Sequence[Job], reason: str) -> None:
         _flag(repo, job, Stop.TERMINATE, reason)
 
 
+def came_too_late(repo: Repository, jobs: Sequence[Job]) -> None:
+    """Jobs flagged for termination that succeeded anyway (their process exited 0 before the
+    signal reached it): the terminate stopped nothing, so they are not shown as terminated."""
+    for job in jobs:
+        spec = {key: value for key, value in job.spec.items() if key != "stopReason"}
+        repo.jobs.update_fields(job.id, {Stop.TERMINATE.value: False, "spec": spec})
+
+
 def _flag(repo: Repository, job: Job, stop: Stop, reason: str) -> None:
     """Flag `job` as stopped by `stop`, and keep `reason` as the one its end will carry."""
     repo.jobs.update_fields(job.id, {stop.value: True, "spec": {**job.spec, "stopReason": reason}})
