@@ -160,9 +160,18 @@ def shared_work_root(data_dir: Path) -> Path:
     return SHARED_WORK_PARENT / digest
 
 
+def absolute(path: Path) -> Path:
+    """`path` absolute (from this process's working directory), `~` expanded, symlinks kept."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from `<data_dir>/kiln.toml` then explicit overrides (flags win)."""
-    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    """Build settings from `<data_dir>/kiln.toml` then explicit overrides (flags win).
+
+    The data dir is made absolute here, once: jobs, the supervisor and the log files are all
+    reached from other working directories (`kiln server --data-dir kiln-data/x`).
+    """
+    settings = Settings() if data_dir is None else Settings(data_dir=absolute(data_dir))
     config_path = settings.data_dir / CONFIG_FILE_NAME
     if config_path.exists():
         settings = _apply_file(settings, config_path)
@@ -187,8 +196,8 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
     for key in ("allowed_hosts", "allowed_job_users", "job_environment"):
         if key in server:
             server[key] = tuple(server[key])
-    if "work_root" in server:
-        server["work_root"] = Path(server["work_root"])
+    if "work_root" in server:  # a relative one is inside the data dir, as every other path of kiln.toml
+        server["work_root"] = settings.data_dir / Path(server["work_root"]).expanduser()
     images = _parse_images(path, document.get("images", {}))
     roles = _parse_job_roles(path, document.get("job_roles", {}))
     return replace(settings, **server, images={**settings.images, **images}, job_roles={**settings.job_roles, **roles})

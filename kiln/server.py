@@ -7,12 +7,16 @@ import fcntl
 import ipaddress
 import logging
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from uvicorn.main import STARTUP_FAILURE
 
 from kiln.access_keys import KeyFile
 from kiln.api.app import create_app
@@ -172,7 +176,6 @@ def build_server(settings: Settings) -> Server:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         scheduler.start()
-        log.info("kiln server ready on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir)
         try:
             yield
         finally:
@@ -200,10 +203,31 @@ def serve(settings: Settings) -> None:
         settings.request_head_timeout_seconds, settings.request_body_timeout_seconds
     )
     server = build_server(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
         # h11, pinned (httptools, when installed, would be picked and bypass them), with Kiln's
         # request deadlines and connection cap; no WebSockets (no route uses them).
         http=http_protocol(limits), ws="none", backlog=limits.backlog,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )  # fmt: skip
+    listening = _ReadyWhenListening(config, settings.data_dir)
+    with contextlib.suppress(KeyboardInterrupt):
+        listening.run()
+    if not listening.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class _ReadyWhenListening(uvicorn.Server):
+    """uvicorn's server that says Kiln is ready once its socket accepts connections: uvicorn runs
+    the app's start-up (the scheduler) before it binds, so a line logged there came too early for
+    a client that waits for it."""
+
+    def __init__(self, config: uvicorn.Config, data_dir: Path) -> None:
+        super().__init__(config)
+        self.data_dir = data_dir
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            log.info("kiln server ready on http://%s:%d (data dir %s)", host, port, self.data_dir)

@@ -55,16 +55,19 @@ class KilnServer:
     flags: list[str]
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None
+    cwd: Path | None = None  # the server's working directory, where a relative data_dir is
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
+        log = (self.cwd or Path()).joinpath(self.data_dir.parent, f"server-{self.port}.log").open("ab")
         command = [sys.executable, "-m", "kiln", "server", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         environment = None if self.env is None else {**os.environ, **self.env}
-        self.process = subprocess.Popen([*command, *self.flags], stdout=log, stderr=subprocess.STDOUT, env=environment)
+        self.process = subprocess.Popen(
+            [*command, *self.flags], stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=self.cwd
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -90,8 +93,9 @@ class KilnServer:
         """Stop the server and its attempt supervisor (which would otherwise outlive it, on purpose),
         and remove its workdirs' root when that lies outside the data dir (jobs ran as another user)."""
         self.stop()
-        stop_supervisor(self.data_dir / "executor", timeout=60)
-        shutil.rmtree(shared_work_root(self.data_dir), ignore_errors=True)
+        data_dir = (self.cwd or Path()).joinpath(self.data_dir)
+        stop_supervisor(data_dir / "executor", timeout=60)
+        shutil.rmtree(shared_work_root(data_dir), ignore_errors=True)
 
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from kiln.executors.supervised import stop_supervisor
 from tests.conftest import FAST_FLAGS, KilnServer, free_port
 from tests.support import make_queue, register_shell, submit, unique, wait_for
 
@@ -55,6 +57,51 @@ def test_image_catalogue_from_kiln_toml(tmp_path: Path) -> None:
         assert text == "entry: hello world\n"
     finally:
         server.stop()
+
+
+def test_relative_data_dir_and_work_root_are_taken_from_where_the_server_starts(tmp_path: Path) -> None:
+    """`--data-dir kiln-data/x` (and kiln.toml's `work_root = "work"`, relative to the data dir) are
+    resolved once at start: jobs run in directories of their own and still find their log files."""
+    data_dir = tmp_path / "kiln-data" / "x"
+    data_dir.mkdir(parents=True)
+    (data_dir / "kiln.toml").write_text('[server]\nwork_root = "jobs-work"\n')
+    server = KilnServer(Path("kiln-data/x"), free_port(), FAST_FLAGS, cwd=tmp_path)
+    server.start()
+    try:
+        batch = server.client()
+        job_id = submit(batch, make_queue(batch), register_shell(batch, "echo relative; pwd"))
+        job = wait_for(batch, job_id)
+        assert job["status"] == "SUCCEEDED", job.get("statusReason")
+        text = httpx.get(f"{server.endpoint}/kiln/v1/logs/{job_id}", timeout=10).json()["text"]
+        task_id = job["container"]["taskArn"].rsplit("/", 1)[-1]
+        assert text == f"relative\n{data_dir / 'jobs-work' / task_id}\n"
+        assert (data_dir / "logs" / f"{job['container']['logStreamName']}.log").is_file()
+    finally:
+        server.close()
+
+
+def test_the_ready_line_comes_once_the_server_accepts_connections(tmp_path: Path) -> None:
+    """A client that waits for `kiln server ready on URL` may connect at once; with `--port 0` the
+    line names the port the system chose."""
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "server", "--port", "0", "--data-dir", str(data_dir), *FAST_FLAGS],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while "kiln server ready on " not in line:
+            assert time.monotonic() < deadline and process.poll() is None, line
+            line = process.stderr.readline()
+        url = line.split("kiln server ready on ", 1)[1].split()[0]
+        assert re.fullmatch(r"http://127\.0\.0\.1:[0-9]+", url) and not url.endswith(":0"), line
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # no retry: it must answer now
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        stop_supervisor(data_dir / "executor", timeout=60)
 
 
 def test_bad_kiln_toml_is_a_clear_startup_error(tmp_path: Path) -> None:
