@@ -156,6 +156,9 @@ def delete_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     return {}
 
 
+SERVICE_QUEUE_TYPE = "SAGEMAKER_TRAINING"
+
+
 def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """The order with ARNs, sorted, and the queue type its compute environments give it."""
     if not 1 <= len(order) <= MAX_CES_PER_QUEUE:
@@ -175,9 +178,19 @@ def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> tuple[list[dict
     return sorted(resolved, key=lambda item: item["order"]), queue_type
 
 
+def _check_not_a_service_queue(params: dict[str, Any]) -> None:
+    """SageMaker training queues take service environments, which Kiln does not run: say so
+    rather than complain about their missing compute environments."""
+    if params.get("jobQueueType") == SERVICE_QUEUE_TYPE or params.get("serviceEnvironmentOrder"):
+        raise ValidationError(
+            f"jobQueueType {SERVICE_QUEUE_TYPE} and serviceEnvironmentOrder (SageMaker training jobs through "
+            "service environments) are not implemented by Kiln; create a queue on compute environments instead"
+        )
+
+
 def _queue_type(requested: str | None, derived: str) -> str:
     """AWS sets ECS or ECS_FARGATE from the compute environments; a contradicting request is refused."""
-    if requested in (fargate.EC2_QUEUE_TYPE, fargate.FARGATE_QUEUE_TYPE) and requested != derived:
+    if requested is not None and requested != derived:
         raise ValidationError(
             f"jobQueueType {requested} does not match the job queue's compute environments ({derived})"
         )
@@ -236,6 +249,7 @@ def create_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         raise ConflictError(f"Object already exists: job queue {name}")
     policy_arn = _policy_arn(ctx, params["schedulingPolicyArn"]) if "schedulingPolicyArn" in params else None
     _check_priority(params["priority"])
+    _check_not_a_service_queue(params)
     order, derived_type = _resolve_order(ctx, params.get("computeEnvironmentOrder") or [])
     queue_type = _queue_type(params.get("jobQueueType"), derived_type)
     _check_time_limit_actions(ctx, params.get("jobStateTimeLimitActions"))
@@ -275,6 +289,7 @@ def describe_job_queues(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 def update_job_queue(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     doc = get_job_queue(ctx, params["jobQueue"])
+    _check_not_a_service_queue(params)
     if "schedulingPolicyArn" in params:
         doc["schedulingPolicyArn"] = _swapped_policy(ctx, doc, params["schedulingPolicyArn"])
     if params.get("priority") is not None:

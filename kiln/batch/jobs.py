@@ -127,7 +127,12 @@ def list_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     return {"jobSummaryList": summaries, "nextToken": token}
 
 
-def _check_reason(reason: str) -> None:
+def _check_stop(job_ids: list[str], reason: str) -> None:
+    """AWS answers an empty jobId or reason with a ClientException (an unknown id is not an error)."""
+    if any(job_id == "" for job_id in job_ids):
+        raise ValidationError("jobId is required and cannot be an empty string")
+    if reason == "":
+        raise ValidationError("reason is required and cannot be an empty string")
     if len(reason) > MAX_REASON:
         raise ValidationError(f"reason must be at most {MAX_REASON} characters")
 
@@ -143,13 +148,13 @@ def _targets(ctx: Context, job_id: str) -> list[Job]:
 
 def cancel(ctx: Context, job_ids: list[str], reason: str) -> None:
     """CancelJob: what it does to each job is the lifecycle's to decide (`lifecycle.cancel`)."""
-    _check_reason(reason)
+    _check_stop(job_ids, reason)
     lifecycle.cancel(ctx.repo, [job for job_id in job_ids for job in _targets(ctx, job_id)], reason, ctx.now)
 
 
 def terminate(ctx: Context, job_ids: list[str], reason: str) -> None:
     """TerminateJob: what it does to each job is the lifecycle's to decide (`lifecycle.terminate`)."""
-    _check_reason(reason)
+    _check_stop(job_ids, reason)
     lifecycle.terminate(ctx.repo, [job for job_id in job_ids for job in _targets(ctx, job_id)], reason, ctx.now)
 
 

@@ -515,11 +515,43 @@ CASES = [
         "Filter BEFORE_CREATED_AT needs epoch milliseconds",
         id="listjobs-created-at-beyond-int64",
     ),
+    # Job queues of SageMaker service environments
+    pytest.param(
+        lambda b, w: b.create_job_queue(jobQueueName=unique("q"), priority=1, jobQueueType="SAGEMAKER_TRAINING"),
+        "jobQueueType SAGEMAKER_TRAINING and serviceEnvironmentOrder (SageMaker training jobs through service "
+        "environments) are not implemented by Kiln; create a queue on compute environments instead",
+        id="queue-sagemaker-training",
+    ),
+    pytest.param(
+        lambda b, w: b.create_job_queue(
+            jobQueueName=unique("q"),
+            priority=1,
+            serviceEnvironmentOrder=[{"order": 1, "serviceEnvironment": "training"}],
+        ),
+        "jobQueueType SAGEMAKER_TRAINING and serviceEnvironmentOrder (SageMaker training jobs through service "
+        "environments) are not implemented by Kiln; create a queue on compute environments instead",
+        id="queue-service-environment-order",
+    ),
     # CancelJob(s)
     pytest.param(
         lambda b, w: b.cancel_job(jobId=w.array_job, reason="r" * 1025),
         "reason must be at most 1024 characters",
         id="cancel-reason-1025",
+    ),
+    pytest.param(
+        lambda b, w: b.cancel_job(jobId="", reason="why"),
+        "jobId is required and cannot be an empty string",
+        id="cancel-empty-job-id",
+    ),
+    pytest.param(
+        lambda b, w: b.terminate_job(jobId=w.array_job, reason=""),
+        "reason is required and cannot be an empty string",
+        id="terminate-empty-reason",
+    ),
+    pytest.param(
+        lambda b, w: b.terminate_job(jobId="", reason="why"),
+        "jobId is required and cannot be an empty string",
+        id="terminate-empty-job-id",
     ),
     pytest.param(
         lambda b, w: b.cancel_jobs(jobs=[GHOST_JOB_ID] * 51, reason="too many"),
