@@ -56,6 +56,7 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     _check_compute_resources(params["type"], params.get("computeResources"))
     if params["type"] == "MANAGED" and params.get("unmanagedvCpus") is not None:
         raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
+    _check_not_eks(params)
     check_tags(params.get("tags"))
     arn = ctx.arns.compute_environment(name)
     state = params.get("state", "ENABLED")
@@ -74,10 +75,22 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
         "uuid": str(uuid.uuid4()),
         "containerOrchestrationType": "ECS",
     }
+    if params.get("context") is not None:
+        doc["context"] = params["context"]
     ctx.repo.environments.insert(
         ComputeEnvironment(name=name, arn=arn, state=state, status="VALID", created_at=ctx.now, doc=doc)
     )
     return {"computeEnvironmentName": name, "computeEnvironmentArn": arn}
+
+
+def _check_not_eks(params: dict[str, Any]) -> None:
+    """Kiln's compute environments run jobs on its own executors, described as ECS: an EKS cluster
+    named here would be silently ignored, so it is refused."""
+    if params.get("eksConfiguration") is not None:
+        raise ValidationError(
+            "eksConfiguration is not supported: Kiln runs jobs on its own executors (local, Docker or Ray), "
+            "described as ECS compute environments, not on an Amazon EKS cluster; leave eksConfiguration out"
+        )
 
 
 def get_compute_environment(ctx: Context, reference: str) -> dict[str, Any]:
@@ -114,6 +127,7 @@ def describe_compute_environments(ctx: Context, params: dict[str, Any]) -> dict[
 
 def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     doc = get_compute_environment(ctx, params["computeEnvironment"])
+    _check_not_eks(params)
     if params.get("unmanagedvCpus") is not None:
         if doc["type"] != "UNMANAGED":
             raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
@@ -124,7 +138,9 @@ def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
         updated = {**(doc.get("computeResources") or {}), **params["computeResources"]}
         _check_compute_resources("MANAGED", updated)
         doc["computeResources"] = updated
-    for key in ("state", "serviceRole"):
+    if params.get("updatePolicy"):  # kept and described; Kiln's updates take effect at once anyway
+        doc["updatePolicy"] = {**(doc.get("updatePolicy") or {}), **params["updatePolicy"]}
+    for key in ("state", "serviceRole", "context"):
         if params.get(key) is not None:
             doc[key] = params[key]
     ctx.repo.environments.update(doc["computeEnvironmentName"], {"state": doc["state"], "doc": doc})

@@ -186,6 +186,42 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
     assert gone["computeEnvironments"] == []
 
 
+def test_context_and_update_policy_are_described_and_eks_is_refused(batch: Any) -> None:
+    name = unique("ce-context")
+    batch.create_compute_environment(
+        computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 2},
+        context="render-farm",
+    )  # fmt: skip
+    [detail] = batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"]
+    assert detail["context"] == "render-farm"
+    assert "updatePolicy" not in detail
+    batch.update_compute_environment(
+        computeEnvironment=name, context="night-shift",
+        updatePolicy={"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 30},
+    )  # fmt: skip
+    [detail] = batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"]
+    assert detail["context"] == "night-shift"
+    assert detail["updatePolicy"] == {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 30}
+
+    eks = {"eksClusterArn": "arn:aws:eks:us-east-1:123456789012:cluster/render", "kubernetesNamespace": "batch"}
+    for call in (
+        lambda: batch.create_compute_environment(
+            computeEnvironmentName=unique("ce-eks"),
+            type="MANAGED",
+            computeResources={"type": "EC2", "maxvCpus": 2},
+            eksConfiguration=eks,
+        ),
+        lambda: batch.update_compute_environment(
+            computeEnvironment=name, eksConfiguration={"accessEntry": {"desiredState": "ENABLED"}}
+        ),
+    ):
+        with pytest.raises(batch.exceptions.ClientException, match="eksConfiguration is not supported: Kiln runs"):
+            call()
+    assert batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"][0]["context"] == (
+        "night-shift"
+    )
+
+
 def test_compute_environment_pagination(batch: Any) -> None:
     created = [make_ce(batch) for _ in range(5)]
     first = batch.describe_compute_environments(maxResults=2)
