@@ -22,9 +22,8 @@ import boto3
 import httpx
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, free_port, start_server
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, start_server
 from tests.ray_cluster import RayCluster, private_tmp_refused, start_cluster
 from tests.render.conftest import run_bpy, run_worker
 from tests.render.images import read_png, video_frames
@@ -49,18 +48,9 @@ def separate_nodes() -> Iterator[RayCluster]:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def s3_env(s3_endpoint: str) -> dict[str, str]:
+    """The store (tests/conftest.py's moto server) with this module's bucket."""
+    boto3.client("s3", endpoint_url=s3_endpoint, **CREDENTIALS).create_bucket(Bucket=BUCKET)
     return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL_S3": s3_endpoint}
 
 
