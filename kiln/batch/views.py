@@ -31,10 +31,16 @@ def attempt_detail(ctx: Context, attempt: Attempt) -> dict[str, Any]:
 
 
 def job_detail(
-    ctx: Context, job: Job, spec: Document, attempts: list[Attempt], summary: dict[str, int] | None
+    ctx: Context,
+    job: Job,
+    spec: Document,
+    attempts: list[Attempt],
+    summary: dict[str, int] | None,
+    summary_changed_at: int | None = None,
 ) -> dict[str, Any]:
     """`spec` is the job's resolved specification (an array child's is its parent's; an MNP node's
-    its job's with the node's own container); an MNP job's `attempts` are its main node's."""
+    its job's with the node's own container); an MNP job's `attempts` are its main node's; an array
+    parent's `summary` counts its children by status, last changed at `summary_changed_at`."""
     container = dict(spec.get("container") or {})
     current = attempts[-1] if attempts else None
     if current is not None and job.num_nodes is None:
@@ -74,7 +80,8 @@ def job_detail(
             "size": job.array_size,
             # Every status, zeros included, so clients can index any key.
             "statusSummary": {status.value: (summary or {}).get(status.value, 0) for status in Status},
-            "statusSummaryLastUpdatedAt": ctx.now,
+            # When a child's status last changed; before any child exists, when the parent was submitted.
+            "statusSummaryLastUpdatedAt": summary_changed_at or job.created_at,
         }
     elif job.array_index is not None:
         detail["arrayProperties"] = {"index": job.array_index}

@@ -120,6 +120,18 @@ class JobStore(Queries):
                 summary[parent_id][status] = int(count)
         return summary
 
+    def children_changed_at(self, parent_ids: Sequence[str]) -> dict[str, int]:
+        """Per array parent with children: when a child's status last changed (its statusSummary did)."""
+        changed: dict[str, int] = {}
+        for chunk in chunks(parent_ids):
+            query = (
+                select(jobs.c.parent_id, func.max(jobs.c.status_changed_at))
+                .where(jobs.c.parent_id.in_(list(chunk)))
+                .group_by(jobs.c.parent_id)
+            )
+            changed.update({parent_id: int(at) for parent_id, at in self.connection.execute(query) if at is not None})
+        return changed
+
     def statuses_of(self, job_ids: Sequence[str]) -> dict[str, str]:
         result: dict[str, str] = {}
         for chunk in chunks(job_ids):

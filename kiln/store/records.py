@@ -42,6 +42,7 @@ class Job:
     is_cancelled: bool
     is_terminated: bool
     spec: Document = field(default_factory=dict)
+    status_changed_at: int | None = None  # when the status last changed
 
     @classmethod
     def new(
@@ -53,7 +54,7 @@ class Job:
         """A job as SubmitJob first stores it: no reason, times, attempts or stop flags yet."""
         return cls(id, name, queue_arn, definition_arn, status, None, created_at, None, None, None, parent_id,
                    array_index, array_size, num_nodes, node_index, 0, vcpus, memory_mib, gpus, False, False,
-                   {} if spec is None else spec)  # fmt: skip
+                   {} if spec is None else spec, created_at)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -86,6 +86,9 @@ jobs = Table(
     # The resolved job: container (after overrides and Ref:: substitution), parameters,
     # retryStrategy, timeout, dependsOn, tags, platformCapabilities, ...
     Column("spec", JSON, nullable=False),
+    # When the status last changed (migration 0006): an array parent's statusSummaryLastUpdatedAt
+    # is its children's latest.
+    Column("status_changed_at", BigInteger),
     Index("ix_jobs_queue_status_created", "queue_arn", "status", "created_at"),
     Index("ix_jobs_status_runnable", "status", "runnable_at"),
     # Candidates: released together (same runnable_at) -> submit order -> array index.

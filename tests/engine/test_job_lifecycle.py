@@ -168,6 +168,12 @@ def test_array_children_all_run_and_parent_succeeds(tmp_path: Path) -> None:
         parent = kiln.submit("indexed", arrayProperties={"size": 3})
         children = [f"{parent}:{i}" for i in range(3)]
         jobs = kiln.run_until([parent, *children])
+        time.sleep(0.05)
+        again = kiln.call("DescribeJobs", jobs=[parent])["jobs"][0]
+    # The summary last changed when the last child ended, whenever the parent is described.
+    last_change = max(jobs[child]["stoppedAt"] for child in children)
+    assert jobs[parent]["arrayProperties"]["statusSummaryLastUpdatedAt"] == last_change
+    assert again["arrayProperties"]["statusSummaryLastUpdatedAt"] == last_change
     assert jobs[parent]["status"] == "SUCCEEDED"
     assert jobs[parent]["arrayProperties"]["size"] == 3
     assert jobs[parent]["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 3

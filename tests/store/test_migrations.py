@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -78,6 +79,28 @@ def test_upgrade_twice_is_a_no_op(database_url: str) -> None:
     with engine.connect() as connection:
         assert connection.execute(text("SELECT name FROM job_queues")).scalars().all() == ["q"]
     assert _differences(engine) == []
+    engine.dispose()
+
+
+def test_jobs_from_before_0006_get_their_latest_recorded_time_as_their_last_status_change(database_url: str) -> None:
+    engine = create_engine(database_url)
+    config = migrate.alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+        columns = "id, name, queue_arn, definition_arn, status, created_at, runnable_at, started_at, stopped_at, "
+        columns += "attempt_count, vcpus, memory_mib, gpus, is_cancelled, is_terminated, spec"
+        for job_id, times in {"done": "1, 2, 3, 4", "running": "1, 2, 3, NULL", "new": "1, NULL, NULL, NULL"}.items():
+            connection.execute(
+                text(
+                    f"INSERT INTO jobs ({columns}) VALUES ('{job_id}', 'n', 'q', 'd', 'X', {times}, 0, 1, 64, 0, "
+                    "false, false, '{}')"
+                )
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, status_changed_at FROM jobs ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [("done", 4), ("new", 1), ("running", 3)]
     engine.dispose()
 
 

@@ -70,7 +70,7 @@ def restart_gang(repo: Repository, job: Job, nodes: Sequence[Job], now_ms: int) 
     for node in nodes:
         spec = {key: value for key, value in node.spec.items() if key != "stopReason"}
         repo.jobs.update_fields(node.id, {"spec": spec})
-    restart_nodes(repo, [node.id for node in nodes])
+    restart_nodes(repo, [node.id for node in nodes], now_ms)
     transition(repo, [job.id], Status.RUNNABLE, None, now_ms, only_from=ACTIVE)
 
 

@@ -31,7 +31,7 @@ def transition(
 ) -> list[str]:
     """Move jobs to `target` where the table allows it, setting the time that state sets
     (`_TIME_COLUMN`); returns the ids that moved."""
-    values: dict[str, object] = {"status": target.value, "status_reason": reason}
+    values: dict[str, object] = {"status": target.value, "status_reason": reason, "status_changed_at": now_ms}
     time_column = _TIME_COLUMN.get(target)
     if time_column is not None:
         values[time_column] = now_ms
@@ -68,7 +68,9 @@ def transition_each(
     time_column = _TIME_COLUMN.get(target)
     rows = []
     for move in moves:
-        row: dict[str, object] = {"_id": move.job_id, "status": target.value, "status_reason": move.reason}
+        row: dict[str, object] = {
+            "_id": move.job_id, "status": target.value, "status_reason": move.reason, "status_changed_at": move.at_ms,
+        }  # fmt: skip
         row.update(move.values)
         if time_column is not None:
             row[time_column] = move.at_ms
@@ -81,7 +83,7 @@ def set_reason(repo: Repository, job_ids: Sequence[str], in_status: Status, reas
     return repo.jobs.update(job_ids, [in_status.value], {"status_reason": reason})
 
 
-def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
+def restart_nodes(repo: Repository, node_ids: Sequence[str], now_ms: int) -> list[str]:
     """A retried multi-node parallel job's nodes wait again (SUBMITTED) for the job's next placement.
 
     The one way out of a terminal state, and only for node jobs (`<job>#<i>`): AWS gives every node
@@ -90,5 +92,5 @@ def restart_nodes(repo: Repository, node_ids: Sequence[str]) -> list[str]:
     """
     ids = [job_id for job_id in node_ids if "#" in job_id]
     values = {"status": Status.SUBMITTED.value, "status_reason": None, "started_at": None, "stopped_at": None,
-              "is_terminated": False}  # fmt: skip
+              "is_terminated": False, "status_changed_at": now_ms}  # fmt: skip
     return repo.jobs.update(ids, [s.value for s in TERMINAL], values)
