@@ -29,19 +29,47 @@ NODE_CPUS = 2
 NODE_MEMORY_BYTES = 2 * 1024**3
 START_SECONDS = 90
 RAY = str(Path(sys.executable).with_name("ray"))
-# A private mount namespace whose /tmp is a new empty tmpfs ($0: a folder to create in it), then
-# the command. unshare execs in place, so the node's session and pid stay the Popen's.
-PRIVATE_TMP = [
-    "unshare", "--mount", "--propagation", "private", "--",
-    "sh", "-c", 'mount -t tmpfs -o mode=1777 kiln-node-tmp /tmp && mkdir -p "$0" && exec "$@"',
-]  # fmt: skip
+# A private mount namespace whose /tmp is a new empty tmpfs, then the command ($0: a folder to
+# create in it; $1: `:`-separated folders under /tmp to keep, such as a checkout and its venv that
+# live there, carried over through bind mounts parked in /dev/shm). unshare execs in place, so the
+# node's session and pid stay the Popen's.
+_PRIVATE_TMP_SCRIPT = """
+set -e
+root=$0 keep=$1
+shift
+stash=$(mktemp -d /dev/shm/kiln-node-XXXXXX)
+IFS=:
+n=0
+for path in $keep; do n=$((n + 1)); mkdir "$stash/$n"; mount --bind "$path" "$stash/$n"; done
+mount -t tmpfs -o mode=1777 kiln-node-tmp /tmp
+n=0
+for path in $keep; do n=$((n + 1)); mkdir -p "$path"; mount --move "$stash/$n" "$path"; rmdir "$stash/$n"; done
+unset IFS
+rmdir "$stash"
+mkdir -p "$root"
+exec "$@"
+"""
+PRIVATE_TMP = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _PRIVATE_TMP_SCRIPT]
+
+
+def kept_under_tmp() -> str:
+    """What a node with a private /tmp must still see: this checkout and its interpreter's
+    environment, when they live under /tmp (a CI clone may)."""
+    import kiln
+
+    needed = {Path(kiln.__file__).resolve().parents[1], Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    below = sorted(str(path) for path in needed if path.is_relative_to("/tmp"))
+    return ":".join(path for path in below if not any(path.startswith(other + "/") for other in below))
 
 
 def private_tmp_refused() -> str | None:
     """Why a node cannot get a private /tmp here (the kernel or the sandbox refuses mount
     namespaces, or `unshare` is missing), or None when it can."""
     try:
-        done = subprocess.run([*PRIVATE_TMP, "/tmp/probe", "true"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [*PRIVATE_TMP, "/tmp/probe", kept_under_tmp(), sys.executable, "-c", "import kiln"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
     except OSError as error:
         return f"cannot run unshare: {error}"
     return None if done.returncode == 0 else f"unshare --mount refused: {done.stderr.strip()}"
@@ -143,7 +171,7 @@ class RayCluster:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         command = [RAY, "start", *where, *common]
         if private_tmp:
-            command = [*PRIVATE_TMP, str(self.root), *command]
+            command = [*PRIVATE_TMP, str(self.root), kept_under_tmp(), *command]
         with log.open("ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         node = RayNode(name, process, log)
