@@ -28,6 +28,7 @@ from kiln.cli.embedded_server import free_port
 NODE_CPUS = 2
 NODE_MEMORY_BYTES = 2 * 1024**3
 START_SECONDS = 90
+STOP_SECONDS = 3
 RAY = str(Path(sys.executable).with_name("ray"))
 # A private mount namespace whose /tmp is a new empty tmpfs, then the command ($0: a folder to
 # create in it; $1: `:`-separated folders under /tmp to keep, such as a checkout and its venv that
@@ -127,11 +128,13 @@ class RayNode:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM, then `kill` what is left: a worker node stops in about a second, the head's
+        `ray start --block` not within 20 s, and nothing of a test cluster needs a clean end."""
         if self.process.poll() is not None:
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.kill()
         except ProcessLookupError:
