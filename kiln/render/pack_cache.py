@@ -8,9 +8,10 @@ warm processes for it as for any local scene, and later jobs of the same render 
 
 The cache is per user (`/tmp/kiln-packs-<uid>`, 0700 and owned by this user, else refused; or
 `KILN_PACK_CACHE`): jobs of other local users cannot swap a cached tree (jobs of the same user
-can: they are trusted alike). Each digest has a lock file: a job holds it exclusively while it
-fetches (the jobs that start together on a node fetch once, the others wait and reuse the tree)
-and shared for the rest of its life, so a tree in use is never trimmed. After a fetch the cache
+can: they are trusted alike). Each digest has a lock file: a job holds it shared for its whole
+life, so a tree in use is never trimmed, and exclusively while it fetches (the jobs that start
+together on a node fetch once, the others wait and reuse the tree). Jobs of a cached tree never
+wait for each other. After a fetch the cache
 is trimmed to `KILN_PACK_CACHE_MAX_MIB` by removing the trees used longest ago that no job holds,
 and the leftovers of fetches that died half-way. This module loads fsspec and BAT only when a
 job is given a pack, since every job's start imports it.
@@ -72,13 +73,16 @@ def scene_of_pack(uri: str, cache: Path, limit_bytes: int, say: Callable[[str], 
     _ensure_private(cache)
     lock = os.open(_lock_file(cache, digest), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     _held.append(lock)
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # jobs rendering from the tree hold it so; a trim may not remove it
     scene = cached_scene(cache, digest)
-    fetched = scene is None
+    fetched = False
     if scene is None:
-        scene = _fetch(uri, cache, digest, say)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one job fetches; the others wait here, then find the tree
+        scene = cached_scene(cache, digest)
+        if scene is None:
+            scene, fetched = _fetch(uri, cache, digest, say), True
+        fcntl.flock(lock, fcntl.LOCK_SH)
     os.utime(lock)  # its mtime says when a job last used the tree (atime is not kept on every mount)
-    fcntl.flock(lock, fcntl.LOCK_SH)  # others may render from it too; a trim may not remove it
     if fetched:
         for line in trim(cache, limit_bytes):
             say(line)

@@ -54,8 +54,11 @@ def test_a_job_given_a_pack_renders_it_and_the_next_job_reuses_the_cached_tree(
 
     archive_moved = archive.with_name("moved.zip")  # the second job must not need the archive at all
     archive.rename(archive_moved)
-    try:
-        second = run_worker("render", "-i", str(archive), "-o", str(tmp_path / "two"), "-f", "1", env=environment)
+    try:  # while another job renders from the tree (holding its lock shared): no waiting for it
+        with _holding(cache / f".{digest}.lock", fcntl.LOCK_SH):
+            second = run_worker(
+                "render", "-i", str(archive), "-o", str(tmp_path / "two"), "-f", "1", env=environment, timeout=60
+            )
     finally:
         archive_moved.rename(archive)
     assert second.returncode == 0, second.stderr
