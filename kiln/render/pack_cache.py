@@ -7,12 +7,12 @@ from then on the scene is an ordinary local .blend: the render zygote opens it a
 warm processes for it as for any local scene, and later jobs of the same render find it here.
 
 The cache is per user (`/tmp/kiln-packs-<uid>`, 0700 and owned by this user, else refused; or
-`KILN_PACK_CACHE`): jobs of other local users cannot swap a cached tree (jobs of the same user
+`KILN_RENDER_PACK_CACHE`): jobs of other local users cannot swap a cached tree (jobs of the same user
 can: they are trusted alike). Each digest has a lock file: a job holds it shared for its whole
 life, so a tree in use is never trimmed, and exclusively while it fetches (the jobs that start
 together on a node fetch once, the others wait and reuse the tree). Jobs of a cached tree never
 wait for each other. After a fetch the cache
-is trimmed to `KILN_PACK_CACHE_MAX_MIB` by removing the trees used longest ago that no job holds,
+is trimmed to `KILN_RENDER_PACK_CACHE_MAX_MIB` by removing the trees used longest ago that no job holds,
 and the leftovers of fetches that died half-way. This module loads fsspec and BAT only when a
 job is given a pack, since every job's start imports it.
 """
@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 from kiln.render.errors import RenderError
 
-CACHE_VARIABLE = "KILN_PACK_CACHE"
-MAX_MIB_VARIABLE = "KILN_PACK_CACHE_MAX_MIB"
+CACHE_VARIABLE = "KILN_RENDER_PACK_CACHE"
+MAX_MIB_VARIABLE = "KILN_RENDER_PACK_CACHE_MAX_MIB"
 DEFAULT_MAX_MIB = 20 * 1024
 _PACK_NAME = re.compile(r"([0-9a-f]{64})\.zip")
 _TREE_NAME = re.compile(r"[0-9a-f]{64}")

@@ -42,7 +42,7 @@ def test_a_job_given_a_pack_renders_it_and_the_next_job_reuses_the_cached_tree(
 ) -> None:
     archive, before = packed
     cache = tmp_path / "node-cache"
-    environment = {"KILN_PACK_CACHE": str(cache)}
+    environment = {"KILN_RENDER_PACK_CACHE": str(cache)}
     first = run_worker("render", "-i", f"file://{archive}", "-o", str(tmp_path / "one"), "-f", "1", env=environment)
     assert first.returncode == 0, first.stderr
     digest = archive.name.removesuffix(".zip")
@@ -78,7 +78,7 @@ def test_a_pack_whose_bytes_do_not_match_its_name_is_refused(packed: tuple[Path,
         str(tmp_path / "out"),
         "-f",
         "1",
-        env={"KILN_PACK_CACHE": str(tmp_path / "c")},
+        env={"KILN_RENDER_PACK_CACHE": str(tmp_path / "c")},
     )
     assert done.returncode == 1
     assert f"kiln-render: error: {forged}: sha256 is {archive.name.removesuffix('.zip')}, expected {'0' * 64}" in (
@@ -94,7 +94,7 @@ def test_a_cache_folder_other_users_could_write_is_refused(packed: tuple[Path, n
     cache.mkdir(mode=0o777)
     cache.chmod(0o777)
     done = run_worker(
-        "render", "-i", str(archive), "-o", str(tmp_path / "out"), "-f", "1", env={"KILN_PACK_CACHE": str(cache)}
+        "render", "-i", str(archive), "-o", str(tmp_path / "out"), "-f", "1", env={"KILN_RENDER_PACK_CACHE": str(cache)}
     )
     assert done.returncode == 1
     assert f"the scene pack cache {cache} is not a private folder of user {os.getuid()}" in done.stderr
