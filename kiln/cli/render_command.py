@@ -240,13 +240,12 @@ def _packed(plan: RenderPlan, store: str) -> RenderPlan:
                 local = fetched.scene
             packed = pack_scene(local, Path(scratch, "packs"), confined_to=confined_to)
             missing = fetched.missing if confined_to else tuple(str(path) for path in packed.missing)
-            archive = packed.archive.name
-            stored = uris.list_files(store).get(archive) == packed.archive.stat().st_size
+            target = uris.join(store, packed.archive.name)
+            stored = uris.list_files(store).get(packed.archive.name) == packed.archive.stat().st_size
             if not stored:
-                uris.upload_atomic(packed.archive, uris.join(store, archive))
+                uris.upload_atomic(packed.archive, target)
     except RenderError as exc:
         raise _fail(f"cannot pack the scene: {exc}; --no-pack makes the jobs read it where it is") from None
-    target = uris.join(store, archive)
     others = packed.file_count - 1
     uses = f"and {others} file{'' if others == 1 else 's'} it uses" if others else "(it uses no other files)"
     console.print(

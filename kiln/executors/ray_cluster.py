@@ -115,6 +115,10 @@ class _Slot:
     nodes: dict[int, str] | None = None  # bundle index -> Ray node, once Ray has placed the group
     idle_since: float = 0.0  # a spare's
 
+    def on_live_nodes(self, live: Collection[str]) -> bool:
+        """Placed, with every bundle on a node of `live` (False while Ray has not placed it)."""
+        return self.nodes is not None and all(node in live for node in self.nodes.values())
+
     def shared_on(self, node_id: str) -> bool:
         """A single attempt's slot on `node_id` that start-ahead followers share."""
         return self.shape is not None and len(self.holders) > 1 and node_id in (self.nodes or {}).values()
@@ -591,19 +595,15 @@ class RayExecutor(EventReporter):
     def _own_slot(self, attempt: _Attempt) -> bool:
         """A spare of its shape, else a new group (placed by Ray in its own time)."""
         wanted = shape(attempt.spec)
-        with self._lock:
-            spare = next((slot for slot in self._spares if slot.shape == wanted), None)
-            if spare is not None:
-                self._spares.remove(spare)
-        if spare is None:
+        slot = self._pop_spare(wanted)
+        if slot is None:
             name = slot_name(self._tag)
             group = placement_group([bundle(attempt.spec)], strategy="STRICT_PACK", name=name, lifetime="detached")
-            spare = _Slot(name, group, wanted)
+            slot = _Slot(name, group, wanted)
             logger.info(
                 "new Ray slot %s (%s) for attempt %s", name, _text(bundle(attempt.spec)), attempt.spec.attempt_id
             )
-        spare.holders = {attempt.spec.attempt_id}
-        attempt.slot = spare
+        _give(attempt, slot)
         return True
 
     def _prefer_spare(self, attempt: _Attempt) -> None:
@@ -612,19 +612,24 @@ class RayExecutor(EventReporter):
         slot = attempt.slot
         if slot is None or slot.nodes is not None or slot.shape is None or slot.holders != {attempt.spec.attempt_id}:
             return
-        with self._lock:
-            spare = next((s for s in self._spares if s.shape == slot.shape), None)
-            if spare is None:
-                return
-            self._spares.remove(spare)
+        spare = self._pop_spare(slot.shape)
+        if spare is None:
+            return
         self._remove_group(slot.group)
-        spare.holders = {attempt.spec.attempt_id}
-        attempt.slot = spare
+        _give(attempt, spare)
+
+    def _pop_spare(self, wanted: Shape) -> _Slot | None:
+        """Take the oldest spare of shape `wanted`, if there is one."""
+        with self._lock:
+            spare = next((slot for slot in self._spares if slot.shape == wanted), None)
+            if spare is not None:
+                self._spares.remove(spare)
+            return spare
 
     def _alive(self, slot: _Slot) -> bool:
         """Every node the slot's bundles are on is live (False while it is not placed)."""
         with self._lock:
-            return slot.nodes is not None and all(node in self._nodes for node in slot.nodes.values())
+            return slot.on_live_nodes(self._nodes)
 
     @staticmethod
     def _placed(slot: _Slot) -> bool:
@@ -643,9 +648,7 @@ class RayExecutor(EventReporter):
         slot = members[0].slot
         assert slot is not None and slot.nodes is not None
         bundle_nodes = slot.nodes
-        with self._lock:
-            placed = {a.spec.attempt_id: bundle_nodes[a.bundle_index] in self._nodes for a in members}
-        if not all(placed.values()):
+        if not self._alive(slot):
             slot.nodes = None  # a node is gone: Ray moves the group, read where to next pass
             return []
         main = next((a for a in members if a.spec.gang is not None and a.spec.gang.index == a.spec.gang.main), None)
@@ -759,7 +762,7 @@ class RayExecutor(EventReporter):
             now = time.monotonic()
             doomed = []
             for slot in freed:
-                alive = slot.nodes is not None and all(n in self._nodes for n in slot.nodes.values())
+                alive = slot.on_live_nodes(self._nodes)
                 if slot.shape is not None and alive and slot.group is not None and not self._stop.is_set():
                     slot.idle_since = now
                     self._spares.append(slot)
@@ -778,6 +781,12 @@ class RayExecutor(EventReporter):
             return
         with contextlib.suppress(RayError, ValueError):  # already removed
             remove_placement_group(group)
+
+
+def _give(attempt: _Attempt, slot: _Slot) -> None:
+    """`slot` becomes the attempt's own (a spare or a new group: it holds nobody else)."""
+    slot.holders = {attempt.spec.attempt_id}
+    attempt.slot = slot
 
 
 def _text(resources: dict[str, float]) -> str:

@@ -24,13 +24,13 @@ import fcntl
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from kiln.render.errors import RenderError
+from kiln.render.private_folder import is_private_folder
 
 CACHE_VARIABLE = "KILN_RENDER_PACK_CACHE"
 MAX_MIB_VARIABLE = "KILN_RENDER_PACK_CACHE_MAX_MIB"
@@ -172,8 +172,5 @@ def _size(tree: Path) -> int:
 def _ensure_private(folder: Path) -> None:
     """Create `folder` 0700, or check an existing one is this user's alone (never through a link):
     another local user could otherwise plant a tree under a digest."""
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700, parents=True)
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if not is_private_folder(folder, parents=True):
         raise RenderError(f"the scene pack cache {folder} is not a private folder of user {os.getuid()}")

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from kiln.engine.lifecycle.states import ACTIVE, NOT_STARTED, Status
 from kiln.engine.lifecycle.transitions import restart_nodes, transition
-from kiln.store.records import Job
+from kiln.store.records import Document, Job
 from kiln.store.repository import Repository
 
 
@@ -55,8 +55,12 @@ def came_too_late(repo: Repository, jobs: Sequence[Job]) -> None:
     """Jobs flagged for termination that succeeded anyway (their process exited 0 before the
     signal reached it): the terminate stopped nothing, so they are not shown as terminated."""
     for job in jobs:
-        spec = {key: value for key, value in job.spec.items() if key != "stopReason"}
-        repo.jobs.update_fields(job.id, {Stop.TERMINATE.value: False, "spec": spec})
+        repo.jobs.update_fields(job.id, {Stop.TERMINATE.value: False, "spec": _without_stop_reason(job)})
+
+
+def _without_stop_reason(job: Job) -> Document:
+    """The job's spec without the reason a stop would have ended it with."""
+    return {key: value for key, value in job.spec.items() if key != "stopReason"}
 
 
 def _flag(repo: Repository, job: Job, stop: Stop, reason: str) -> None:
@@ -68,8 +72,7 @@ def restart_gang(repo: Repository, job: Job, nodes: Sequence[Job], now_ms: int) 
     """A retried multi-node job whose nodes have all stopped waits (RUNNABLE) for its next gang;
     its nodes wait with it, their stop reasons cleared."""
     for node in nodes:
-        spec = {key: value for key, value in node.spec.items() if key != "stopReason"}
-        repo.jobs.update_fields(node.id, {"spec": spec})
+        repo.jobs.update_fields(node.id, {"spec": _without_stop_reason(node)})
     restart_nodes(repo, [node.id for node in nodes], now_ms)
     transition(repo, [job.id], Status.RUNNABLE, None, now_ms, only_from=ACTIVE)
 

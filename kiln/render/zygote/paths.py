@@ -8,16 +8,16 @@ process the job's descriptors and cgroups.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kiln.render.private_folder import is_private_folder
 
 # KILN_VCPUS: Blender's worker pool is sized as bpy loads (vcpus.thread_pools_sized), so jobs of
 # each size get a zygote of their own whose children inherit a pool of their size.
@@ -57,10 +57,7 @@ class ZygotePaths:
 
     def ensure_folder(self) -> None:
         """Create the folder 0700, or check an existing one is ours alone (never follow a link)."""
-        with contextlib.suppress(FileExistsError):
-            self.folder.mkdir(mode=0o700)
-        info = os.lstat(self.folder)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        if not is_private_folder(self.folder):
             raise UnsafeFolder(f"{self.folder} is not a private folder of user {os.getuid()}")
 
     def disable(self, reason: str) -> None:
