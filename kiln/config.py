@@ -103,6 +103,28 @@ class Settings:
     job_roles: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     # Where attempts' working directories go; None: see `work_dir`.
     work_root: Path | None = None
+    # The URL jobs reach this server at for `kiln://` files (the relay, docs/ray.md); None: see `relay_url`.
+    public_url: str | None = None
+    # Ray executor: whether every node sees the submitting machine's files (NFS and the like), so
+    # `kiln render` may hand jobs local paths; when not, it sends files through the server's relay.
+    shared_filesystem: bool = False
+
+    @property
+    def relay_url(self) -> str:
+        """`public_url`, else this server's bind address (127.0.0.1 for a wildcard or loopback bind)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("", "0.0.0.0", "::", "[::]", "localhost") else "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def files_reach_jobs(self) -> bool:
+        """Whether jobs see the files of the machine the server runs on (all but Ray without a shared filesystem)."""
+        return self.executor != "ray" or self.shared_filesystem
+
+    @property
+    def relay_dir(self) -> Path:
+        return self.data_dir / "relay"
 
     @property
     def database_path(self) -> Path:
@@ -213,6 +235,7 @@ _SERVER_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "gpus": int,
     "allowed_hosts": list, "request_head_timeout_seconds": _NUMBER, "request_body_timeout_seconds": _NUMBER,
     "job_user": str, "allowed_job_users": list, "job_uids": str, "job_environment": list, "work_root": str,
+    "public_url": str, "shared_filesystem": bool,
 }  # fmt: skip
 
 

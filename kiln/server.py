@@ -11,7 +11,9 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -40,6 +42,7 @@ from kiln.logs.service import LogsService
 from kiln.observability.metrics import ServerMetrics
 from kiln.private_files import PRIVATE_FILE_MODE, create_private_file, make_private_dir
 from kiln.store.database import Database
+from kiln.web.relay import RelayStore, relay_routes
 from kiln.web.routes import dashboard_routes, open_routes
 from kiln.web.sessions import SessionStore
 
@@ -155,6 +158,11 @@ def make_executor(settings: Settings) -> Executor:
     return SupervisedExecutor(settings, catalogue, local_host_id())
 
 
+def describe_job(service: BatchService, job_id: str) -> dict[str, Any] | None:
+    found = service.call("DescribeJobs", {"jobs": [job_id]})["jobs"]
+    return dict(found[0]) if found else None
+
+
 def build_server(settings: Settings) -> Server:
     """Wire every part; nothing runs until the app's lifespan starts the scheduler."""
     check_start(settings)
@@ -184,10 +192,14 @@ def build_server(settings: Settings) -> Server:
 
     sessions = SessionStore(KeyFile(settings.data_dir)) if settings.auth == "sigv4" else None
     reads = DashboardReads(db, settings, lambda: executor.capacity().gpus)
-    dashboard = dashboard_routes(service, reads, settings.data_dir / "dashboard-cache", sessions)
+    relay = RelayStore(settings.relay_dir)
+    dashboard = dashboard_routes(service, reads, settings.data_dir / "dashboard-cache", sessions, relay)
+    relaying = relay_routes(
+        relay, scheduler.attempts.relay_key, partial(describe_job, service), settings.files_reach_jobs
+    )
     app = create_app(
         service,
-        extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard],
+        extra_routes=[*log_routes(service), *metrics_routes(metrics.registry), *dashboard, *relaying],
         middleware=[front_door(settings), *auth_middleware(settings, sessions)],
         lifespan=lifespan,
         targets={TARGET_PREFIX: LogsEndpoint(LogsService(db, settings))},

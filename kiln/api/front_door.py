@@ -10,7 +10,9 @@ look like that, so the door admits only what they send:
 - no `Origin` other than the server's own, and no `Sec-Fetch-Site` of another site, on anything but
   the dashboard's static pages and `/healthz` (which a link from anywhere may open);
 - a body only with a content type AWS's SDKs send (`application/json`, `application/x-amz-json-1.x`),
-  which a browser cannot send cross-site without a CORS preflight, and Kiln answers none.
+  which a browser cannot send cross-site without a CORS preflight, and Kiln answers none. The one
+  exception is a file uploaded to the relay (`PUT /kiln/v1/relay/...`, any type): a browser never
+  sends a PUT cross-site without a preflight either.
 
 It runs before authentication: it costs a few header lookups and needs no secret.
 """
@@ -26,6 +28,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.errors import AuthenticationError, ClientError
+from kiln.relay_access import RELAY_PREFIX
 
 # What botocore sends: rest-json (Batch) `application/json`, json (CloudWatch Logs) `x-amz-json-1.1`.
 API_CONTENT_TYPES = frozenset({"application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1"})
@@ -118,7 +121,8 @@ class FrontDoorMiddleware:
             )
         if not _is_page_navigation(path, method):
             _check_same_origin(headers, host)
-        _check_content_type(headers)
+        if not (method == "PUT" and path.startswith(RELAY_PREFIX)):
+            _check_content_type(headers)
 
 
 def _is_page_navigation(path: str, method: str) -> bool:

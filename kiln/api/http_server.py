@@ -43,11 +43,14 @@ from uvicorn.server import ServerState
 
 from kiln.api.errors import ERROR_TYPE_HEADER, REQUEST_ID_HEADER, describe_error
 from kiln.errors import ClientError, ValidationError
+from kiln.relay_access import RELAY_PREFIX
 
 log = logging.getLogger(__name__)
 
 # Connections kept open at most. With 64 KiB heads that bounds head buffers to ~64 MiB.
 MAX_OPEN_CONNECTIONS = 1000
+# A relay upload's body may take its length at this rate on top of the body deadline.
+RELAY_UPLOAD_MIN_RATE = 2**20
 # The listen backlog, which is also how many connections asyncio accepts in one turn of the loop
 # (before any of them can be counted against the cap): so at most a few such batches are in flight.
 MAX_ACCEPT_BACKLOG = 128
@@ -179,7 +182,7 @@ class DeadlineH11Protocol(H11Protocol):
             self._stop_awaiting_head()
             self._cancel_body_deadline()
             if self.conn.their_state is h11.SEND_BODY:
-                self.body_deadline = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+                self.body_deadline = self.loop.call_later(self._body_time(), self._body_timed_out)
         elif self.conn.their_state is not h11.SEND_BODY:
             self._cancel_body_deadline()
 
@@ -239,6 +242,15 @@ class DeadlineH11Protocol(H11Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+    def _body_time(self) -> float:
+        """Seconds the body may take: `body_timeout`, plus time at 1 MiB/s for a relay upload's
+        declared length (a scene pack can be gigabytes; every API body is small)."""
+        scope = self.cycle.scope if self.cycle is not None else {}
+        if scope.get("method") != "PUT" or not str(scope.get("path", "")).startswith(RELAY_PREFIX):
+            return self.limits.body_timeout
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        return self.limits.body_timeout + (int(length) / RELAY_UPLOAD_MIN_RATE if length.isdigit() else 0)
 
     def _body_timed_out(self) -> None:
         self.body_deadline = None

@@ -45,6 +45,7 @@ from kiln.errors import (
     UnrecognizedClientError,
     ValidationError,
 )
+from kiln.relay_access import JOB_TOKEN_HEADER, RELAY_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ SIGNED_SERVICES = frozenset({"batch", "logs"})
 # is `/healthz`) and on the method, so no other method on that path (a POST with an `X-Amz-Target`,
 # which the catch-all would serve) slips past the signature check.
 OPEN_PATH = "/healthz"
+PAYLOAD_HASH_HEADER = "x-amz-content-sha256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 OPEN_METHODS = frozenset({"GET", "HEAD"})
 # Methods a session cookie authenticates without an Origin check: no route changes anything on them,
 # and another origin cannot read their answers (Kiln sends no CORS headers).
@@ -168,6 +171,7 @@ class ReceivedRequest:
     query_string: str
     headers: list[tuple[str, str]]
     body: bytes
+    payload_unsigned: bool = False  # only a relay upload: its body is streamed, not hashed
 
 
 class SignatureVerifier:
@@ -190,7 +194,8 @@ class SignatureVerifier:
         secret = self._secret(auth.access_key_id)
         self._check_scope(auth, signed_at)
         check_clock_skew(signed_at, self.clock())
-        self._check_payload_hash(headers, received.body)
+        if not received.payload_unsigned:
+            self._check_payload_hash(headers, received.body)
         if "host" not in auth.signed_headers:
             raise InvalidSignatureError("The host header must be signed (SignedHeaders must list host)")
         if not _HEX_SIGNATURE.fullmatch(auth.signature):
@@ -333,7 +338,13 @@ class SigV4Middleware:
                 state["session"] = session
                 await self.app(scope, receive, send)
                 return
-        body = await read_body(Request(scope, receive), self.max_body_bytes)
+        relay = scope["path"].startswith(RELAY_PREFIX)
+        if relay and JOB_TOKEN_HEADER in headers and "authorization" not in headers:
+            await self.app(scope, receive, send)  # a job's relay token: the relay's routes check it
+            return
+        # A relay upload may be gigabytes: signed with an unsigned payload, as S3 allows, it streams.
+        streamed = relay and scope["method"] == "PUT" and headers.get(PAYLOAD_HASH_HEADER) == UNSIGNED_PAYLOAD
+        body = b"" if streamed else await read_body(Request(scope, receive), self.max_body_bytes)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         received = ReceivedRequest(
             method=scope["method"],
@@ -341,10 +352,11 @@ class SigV4Middleware:
             query_string=scope.get("query_string", b"").decode("latin-1"),
             headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]],
             body=body,
+            payload_unsigned=streamed,
         )
         key_id = self.verifier.verify(received)
         scope.setdefault("state", {})["access_key_id"] = key_id
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, receive if streamed else _replay(body, receive), send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -37,6 +38,20 @@ def sign_request(request: httpx.Request) -> httpx.Request:
         if name in aws_request.headers:
             request.headers[name] = aws_request.headers[name]
     return request
+
+
+def relay_signer(method: str, url: str, headers: dict[str, str], streamed: bool) -> dict[str, str]:
+    """Headers that sign a request to the server's relay (kiln/render/relay_fs.py); an upload is
+    signed with an unsigned payload, as S3 uploads are, so that it can stream."""
+    credentials, region = _credentials_and_region()
+    credentials = credentials or Credentials("kiln", "kiln")
+    request = AWSRequest(method=method, url=url, data=b"", headers=headers)
+    request.headers["host"] = urlsplit(url).netloc
+    if streamed:
+        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
+    SigV4Auth(credentials.get_frozen_credentials(), "batch", region).add_auth(request)
+    names = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256")
+    return {name: request.headers[name] for name in names if name in request.headers}
 
 
 def batch_client(endpoint_url: str | None) -> Any:

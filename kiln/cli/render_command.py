@@ -51,6 +51,7 @@ from kiln.cli.render_pipeline import (
     storage_uri,
     submit_pipeline,
 )
+from kiln.cli.render_relay import RelayMirror, files_reach_jobs, relay_area, use_relay
 from kiln.cli.render_watch import FrameCount, Outcome, ServerGoneError, failure_line, watch
 from kiln.config import DEFAULT_ENDPOINT
 
@@ -139,6 +140,16 @@ def render(
             help="Where the scene pack goes: a folder every node can read (s3://...) [default: OUTPUT/packs].",
         ),
     ] = None,
+    relay: Annotated[
+        bool | None,
+        typer.Option(
+            "--relay/--no-relay",
+            help="Send a local OUTPUT's files through the server (the jobs write there, this command copies "
+            "them back as they land) [default: when the server's jobs cannot see this machine's files: a "
+            "server elsewhere, or Ray without shared_filesystem].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Render a Blender scene to frames and an MP4 with an array of render jobs and a stitch job.
 
@@ -148,9 +159,10 @@ def render(
     watching; the jobs keep running.
     """
     plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
-    if pack:
-        plan = _packed(plan, pack_store or plan.packs_uri)
     with _connected(endpoint_url, embedded, data_dir) as connection:
+        plan, mirror = _through_relay(plan, connection, relay)
+        if pack:
+            plan = _packed(plan, pack_store or plan.packs_uri)
         batch = batch_client(connection.endpoint)
         jobs = _submit(
             batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus, job_role_arn=job_role_arn
@@ -159,13 +171,17 @@ def render(
             _say_submitted(
                 jobs, plan, queue, connection.endpoint
             )  # inside the try: from here on Ctrl-C leaves running jobs behind
-            outcome = watch(batch, jobs, plan, console)
+            outcome = watch(batch, jobs, plan, console, mirror)
+            if mirror is not None:
+                _copy_the_rest(mirror)
         except KeyboardInterrupt:
             _stop_watching(jobs, connection)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except ServerGoneError as exc:
             raise _fail(str(exc)) from None
-    _report(outcome, plan, jobs, connection)
+    _report(
+        outcome, plan if mirror is None else dataclasses.replace(plan, output_uri=str(mirror.local)), jobs, connection
+    )
 
 
 def sample_scene(
@@ -257,6 +273,42 @@ def _packed(plan: RenderPlan, store: str) -> RenderPlan:
         err.print(f"[yellow]warning:[/yellow] the scene uses {escape(path)}, which is not there to pack: "
                   "it renders without it (a missing texture renders magenta)", soft_wrap=True)  # fmt: skip
     return dataclasses.replace(plan, pack_uri=target)
+
+
+def _through_relay(
+    plan: RenderPlan, connection: Connection, relay: bool | None
+) -> tuple[RenderPlan, RelayMirror | None]:
+    """The plan with a local OUTPUT replaced by a relay area when the jobs cannot reach it, and the
+    mirror that copies the area back into OUTPUT (kiln/cli/render_relay.py)."""
+    from kiln.render import uris
+
+    local = uris.local_path(plan.output_uri)
+    if relay is False or local is None:
+        if relay and local is None:
+            console.print(
+                f"note: {escape(plan.output_uri)} is not a local folder; --relay does not apply", soft_wrap=True
+            )
+        return plan, None
+    if relay is None and (connection.server is not None or files_reach_jobs(connection.endpoint)):
+        return plan, None
+    use_relay(connection.endpoint)
+    area = f"kiln://{relay_area(local)}"
+    console.print(
+        f"the server's jobs cannot see this machine's files: they write to {area} on the server, and the frames and "
+        f"video are copied into {escape(str(local))} as they land",
+        soft_wrap=True,
+    )
+    mirror = RelayMirror(area, local)
+    return dataclasses.replace(plan, output_uri=area), mirror
+
+
+def _copy_the_rest(mirror: RelayMirror) -> None:
+    """The last pass of the mirror, after the jobs ended: what it cannot copy is said, with where it is."""
+    try:
+        mirror.sync()
+    except Exception as exc:  # storage or network
+        raise _fail(f"the jobs ended, but copying {mirror.area_uri} into {mirror.local} failed: {exc}; "
+                    "the same command again copies what is missing") from None  # fmt: skip
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from kiln.cli.render_pipeline import RenderPlan, SubmittedPipeline
+from kiln.cli.render_relay import RelayMirror
 
 POLL_SECONDS = 0.5
 STITCH_POLL_SECONDS = 0.1  # the stitch job is short: its end is noticed sooner
@@ -74,9 +75,11 @@ class FrameCounter:
     plan: RenderPlan
     listing_error: str | None = None
     wanted: frozenset[int] = field(init=False)
+    folder: str = ""  # where frames are counted: the plan's frames, or the local copy of the relay's
 
     def __post_init__(self) -> None:
         self.wanted = frozenset(self.plan.frames)
+        self.folder = self.folder or self.plan.frames_uri
 
     def count(self, render: dict[str, Any]) -> FrameCount:
         reported = estimate_from_jobs(render, self.plan)
@@ -84,7 +87,7 @@ class FrameCounter:
             try:
                 from kiln.render.uris import list_files
 
-                names = list_files(self.plan.frames_uri)
+                names = list_files(self.folder)
             except Exception as error:  # any storage failure (credentials, network): stop listing
                 self.listing_error = str(error) or type(error).__name__
             else:
@@ -145,10 +148,16 @@ class _PipelineProgress(Progress):
         yield self.states
 
 
-def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Console) -> Outcome:
-    """Poll until the pipeline ends; KeyboardInterrupt propagates (the caller explains what keeps running)."""
+def watch(
+    batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Console, mirror: RelayMirror | None = None
+) -> Outcome:
+    """Poll until the pipeline ends; KeyboardInterrupt propagates (the caller explains what keeps running).
+
+    With a `mirror`, the frames the jobs put in the relay are copied back on each poll, and what is
+    counted is the local copy: what this machine has, not what the server holds.
+    """
     started = time.monotonic()
-    counter = FrameCounter(plan)
+    counter = FrameCounter(plan, folder=str(mirror.local / "frames")) if mirror else FrameCounter(plan)
     reporter = ChildFailureReporter(batch, jobs, console)
     progress = _new_progress(console)
     with progress:
@@ -156,6 +165,8 @@ def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Consol
         render_failed_at: float | None = None
         while True:
             render, stitch = _describe_both(batch, jobs)
+            if mirror is not None:
+                _copy_back(mirror, console)
             frames = counter.count(render)
             progress.states = describe_states(render, stitch)
             progress.update(task, completed=frames.shown, description=_phase(render, stitch), unit=frames.unit)
@@ -170,6 +181,14 @@ def watch(batch: Any, jobs: SubmittedPipeline, plan: RenderPlan, console: Consol
             time.sleep(STITCH_POLL_SECONDS if render["status"] == "SUCCEEDED" else POLL_SECONDS)
     failed = _blame(batch, render, stitch)
     return Outcome(failed is None, render, stitch, failed, frames, time.monotonic() - started)
+
+
+def _copy_back(mirror: RelayMirror, console: Console) -> None:
+    """One pass of the mirror; a failed pass is said and retried on the next poll."""
+    try:
+        mirror.sync()
+    except Exception as error:  # storage or network: the jobs go on, the next pass catches up
+        console.print(f"[yellow]warning:[/yellow] copying from {mirror.area_uri} failed: {escape(str(error))}")
 
 
 def _new_progress(console: Console) -> _PipelineProgress:

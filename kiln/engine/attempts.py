@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from kiln.config import Settings
 from kiln.engine.containers import environment_of, volume_mounts
 from kiln.executors.base import AttemptSpec, GangMember
+from kiln.relay_access import RELAY_TOKEN_VARIABLE, RELAY_URL_VARIABLE, RelayKey, names_relay
 from kiln.store.records import Document, Job
 from kiln.store.repository import Repository
 
@@ -31,6 +32,7 @@ class AttemptBuilder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._parent_specs: dict[str, Document] = {}
+        self.relay_key = RelayKey(settings.data_dir / "relay.key")
 
     def specs(self, repo: Repository, jobs: Sequence[Job]) -> dict[str, Document]:
         """Each job's resolved spec (`resolved_specs`), parents' specs kept for the next call."""
@@ -61,6 +63,9 @@ class AttemptBuilder:
         # stored spec, so DescribeJobs does not show them; the definition's own variables win.
         role = self.settings.job_roles.get(container.get("jobRoleArn") or "")
         variables = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
+        if names_relay(container.get("command") or []):  # the same holds for its relay token (kiln/relay_access.py)
+            variables[RELAY_URL_VARIABLE] = self.settings.relay_url
+            variables[RELAY_TOKEN_VARIABLE] = self.relay_key.token_for(job.id)
         return AttemptSpec(
             attempt_id=task_id, job_id=job.id, image=container["image"], command=list(container.get("command") or []),
             environment=variables, vcpus=job.vcpus, memory_mib=job.memory_mib,

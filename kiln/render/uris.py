@@ -18,14 +18,17 @@ import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fsspec import AbstractFileSystem
+from fsspec import AbstractFileSystem, register_implementation
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
 from kiln.render.errors import RenderError
+from kiln.render.relay_fs import PROTOCOL as RELAY_PROTOCOL
+from kiln.render.relay_fs import RelayFileSystem
 
 _S3_PROTOCOLS = ("s3", "s3a")
+register_implementation(RELAY_PROTOCOL, RelayFileSystem, clobber=True)  # kiln://: the server's relay
 _LOCAL_PROTOCOLS = ("file", "local")
 
 

@@ -21,6 +21,7 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,7 @@ from typing import Any
 from kiln.errors import NotFoundError, ValidationError
 from kiln.executors.images import RENDER_IMAGE
 from kiln.private_files import make_private_dir
+from kiln.relay_access import RELAY_SCHEME
 
 VIDEO_FILE = "output.mp4"
 FRAMES_FOLDER = "frames"  # kiln.render.frame_store's, named here so the checks need no fsspec
@@ -66,6 +68,15 @@ def render_output(container: dict[str, Any]) -> RenderOutput | None:
     if output is None or source is None:
         return None
     return RenderOutput(frames_from=source, video_in=output)
+
+
+def in_relay(output: RenderOutput, local_uri: Callable[[str], str]) -> RenderOutput:
+    """`output` with its `kiln://` locations replaced by the server's own folders for them."""
+
+    def local(uri: str) -> str:
+        return local_uri(uri) if uri.startswith(RELAY_SCHEME) else uri
+
+    return RenderOutput(frames_from=local(output.frames_from), video_in=local(output.video_in))
 
 
 def local_folder(uri: str) -> Path | None:

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from kiln.errors import AuthenticationError, NotFoundError, ValidationError
 from kiln.web import render_files
+from kiln.web.relay import RelayStore
 from kiln.web.sessions import SessionStore
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,16 @@ def open_routes() -> frozenset[tuple[str, str]]:
 
 
 def dashboard_routes(
-    service: BatchCalls, reads: DashboardData, cache_dir: Path, sessions: SessionStore | None = None
+    service: BatchCalls,
+    reads: DashboardData,
+    cache_dir: Path,
+    sessions: SessionStore | None = None,
+    relay: RelayStore | None = None,
 ) -> list[BaseRoute]:
     """Routes to pass as `create_app(extra_routes=...)`; `cache_dir` holds copies of remote videos.
 
-    `sessions` (under `--auth sigv4` only) adds the sign-in at `/ui/session`.
+    `sessions` (under `--auth sigv4` only) adds the sign-in at `/ui/session`; `relay` is where the
+    server keeps `kiln://` files, which a render job may name as its output.
     """
 
     def describe(job_id: str) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def dashboard_routes(
         output = render_files.render_output(describe(job_id).get("container") or {})
         if output is None:
             raise ValidationError(f"Job {job_id} is not a {render_files.RENDER_IMAGE} render or stitch job")
-        return output
+        return render_files.in_relay(output, relay.local_uri) if relay is not None else output
 
     async def index_redirect(request: Request) -> Response:
         return RedirectResponse(url="/ui/", status_code=307)

@@ -219,6 +219,45 @@ def test_the_scene_travels_packed_with_its_textures_and_library(
     assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
 
 
+def test_a_local_output_through_the_relay_gets_every_frame_and_the_video(
+    render_server: KilnServer, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--relay` (what a server whose jobs cannot see this machine's files gets by default): the
+    pack goes to a relay area on the server, the jobs read it and write their frames there with
+    their own token (never shown by DescribeJobs), and the frames and video land in the local
+    folder; the same command again renders nothing and brings back a frame deleted here."""
+    project = build_project(tmp_path / "source")
+    output = tmp_path / "out"
+    first = kiln_render(render_server, s3_env, str(project.scene), "-o", str(output), "--relay")
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    packed = PACKED.search(first.stdout)
+    assert packed and packed["how"] == "into" and packed["uri"].startswith("kiln://out-"), first.stdout
+    assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
+    frames, _ = video_frames(output / "output.mp4")
+    assert len(frames) == 1
+    assert f"video:  {output}/output.mp4" in first.stdout
+    assert not (output / "packs").exists()  # the pack went to the server, not to this folder
+    render_id, stitch_id = first.job_ids()
+    render, stitch = render_server.client().describe_jobs(jobs=[render_id, stitch_id])["jobs"]
+    area = packed["uri"].split("/packs/")[0]
+    command = render["container"]["command"]
+    assert command[command.index("-i") + 1] == packed["uri"] and command[command.index("-o") + 1] == area
+    for job in (render, stitch):
+        assert "KILN_RELAY_TOKEN" not in str(job)
+    # The dashboard reads the render from the relay too.
+    listing = httpx.get(f"{render_server.endpoint}/kiln/v1/renders/{render_id}", timeout=10).json()
+    assert [frame["frame"] for frame in listing["frames"]] == [1], listing
+
+    (output / "frames" / "0001.png").unlink()
+    again = kiln_render(render_server, s3_env, str(project.scene), "-o", str(output), "--relay")
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    packed_again = PACKED.search(again.stdout)
+    assert packed_again and packed_again["how"] == "already in" and packed_again["uri"] == packed["uri"]
+    assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
+    log = httpx.get(f"{render_server.endpoint}/kiln/v1/logs/{again.job_ids()[0]}", timeout=10).json()["text"]
+    assert "0 to render, 1 already done" in log, log
+
+
 def test_a_pack_in_an_s3_store_renders_and_a_missing_texture_is_warned_of(
     render_server: KilnServer, s3_env: dict[str, str], s3_endpoint: str, tmp_path: Path
 ) -> None:
