@@ -1,6 +1,7 @@
 """Storage for the render workload: every input and output is an fsspec URI.
 
-Plain paths, `file://` and `s3://` all work the same way (architecture habit 8). S3-compatible
+Plain paths, `file://`, `s3://` and `kiln://` (files the Kiln server keeps for jobs that share no
+disk with their submitter, `relay_fs.py`) all work the same way (architecture habit 8). S3-compatible
 servers (MinIO, moto, a local test server) are reached through the standard AWS variables
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, so a job definition written for AWS runs unchanged.
 

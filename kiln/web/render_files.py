@@ -4,7 +4,8 @@ The only storage locations read are the ones a `kiln/render` job names in its ow
 of `render`, `-i`/`-o` of `stitch`), so the dashboard can never be pointed at an arbitrary path.
 A job's command is still its submitter's input, so only the storage the render worker writes to
 is read (absolute local paths, `file://`, `s3://`): never `http(s)://` or another fsspec protocol,
-which would make the server fetch whatever host a job names. Only `<out>/frames/NNNN.png` and
+which would make the server fetch whatever host a job names; `kiln://` is the server's own relay
+folder (`in_relay`), read as a local path. Only `<out>/frames/NNNN.png` and
 `<out>/output.mp4` are served, and local files are opened without following a symbolic link
 below the declared folder, so a job cannot make the dashboard serve the server's own files.
 Storage goes through the render workload's fsspec helpers; they need the `render` extra, so

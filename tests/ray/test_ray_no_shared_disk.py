@@ -126,3 +126,21 @@ def test_a_packed_scene_renders_across_nodes_that_share_no_disk(
     ]
     fetched = [log for log in logs if re.search(rf"scene pack [0-9a-f]{{12}} fetched from s3://{BUCKET}/packs/", log)]
     assert fetched, logs  # every node fetched the pack from the store (the others found it in their cache)
+
+
+def test_a_local_output_comes_back_through_the_server(
+    server: KilnServer, s3_env: dict[str, str], project: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """A plain local `-o` on the submitter, which no node can see: `kiln render` asks the server,
+    learns its jobs cannot see this machine's files, and sends the pack and the frames through the
+    server's relay; the frames and the MP4 land in the local folder as they finish."""
+    scene, reference = project
+    output = tmp_path / "shot"
+    run = kiln_render(server, s3_env, str(scene), "-o", str(output))
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert "the server's jobs cannot see this machine's files" in run.stdout
+    for frame, expected in enumerate(reference, start=1):
+        assert np.array_equal(read_png(output / "frames" / f"{frame:04d}.png"), expected), frame
+    frames, _ = video_frames(output / "output.mp4")
+    assert len(frames) == FRAMES
+    assert f"video:  {output}/output.mp4" in run.stdout
