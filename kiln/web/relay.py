@@ -121,11 +121,12 @@ class RelayStore:
         return size
 
     def _make_folders(self, folder: Path) -> None:
-        make_private_dir(self.root)  # 0700: what is below it needs no mode of its own
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ValidationError(f"{folder.relative_to(self.root)} has a file where a folder is needed") from None
+        make_private_dir(self.root)
+        for below in reversed([folder, *folder.parents][: len(folder.relative_to(self.root).parts)]):
+            try:
+                below.mkdir(mode=0o700, exist_ok=True)  # private like the rest of the data dir
+            except (FileExistsError, NotADirectoryError):
+                raise ValidationError(f"{below.relative_to(self.root)} is a file where a folder is needed") from None
 
 
 def relay_routes(
