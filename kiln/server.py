@@ -34,7 +34,6 @@ from kiln.engine import store_metrics
 from kiln.engine.scheduler import Scheduler
 from kiln.errors import ConflictError, ValidationError
 from kiln.executors.base import Executor, local_host_id
-from kiln.executors.docker import DockerExecutor
 from kiln.executors.images import ImageCatalogue
 from kiln.executors.job_users import JobUsers
 from kiln.executors.supervised import SupervisedExecutor
@@ -147,6 +146,8 @@ def auth_middleware(settings: Settings, sessions: SessionStore | None = None) ->
 def make_executor(settings: Settings) -> Executor:
     """`settings.executor`: the local one by default, Docker or Ray only when asked for."""
     if settings.executor == "docker":
+        from kiln.executors.docker import DockerExecutor  # the Docker SDK (0.3 s of imports) only when used
+
         return DockerExecutor.connect(settings)
     if settings.executor == "ray":
         from kiln.executors.ray_cluster import RayExecutor  # imports Ray (slow) only when used
