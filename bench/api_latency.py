@@ -106,7 +106,7 @@ def setup(batch: Any, endpoint: str, server: str) -> None:
     else:
         batch.create_compute_environment(
             computeEnvironmentName="bench-ce", type="MANAGED", state="DISABLED",
-            computeResources={"type": "EC2", "maxvCpus": 2},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
         )  # fmt: skip
     batch.create_job_queue(
         jobQueueName="bench",

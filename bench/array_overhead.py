@@ -50,7 +50,7 @@ def setup(batch: Any, cores: int) -> None:
             computeEnvironmentName=name,
             type="MANAGED",
             state=state,
-            computeResources={"type": "EC2", "maxvCpus": cores},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": cores},
         )
     batch.create_job_queue(
         jobQueueName="bench", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "bench-ce"}]

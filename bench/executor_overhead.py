@@ -60,7 +60,9 @@ def run(executor: str, image: str, jobs: int, cores: int, docker_host: str | Non
 
 def _measure(batch: Any, image: str, jobs: int, cores: int) -> dict[str, float]:
     batch.create_compute_environment(
-        computeEnvironmentName="bench-ce", type="MANAGED", computeResources={"type": "EC2", "maxvCpus": cores}
+        computeEnvironmentName="bench-ce",
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": cores},
     )
     batch.create_job_queue(
         jobQueueName="bench", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "bench-ce"}]

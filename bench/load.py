@@ -56,7 +56,7 @@ def setup(endpoint: str) -> None:
     batch.create_compute_environment(
         computeEnvironmentName="load-ce",
         type="MANAGED",
-        computeResources={"type": "EC2", "maxvCpus": os.cpu_count() or 1},
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": os.cpu_count() or 1},
     )
     batch.create_job_queue(
         jobQueueName=QUEUE, priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "load-ce"}]

@@ -57,7 +57,9 @@ def _client(endpoint: str) -> Any:
 
 def _queue(batch: Any, max_vcpus: int) -> None:
     batch.create_compute_environment(
-        computeEnvironmentName="bench-ce", type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
+        computeEnvironmentName="bench-ce",
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
     )
     batch.create_job_queue(
         jobQueueName="bench", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "bench-ce"}]

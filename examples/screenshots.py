@@ -70,7 +70,7 @@ def populate(batch: Any, work: Path, scene: Path) -> dict[str, str]:
     wait_until(lambda: status_of(batch, pipeline.stitch_id) in ("SUCCEEDED", "FAILED"), 600, "the render pipeline")
 
     batch.create_compute_environment(computeEnvironmentName="shell-ce", type="MANAGED",
-                                     computeResources={"type": "EC2", "maxvCpus": 2})  # fmt: skip
+                                     computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2})  # fmt: skip
     wait_until(lambda: batch.describe_compute_environments(computeEnvironments=["shell-ce"])["computeEnvironments"]
                [0]["status"] == "VALID", 30, "the compute environment")  # fmt: skip
     batch.create_job_queue(jobQueueName="shell", priority=1,

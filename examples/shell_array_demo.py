@@ -41,7 +41,9 @@ def run(endpoint: str) -> None:
         "batch", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="demo", aws_secret_access_key="demo"
     )
     batch.create_compute_environment(
-        computeEnvironmentName="demo-ce", type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 2}
+        computeEnvironmentName="demo-ce",
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
     )
     batch.create_job_queue(
         jobQueueName="demo-queue", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "demo-ce"}]

@@ -23,7 +23,9 @@ def make_queue(batch: Any, *, max_vcpus: int = 2, priority: int = 1) -> str:
     """A fresh MANAGED CE and a queue on it; returns the queue name."""
     ce = unique("ce")
     batch.create_compute_environment(
-        computeEnvironmentName=ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
+        computeEnvironmentName=ce,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
     )
     queue = unique("q")
     batch.create_job_queue(

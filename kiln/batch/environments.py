@@ -7,6 +7,7 @@ On Kiln a compute environment's capacity is this host's (or, later, a cluster's)
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -25,6 +26,10 @@ QUEUE_HEALTHY = "JobQueue Healthy"
 MAX_CES_PER_QUEUE = 3
 MAX_DESCRIBE = 100
 MAX_STATE_TIME_LIMIT_SECONDS = 86_400
+EC2_CE_TYPES = frozenset({"EC2", "SPOT"})
+# What AWS takes in instanceTypes: its own choices, a family (`c5`, `m6i`, `g4dn`, `u-6tb1`) or a
+# size of one (`c5.large`, `p4d.24xlarge`, `mac2.metal`); a family name always holds a digit.
+_INSTANCE_TYPE = re.compile(r"optimal|default_x86_64|default_arm64|[a-z][a-z0-9-]*[0-9][a-z0-9-]*(\.[a-z0-9-]+)?")
 
 
 def _family(ce_doc: dict[str, Any]) -> str:
@@ -46,6 +51,22 @@ def _check_compute_resources(ce_type: str, resources: dict[str, Any] | None) -> 
         raise ValidationError("computeResources must satisfy minvCpus <= desiredvCpus <= maxvCpus")
     if resources["type"] in fargate.FARGATE_CE_TYPES:
         fargate.check_compute_resources(resources)
+    for instance_type in resources.get("instanceTypes") or []:
+        if not _INSTANCE_TYPE.fullmatch(instance_type):
+            raise ValidationError(
+                f"instanceTypes: {instance_type[:60]!r} is not an EC2 instance type; use optimal, default_x86_64, "
+                "default_arm64, a family such as c5 or a size such as c5.large"
+            )
+
+
+def _check_instance_role(resources: dict[str, Any] | None) -> None:
+    """AWS requires the ECS instance profile of a MANAGED EC2/SPOT environment; Kiln launches no
+    instances, but an environment it accepts must be one AWS accepts too."""
+    if resources and resources.get("type") in EC2_CE_TYPES and not resources.get("instanceRole"):
+        raise ValidationError(
+            f"computeResources.instanceRole is required for {resources['type']} compute resources: the ECS instance "
+            "profile of the instances (e.g. ecsInstanceRole or arn:aws:iam::<account>:instance-profile/ecsInstanceRole)"
+        )
 
 
 def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +75,7 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     if ctx.repo.environments.get(name) is not None:
         raise ConflictError(f"Object already exists: compute environment {name}")
     _check_compute_resources(params["type"], params.get("computeResources"))
+    _check_instance_role(params.get("computeResources"))
     if params["type"] == "MANAGED" and params.get("unmanagedvCpus") is not None:
         raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
     _check_not_eks(params)

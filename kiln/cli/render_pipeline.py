@@ -190,7 +190,11 @@ def ensure_queue(batch: Any, queue: str, max_vcpus: int | None = None) -> bool:
         batch.create_compute_environment(
             computeEnvironmentName=environment,
             type="MANAGED",
-            computeResources={"type": "EC2", "maxvCpus": max_vcpus or os.cpu_count() or 1},
+            computeResources={
+                "type": "EC2",
+                "instanceRole": "ecsInstanceRole",
+                "maxvCpus": max_vcpus or os.cpu_count() or 1,
+            },
         )
     _wait_valid(lambda: batch.describe_compute_environments(computeEnvironments=[environment])["computeEnvironments"])
     batch.create_job_queue(

@@ -237,7 +237,9 @@ def test_queue_type_follows_its_compute_environments(batch: Any, fargate_queue: 
 def test_queues_cannot_mix_fargate_and_ec2(batch: Any) -> None:
     ec2_ce = unique("ce")
     batch.create_compute_environment(
-        computeEnvironmentName=ec2_ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 1}
+        computeEnvironmentName=ec2_ce,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 1},
     )
     for ces in ((ec2_ce, fargate_ce(batch)), (fargate_ce(batch, ce_type="FARGATE_SPOT"), ec2_ce)):
         order = [{"order": i + 1, "computeEnvironment": ce} for i, ce in enumerate(ces)]

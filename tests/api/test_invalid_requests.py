@@ -46,7 +46,9 @@ class World:
 def _ce(batch: Any, **resources: Any) -> str:
     name = unique("ce")
     batch.create_compute_environment(
-        computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 2, **resources}
+        computeEnvironmentName=name,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2, **resources},
     )
     return name
 
@@ -561,7 +563,9 @@ CASES = [
     # Compute environments
     pytest.param(
         lambda b, w: b.create_compute_environment(
-            computeEnvironmentName=w.spare_ces[0], type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 2}
+            computeEnvironmentName=w.spare_ces[0],
+            type="MANAGED",
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
         ),
         lambda w: f"Object already exists: compute environment {w.spare_ces[0]}",
         id="ce-duplicate",
@@ -575,10 +579,38 @@ CASES = [
         lambda b, w: b.create_compute_environment(
             computeEnvironmentName=unique("ce"),
             type="MANAGED",
-            computeResources={"type": "EC2", "minvCpus": 8, "maxvCpus": 4},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "minvCpus": 8, "maxvCpus": 4},
         ),
         "computeResources must satisfy minvCpus <= desiredvCpus <= maxvCpus",
         id="ce-min-above-max",
+    ),
+    pytest.param(
+        lambda b, w: b.create_compute_environment(
+            computeEnvironmentName=unique("ce"), type="MANAGED", computeResources={"type": "SPOT", "maxvCpus": 4}
+        ),
+        "computeResources.instanceRole is required for SPOT compute resources",
+        id="ce-spot-without-instance-role",
+    ),
+    pytest.param(
+        lambda b, w: b.create_compute_environment(
+            computeEnvironmentName=unique("ce"),
+            type="MANAGED",
+            computeResources={
+                "type": "EC2",
+                "instanceRole": "ecsInstanceRole",
+                "maxvCpus": 4,
+                "instanceTypes": ["c5", "unknown"],
+            },
+        ),
+        "instanceTypes: 'unknown' is not an EC2 instance type",
+        id="ce-unknown-instance-type",
+    ),
+    pytest.param(
+        lambda b, w: b.update_compute_environment(
+            computeEnvironment=w.spare_ces[1], computeResources={"instanceTypes": ["c5.large", "C5 LARGE"]}
+        ),
+        "instanceTypes: 'C5 LARGE' is not an EC2 instance type",
+        id="ce-update-bad-instance-type",
     ),
     pytest.param(
         lambda b, w: b.delete_compute_environment(computeEnvironment=w.spare_ces[0]),

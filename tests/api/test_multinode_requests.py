@@ -38,7 +38,9 @@ def refused(call: Any, **params: Any) -> str:
 def make_queue(batch: Any, *, kind: str = "EC2", parked: bool = True) -> str:
     ce = unique("ce")
     batch.create_compute_environment(
-        computeEnvironmentName=ce, type="MANAGED", computeResources={"type": kind, "maxvCpus": 8}
+        computeEnvironmentName=ce,
+        type="MANAGED",
+        computeResources={"type": kind, "instanceRole": "ecsInstanceRole", "maxvCpus": 8},
     )
     if parked:
         batch.update_compute_environment(computeEnvironment=ce, state="DISABLED")

@@ -53,7 +53,10 @@ def describe_one(batch: Any, job_id: str) -> dict[str, Any]:
 def make_ce(batch: Any, *, max_vcpus: int = 2, **extra: Any) -> str:
     name = unique("ce")
     batch.create_compute_environment(
-        computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}, **extra
+        computeEnvironmentName=name,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
+        **extra,
     )
     return name
 
@@ -105,7 +108,13 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
     created = batch.create_compute_environment(
         computeEnvironmentName=managed,
         type="MANAGED",
-        computeResources={"type": "EC2", "maxvCpus": 4, "minvCpus": 0, "instanceTypes": ["optimal"]},
+        computeResources={
+            "type": "EC2",
+            "instanceRole": "ecsInstanceRole",
+            "maxvCpus": 4,
+            "minvCpus": 0,
+            "instanceTypes": ["optimal", "c5", "m6i.8xlarge", "u-6tb1.metal", "default_arm64"],
+        },
         tags={"team": "render"},
     )
     assert created["computeEnvironmentName"] == managed
@@ -119,7 +128,9 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
     assert created["computeEnvironmentArn"] == arn("compute-environment", unmanaged)
     with pytest.raises(batch.exceptions.ClientException):  # names are unique
         batch.create_compute_environment(
-            computeEnvironmentName=managed, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 1}
+            computeEnvironmentName=managed,
+            type="MANAGED",
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 1},
         )
 
     by_name = batch.describe_compute_environments(computeEnvironments=[managed])["computeEnvironments"]
@@ -189,7 +200,7 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
 def test_context_and_update_policy_are_described_and_eks_is_refused(batch: Any) -> None:
     name = unique("ce-context")
     batch.create_compute_environment(
-        computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": 2},
+        computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
         context="render-farm",
     )  # fmt: skip
     [detail] = batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"]
@@ -208,7 +219,7 @@ def test_context_and_update_policy_are_described_and_eks_is_refused(batch: Any) 
         lambda: batch.create_compute_environment(
             computeEnvironmentName=unique("ce-eks"),
             type="MANAGED",
-            computeResources={"type": "EC2", "maxvCpus": 2},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
             eksConfiguration=eks,
         ),
         lambda: batch.update_compute_environment(

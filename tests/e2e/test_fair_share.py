@@ -23,7 +23,9 @@ def _policy(batch: Any, shares: dict[str, float] | None = None, **fairshare: Any
 def _fair_queue(batch: Any, policy_arn: str | None, max_vcpus: int = 1) -> str:
     ce, queue = unique("ce"), unique("q")
     batch.create_compute_environment(
-        computeEnvironmentName=ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
+        computeEnvironmentName=ce,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
     )
     extra = {"schedulingPolicyArn": policy_arn} if policy_arn else {}
     batch.create_job_queue(jobQueueName=queue, priority=1, **extra,

@@ -32,7 +32,9 @@ def fast_batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _queue(batch: Any, actions: list[dict[str, Any]], max_vcpus: int = 1) -> str:
     ce, queue = unique("ce"), unique("q")
     batch.create_compute_environment(
-        computeEnvironmentName=ce, type="MANAGED", computeResources={"type": "EC2", "maxvCpus": max_vcpus}
+        computeEnvironmentName=ce,
+        type="MANAGED",
+        computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
     )
     batch.create_job_queue(jobQueueName=queue, priority=1, jobStateTimeLimitActions=actions,
                            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])  # fmt: skip

@@ -48,7 +48,7 @@ class Engine:
         """A MANAGED compute environment of `max_vcpus` and a queue on it; returns the queue's name."""
         self.call(
             "CreateComputeEnvironment", computeEnvironmentName=f"{name}-ce", type="MANAGED",
-            computeResources={"type": "EC2", "maxvCpus": max_vcpus},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
         )  # fmt: skip
         self.call(
             "CreateJobQueue", jobQueueName=name, priority=priority,

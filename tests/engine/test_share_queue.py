@@ -35,7 +35,7 @@ def _setup(service: BatchService, shares: dict[str, float], reservation: int = 0
         "computeReservation": reservation,
         "shareDistribution": [{"shareIdentifier": s, "weightFactor": w} for s, w in shares.items()]}})  # fmt: skip
     service.call("CreateComputeEnvironment", {"computeEnvironmentName": "ce", "type": "MANAGED",
-                                              "computeResources": {"type": "EC2", "maxvCpus": max_vcpus}})  # fmt: skip
+                                              "computeResources": {"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus}})  # fmt: skip
     service.call("CreateJobQueue", {"jobQueueName": "q", "priority": 1, "schedulingPolicyArn": policy["arn"],
                                     "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "ce"}]})  # fmt: skip
     service.call("RegisterJobDefinition", {"jobDefinitionName": "d", "type": "container",
