@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kiln.cli.embedded_server import free_port
 
@@ -99,6 +101,81 @@ def _host_processes(session: int) -> set[int]:
     return members
 
 
+# One Ray driver for all of a cluster's questions: starting a Python with Ray for each costs 2-5 s.
+_PROBE_SCRIPT = """
+import json, sys, ray
+ray.init(address=sys.argv[1], namespace="kiln", _node_ip_address="127.0.0.1", logging_level="ERROR")
+print("PROBE ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "nodes":
+        answer = [{"id": n["NodeID"], "address": n["NodeManagerAddress"], "resources": sorted(n["Resources"])}
+                  for n in ray.nodes() if n["Alive"]]
+    else:
+        answer = {g["name"]: g["state"] for g in ray.util.placement_group_table().values()}
+    print("PROBE " + json.dumps(answer), flush=True)
+"""
+PROBE_SECONDS = 60
+
+
+class RayProbe:
+    """A long-lived driver process that answers `nodes` (the live ones) and `groups` (placement
+    groups in Kiln's namespace, by name, with their state); it is started again when it died (its
+    node was the one a test killed)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pending = b""
+
+    def ask(self, question: str) -> Any:
+        for tries_left in (1, 0):
+            try:
+                if self.process is None or self.process.poll() is not None:
+                    self._start()
+                assert self.process is not None and self.process.stdin is not None
+                self.process.stdin.write(f"{question}\n".encode())
+                self.process.stdin.flush()
+                return json.loads(self._line())
+            except (OSError, RuntimeError):
+                self.close()
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self) -> None:
+        self.pending = b""
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PROBE_SCRIPT, self.address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        if self._line() != "ready":
+            raise RuntimeError("the Ray probe did not start")
+
+    def _line(self) -> str:
+        """The next `PROBE ...` line's text (Ray may print lines of its own), within PROBE_SECONDS."""
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + PROBE_SECONDS
+        while True:
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                if line.startswith(b"PROBE "):
+                    return line.removeprefix(b"PROBE ").decode()
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                raise RuntimeError(f"the Ray probe did not answer in {PROBE_SECONDS} s")
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("the Ray probe exited")
+            self.pending += chunk
+
+    def close(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+            self.process = None
+
+
 @dataclass
 class RayNode:
     name: str
@@ -148,6 +225,10 @@ class RayCluster:
     root: Path
     port: int
     nodes: dict[str, RayNode] = field(default_factory=dict)
+    probe: RayProbe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.probe = RayProbe(self.address)
 
     @property
     def address(self) -> str:
@@ -184,43 +265,37 @@ class RayCluster:
     def wait_for_nodes(self, count: int) -> None:
         """Until `count` nodes are alive in the GCS (bounded)."""
         deadline = time.monotonic() + START_SECONDS
-        script = (
-            "import ray,sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1', logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
-        )
         while time.monotonic() < deadline:
             for node in self.nodes.values():
                 if node.process.poll() is not None and node.process.returncode not in (None, -9):
                     raise RuntimeError(f"ray node {node.name} exited:\n{node.log.read_text()[-3000:]}")
             try:
-                done = subprocess.run(
-                    [sys.executable, "-c", script, self.address],
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                continue
-            if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
-                return
-            time.sleep(1)
+                if len(self.live_nodes()) >= count:
+                    return
+            except (OSError, RuntimeError):  # the head's GCS is not up yet
+                pass
+            time.sleep(0.5)
         raise RuntimeError(f"the Ray cluster did not reach {count} live nodes in {START_SECONDS} s")
 
+    def live_nodes(self) -> list[dict[str, Any]]:
+        """The live nodes: `id`, `address` (NodeManagerAddress) and `resources` (names)."""
+        return list(self.probe.ask("nodes"))
+
+    def placement_groups(self) -> dict[str, str]:
+        """Placement groups in Kiln's Ray namespace, by name, with their state."""
+        return dict(self.probe.ask("groups"))
+
     def node_ids(self) -> dict[str, str]:
-        """Test node name -> Ray node id, for the live nodes (read through a short-lived driver)."""
-        script = (
-            "import json,ray,sys; ray.init(address=sys.argv[1], _node_ip_address='127.0.0.1', logging_level='ERROR');"
-            "print(json.dumps({r: n['NodeID'] for n in ray.nodes() if n['Alive'] for r in n['Resources']"
-            " if r.startswith('kiln_test_')}))"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script, self.address], capture_output=True, text=True, timeout=60, check=True
-        )
-        found = json.loads(done.stdout.strip().splitlines()[-1])
-        return {name.removeprefix("kiln_test_"): node_id for name, node_id in found.items()}
+        """Test node name -> Ray node id, for the live nodes."""
+        return {
+            resource.removeprefix("kiln_test_"): node["id"]
+            for node in self.live_nodes()
+            for resource in node["resources"]
+            if resource.startswith("kiln_test_")
+        }
 
     def stop(self) -> None:
+        self.probe.close()
         for node in reversed(list(self.nodes.values())):
             node.stop()
         if os.environ.get("KILN_KEEP_RAY_LOGS") is None:

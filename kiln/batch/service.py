@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from kiln.arns import Arns
-from kiln.batch import definitions, environments, jobs, resource_tags, scheduling_policies, submission
+from kiln.batch import definitions, environments, jobs, queue_snapshot, resource_tags, scheduling_policies, submission
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.context import Context
@@ -61,6 +61,7 @@ READS: dict[str, Operation] = {
     "DescribeSchedulingPolicies": scheduling_policies.describe_scheduling_policies,
     "ListSchedulingPolicies": scheduling_policies.list_scheduling_policies,
     "ListTagsForResource": resource_tags.list_tags_for_resource,
+    "GetJobQueueSnapshot": queue_snapshot.get_job_queue_snapshot,
 }
 
 

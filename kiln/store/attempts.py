@@ -10,7 +10,7 @@ from sqlalchemy import and_, bindparam, case, func, or_, select, update
 
 from kiln.store.queries import Queries, Values, bound_values, same_keys
 from kiln.store.records import Attempt, Document, EnvironmentUsage, Stream
-from kiln.store.schema import attempts, jobs
+from kiln.store.schema import attempts, job_shares, jobs
 
 _TERMINATED_ACTIVE = (
     select(attempts.c.task_id, jobs.c.spec)
@@ -70,6 +70,18 @@ class AttemptStore(Queries):
             str(env): EnvironmentUsage(str(env), float(vcpus or 0), int(memory or 0), int(gpus or 0), int(count))
             for env, vcpus, memory, gpus, count in self.connection.execute(_USAGE)
         }
+
+    def vcpus_in_use_by_share(self, queue_arn: str) -> dict[str | None, float]:
+        """vCPUs the running attempts of a queue's jobs hold, per share identifier (None: jobs of a
+        queue without a fair-share policy)."""
+        query = (
+            select(job_shares.c.share_identifier, func.sum(attempts.c.vcpus))
+            .join_from(attempts, jobs, jobs.c.id == attempts.c.job_id)
+            .outerjoin(job_shares, job_shares.c.job_id == attempts.c.job_id)
+            .where(attempts.c.active.is_(True), jobs.c.queue_arn == queue_arn)
+            .group_by(job_shares.c.share_identifier)
+        )
+        return {share: float(vcpus or 0) for share, vcpus in self.connection.execute(query)}
 
     def log_streams_of(self, job_ids: Sequence[str]) -> list[str]:
         return self._column_among(attempts.c.log_stream, attempts.c.job_id, job_ids)

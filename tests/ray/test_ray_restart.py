@@ -9,10 +9,7 @@ restart, is decided by the test, not by timing.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,18 +40,8 @@ def _gated(gate: Path, after: str = "echo after; exit 0") -> str:
 
 def _groups(ray_cluster: RayCluster) -> dict[str, str]:
     """Kiln's placement groups (`kiln-<tag>-...` in Kiln's Ray namespace) that are not removed, by
-    name, with their state, read through a short-lived driver."""
-    script = (
-        "import json,ray,sys; ray.init(address=sys.argv[1], namespace='kiln', _node_ip_address='127.0.0.1',"
-        " logging_level='ERROR'); print('GROUPS', json.dumps({g['name']: g['state'] for g in"
-        " ray.util.placement_group_table().values()}))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, ray_cluster.address], capture_output=True, text=True, timeout=60, check=True
-    )
-    # Ray may write its own lines to stdout too: read only the marked one.
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("GROUPS ")]
-    table: dict[str, str] = json.loads(line.removeprefix("GROUPS "))
+    name, with their state."""
+    table = ray_cluster.placement_groups()
     return {name: state for name, state in table.items() if name.startswith("kiln-") and state != "REMOVED"}
 
 
