@@ -11,7 +11,16 @@ from functools import partial
 from typing import Any
 
 from kiln.arns import Arns
-from kiln.batch import definitions, environments, jobs, queue_snapshot, resource_tags, scheduling_policies, submission
+from kiln.batch import (
+    definitions,
+    environments,
+    jobs,
+    queue_snapshot,
+    quota_shares,
+    resource_tags,
+    scheduling_policies,
+    submission,
+)
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.context import Context
@@ -62,6 +71,12 @@ READS: dict[str, Operation] = {
     "ListSchedulingPolicies": scheduling_policies.list_scheduling_policies,
     "ListTagsForResource": resource_tags.list_tags_for_resource,
     "GetJobQueueSnapshot": queue_snapshot.get_job_queue_snapshot,
+    # No Kiln queue can hold a quota share (quota_shares.py): these only read, whatever their names say.
+    "CreateQuotaShare": quota_shares.create_quota_share,
+    "ListQuotaShares": quota_shares.list_quota_shares,
+    "DescribeQuotaShare": quota_shares.describe_quota_share,
+    "UpdateQuotaShare": quota_shares.update_quota_share,
+    "DeleteQuotaShare": quota_shares.delete_quota_share,
 }
 
 

@@ -89,3 +89,25 @@ def test_an_unknown_queue_is_a_client_error(batch: Any) -> None:
         batch.get_job_queue_snapshot(jobQueue="no-such-queue")
     assert info.value.response["Error"]["Code"] == "ClientException"
     assert "no-such-queue" in info.value.response["Error"]["Message"]
+
+
+def test_quota_shares_are_answered_as_for_queues_without_quota_management(batch: Any) -> None:
+    """Quota shares live only in SAGEMAKER_TRAINING queues with quota management, which Kiln does
+    not run: creating one on a Kiln queue says so, a queue lists none, an ARN names nothing."""
+    queue = _fair_queue(batch, None)
+    limits = [{"capacityUnit": "VCPU", "maxCapacity": 4}]
+    with pytest.raises(ClientError) as info:
+        batch.create_quota_share(quotaShareName="team-a", jobQueue=queue, capacityLimits=limits,
+                                 resourceSharingConfiguration={"strategy": "RESERVE"},
+                                 preemptionConfiguration={"inSharePreemption": "DISABLED"})  # fmt: skip
+    assert info.value.response["Error"]["Code"] == "ClientException"
+    assert f"Job queue {queue} does not have quota management" in info.value.response["Error"]["Message"]
+    assert batch.list_quota_shares(jobQueue=queue)["quotaShares"] == []
+    arn = "arn:aws:batch:us-east-1:123456789012:quota-share/q/team-a"
+    for call in (batch.describe_quota_share, batch.delete_quota_share, batch.update_quota_share):
+        with pytest.raises(ClientError) as info:
+            call(quotaShareArn=arn)
+        assert f"Quota share {arn} not found." == info.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as info:
+        batch.list_quota_shares(jobQueue="no-such-queue")
+    assert "no-such-queue" in info.value.response["Error"]["Message"]
