@@ -102,6 +102,8 @@ class RelayStore:
         target = self.path_of(area, path)
         if not path.strip("/"):
             raise ValidationError("a relay upload needs a file name after the area")
+        if target.is_dir():
+            raise ValidationError(f"kiln://{area}/{path} is a folder")
         await run_in_threadpool(self._make_folders, target.parent)
         partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
@@ -113,9 +115,7 @@ class RelayStore:
                     if size > MAX_FILE_BYTES:
                         raise ClientError(f"a relay file is at most {MAX_FILE_BYTES} bytes")
                     await run_in_threadpool(handle.write, chunk)
-            if target.is_dir():
-                raise ValidationError(f"kiln://{area}/{path} is a folder")
-            os.replace(partial, target)
+            os.replace(partial, target)  # a folder made there meanwhile makes this fail, not vanish
         finally:
             partial.unlink(missing_ok=True)
         return size
