@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from kiln.arns import Arns
-from kiln.batch import definitions, environments, jobs, resource_tags, scheduling_policies, submission
+from kiln.batch import consumables, definitions, environments, jobs, resource_tags, scheduling_policies, submission
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.context import Context
@@ -51,6 +51,9 @@ WRITES: dict[str, Operation] = {
     "DeleteSchedulingPolicy": scheduling_policies.delete_scheduling_policy,
     "TagResource": resource_tags.tag_resource,
     "UntagResource": resource_tags.untag_resource,
+    "CreateConsumableResource": consumables.create_consumable_resource,
+    "UpdateConsumableResource": consumables.update_consumable_resource,
+    "DeleteConsumableResource": consumables.delete_consumable_resource,
 }
 READS: dict[str, Operation] = {
     "DescribeComputeEnvironments": environments.describe_compute_environments,
@@ -61,6 +64,9 @@ READS: dict[str, Operation] = {
     "DescribeSchedulingPolicies": scheduling_policies.describe_scheduling_policies,
     "ListSchedulingPolicies": scheduling_policies.list_scheduling_policies,
     "ListTagsForResource": resource_tags.list_tags_for_resource,
+    "DescribeConsumableResource": consumables.describe_consumable_resource,
+    "ListConsumableResources": consumables.list_consumable_resources,
+    "ListJobsByConsumableResource": consumables.list_jobs_by_consumable_resource,
 }
 
 
