@@ -1,0 +1,75 @@
+"""The pure consumable-resource rules (`kiln.engine.consumables`) and how `scheduling.plan` applies
+them: no plan ever hands out more of a resource than is available, and a job left waiting for one
+says which."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiln.engine import consumables
+from kiln.engine.scheduling import Candidate, EnvironmentView, QueueView, Resources, plan
+
+QUEUE = QueueView("q", 1, ("ce",))
+ENVIRONMENT = EnvironmentView("ce", True, None)
+ROOMY = Resources(1000.0, 10**9, 100)
+
+
+def _plan(candidates: list[Candidate], available: dict[str, int]) -> list[str]:
+    result = plan(candidates, [QUEUE], [ENVIRONMENT], ROOMY, ROOMY, None, available)
+    return [placement.job_id for placement in result.placements]
+
+
+def test_available_subtracts_what_is_in_use_only_from_replenishable_totals() -> None:
+    assert consumables.available(consumables.REPLENISHABLE, 5, 2) == 3
+    assert consumables.available(consumables.NON_REPLENISHABLE, 5, 2) == 5  # the total already lost it
+    assert consumables.available(consumables.REPLENISHABLE, 1, 3) == 0  # a total set below what is held
+
+
+def test_shortfall_names_the_first_resource_that_is_short_or_missing() -> None:
+    assert consumables.shortfall([("a", 1), ("b", 2)], {"a": 1, "b": 2}) is None
+    assert consumables.shortfall([("a", 1), ("b", 3)], {"a": 1, "b": 2}) == (
+        "CONSUMABLE_RESOURCE:INSUFFICIENT_QUANTITY - Waiting for consumable resource b: the job needs 3, 2 available."
+    )
+    assert consumables.shortfall([("gone", 1)], {}) == (
+        "CONSUMABLE_RESOURCE:NOT_FOUND - Waiting for consumable resource gone, which does not exist "
+        "(create it to let the job start)."
+    )
+
+
+def test_plan_places_only_what_the_units_allow_and_lets_others_pass() -> None:
+    needs = (("licence", 1),)
+    jobs = [Candidate(f"j{i}", "q", 1.0, 64, needs=needs) for i in range(4)] + [Candidate("free", "q", 1.0, 64)]
+    result = plan(jobs, [QUEUE], [ENVIRONMENT], ROOMY, ROOMY, None, {"licence": 2})
+    assert [p.job_id for p in result.placements] == ["j0", "j1", "free"]
+    assert result.diagnostics == {
+        "j2": "CONSUMABLE_RESOURCE:INSUFFICIENT_QUANTITY - Waiting for consumable resource licence: "
+        "the job needs 1, 0 available.",
+        "j3": "CONSUMABLE_RESOURCE:INSUFFICIENT_QUANTITY - Waiting for consumable resource licence: "
+        "the job needs 1, 0 available.",
+    }
+
+
+def test_a_job_that_does_not_fit_the_host_takes_no_units() -> None:
+    needs = (("licence", 1),)
+    small = Resources(1.0, 1024, 0)
+    jobs = [Candidate("big", "q", 2.0, 64, needs=needs), Candidate("small", "q", 1.0, 64, needs=needs)]
+    result = plan(jobs, [QUEUE], [ENVIRONMENT], small, ROOMY, None, {"licence": 1})
+    assert [p.job_id for p in result.placements] == ["small"]
+    assert result.diagnostics == {"big": None}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    totals=st.dictionaries(st.sampled_from("abc"), st.integers(0, 4), min_size=1),
+    wants=st.lists(st.dictionaries(st.sampled_from("abcd"), st.integers(1, 3), max_size=3), max_size=12),
+)
+def test_no_plan_hands_out_more_than_is_available(totals: dict[str, int], wants: list[dict[str, int]]) -> None:
+    jobs = [Candidate(f"j{i}", "q", 1.0, 64, needs=tuple(sorted(need.items()))) for i, need in enumerate(wants)]
+    placed = set(_plan(jobs, totals))
+    for name, total in totals.items():
+        assert sum(dict(job.needs).get(name, 0) for job in jobs if job.job_id in placed) <= total
+    for job in jobs:
+        fits_alone = all(totals.get(name, -1) >= quantity for name, quantity in job.needs)
+        if not fits_alone:
+            assert job.job_id not in placed
