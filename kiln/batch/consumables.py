@@ -271,6 +271,12 @@ def resolve_for_job(ctx: Context, params: Document, definition: Document) -> tup
     # is still needed: the job waits until it exists again).
     kept: Requirements = []
     for entry in base:
+        if not entry.get("consumableResource") or (entry.get("quantity") or 0) < 1:
+            # Registered before Kiln checked these (it used to ignore them): say which definition.
+            raise ValidationError(
+                f"Job definition {definition['jobDefinitionArn']} has a consumableResourceProperties entry without "
+                f"a consumableResource or with a quantity below 1: {entry}; register a corrected revision"
+            )
         name = name_from_reference(entry["consumableResource"], KIND)
         if name not in overridden:
             kept.append((name, int(entry["quantity"])))

@@ -292,7 +292,7 @@ class Scheduler:
         if diagnose:
             self._record_diagnostics(repo, runnable, decision)
         placements = [Chained(p.job_id, uuid.uuid4().hex, p.environment, None) for p in decision.placements]
-        return self._record_placements(repo, placements, now) if placements else []
+        return self._record_placements(repo, placements, now, needs) if placements else []
 
     def place_ahead(self, repo: Repository, now: int) -> list[_Launch]:
         """Queue the next children of fast arrays behind running siblings (see start_ahead)."""
@@ -311,7 +311,7 @@ class Scheduler:
             candidates = [r for r in candidates if r.id not in needy]
             chained = self._ahead.chain([(r.id, r.parent_id, (r.vcpus, r.memory_mib, r.gpus)) for r in candidates])
             if chained:
-                placed = self._record_placements(repo, chained, now)
+                placed = self._record_placements(repo, chained, now, {})
                 self._chain_heads(placed)
                 self.metrics.placed_ahead.inc(len(placed))
                 launches += placed
@@ -338,8 +338,11 @@ class Scheduler:
             if current[job_id] != reason:
                 lifecycle.diagnose(repo, job_id, reason)
 
-    def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
-        """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
+    def _record_placements(
+        self, repo: Repository, placements: list[Chained], now: int, needs: dict[str, tuple[consumables.Need, ...]]
+    ) -> list[_Launch]:
+        """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction;
+        `needs`: the consumable resources of the jobs that need some (what `plan` weighed)."""
         jobs = {j.id: j for j in repo.jobs.get_many([p.job_id for p in placements])}
         job_specs = self.attempts.specs(repo, list(jobs.values()))
         launches: list[_Launch] = []
@@ -366,7 +369,7 @@ class Scheduler:
             launches.append(_Launch(replace(attempt, start_after=after), job.parent_id, placement.environment))
         lifecycle.placed(repo, moves)
         repo.attempts.insert(attempts)
-        _consume_non_replenishable(repo, [jobs[move.job_id] for move in moves])
+        _consume_non_replenishable(repo, [needs[move.job_id] for move in moves if move.job_id in needs])
         return launches
 
     def _place_gang(self, repo: Repository, job: Job, number: int, environment: str, now: int) -> list[_Launch]:
@@ -465,14 +468,13 @@ def _available(repo: Repository, needs: dict[str, tuple[consumables.Need, ...]])
     }
 
 
-def _consume_non_replenishable(repo: Repository, placed: list[Job]) -> None:
+def _consume_non_replenishable(repo: Repository, placed: list[tuple[consumables.Need, ...]]) -> None:
     """In the placing transaction, NON_REPLENISHABLE totals lose what the placed attempts take (a
     REPLENISHABLE resource needs no write: its in-use count is summed from the active attempts)."""
-    needs = _needs(repo, placed)
-    if not needs:
+    if not placed:
         return
     taken: dict[str, int] = {}
-    for wanted in needs.values():
+    for wanted in placed:
         for name, quantity in wanted:
             taken[name] = taken.get(name, 0) + quantity
     kinds = {resource.name: resource.resource_type for resource in repo.consumables.get_many(sorted(taken))}
