@@ -1,14 +1,17 @@
 """The pure consumable-resource rules (`kiln.engine.consumables`) and how `scheduling.plan` applies
 them: no plan ever hands out more of a resource than is available, and a job left waiting for one
-says which."""
+says which; and, in the engine (tests/engine/harness.py), units a lost attempt held come back."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.engine import consumables
 from kiln.engine.scheduling import Candidate, EnvironmentView, QueueView, Resources, plan
+from tests.engine.harness import Engine, engine
 
 QUEUE = QueueView("q", 1, ("ce",))
 ENVIRONMENT = EnvironmentView("ce", True, None)
@@ -73,3 +76,33 @@ def test_no_plan_hands_out_more_than_is_available(totals: dict[str, int], wants:
         fits_alone = all(totals.get(name, -1) >= quantity for name, quantity in job.needs)
         if not fits_alone:
             assert job.job_id not in placed
+
+
+def test_a_lost_host_gives_replenishable_units_back_and_a_retry_takes_them_again(tmp_path: Path) -> None:
+    """The attempt dies with its executor; the next engine on the same store finds it lost (as after
+    a crash), the job is retried, and in use is what the retry holds, then nothing."""
+    needs = {"consumableResourceList": [{"consumableResource": "licence", "quantity": 1}]}
+    with engine(tmp_path, host_vcpus=8) as first:
+        first.queue(max_vcpus=8)
+        first.call("CreateConsumableResource", consumableResourceName="licence", totalQuantity=1)
+        first.call(
+            "RegisterJobDefinition", jobDefinitionName="lic", type="container", consumableResourceProperties=needs,
+            containerProperties={"image": "host", "vcpus": 1, "memory": 64, "command": ["sh", "-c", "sleep 30"]},
+            retryStrategy={"attempts": 2},
+        )  # fmt: skip
+        job_id = first.submit("lic")
+        first.run_until([job_id], {"RUNNING"})
+        assert _in_use(first) == (1, 0)
+    with engine(tmp_path, host_vcpus=8) as second:
+        second.scheduler.reconcile_lost_attempts()
+        retried = second.run_until([job_id], {"RUNNING"})[job_id]
+        assert retried["attempts"][0]["statusReason"].startswith("Host EC2")
+        assert _in_use(second) == (1, 0)
+        second.call("TerminateJob", jobId=job_id, reason="done")
+        assert second.run_until([job_id])[job_id]["status"] == "FAILED"
+        assert _in_use(second) == (0, 1)
+
+
+def _in_use(engine_: Engine) -> tuple[int, int]:
+    found = engine_.call("DescribeConsumableResource", consumableResource="licence")
+    return found["inUseQuantity"], found["availableQuantity"]
