@@ -19,8 +19,13 @@ from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.e2e.test_aws_cli_workflow import aws
 from tests.support import make_queue, register_shell, submit, unique, wait_for
 
-# Appends "<start ns> <end ns>" to $SPANS once the job ends (one line per attempt).
+# Appends "<start ns> <end ns>" to `path` once the job ends (one line per attempt).
 SPAN = 'start=$(date +%s%N); sleep {seconds}; echo "$start $(date +%s%N)" >> {path}'
+# The same, but the job first waits until the test creates `gate`: the test sees who runs and who
+# waits for as long as it needs, whatever the machine's load.
+GATED_SPAN = (
+    'start=$(date +%s%N); while [ ! -e {gate} ]; do sleep 0.05; done; sleep 0.1; echo "$start $(date +%s%N)" >> {path}'
+)
 
 
 def _server(root: Path, flags: list[str] | None = None) -> KilnServer:
@@ -94,9 +99,12 @@ def _statuses(batch: Any, jobs: list[str]) -> list[str]:
 
 def test_two_units_never_run_more_than_two_jobs_and_all_finish(batch: Any, queue: str, job_tmp: Path) -> None:
     name = _resource(batch, 2)
-    spans = job_tmp / "spans"
-    definition = register_shell(batch, SPAN.format(seconds=0.4, path=spans), **_needs(name))
+    spans, gate = job_tmp / "spans", job_tmp / "gate"
+    definition = register_shell(batch, GATED_SPAN.format(gate=gate, path=spans), **_needs(name))
     jobs = [submit(batch, queue, definition) for _ in range(5)]
+    _poll(lambda: _statuses(batch, jobs) == ["RUNNABLE"] * 3 + ["RUNNING"] * 2, "2 running, 3 waiting")
+    assert _quantities(batch, name) == (2, 2, 0)
+    gate.touch()
     assert [wait_for(batch, job_id)["status"] for job_id in jobs] == ["SUCCEEDED"] * 5
     assert len(spans.read_text().splitlines()) == 5
     assert _max_overlap(spans) == 2
@@ -201,8 +209,8 @@ def test_a_sigkilled_server_neither_leaks_nor_double_counts(tmp_path: Path, data
         batch = server.client()
         queue = make_queue(batch, max_vcpus=8)
         name = _resource(batch, 2)
-        spans = job_tmp / "spans"
-        definition = register_shell(batch, SPAN.format(seconds=1.5, path=spans), **_needs(name))
+        spans, gate = job_tmp / "spans", job_tmp / "gate"
+        definition = register_shell(batch, GATED_SPAN.format(gate=gate, path=spans), **_needs(name))
         jobs = [submit(batch, queue, definition) for _ in range(4)]
         # Two run, and the scheduler has looked at the other two and left them waiting for the resource.
         _poll(lambda: _statuses(batch, jobs) == ["RUNNABLE", "RUNNABLE", "RUNNING", "RUNNING"], "2 running, 2 waiting")
@@ -210,7 +218,8 @@ def test_a_sigkilled_server_neither_leaks_nor_double_counts(tmp_path: Path, data
         server.stop(kill=True)
         server.start()
         batch = server.client()
-        assert _quantities(batch, name)[1] <= 2
+        assert _quantities(batch, name) == (2, 2, 0)  # the same two attempts, adopted, hold them
+        gate.touch()
         assert [wait_for(batch, job_id)["status"] for job_id in jobs] == ["SUCCEEDED"] * 4
         assert _max_overlap(spans) <= 2
         assert len(spans.read_text().splitlines()) == 4
