@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.engine import consumables
 from kiln.engine.scheduling import Candidate, EnvironmentView, QueueView, Resources, plan
+from kiln.errors import ValidationError
+from kiln.store.repository import Repository
 from tests.engine.harness import Engine, engine
 
 QUEUE = QueueView("q", 1, ("ce",))
@@ -106,3 +109,23 @@ def test_a_lost_host_gives_replenishable_units_back_and_a_retry_takes_them_again
 def _in_use(engine_: Engine) -> tuple[int, int]:
     found = engine_.call("DescribeConsumableResource", consumableResource="licence")
     return found["inUseQuantity"], found["availableQuantity"]
+
+
+def test_a_definition_registered_before_the_checks_is_named_at_submit(tmp_path: Path) -> None:
+    """Kiln used to store consumableResourceProperties unchecked: SubmitJob of such a revision
+    answers a ClientException naming it, not a 500."""
+    with engine(tmp_path) as kiln:
+        kiln.queue()
+        arn = kiln.call(
+            "RegisterJobDefinition", jobDefinitionName="old", type="container",
+            containerProperties={"image": "host", "vcpus": 1, "memory": 64, "command": ["true"]},
+        )["jobDefinitionArn"]  # fmt: skip
+        with kiln.service.db.begin() as connection:
+            repo = Repository(connection)
+            stored = repo.definitions.get_by_arn(arn)
+            assert stored is not None
+            bad = {"consumableResourceList": [{"consumableResource": "licence"}]}
+            repo.definitions.update(arn, doc={**stored.doc, "consumableResourceProperties": bad})
+        with pytest.raises(ValidationError) as caught:
+            kiln.submit("old")
+        assert caught.value.message.startswith(f"Job definition {arn} has a consumableResourceProperties entry")
