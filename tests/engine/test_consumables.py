@@ -129,3 +129,29 @@ def test_a_definition_registered_before_the_checks_is_named_at_submit(tmp_path: 
         with pytest.raises(ValidationError) as caught:
             kiln.submit("old")
         assert caught.value.message.startswith(f"Job definition {arn} has a consumableResourceProperties entry")
+
+
+def test_a_job_state_time_limit_on_the_consumable_reason_fails_a_job_that_waits_too_long(tmp_path: Path) -> None:
+    """AWS lets a queue's jobStateTimeLimitActions end jobs stuck waiting for a consumable resource;
+    the action names Kiln's reason code."""
+    reason = "CONSUMABLE_RESOURCE:INSUFFICIENT_QUANTITY"
+    with engine(tmp_path, min_state_time_limit_seconds=1) as kiln:
+        kiln.call(
+            "CreateComputeEnvironment", computeEnvironmentName="ce", type="MANAGED",
+            computeResources={"type": "EC2", "maxvCpus": 4},
+        )  # fmt: skip
+        kiln.call(
+            "CreateJobQueue", jobQueueName="q", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "ce"}],
+            jobStateTimeLimitActions=[{"reason": reason, "state": "RUNNABLE", "maxTimeSeconds": 1, "action": "CANCEL"}],
+        )  # fmt: skip
+        kiln.call("CreateConsumableResource", consumableResourceName="licence", totalQuantity=0)
+        kiln.call(
+            "RegisterJobDefinition", jobDefinitionName="lic", type="container",
+            containerProperties={"image": "host", "vcpus": 1, "memory": 64, "command": ["true"]},
+            consumableResourceProperties={"consumableResourceList": [{"consumableResource": "licence", "quantity": 1}]},
+        )  # fmt: skip
+        job_id = kiln.submit("lic")
+        failed = kiln.run_until([job_id], timeout=15)[job_id]
+        assert (failed["status"], failed["statusReason"], failed["isCancelled"]) == (
+            "FAILED", f"Canceled by JobStateTimeLimit action due to reason: {reason}", True,
+        )  # fmt: skip
