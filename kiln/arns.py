@@ -35,10 +35,13 @@ class Arns:
     def scheduling_policy(self, name: str) -> str:
         return self._arn("scheduling-policy", name)
 
+    def consumable_resource(self, name: str) -> str:
+        return self._arn("consumable-resource", name)
+
 
 @dataclass(frozen=True)
 class ParsedArn:
-    kind: str  # job, job-queue, compute-environment, job-definition, scheduling-policy
+    kind: str  # job, job-queue, compute-environment, job-definition, scheduling-policy, consumable-resource
     resource: str  # the part after "<kind>/"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from kiln import pagination
 from kiln.arns import parse_arn
-from kiln.batch import fargate, multinode
+from kiln.batch import consumables, fargate, multinode
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
@@ -78,6 +78,7 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
     check_timeout(ctx, params.get("timeout"))
     check_scheduling_priority(params.get("schedulingPriority"), "schedulingPriority")
     check_tags(params.get("tags"))
+    consumables.check_definition(ctx, params)
     for key, value in (params.get("parameters") or {}).items():
         if not isinstance(value, str):
             raise ValidationError(f"parameters.{key} must be a string")

@@ -39,6 +39,11 @@ def _load(ctx: Context, arn: str) -> tuple[str, str, dict[str, Any]]:
         if policy is None:
             raise NotFoundError(f"Resource {arn} not found")
         return "policy", parsed.resource, dict(policy.doc)
+    if parsed.kind == "consumable-resource":
+        consumable = ctx.repo.consumables.get(parsed.resource)
+        if consumable is None:
+            raise NotFoundError(f"Resource {arn} not found")
+        return "consumable", parsed.resource, dict(consumable.doc)
     kinds = {"job-queue": "queue", "compute-environment": "ce"}
     if parsed.kind not in kinds:
         raise ValidationError(f"Resources of type {parsed.kind} cannot be tagged on Kiln")
@@ -55,6 +60,8 @@ def _save(ctx: Context, kind: str, key: str, doc: dict[str, Any]) -> None:
         ctx.repo.definitions.update(key, doc=doc)
     elif kind == "policy":
         ctx.repo.policies.update(key, {"doc": doc})
+    elif kind == "consumable":
+        ctx.repo.consumables.update(key, {"doc": doc})
     else:
         _named(ctx, kind).update(key, {"doc": doc})
 

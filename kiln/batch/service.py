@@ -12,6 +12,7 @@ from typing import Any
 
 from kiln.arns import Arns
 from kiln.batch import (
+    consumables,
     definitions,
     environments,
     jobs,
@@ -60,6 +61,9 @@ WRITES: dict[str, Operation] = {
     "DeleteSchedulingPolicy": scheduling_policies.delete_scheduling_policy,
     "TagResource": resource_tags.tag_resource,
     "UntagResource": resource_tags.untag_resource,
+    "CreateConsumableResource": consumables.create_consumable_resource,
+    "UpdateConsumableResource": consumables.update_consumable_resource,
+    "DeleteConsumableResource": consumables.delete_consumable_resource,
 }
 READS: dict[str, Operation] = {
     "DescribeComputeEnvironments": environments.describe_compute_environments,
@@ -77,6 +81,9 @@ READS: dict[str, Operation] = {
     "DescribeQuotaShare": quota_shares.describe_quota_share,
     "UpdateQuotaShare": quota_shares.update_quota_share,
     "DeleteQuotaShare": quota_shares.delete_quota_share,
+    "DescribeConsumableResource": consumables.describe_consumable_resource,
+    "ListConsumableResources": consumables.list_consumable_resources,
+    "ListJobsByConsumableResource": consumables.list_jobs_by_consumable_resource,
 }
 
 

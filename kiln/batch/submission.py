@@ -7,7 +7,7 @@ import dataclasses
 import uuid
 from typing import Any
 
-from kiln.batch import fargate, multinode
+from kiln.batch import consumables, fargate, multinode
 from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
 from kiln.batch.environments import get_job_queue
 from kiln.batch.names import check_job_name
@@ -203,6 +203,9 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("ecsPropertiesOverride and eksPropertiesOverride are not supported")
     size = _array_size(params)
     spec, nodes = _resolved_spec(ctx, params, definition, queue)
+    needed, needs = consumables.resolve_for_job(ctx, params, definition)
+    if needed is not None:
+        spec["consumableResourceProperties"] = needed
     if size is not None:
         spec["arrayProperties"] = {"size": size}
     entries = _dependencies(ctx, params, size)
@@ -226,6 +229,7 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         jobs += _node_jobs(parent, nodes, node_resources)
     ctx.repo.jobs.insert(jobs)
     ctx.repo.jobs.insert_dependencies(_dependency_records(job_id, size, entries))
+    ctx.repo.consumables.insert_needs(consumables.job_needs(job_id, needs))  # children use their parent's
     if spec["shareIdentifier"] is not None:
         priority = spec["schedulingPriority"] or 0
         ctx.repo.shares.insert([JobShare(job_id=job.id, queue_arn=parent.queue_arn,

@@ -72,6 +72,7 @@ def job_detail(
         "platformCapabilities": spec.get("platformCapabilities"),
         "schedulingPriority": spec.get("schedulingPriority"),
         "shareIdentifier": spec.get("shareIdentifier"),
+        "consumableResourceProperties": spec.get("consumableResourceProperties"),
         "isCancelled": bool(job.is_cancelled),
         "isTerminated": bool(job.is_terminated),
     }

@@ -19,12 +19,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
-from kiln.engine import lifecycle, recovery, scheduling, share_queue, time_limits
+from kiln.engine import consumables, lifecycle, recovery, scheduling, share_queue, time_limits
 from kiln.engine.attempts import AttemptBuilder, log_stream_name
 from kiln.engine.lifecycle import TERMINAL, Move, Status, gangs, progress
 from kiln.engine.retention import Retention
@@ -273,9 +274,12 @@ class Scheduler:
         if not runnable:
             return []
         total = scheduling.Resources(capacity.vcpus, capacity.memory_mib, capacity.gpus)
+        needs = _needs(repo, runnable)
         decision = scheduling.plan(
             [
-                scheduling.Candidate(j.id, j.queue_arn, j.vcpus, j.memory_mib, j.gpus, j.num_nodes is not None)
+                scheduling.Candidate(
+                    j.id, j.queue_arn, j.vcpus, j.memory_mib, j.gpus, j.num_nodes is not None, needs.get(j.id, ())
+                )
                 for j in runnable
             ],
             [_queue_view(q) for q in self._queues],
@@ -283,11 +287,12 @@ class Scheduler:
             free,
             total,
             None if capacity.largest_host is None else scheduling.Resources(*capacity.largest_host),
+            _available(repo, needs) if needs else None,
         )
         if diagnose:
             self._record_diagnostics(repo, runnable, decision)
         placements = [Chained(p.job_id, uuid.uuid4().hex, p.environment, None) for p in decision.placements]
-        return self._record_placements(repo, placements, now) if placements else []
+        return self._record_placements(repo, placements, now, needs) if placements else []
 
     def place_ahead(self, repo: Repository, now: int) -> list[_Launch]:
         """Queue the next children of fast arrays behind running siblings (see start_ahead)."""
@@ -301,9 +306,12 @@ class Scheduler:
             candidates = repo.jobs.candidates(
                 queue["jobQueueArn"], Status.RUNNABLE.value, min(room, AHEAD_CANDIDATES), float("inf"), 2**62
             )
+            # A job that needs consumable resources waits for them in `place`, never behind a sibling.
+            needy = _needs(repo, candidates)
+            candidates = [r for r in candidates if r.id not in needy]
             chained = self._ahead.chain([(r.id, r.parent_id, (r.vcpus, r.memory_mib, r.gpus)) for r in candidates])
             if chained:
-                placed = self._record_placements(repo, chained, now)
+                placed = self._record_placements(repo, chained, now, {})
                 self._chain_heads(placed)
                 self.metrics.placed_ahead.inc(len(placed))
                 launches += placed
@@ -330,8 +338,11 @@ class Scheduler:
             if current[job_id] != reason:
                 lifecycle.diagnose(repo, job_id, reason)
 
-    def _record_placements(self, repo: Repository, placements: list[Chained], now: int) -> list[_Launch]:
-        """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction."""
+    def _record_placements(
+        self, repo: Repository, placements: list[Chained], now: int, needs: dict[str, tuple[consumables.Need, ...]]
+    ) -> list[_Launch]:
+        """RUNNABLE -> STARTING plus an attempt row for each placement, in the tick's transaction;
+        `needs`: the consumable resources of the jobs that need some (what `plan` weighed)."""
         jobs = {j.id: j for j in repo.jobs.get_many([p.job_id for p in placements])}
         job_specs = self.attempts.specs(repo, list(jobs.values()))
         launches: list[_Launch] = []
@@ -358,6 +369,7 @@ class Scheduler:
             launches.append(_Launch(replace(attempt, start_after=after), job.parent_id, placement.environment))
         lifecycle.placed(repo, moves)
         repo.attempts.insert(attempts)
+        _consume_non_replenishable(repo, [needs[move.job_id] for move in moves if move.job_id in needs])
         return launches
 
     def _place_gang(self, repo: Repository, job: Job, number: int, environment: str, now: int) -> list[_Launch]:
@@ -430,6 +442,45 @@ class _Launch:
     spec: AttemptSpec
     parent_id: str | None  # the array parent of a child (start-ahead follows arrays)
     environment: str
+
+
+def _needs(repo: Repository, jobs: Sequence[Candidate | Job]) -> dict[str, tuple[consumables.Need, ...]]:
+    """The consumable resources each of `jobs` needs (an array child: its parent's); jobs that need
+    none are left out."""
+    carriers = {job.id: job.parent_id or job.id for job in jobs}
+    found = repo.consumables.needs_of(list(carriers.values()))
+    return {
+        job_id: tuple((need.resource_name, need.quantity) for need in found[carrier])
+        for job_id, carrier in carriers.items()
+        if carrier in found
+    }
+
+
+def _available(repo: Repository, needs: dict[str, tuple[consumables.Need, ...]]) -> dict[str, int]:
+    """What each resource some candidate needs has available now (missing ones are left out)."""
+    names = sorted({name for wanted in needs.values() for name, _ in wanted})
+    in_use = repo.consumables.in_use()
+    return {
+        resource.name: consumables.available(
+            resource.resource_type, resource.total_quantity, in_use.get(resource.name, 0)
+        )
+        for resource in repo.consumables.get_many(names)
+    }
+
+
+def _consume_non_replenishable(repo: Repository, placed: list[tuple[consumables.Need, ...]]) -> None:
+    """In the placing transaction, NON_REPLENISHABLE totals lose what the placed attempts take (a
+    REPLENISHABLE resource needs no write: its in-use count is summed from the active attempts)."""
+    if not placed:
+        return
+    taken: dict[str, int] = {}
+    for wanted in placed:
+        for name, quantity in wanted:
+            taken[name] = taken.get(name, 0) + quantity
+    kinds = {resource.name: resource.resource_type for resource in repo.consumables.get_many(sorted(taken))}
+    repo.consumables.lower_totals(
+        {name: quantity for name, quantity in taken.items() if kinds.get(name) == consumables.NON_REPLENISHABLE}
+    )
 
 
 def _queue_view(queue: Document) -> scheduling.QueueView:

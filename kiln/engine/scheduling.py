@@ -3,13 +3,17 @@
 
 Queues are served in descending priority, jobs within a queue in the order they became RUNNABLE,
 and a queue's compute environments in ascending `order`. A job that does not fit now does not
-block smaller ones behind it (AWS gives no strict priority guarantee either).
+block smaller ones behind it (AWS gives no strict priority guarantee either). A job that needs
+consumable resources fits only while each has enough available (`consumables.shortfall`), and
+placing it takes its quantities from what the jobs after it see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from kiln.engine import consumables
 
 MAX_RESOURCE = (
     "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - All compute environments have a maxVcpu "
@@ -34,6 +38,7 @@ class Candidate:
     memory_mib: int
     gpus: int = 0
     gang: bool = False  # all nodes of an MNP job: the resources are their sum, placed in one decision
+    needs: tuple[consumables.Need, ...] = ()  # consumable resources: (name, quantity) each
 
 
 @dataclass(frozen=True)
@@ -94,12 +99,15 @@ def plan(
     host_free: Resources,
     host_total: Resources,
     largest_host: Resources | None = None,
+    available: Mapping[str, int] | None = None,
 ) -> Plan:
     """Choose which runnable jobs start now and where. `candidates` are in RUNNABLE order.
 
     `largest_host`: where capacity is spread over several hosts, the biggest one (no job larger
-    than it can ever start)."""
+    than it can ever start). `available`: each existing consumable resource's available quantity
+    (needed only when some candidate has `needs`)."""
     result = Plan()
+    free_units = dict(available or {})
     envs = {env.name: env for env in environments}
     used = {env.name: env.used_vcpus for env in environments}
     free = [host_free.vcpus, float(host_free.memory_mib), float(host_free.gpus)]
@@ -112,6 +120,10 @@ def plan(
             problem = _never_fits(job, queue_envs, host_total, largest_host)
             if problem is not None:
                 result.diagnostics[job.job_id] = problem
+                continue
+            short = consumables.shortfall(job.needs, free_units) if job.needs else None
+            if short is not None:
+                result.diagnostics[job.job_id] = short
                 continue
             need = (job.vcpus, float(job.memory_mib), float(job.gpus))
             waiting = INSUFFICIENT_CAPACITY if job.gang else None
@@ -131,5 +143,6 @@ def plan(
                 continue
             used[target] += job.vcpus
             free = [f - n for f, n in zip(free, need, strict=True)]
+            consumables.take(job.needs, free_units)
             result.placements.append(Placement(job.job_id, target))
     return result

@@ -7,8 +7,9 @@ it applies the rule to every job: a job RUNNABLE for at least `maxTimeSeconds` (
 it last became RUNNABLE) whose current `statusReason` matches the action's `reason` goes to FAILED
 with `Canceled by JobStateTimeLimit action due to reason: <reason>`. CANCEL and TERMINATE mean the
 same for a job that never started; they differ only in the flag recorded (`isCancelled` /
-`isTerminated`). Kiln itself writes only the two MISCONFIGURATION diagnostics, so an action on
-`CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY` never fires here.
+`isTerminated`). Kiln itself writes the two MISCONFIGURATION diagnostics, `CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY`
+only for waiting multi-node gangs, and its own `CONSUMABLE_RESOURCE:` codes for jobs waiting for a
+consumable resource (which AWS also lets a time limit end).
 
 `decide` is pure; `enforce` reads the queues, calls it and applies the result through `lifecycle.expire`.
 """

@@ -136,6 +136,27 @@ class SchedulingPolicy(Named):
 
 
 @dataclass(slots=True)
+class ConsumableResource(Named):
+    """A count of something outside compute environments (licences, connections) that jobs take
+    while they run. Only the total is stored; what is in use is summed from active attempts."""
+
+    resource_type: str  # REPLENISHABLE (units come back when an attempt ends) or NON_REPLENISHABLE
+    total_quantity: int  # a NON_REPLENISHABLE total drops by what each placed attempt takes
+    created_at: int
+    doc: Document  # tags, and recent UpdateConsumableResource client tokens
+
+
+@dataclass(slots=True)
+class JobConsumable:
+    """How much of one consumable resource a job needs: on the job that carries the spec (an array
+    parent stands for its children, each of which takes the quantity on its own)."""
+
+    job_id: str
+    resource_name: str
+    quantity: int
+
+
+@dataclass(slots=True)
 class JobShare:
     """A job's share in a fair-share queue: one for a job and one for each of its children."""
 

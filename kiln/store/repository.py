@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Connection
 
 from kiln.store.attempts import AttemptStore
+from kiln.store.consumables import ConsumableStore
 from kiln.store.jobs import JobStore
 from kiln.store.resources import DefinitionStore, environments, policies, queues
 from kiln.store.shares import ShareStore
@@ -17,7 +18,8 @@ from kiln.store.shares import ShareStore
 class Repository:
     """Queries over one connection (one transaction), grouped by aggregate:
     `jobs` (and their dependencies), `attempts`, `shares` (fair share), and the API's resources
-    `environments`, `queues`, `definitions` and `policies`."""
+    `environments`, `queues`, `definitions`, `policies` and `consumables` (consumable resources and
+    what jobs need of them)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -28,3 +30,4 @@ class Repository:
         self.queues = queues(connection)
         self.definitions = DefinitionStore(connection)
         self.policies = policies(connection)
+        self.consumables = ConsumableStore(connection)

@@ -154,3 +154,30 @@ job_shares = Table(
     Column("scheduling_priority", Integer, nullable=False),
     Index("ix_job_shares_queue_share", "queue_arn", "share_identifier"),
 )
+
+# Consumable resources (migration 0007): a named count (licences, connections) jobs take while they
+# run. Only the total is stored; what is in use is derived from the active attempts of the jobs
+# that need it (`job_consumables`), so a crash can neither leak nor double-count a unit.
+consumable_resources = Table(
+    "consumable_resources",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("arn", String(512), nullable=False, unique=True),
+    Column("resource_type", String(32), nullable=False),
+    # NON_REPLENISHABLE: lowered in the transaction that places a job needing it.
+    Column("total_quantity", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    # Tags and recent UpdateConsumableResource client tokens.
+    Column("doc", JSON, nullable=False),
+)
+
+# What a job needs of each consumable resource (migration 0007): one row per resource for the job
+# that carries the spec (an array parent stands for its children).
+job_consumables = Table(
+    "job_consumables",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("resource_name", String(128), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Index("ix_job_consumables_resource", "resource_name", "job_id"),
+)

@@ -104,6 +104,27 @@ def test_jobs_from_before_0006_get_their_latest_recorded_time_as_their_last_stat
     engine.dispose()
 
 
+def test_0007_adds_consumable_resources_and_keeps_existing_jobs(database_url: str) -> None:
+    """Jobs from before 0007 need no consumable resource; the new tables start empty and work."""
+    engine = create_engine(database_url)
+    config = migrate.alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+        columns = "id, name, queue_arn, definition_arn, status, created_at, attempt_count, vcpus, memory_mib, gpus, "
+        columns += "is_cancelled, is_terminated, spec"
+        connection.execute(text(f"INSERT INTO jobs ({columns}) VALUES ('old', 'n', 'q', 'd', 'X', 1, 0, 1, 64, 0, "
+                                "false, false, '{}')"))  # fmt: skip
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM job_consumables")).scalar_one() == 0
+        connection.execute(text("INSERT INTO consumable_resources VALUES ('r', 'arn:r', 'REPLENISHABLE', 3, 1, '{}')"))
+        connection.execute(text("INSERT INTO job_consumables VALUES ('old', 'r', 2)"))
+        assert connection.execute(text("SELECT quantity FROM job_consumables")).scalar_one() == 2
+    assert _version(engine) == _head() == "0007"
+    engine.dispose()
+
+
 def test_database_runs_migrations_on_open_and_reopen(database_url: str) -> None:
     first = Database(database_url)
     first.close()

@@ -18,9 +18,11 @@ from kiln.store.records import (
     Attempt,
     Candidate,
     ComputeEnvironment,
+    ConsumableResource,
     Dependency,
     EnvironmentUsage,
     Job,
+    JobConsumable,
     JobDefinition,
     JobQueue,
     JobShare,
@@ -32,6 +34,8 @@ from kiln.store.repository import Repository
 from kiln.store.schema import (
     attempts,
     compute_environments,
+    consumable_resources,
+    job_consumables,
     job_definitions,
     job_dependencies,
     job_queues,
@@ -51,6 +55,8 @@ MIRRORS: list[tuple[type[Any], Table]] = [
     (SchedulingPolicy, scheduling_policies),
     (JobShare, job_shares),
     (Dependency, job_dependencies),
+    (ConsumableResource, consumable_resources),
+    (JobConsumable, job_consumables),
 ]
 
 
@@ -328,3 +334,26 @@ def test_terminated_active_attempts_are_found_by_a_join(db: Database) -> None:
         repo.attempts.insert([attempt(f"t{name}", name, log_stream=f"s{name}", active=name != "c") for name in "abc"])
     with db.read() as connection:
         assert Repository(connection).attempts.terminated_active() == [("ta", {"stopReason": "user asked"})]
+
+
+def test_consumables_in_use_are_summed_from_active_attempts_and_totals_lowered_in_sql(db: Database) -> None:
+    """An array parent's needs count once per active child attempt; inactive attempts and jobs
+    that need nothing count for nothing; `lower_totals` subtracts without reading first."""
+    with db.begin() as connection:
+        repo = Repository(connection)
+        repo.consumables.insert(ConsumableResource("r", "arn:r", "REPLENISHABLE", 5, 1, {}))
+        repo.consumables.insert(ConsumableResource("n", "arn:n", "NON_REPLENISHABLE", 5, 1, {}))
+        repo.jobs.insert([job("p", array_size=3), job("p:0", parent_id="p", array_index=0),
+                          job("p:1", parent_id="p", array_index=1), job("solo"), job("plain")])  # fmt: skip
+        repo.consumables.insert_needs([JobConsumable("p", "r", 2), JobConsumable("solo", "r", 1),
+                                       JobConsumable("solo", "n", 3)])  # fmt: skip
+        repo.attempts.insert([attempt("a0", "p:0"), attempt("a1", "p:1", active=False), attempt("s", "solo"),
+                              attempt("x", "plain")])  # fmt: skip
+        repo.consumables.lower_totals({"n": 3})
+    with db.read() as connection:
+        repo = Repository(connection)
+        assert repo.consumables.in_use() == {"r": 3, "n": 3}
+        assert repo.consumables.get("n") == ConsumableResource("n", "arn:n", "NON_REPLENISHABLE", 2, 1, {})
+        assert sorted(repo.consumables.needs_of(["p", "solo", "plain"])) == ["p", "solo"]
+        listed = repo.consumables.jobs_needing("r", limit=10)
+        assert [(found.id, quantity) for found, quantity in listed] == [("solo", 1), ("p", 2)]
