@@ -138,7 +138,7 @@ def test_a_job_state_time_limit_on_the_consumable_reason_fails_a_job_that_waits_
     with engine(tmp_path, min_state_time_limit_seconds=1) as kiln:
         kiln.call(
             "CreateComputeEnvironment", computeEnvironmentName="ce", type="MANAGED",
-            computeResources={"type": "EC2", "maxvCpus": 4},
+            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 4},
         )  # fmt: skip
         kiln.call(
             "CreateJobQueue", jobQueueName="q", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "ce"}],
