@@ -48,6 +48,7 @@ from kiln.cli.render_pipeline import (
     ensure_queue,
     frames_to_render,
     parse_frames,
+    parse_license,
     storage_uri,
     submit_pipeline,
 )
@@ -140,6 +141,15 @@ def render(
             help="Where the scene pack goes: a folder every node can read (s3://...) [default: OUTPUT/packs].",
         ),
     ] = None,
+    license: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--license",
+            metavar="NAME[:N]",
+            help="A consumable resource each render job takes N of (default 1) while it runs, e.g. render "
+            "licences: jobs wait in RUNNABLE until the server's resource has room (repeatable).",
+        ),
+    ] = None,
     relay: Annotated[
         bool | None,
         typer.Option(
@@ -159,14 +169,17 @@ def render(
     watching; the jobs keep running.
     """
     plan = _plan(scene, output, frames_per_job, frames, resolution_percent, samples)
+    try:
+        licenses = [parse_license(text) for text in license or []]
+    except PlanError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
     with _connected(endpoint_url, embedded, data_dir) as connection:
         plan, mirror = _through_relay(plan, connection, relay)
         if pack:
             plan = _packed(plan, pack_store or plan.packs_uri)
         batch = batch_client(connection.endpoint)
-        jobs = _submit(
-            batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus, job_role_arn=job_role_arn
-        )
+        jobs = _submit(batch, plan, connection, queue=queue, vcpus=vcpus, memory_mib=memory, gpus=gpus,
+                       job_role_arn=job_role_arn, licenses=licenses)  # fmt: skip
         try:
             _say_submitted(
                 jobs, plan, queue, connection.endpoint
@@ -360,6 +373,7 @@ def _submit(
     memory_mib: int | None,
     gpus: int = 0,
     job_role_arn: str | None = None,
+    licenses: list[tuple[str, int]] | None = None,
 ) -> SubmittedPipeline:
     try:
         if ensure_queue(batch, queue):
@@ -367,9 +381,8 @@ def _submit(
         definition, registered = ensure_definition(batch, DEFINITION_NAME, job_role_arn)
         if registered:
             console.print(f"registered job definition {definition} (image kiln/render)")
-        jobs = submit_pipeline(
-            batch, plan, queue=queue, definition=definition, vcpus=vcpus, memory_mib=memory_mib, gpus=gpus
-        )
+        jobs = submit_pipeline(batch, plan, queue=queue, definition=definition, vcpus=vcpus, memory_mib=memory_mib,
+                               gpus=gpus, licenses=licenses or [])  # fmt: skip
     except PlanError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except (ClientError, BotoCoreError) as exc:

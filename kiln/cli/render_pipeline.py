@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,16 @@ def resource_overrides(vcpus: float | None, memory_mib: int | None, gpus: int = 
     return requirements
 
 
+def parse_license(text: str) -> tuple[str, int]:
+    """`NAME` or `NAME:QUANTITY` of `--license`: a consumable resource each render job takes."""
+    name, colon, quantity = text.rpartition(":")
+    if not colon or not quantity.isdigit():  # no quantity (a resource ARN holds colons of its own)
+        name, quantity = text, "1"
+    if not name or int(quantity) < 1:
+        raise PlanError(f"--license {text!r}: write NAME or NAME:QUANTITY (a whole number of 1 or more)")
+    return name, int(quantity)
+
+
 def submit_pipeline(
     batch: Any,
     plan: RenderPlan,
@@ -246,6 +257,7 @@ def submit_pipeline(
     vcpus: float | None = None,
     memory_mib: int | None = None,
     gpus: int = 0,
+    licenses: Sequence[tuple[str, int]] = (),
 ) -> SubmittedPipeline:
     """The render job (an array only when it has more than one slice: AWS rejects size 1), then the
     stitch job, which waits for the whole array (`dependsOn` the parent, no type)."""
@@ -262,6 +274,10 @@ def submit_pipeline(
     }
     if plan.slices > 1:
         render_request["arrayProperties"] = {"size": plan.slices}
+    if licenses:  # consumable resources: each render job waits until it can take them (the stitch needs none)
+        render_request["consumableResourcePropertiesOverride"] = {
+            "consumableResourceList": [{"consumableResource": name, "quantity": count} for name, count in licenses]
+        }
     render = batch.submit_job(**render_request)
     stitch = batch.submit_job(
         jobName=f"{base}-stitch",

@@ -258,6 +258,31 @@ def test_a_local_output_through_the_relay_gets_every_frame_and_the_video(
     assert "0 to render, 1 already done" in log, log
 
 
+def test_a_render_licence_caps_the_render_jobs_running_at_once(
+    render_server: KilnServer, s3_env: dict[str, str], pottery: Path, tmp_path: Path
+) -> None:
+    """`--license NAME` (a consumable resource of total 1): the two render jobs never run at once,
+    and both frames arrive; a licence the server does not have is refused before anything runs."""
+    batch = render_server.client()
+    name = f"blender-{tmp_path.name[-12:]}".replace("_", "-")
+    batch.create_consumable_resource(consumableResourceName=name, totalQuantity=1, resourceType="REPLENISHABLE")
+    output = tmp_path / "out"
+    run = kiln_render(render_server, s3_env, str(pottery), "-o", str(output), "--frames", "1-2",
+                      "--frames-per-job", "1", "--license", f"{name}:1", *TINY)  # fmt: skip
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert sorted(path.name for path in (output / "frames").glob("*.png")) == ["0001.png", "0002.png"]
+    render_id, _ = run.job_ids()
+    children = batch.describe_jobs(jobs=[f"{render_id}:0", f"{render_id}:1"])["jobs"]
+    spans = sorted((job["startedAt"], job["stoppedAt"]) for job in children)
+    assert spans[0][1] <= spans[1][0], spans  # one after the other
+    needs = children[0]["consumableResourceProperties"]["consumableResourceList"]
+    assert [(item["consumableResource"].rsplit("/", 1)[-1], item["quantity"]) for item in needs] == [(name, 1)]
+
+    missing = kiln_render(render_server, s3_env, str(pottery), "-o", str(tmp_path / "out2"), "--frames", "1",
+                          "--license", "no-such-licence", *TINY)  # fmt: skip
+    assert missing.returncode == 1 and "no-such-licence" in missing.stderr, (missing.stdout, missing.stderr)
+
+
 def test_a_pack_in_an_s3_store_renders_and_a_missing_texture_is_warned_of(
     render_server: KilnServer, s3_env: dict[str, str], s3_endpoint: str, tmp_path: Path
 ) -> None:
