@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,3 +77,14 @@ def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[uvicorn.Server]:
         server.should_exit = True
         thread.join(timeout=10)
         listener.close()
+
+
+def poll(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Call `check` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from kiln.store.jobs import newest_first
 from kiln.store.queries import Queries, Values
 from kiln.store.records import ConsumableResource, Job, JobConsumable, values_of
 from kiln.store.schema import attempts, consumable_resources, job_consumables, jobs
@@ -103,13 +104,8 @@ class ConsumableStore(Queries):
             select(jobs, job_consumables.c.quantity)
             .join_from(jobs, job_consumables, job_consumables.c.job_id == jobs.c.id)
             .where(job_consumables.c.resource_name == resource_name)
-            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
         )
-        if after is not None:
-            created, job_id = after
-            query = query.where(
-                or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
-            )
+        query = newest_first(query, after)
         if statuses is not None:
             query = query.where(jobs.c.status.in_(list(statuses)))
         if names is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from kiln.store.queries import Queries, Values, bound_values, chunks, integer_bound, records, same_keys
@@ -167,13 +167,7 @@ class JobStore(Queries):
             if after is not None:
                 query = query.where(index > integer_bound(after[0]))
         else:
-            query = query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None))
-            query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-            if after is not None:
-                created, job_id = after
-                query = query.where(
-                    or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id))
-                )
+            query = newest_first(query.where(jobs.c.queue_arn == queue_arn, jobs.c.parent_id.is_(None)), after)
         if statuses is not None:
             query = query.where(jobs.c.status.in_(list(statuses)))
         # The JOB_NAME filter is case-insensitive (botocore model docs), on every database.
@@ -285,3 +279,12 @@ class JobStore(Queries):
             .group_by(jobs.c.queue_arn, jobs.c.status)
         )
         return [(str(queue), str(status), int(count)) for queue, status, count in self.connection.execute(query)]
+
+
+def newest_first(query: Select[Any], after: tuple[int, str] | None) -> Select[Any]:
+    """Jobs newest first (created_at, then id, both descending), from after the keyset position `after`."""
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+    if after is None:
+        return query
+    created, job_id = after
+    return query.where(or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < job_id)))

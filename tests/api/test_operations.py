@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support import make_queue, register_shell, submit, unique, wait_for
+from tests.support import make_queue, poll, register_shell, submit, unique, wait_for
 
 REGION_ACCOUNT = "arn:aws:batch:us-east-1:123456789012"
 ESSENTIAL = "Essential container in task exited"
@@ -31,17 +30,6 @@ def arn(kind: str, rest: str) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def poll(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Call `check` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def describe_one(batch: Any, job_id: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ cores, bound how many jobs run. Jobs record when they start and end in a file (`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.e2e.test_aws_cli_workflow import aws
-from tests.support import make_queue, register_shell, submit, unique, wait_for
+from tests.support import make_queue, poll, register_shell, submit, unique, wait_for
 
 # Appends "<start ns> <end ns>" to `path` once the job ends (one line per attempt).
 SPAN = 'start=$(date +%s%N); sleep {seconds}; echo "$start $(date +%s%N)" >> {path}'
@@ -77,16 +76,6 @@ def _max_overlap(path: Path) -> int:
     return peak
 
 
-def _poll(check: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _statuses(batch: Any, jobs: list[str]) -> list[str]:
     """Sorted statuses of `jobs`, a RUNNABLE one counted only once its reason names a resource."""
     found = batch.describe_jobs(jobs=jobs)["jobs"]
@@ -102,7 +91,7 @@ def test_two_units_never_run_more_than_two_jobs_and_all_finish(batch: Any, queue
     spans, gate = job_tmp / "spans", job_tmp / "gate"
     definition = register_shell(batch, GATED_SPAN.format(gate=gate, path=spans), **_needs(name))
     jobs = [submit(batch, queue, definition) for _ in range(5)]
-    _poll(lambda: _statuses(batch, jobs) == ["RUNNABLE"] * 3 + ["RUNNING"] * 2, "2 running, 3 waiting")
+    poll(lambda: _statuses(batch, jobs) == ["RUNNABLE"] * 3 + ["RUNNING"] * 2, "2 running, 3 waiting")
     assert _quantities(batch, name) == (2, 2, 0)
     gate.touch()
     assert [wait_for(batch, job_id)["status"] for job_id in jobs] == ["SUCCEEDED"] * 5
@@ -126,7 +115,7 @@ def test_a_waiting_job_names_the_resource_and_starts_once_it_is_added(batch: Any
     name = _resource(batch, 0)
     definition = register_shell(batch, "true", **_needs(name, 2))
     job_id = submit(batch, queue, definition)
-    waiting = _poll(
+    waiting = poll(
         lambda: [j for j in batch.describe_jobs(jobs=[job_id])["jobs"] if j.get("statusReason")], "a RUNNABLE reason"
     )[0]
     assert waiting["status"] == "RUNNABLE"
@@ -147,7 +136,7 @@ def test_non_replenishable_units_are_consumed(batch: Any, queue: str) -> None:
     assert wait_for(batch, first)["status"] == "SUCCEEDED"
     assert _quantities(batch, name) == (1, 0, 1)
     second = submit(batch, queue, definition)
-    reason = _poll(lambda: batch.describe_jobs(jobs=[second])["jobs"][0].get("statusReason"), "a RUNNABLE reason")
+    reason = poll(lambda: batch.describe_jobs(jobs=[second])["jobs"][0].get("statusReason"), "a RUNNABLE reason")
     assert f"Waiting for consumable resource {name}: the job needs 2, 1 available." in reason
     assert batch.describe_jobs(jobs=[second])["jobs"][0]["status"] == "RUNNABLE"
     batch.terminate_job(jobId=second, reason="not needed")
@@ -183,7 +172,7 @@ def test_deleting_a_resource_in_use_lets_its_job_finish_and_waiting_jobs_wait_fo
     batch.delete_consumable_resource(consumableResource=name)
     waiting = submit(batch, queue, definition)
     assert wait_for(batch, running)["status"] == "SUCCEEDED"
-    reason = _poll(lambda: batch.describe_jobs(jobs=[waiting])["jobs"][0].get("statusReason"), "a RUNNABLE reason")
+    reason = poll(lambda: batch.describe_jobs(jobs=[waiting])["jobs"][0].get("statusReason"), "a RUNNABLE reason")
     assert reason.startswith(
         f"CONSUMABLE_RESOURCE:NOT_FOUND - Waiting for consumable resource {name}, which does not exist"
     )
@@ -213,7 +202,7 @@ def test_a_sigkilled_server_neither_leaks_nor_double_counts(tmp_path: Path, data
         definition = register_shell(batch, GATED_SPAN.format(gate=gate, path=spans), **_needs(name))
         jobs = [submit(batch, queue, definition) for _ in range(4)]
         # Two run, and the scheduler has looked at the other two and left them waiting for the resource.
-        _poll(lambda: _statuses(batch, jobs) == ["RUNNABLE", "RUNNABLE", "RUNNING", "RUNNING"], "2 running, 2 waiting")
+        poll(lambda: _statuses(batch, jobs) == ["RUNNABLE", "RUNNABLE", "RUNNING", "RUNNING"], "2 running, 2 waiting")
         assert _quantities(batch, name) == (2, 2, 0)
         server.stop(kill=True)
         server.start()
