@@ -55,8 +55,8 @@ def sample_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_blender(script: str, home: Path, timeout: float = 240, **values: Any) -> BlenderRun:
-    """`script` in a fresh Python with bpy and the add-on installed; it sets `result` (JSON)."""
+def run_blender(script: str, home: Path, timeout: float = 240, prelude: str = "", **values: Any) -> BlenderRun:
+    """`script` in a fresh Python with bpy and the add-on installed (after `prelude`); it sets `result` (JSON)."""
     for folder in ("config", "scripts", "extensions", "datafiles"):
         (home / folder).mkdir(parents=True, exist_ok=True)
     environment = {
@@ -67,21 +67,34 @@ def run_blender(script: str, home: Path, timeout: float = 240, **values: Any) ->
         "BLENDER_USER_DATAFILES": str(home / "datafiles"),
     }
     program = (
-        "import json, sys\nglobals().update(json.loads(sys.argv[1]))\nresult = None\n"
+        "import faulthandler, json, sys\nglobals().update(json.loads(sys.argv[1]))\nresult = None\n"
+        + textwrap.dedent(prelude)
         + textwrap.dedent(INSTALL)
+        # a hang shows where it is instead of only timing out (after bpy's import, which sets up its own)
+        + f"faulthandler.dump_traceback_later({max(timeout - 10, 1)}, exit=True)\n"
         + textwrap.dedent(script)
         + "\nprint('KILN-RESULT ' + json.dumps(result))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program, json.dumps(values)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=environment,
-        cwd=home,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program, json.dumps(values)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=environment,
+            cwd=home,
+        )
+    except subprocess.TimeoutExpired as expired:
+        out, err = (_text(stream)[-4000:] for stream in (expired.stdout, expired.stderr))
+        raise AssertionError(f"bpy script timed out after {timeout} s:\n{out}\n{err}") from None
     if done.returncode != 0:
         raise AssertionError(f"bpy script failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     marker = [line for line in done.stdout.splitlines() if line.startswith("KILN-RESULT ")]
     return BlenderRun(json.loads(marker[-1].removeprefix("KILN-RESULT ")), done.stdout, done.stderr)
+
+
+def _text(stream: bytes | str | None) -> str:
+    if isinstance(stream, bytes):
+        return stream.decode("utf-8", "replace")
+    return stream or ""

@@ -211,7 +211,11 @@ def submit(context: Any, wait: bool, report: Any) -> bool:
     settings.message = f"submitted {len(frames)} frames as {shape} ({jobs.render_id}) and a stitch job to {queue}"
     report({"INFO"}, f"Kiln: {settings.message}")
     if not wait:
-        bpy.app.timers.register(lambda: _poll_timer(scene.name), first_interval=POLL_SECONDS)
+        # Followed from a timer in the UI. Not in background mode: a registered timer keeps a
+        # background Blender (and the bpy module) from exiting; scripts pass wait=True instead.
+        if not bpy.app.background:
+            name = scene.name
+            bpy.app.timers.register(lambda: _poll_timer(name), first_interval=POLL_SECONDS)
         _redraw()
         return True
     while True:
