@@ -13,13 +13,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import kiln
+from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, Key, KilnServer, create_key, kiln, start_server
 
 # Installs the zip as a legacy add-on and enables it: what every add-on script starts with.
 INSTALL = """
@@ -39,6 +40,18 @@ class BlenderRun:
 
 
 @pytest.fixture(scope="session")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KilnServer, Key]]:
+    """One `kiln server --auth sigv4` with a key from `kiln keys create` for all the add-on's tests
+    (session-scoped here: a server start is seconds on a busy machine). Its jobs run as root, as
+    the render tests' do (JOBS_AS_ROOT: they run this interpreter and write into pytest's temp dirs)."""
+    root = tmp_path_factory.mktemp("addon-sigv4")
+    key = create_key(root / "data")
+    server = start_server(root, [*FAST_FLAGS, *JOBS_AS_ROOT, "--auth", "sigv4"])
+    yield server, key
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("addon") / "kiln_addon.zip"
     done = kiln("blender-addon", "-o", str(path))
@@ -55,8 +68,11 @@ def sample_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_blender(script: str, home: Path, timeout: float = 240, prelude: str = "", **values: Any) -> BlenderRun:
-    """`script` in a fresh Python with bpy and the add-on installed (after `prelude`); it sets `result` (JSON)."""
+def run_blender(
+    script: str, home: Path, timeout: float = 240, prelude: str = "", install: bool = True, **values: Any
+) -> BlenderRun:
+    """`script` in a fresh Python with bpy and (unless not `install`) the add-on installed as a legacy
+    add-on, after `prelude`; the script sets `result` (JSON)."""
     for folder in ("config", "scripts", "extensions", "datafiles"):
         (home / folder).mkdir(parents=True, exist_ok=True)
     environment = {
@@ -69,7 +85,7 @@ def run_blender(script: str, home: Path, timeout: float = 240, prelude: str = ""
     program = (
         "import faulthandler, json, sys\nglobals().update(json.loads(sys.argv[1]))\nresult = None\n"
         + textwrap.dedent(prelude)
-        + textwrap.dedent(INSTALL)
+        + textwrap.dedent(INSTALL if install else "import bpy\n")
         # a hang shows where it is instead of only timing out (after bpy's import, which sets up its own)
         + f"faulthandler.dump_traceback_later({max(timeout - 10, 1)}, exit=True)\n"
         + textwrap.dedent(script)

@@ -34,6 +34,8 @@ from kiln.render.packing import pack_scene
 from tests.conftest import Key, KilnServer, free_port
 from tests.render.test_packing import build_project
 
+from .conftest import run_blender
+
 AT = datetime(2026, 12, 7, 15, 4, 5, tzinfo=UTC)
 KEY, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 
@@ -183,3 +185,35 @@ def test_the_zip_is_an_extension_and_a_legacy_add_on_carrying_bat(addon_zip: Pat
 
     build_addon(again)
     assert again.read_bytes() == addon_zip.read_bytes()
+
+
+def test_the_zip_installs_as_a_blender_extension(addon_zip: Path, tmp_path: Path) -> None:
+    """Blender 4.2+'s extension installer takes the zip: the manifest is valid, the BAT wheel is installed."""
+    run = run_blender(
+        """
+        import os
+        from pathlib import Path
+        answer = bpy.ops.extensions.package_install_files(filepath=addon_zip, repo="user_default", enable_on_install=True)
+        module = "bl_ext.user_default.kiln_blender"
+        import blender_asset_tracer
+        result = {
+            "answer": sorted(answer),
+            "server_url": bpy.context.preferences.addons[module].preferences.server_url,
+            "queue": bpy.context.scene.kiln.job_queue,
+            "submit": hasattr(bpy.ops.kiln, "submit"),
+            "wheel_installed": any(path.name.startswith("blender_asset_tracer")
+                                   for path in Path(os.environ["BLENDER_USER_EXTENSIONS"], ".local").rglob("*")),
+        }
+        """,
+        tmp_path / "home",
+        install=False,
+        timeout=120,
+        addon_zip=str(addon_zip),
+    )
+    assert run.result == {
+        "answer": ["FINISHED"],
+        "server_url": "http://127.0.0.1:8642",
+        "queue": "kiln-render",
+        "submit": True,
+        "wheel_installed": True,
+    }

@@ -1,4 +1,5 @@
-"""The add-on end to end: installed into real Blender (the bpy wheel) from the zip, against a real `kiln server`.
+"""The add-on end to end: installed into real Blender (the bpy wheel) from the zip, against a real
+`kiln server --auth sigv4`, signing with a key from `kiln keys create`.
 
 The submit operator renders the sample scene (3 of its frames, 2 per job: an array of 2 and a
 stitch job) with `wait=True`; its frames must equal those of `kiln render` with the same settings
@@ -10,13 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import numpy as np
-import pytest
 
-from tests.conftest import FAST_FLAGS, JOBS_AS_ROOT, KilnServer, start_server
+from tests.conftest import Key, KilnServer
 from tests.render.images import read_png, video_frames
 
 from .conftest import run_blender
@@ -28,7 +28,7 @@ SUBMIT = """
 import os
 bpy.ops.wm.open_mainfile(filepath=scene)
 prefs = bpy.context.preferences.addons["kiln_blender"].preferences
-prefs.server_url = endpoint
+prefs.server_url, prefs.access_key_id, prefs.secret_access_key = endpoint, key_id, secret
 settings = bpy.context.scene.kiln
 settings.job_queue = "kiln-render"
 settings.frames_per_job = 2
@@ -53,16 +53,17 @@ result = {
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    server = start_server(tmp_path_factory.mktemp("kiln-addon"), [*FAST_FLAGS, *JOBS_AS_ROOT])
-    yield server
-    server.close()
-
-
 def test_submit_renders_the_same_frames_as_kiln_render_and_a_whole_mp4(
-    server: KilnServer, addon_zip: Path, sample_scene: Path, tmp_path: Path
+    secured: tuple[KilnServer, Key], addon_zip: Path, sample_scene: Path, tmp_path: Path
 ) -> None:
+    server, key = secured
+    client = boto3.client(
+        "batch",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key.access_key_id,
+        aws_secret_access_key=key.secret,
+    )
     before = sample_scene.read_bytes()
     output = tmp_path / "from-blender"
     run = run_blender(
@@ -71,6 +72,8 @@ def test_submit_renders_the_same_frames_as_kiln_render_and_a_whole_mp4(
         addon_zip=str(addon_zip),
         scene=str(sample_scene),
         endpoint=server.endpoint,
+        key_id=key.access_key_id,
+        secret=key.secret,
         output=str(output),
         resolution=RESOLUTION_PERCENT,
         samples=SAMPLES,
@@ -88,7 +91,7 @@ def test_submit_renders_the_same_frames_as_kiln_render_and_a_whole_mp4(
     frames, _ = video_frames(output / "output.mp4")
     assert len(frames) == 3
 
-    render, stitch = server.client().describe_jobs(jobs=[result["render"], result["stitch"]])["jobs"]
+    render, stitch = client.describe_jobs(jobs=[result["render"], result["stitch"]])["jobs"]
     assert render["arrayProperties"]["size"] == 2
     assert stitch["dependsOn"] == [{"jobId": render["jobId"]}]
     command = render["container"]["command"]
@@ -101,10 +104,11 @@ def test_submit_renders_the_same_frames_as_kiln_render_and_a_whole_mp4(
         [sys.executable, "-m", "kiln", "render", str(sample_scene), "-o", str(reference), "--frames", "1-3",
          "--frames-per-job", "2", "--resolution-percent", str(RESOLUTION_PERCENT), "--samples", str(SAMPLES),
          "--endpoint-url", server.endpoint],
-        capture_output=True, text=True, timeout=240, check=False, env=os.environ,
+        capture_output=True, text=True, timeout=240, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": key.access_key_id, "AWS_SECRET_ACCESS_KEY": key.secret},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    cli_render, _ = server.client().describe_jobs(jobs=[_submitted_render_id(done.stdout)])["jobs"][:1] * 2
+    (cli_render,) = client.describe_jobs(jobs=[_submitted_render_id(done.stdout)])["jobs"]
     assert _without_paths(cli_render["container"]["command"]) == _without_paths(command)
     for name in FRAMES:
         assert np.array_equal(read_png(output / "frames" / name), read_png(reference / "frames" / name)), name
