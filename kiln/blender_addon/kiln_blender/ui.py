@@ -29,6 +29,7 @@ from .batch_api import BatchClient, Connection, KilnError
 ADDON = __package__ or "kiln_blender"  # `bl_ext.<repository>.kiln_blender` when installed as an extension
 POLL_SECONDS = 1.0
 WAIT_POLL_SECONDS = 0.5
+SERVER_GONE_SECONDS = 60.0  # polls failing this long in a row: stop following (the jobs are not touched)
 
 
 def preferences(context: Any) -> Any:
@@ -130,6 +131,7 @@ class Watch:
     jobs: pipeline.Submitted
     local_output: Path | None  # frames are counted here (and copied here from the relay)
     mirror: storage.Mirror | None = None
+    failing_since: float | None = None  # when polls started failing (a server gone for good ends the watch)
 
 
 _watches: dict[str, Watch] = {}
@@ -267,9 +269,7 @@ def _pack_and_store(
         name = packed.archive.name
         if relay is not None:
             relay.put(packed.archive, f"packs/{name}")
-            if local_output is None:
-                return f"{relay.uri}/packs/{name}"
-            return f"{plan.packs_uri}/{name}"
+            return f"{relay.uri}/packs/{name}"
         if local_output is not None:
             return str(storage.put_local(packed.archive, local_output / "packs"))
         relay_on_server = storage.relay_info(connection)
@@ -304,9 +304,13 @@ def _update(watch: Watch, scene: Any) -> bool:
         seen = _count_local_frames(watch)
         progress = pipeline.look(batch, watch.jobs, watch.plan, seen)
     except KilnError as error:
+        watch.failing_since = watch.failing_since or time.monotonic()
+        if time.monotonic() - watch.failing_since > SERVER_GONE_SECONDS:
+            return _finish(watch, scene, "FAILED", f"stopped following the render: {error}")
         settings.message = f"cannot follow the render: {error}"
         _redraw()
         return True  # a passing outage: keep polling (Cancel stops it)
+    watch.failing_since = None
     settings.frames_done, settings.frames_total = progress.frames_done, progress.frames_total
     settings.failed_jobs = progress.failed_jobs
     settings.progress = progress.percent
