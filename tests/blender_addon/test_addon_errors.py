@@ -9,6 +9,7 @@ add-on's wheel, the one a Blender without Kiln has.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,46 @@ attempt("not_writable", job_queue="kiln-render", output=os.path.join(blocker, "o
 settings.output = output
 attempt("submitted")
 submitted = {"render": settings.last_job_id, "stitch": settings.last_stitch_job_id, "kiln_state": settings.state}
+ui = sys.modules["kiln_blender.ui"]
+submitted["poll"] = ui._poll_timer(bpy.context.scene.name)  # what the UI's timer runs: poll again in 1 s
+
+
+class Layout:
+    # Enough of UILayout to run the panel's and the status bar's draw code without a window.
+    use_property_split = False
+    drawn = []
+
+    def prop(self, data, name, **_):
+        assert name in data.bl_rna.properties, name
+        self.drawn.append(name)
+
+    def operator(self, idname, **_):
+        group, _, name = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, group), name), idname
+        self.drawn.append(idname)
+
+    def label(self, text="", **_):
+        self.drawn.append(text)
+
+    def progress(self, factor=0.0, text="", **_):
+        assert 0.0 <= factor <= 1.0
+        self.drawn.append(text)
+
+    def row(self, **_):
+        return self
+
+    box = row
+
+
+class Drawer:
+    layout = Layout()
+
+
+ui.KILN_PT_render.draw(Drawer(), bpy.context)
+ui.draw_status(Drawer(), bpy.context)
+submitted["drawn"] = Layout.drawn
 cancelled = sorted(bpy.ops.kiln.cancel())
+submitted["poll_after_cancel"] = ui._poll_timer(bpy.context.scene.name)
 import blender_asset_tracer
 result = {
     "reports": reports,
@@ -118,6 +158,11 @@ def test_failures_are_reports_and_a_good_key_submits_and_cancels(
 
     assert reports["submitted"]["answer"] == ["FINISHED"], reports["submitted"]
     assert result["kiln_state"] == "RUNNING"
+    assert result["poll"] == 1.0 and result["poll_after_cancel"] is None
+    drawn = result["drawn"]
+    assert {"job_queue", "frames_per_job", "output", "kiln.submit", "kiln.cancel", "kiln.open_dashboard"} <= set(drawn)
+    bars = [text for text in drawn if re.fullmatch(r"Kiln: [0-4]/4 frames", text)]
+    assert len(bars) == 2, drawn  # the progress bar, in the panel and in the status bar
     assert result["cancelled"] == ["FINISHED"] and result["after_cancel"] == "CANCELLED"
     assert ".whl" in result["bat"]
     assert result["key_in_blend"] is False

@@ -12,12 +12,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
 
 from tests.conftest import Key, KilnServer
 from tests.render.images import read_png, video_frames
+from tests.render.test_packing import BLUE, GREEN, RED, build_project, colours
 
 from .conftest import run_blender
 
@@ -57,13 +59,7 @@ def test_submit_renders_the_same_frames_as_kiln_render_and_a_whole_mp4(
     secured: tuple[KilnServer, Key], addon_zip: Path, sample_scene: Path, tmp_path: Path
 ) -> None:
     server, key = secured
-    client = boto3.client(
-        "batch",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=key.access_key_id,
-        aws_secret_access_key=key.secret,
-    )
+    client = _client(server, key)
     before = sample_scene.read_bytes()
     output = tmp_path / "from-blender"
     run = run_blender(
@@ -125,3 +121,78 @@ def _without_paths(command: list[str]) -> list[str]:
     for flag in ("-i", "-o"):
         blanked[blanked.index(flag) + 1] = "..."
     return blanked
+
+
+RELAY = """
+import os, sys, time
+bpy.ops.wm.open_mainfile(filepath=scene)
+prefs = bpy.context.preferences.addons["kiln_blender"].preferences
+prefs.server_url, prefs.access_key_id, prefs.secret_access_key = endpoint, key_id, secret
+prefs.relay = "ALWAYS"  # what a server elsewhere gets automatically
+settings = bpy.context.scene.kiln
+settings.output = output
+answer = bpy.ops.kiln.submit()  # wait=False: followed below by the function the UI's timer calls
+os.rename(project, hidden)  # the originals are gone: the jobs have only the pack
+ui = sys.modules["kiln_blender.ui"]
+progress = []
+deadline = time.monotonic() + 150
+while time.monotonic() < deadline:
+    again = ui._poll_timer(bpy.context.scene.name)
+    progress.append(settings.progress)
+    if again is None:
+        break
+    time.sleep(0.2)
+os.rename(hidden, project)
+result = {
+    "answer": sorted(answer),
+    "state": settings.state,
+    "message": settings.message,
+    "progress": progress,
+    "render": settings.last_job_id,
+    "result": settings.result,
+}
+"""
+
+
+def test_through_the_relay_the_jobs_have_only_the_pack_and_the_frames_come_back(
+    secured: tuple[KilnServer, Key], addon_zip: Path, tmp_path: Path
+) -> None:
+    """A scene with a relative texture, an absolute one and a linked library (test_packing's), its
+    pack and frames sent through the server's relay, the originals hidden once it is submitted:
+    every texture still renders, and the frame and the video land in the local output folder."""
+    server, key = secured
+    project = build_project(tmp_path / "source")
+    output = tmp_path / "out"
+    run = run_blender(
+        RELAY,
+        tmp_path / "home",
+        addon_zip=str(addon_zip),
+        scene=str(project.scene),
+        project=str(project.root),
+        hidden=str(tmp_path / "hidden"),
+        endpoint=server.endpoint,
+        key_id=key.access_key_id,
+        secret=key.secret,
+        output=str(output),
+    )
+    result = run.result
+    assert result["answer"] == ["FINISHED"], run.stdout + run.stderr
+    assert result["state"] == "SUCCEEDED", result["message"]
+    assert result["progress"][-1] == 100.0
+    assert result["result"] == str(output / "output.mp4")
+    assert colours(read_png(output / "frames" / "0001.png")) == [RED, GREEN, BLUE]
+    frames, _ = video_frames(output / "output.mp4")
+    assert len(frames) == 1
+    command = _client(server, key).describe_jobs(jobs=[result["render"]])["jobs"][0]["container"]["command"]
+    assert command[command.index("-i") + 1].startswith("kiln://out-")
+    assert command[command.index("-o") + 1].startswith("kiln://out-")
+
+
+def _client(server: KilnServer, key: Key) -> Any:
+    return boto3.client(
+        "batch",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key.access_key_id,
+        aws_secret_access_key=key.secret,
+    )

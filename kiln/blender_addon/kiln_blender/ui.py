@@ -61,6 +61,16 @@ class KilnPreferences(bpy.types.AddonPreferences):
     s3_endpoint_url: StringProperty(  # type: ignore[valid-type]
         name="S3 Endpoint", description="Where s3:// packs are uploaded when the server has no relay (empty: AWS S3)"
     )
+    relay: EnumProperty(  # type: ignore[valid-type]
+        name="Through the Server",
+        description="Send a local output's files through the Kiln server's relay (as `kiln render --relay`)",
+        items=[
+            ("AUTO", "Automatic", "When the server's jobs cannot see this machine's files (a server elsewhere)"),
+            ("ALWAYS", "Always", "The pack and the frames always travel through the server"),
+            ("NEVER", "Never", "The jobs read and write the local output folder directly (a shared disk)"),
+        ],
+        default="AUTO",
+    )
 
     def draw(self, context: Any) -> None:
         layout = self.layout
@@ -69,6 +79,7 @@ class KilnPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "secret_access_key")
         layout.prop(self, "region")
         layout.prop(self, "s3_endpoint_url")
+        layout.prop(self, "relay")
 
 
 class KilnSceneSettings(bpy.types.PropertyGroup):
@@ -186,7 +197,7 @@ def submit(context: Any, wait: bool, report: Any) -> bool:
     settings.progress, settings.frames_done, settings.frames_total, settings.failed_jobs = 0.0, 0, len(frames), 0
     pipeline.ensure_queue(batch, settings.job_queue.strip() or pipeline.DEFAULT_QUEUE)
     definition = pipeline.ensure_definition(batch, settings.job_definition.strip() or pipeline.DEFINITION_NAME)
-    relay = _relay_for(connection, local_output)
+    relay = _relay_for(connection, local_output, preferences(context).relay)
     scene_path = Path(bpy.data.filepath)
     plan = pipeline.Plan(
         scene_uri=str(scene_path),
@@ -227,11 +238,17 @@ def submit(context: Any, wait: bool, report: Any) -> bool:
     return settings.state == "SUCCEEDED"
 
 
-def _relay_for(connection: Connection, local_output: Path | None) -> storage.Relay | None:
+def _relay_for(connection: Connection, local_output: Path | None, mode: str = "AUTO") -> storage.Relay | None:
     """The relay area for a local output the server's jobs cannot see (None: they see it, or s3://)."""
     info = storage.relay_info(connection)
-    if local_output is None:
+    if local_output is None or mode == "NEVER":
         return None
+    if mode == "ALWAYS":
+        if info is None:
+            raise KilnError(
+                f"{connection.endpoint} has no relay (not a Kiln server?): set Through the Server to Automatic"
+            )
+        return storage.Relay(connection, storage.relay_area(local_output))
     if info is None:
         if storage.is_loopback(connection.endpoint):
             return None  # a Kiln server of old on this machine: its jobs see this disk
