@@ -217,3 +217,8 @@ def test_the_zip_installs_as_a_blender_extension(addon_zip: Path, tmp_path: Path
         "submit": True,
         "wheel_installed": True,
     }
+
+
+def test_aws_batch_has_no_relay_and_is_not_asked() -> None:
+    """An AWS endpoint is never sent Kiln's relay request (nothing listens on this address)."""
+    assert storage.relay_info(Connection("https://batch.eu-west-1.amazonaws.com")) is None

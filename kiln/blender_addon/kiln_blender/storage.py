@@ -42,6 +42,8 @@ def is_loopback(endpoint: str) -> bool:
 
 def relay_info(connection: Connection) -> dict[str, object] | None:
     """The server's relay description (`filesReachJobs`), or None for a server without one (AWS)."""
+    if (urlsplit(connection.endpoint).hostname or "").endswith(".amazonaws.com"):
+        return None  # AWS Batch: no relay, and an unknown path there answers 403, not 404
     url = connection.endpoint + RELAY_PATH
     request = urllib.request.Request(url, headers=connection.signed_headers("GET", url, {}, b""), method="GET")
     status, body, error_type = send(request, 30.0, connection)
