@@ -1,4 +1,5 @@
-"""`kiln server`, `kiln jobs`, `kiln describe`, `kiln logs`, `kiln render`, `kiln sample-scene`."""
+"""`kiln server`, `kiln jobs`, `kiln describe`, `kiln logs`, `kiln render`, `kiln sample-scene`,
+`kiln blender-addon`."""
 
 from __future__ import annotations
 
@@ -125,6 +126,26 @@ def server(
     except KilnError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+@app.command("blender-addon")
+def blender_addon(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the add-on zip, e.g. kiln_addon.zip.")
+    ],
+) -> None:
+    """Write the Kiln add-on for Blender 4.2+ as an installable zip (extension or legacy add-on).
+
+    Install it in Blender: Edit > Preferences > Get Extensions > Install from Disk (or Add-ons >
+    Install from Disk), then find the Kiln panel in Render Properties.
+    """
+    from kiln.blender_addon.build import AddonBuildError, build_addon
+
+    try:
+        build_addon(output)
+    except (AddonBuildError, OSError) as exc:
+        raise _fail(exc) from None
+    console.print(f"wrote the Kiln add-on to {escape(str(output))}", soft_wrap=True)
 
 
 def _fail(exc: Exception) -> typer.Exit:
