@@ -160,7 +160,7 @@ def ensure_queue(batch: BatchClient, queue: str) -> bool:
             {
                 "computeEnvironmentName": environment,
                 "type": "MANAGED",
-                "computeResources": {"type": "EC2", "maxvCpus": os.cpu_count() or 1},
+                "computeResources": {"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": os.cpu_count() or 1},
             },
         )
     _wait_valid(batch, "DescribeComputeEnvironments", {"computeEnvironments": [environment]}, "computeEnvironments")
