@@ -93,6 +93,10 @@ def test_two_units_never_run_more_than_two_jobs_and_all_finish(batch: Any, queue
     jobs = [submit(batch, queue, definition) for _ in range(5)]
     poll(lambda: _statuses(batch, jobs) == ["RUNNABLE"] * 3 + ["RUNNING"] * 2, "2 running, 3 waiting")
     assert _quantities(batch, name) == (2, 2, 0)
+    listed = batch.list_jobs_by_consumable_resource(consumableResource=name)["jobs"]
+    assert sorted(job["jobArn"].rsplit("/", 1)[-1] for job in listed) == sorted(jobs)
+    assert sorted(job["jobStatus"] for job in listed) == ["RUNNABLE"] * 3 + ["RUNNING"] * 2
+    assert {job["quantity"] for job in listed} == {1}
     gate.touch()
     assert [wait_for(batch, job_id)["status"] for job_id in jobs] == ["SUCCEEDED"] * 5
     assert len(spans.read_text().splitlines()) == 5
