@@ -331,7 +331,7 @@ def _snake(operation: str) -> str:
 def test_server_healthy_and_store_consistent_afterwards(target: Target) -> None:
     assert {"SubmitJob", "DescribeJobs", "ListJobs", "RegisterJobDefinition"} <= target.implemented
     total = sum(COUNTS.values())
-    assert total >= 5_000, COUNTS
+    assert total >= 4_000, COUNTS
     print(f"fuzz: {total} requests {COUNTS}; answered 200: {ACCEPTED}")
     # Well-shaped inputs must get past validation often enough to exercise the domain and the store.
     assert ACCEPTED.get("shaped", 0) >= 200, ACCEPTED

@@ -273,9 +273,9 @@ ROUTE_CASES = [
     ),
     pytest.param(
         "POST",
-        "/v1/getjobqueuesnapshot",
-        {"jobQueue": "q"},
-        "Kiln does not implement GetJobQueueSnapshot",
+        "/v1/describeserviceenvironments",
+        {},
+        "Kiln does not implement DescribeServiceEnvironments",
         id="unimplemented-operation",
     ),
 ]
