@@ -64,6 +64,9 @@ from .base import (
     VolumeMount,
 )
 
+TASK_REFUSED = (
+    "the Docker executor does not run ecsProperties (multi-container) jobs yet; run them on the local executor"
+)
 logger = logging.getLogger(__name__)
 
 LABEL_ATTEMPT = "kiln.attempt-id"
@@ -281,6 +284,9 @@ class DockerExecutor(EventReporter):
     # -- starting ---------------------------------------------------------------------------
 
     def _launch(self, attempt: _Attempt, spec: AttemptSpec) -> None:
+        if spec.task:  # SubmitJob refuses them on this executor; a job queued under another one ends here
+            self._not_started(attempt, f"{CANNOT_START_PREFIX}: {TASK_REFUSED}")
+            return
         exposed = data_dir_volume(spec.volumes, self._settings.data_dir)
         if exposed is not None:
             self._not_started(

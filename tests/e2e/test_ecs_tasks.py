@@ -1,0 +1,223 @@
+"""`ecsProperties` jobs really run on the local executor: several containers as processes of one
+attempt, sharing the host's network, each with its own log stream, started in `dependsOn` order,
+the job's result following its essential containers. DescribeJobs is checked against botocore's
+output shape from the raw response (boto3 itself drops members the model does not know)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import boto3
+import pytest
+
+from kiln.cli.embedded_server import free_port
+from tests.conftest import KilnServer
+from tests.support import make_queue, submit, unique, wait_for
+
+PYTHON = sys.executable  # `-P`: no working directory in sys.path (a job cannot always getcwd() here)
+SERVE = (
+    "import http.server, sys\n"
+    "class Handler(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = b'hello from the sidecar'\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+    "        self.wfile.write(body)\n"
+    "server = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Handler)\n"
+    "print('sidecar serving', flush=True)\n"
+    "server.serve_forever()\n"
+)
+FETCH = (
+    "import sys, time, urllib.request\n"
+    "for _ in range(200):\n"
+    "    try:\n"
+    "        print(urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/', timeout=2).read().decode())\n"
+    "        break\n"
+    "    except OSError:\n"
+    "        time.sleep(0.05)\n"
+    "else:\n"
+    "    sys.exit(7)\n"
+)
+
+
+START_SIDECAR = {"containerName": "sidecar", "condition": "START"}
+
+
+@pytest.fixture(scope="module")
+def queue(batch: Any) -> str:
+    return make_queue(batch, max_vcpus=2)
+
+
+@pytest.fixture(scope="module")
+def logs(kiln_server: KilnServer) -> Any:
+    return boto3.client("logs", endpoint_url=kiln_server.endpoint, region_name="us-east-1")
+
+
+def container(name: str, command: list[str], *, essential: bool = True, **extra: Any) -> dict[str, Any]:
+    requirements = [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "64"}]
+    return {"name": name, "image": "host", "command": command, "essential": essential,
+            "resourceRequirements": requirements, **extra}  # fmt: skip
+
+
+def register(batch: Any, *containers: dict[str, Any]) -> str:
+    name = unique("ecs")
+    batch.register_job_definition(
+        jobDefinitionName=name, type="container", ecsProperties={"taskProperties": [{"containers": list(containers)}]}
+    )
+    return name
+
+
+def raw_describe(batch: Any, job_id: str) -> dict[str, Any]:
+    """DescribeJobs' JSON as the server sent it."""
+    seen: list[bytes] = []
+
+    def keep(http_response: Any, **_: Any) -> None:
+        seen.append(http_response.content)
+
+    batch.meta.events.register("after-call.batch.DescribeJobs", lambda **kwargs: keep(kwargs["http_response"]))
+    try:
+        batch.describe_jobs(jobs=[job_id])
+    finally:
+        batch.meta.events.unregister("after-call.batch.DescribeJobs")
+    return dict(json.loads(seen[-1]))
+
+
+def assert_fits(value: Any, shape: Any, where: str = "") -> None:
+    """Every member of `value` is one the botocore shape knows, with the right type (null allowed)."""
+    if value is None:
+        return
+    kind = shape.type_name
+    if kind == "structure":
+        assert isinstance(value, dict), where
+        unknown = set(value) - set(shape.members)
+        assert not unknown, f"{where}: members not in {shape.name}: {unknown}"
+        for key, item in value.items():
+            assert_fits(item, shape.members[key], f"{where}.{key}")
+    elif kind == "list":
+        assert isinstance(value, list), where
+        for index, item in enumerate(value):
+            assert_fits(item, shape.member, f"{where}[{index}]")
+    elif kind == "map":
+        assert isinstance(value, dict), where
+    elif kind in ("integer", "long"):
+        assert isinstance(value, int) and not isinstance(value, bool), where
+    elif kind == "boolean":
+        assert isinstance(value, bool), where
+    elif kind == "string":
+        assert isinstance(value, str), where
+        if shape.enum:
+            assert value in shape.enum, where
+
+
+def describe_checked(batch: Any, job_id: str) -> dict[str, Any]:
+    raw = raw_describe(batch, job_id)
+    output = batch.meta.service_model.operation_model("DescribeJobs").output_shape
+    assert_fits(raw, output)
+    return dict(raw["jobs"][0])
+
+
+def by_name(task: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in task["containers"]}
+
+
+def events(logs: Any, stream: str) -> str:
+    found = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream, startFromHead=True)
+    return "\n".join(event["message"] for event in found["events"])
+
+
+def finished(batch: Any, server: KilnServer, job_id: str) -> dict[str, Any]:
+    """The job once it ended, with the runner's own log (the attempt's stream) when a test fails."""
+    job = wait_for(batch, job_id, timeout=60)
+    job["runnerLog"] = server.job_log(job_id)
+    return job
+
+
+def test_sidecar_on_localhost_and_essential_main_succeed(
+    batch: Any, queue: str, logs: Any, kiln_server: KilnServer
+) -> None:
+    port = str(free_port())
+    definition = register(
+        batch,
+        container("sidecar", [PYTHON, "-P", "-c", SERVE, port], essential=False),
+        container("main", [PYTHON, "-P", "-c", FETCH, "Ref::port"], dependsOn=[START_SIDECAR]),
+    )
+    job_id = submit(batch, queue, definition, parameters={"port": port})
+    done = finished(batch, kiln_server, job_id)
+    assert done["status"] == "SUCCEEDED", done
+    job = describe_checked(batch, job_id)
+    assert "container" not in job
+    task = job["ecsProperties"]["taskProperties"][0]
+    assert task["taskArn"].endswith(job["attempts"][0]["taskProperties"][0]["taskArn"].rsplit("/", 1)[-1])
+    containers = by_name(task)
+    assert containers["main"]["command"][-1] == port  # Ref:: substituted
+    assert containers["main"]["exitCode"] == 0
+    assert containers["sidecar"]["exitCode"] == 143  # stopped with SIGTERM once the essential one exited
+    task_id = task["taskArn"].rsplit("/", 1)[-1]
+    assert containers["main"]["logStreamName"] == f"{definition}/main/{task_id}"
+    assert "hello from the sidecar" in events(logs, containers["main"]["logStreamName"])
+    assert "sidecar serving" in events(logs, containers["sidecar"]["logStreamName"])
+    attempt = by_name(job["attempts"][0]["taskProperties"][0])
+    assert attempt["main"]["exitCode"] == 0 and attempt["main"]["logStreamName"] == containers["main"]["logStreamName"]
+    assert job["attempts"][0]["statusReason"] == "Essential container in task exited"
+
+
+def test_failing_essential_container_fails_the_job_and_stops_the_others(batch: Any, queue: str) -> None:
+    definition = register(
+        batch,
+        container("sleeper", ["sleep", "60"], essential=False),
+        container("main", ["sh", "-c", "echo failing; exit 3"]),
+    )
+    job_id = submit(batch, queue, definition)
+    job = wait_for(batch, job_id, timeout=30)
+    assert job["status"] == "FAILED"
+    assert job["stoppedAt"] - job["startedAt"] < 20_000  # the sleeper did not keep the task alive
+    containers = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])
+    assert containers["main"]["exitCode"] == 3
+    assert containers["sleeper"]["exitCode"] == 143
+
+
+def test_depends_on_order_and_overrides(batch: Any, queue: str, logs: Any) -> None:
+    definition = register(
+        batch,
+        container("init", ["sh", "-c", "sleep 0.3; echo ready > marker"], essential=False),
+        container("main", ["sh", "-c", "cat marker; echo main=$WHO"],
+                  dependsOn=[{"containerName": "init", "condition": "SUCCESS"}],
+                  environment=[{"name": "WHO", "value": "definition"}]),
+    )  # fmt: skip
+    override = {"taskProperties": [{"containers": [{"name": "main", "environment": [{"name": "WHO",
+                                                                                      "value": "override"}]}]}]}  # fmt: skip
+    job_id = submit(batch, queue, definition, ecsPropertiesOverride=override)
+    assert wait_for(batch, job_id, timeout=30)["status"] == "SUCCEEDED"
+    containers = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])
+    assert containers["init"]["exitCode"] == 0
+    text = events(logs, containers["main"]["logStreamName"])
+    assert "ready" in text  # main started only after init had written the marker and exited 0
+    assert "main=override" in text
+
+
+def test_unmet_success_dependency_never_starts_the_container(batch: Any, queue: str) -> None:
+    definition = register(
+        batch,
+        container("init", ["sh", "-c", "exit 1"], essential=False),
+        container("main", ["sh", "-c", "echo should not run"],
+                  dependsOn=[{"containerName": "init", "condition": "SUCCESS"}]),
+    )  # fmt: skip
+    job_id = submit(batch, queue, definition)
+    assert wait_for(batch, job_id, timeout=30)["status"] == "FAILED"
+    containers = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])
+    assert containers["init"]["exitCode"] == 1
+    assert "exitCode" not in containers["main"]  # never ran: no exit code (nulls are left out)
+    assert containers["main"]["reason"].startswith("DependencyConditionFailed: container init")
+
+
+def test_unknown_image_fails_the_start_as_for_one_container(batch: Any, queue: str) -> None:
+    definition = register(batch, container("main", ["true"]), container("other", ["true"], image="no/such:image"))
+    job_id = submit(batch, queue, definition)
+    assert wait_for(batch, job_id, timeout=30)["status"] == "FAILED"
+    job = describe_checked(batch, job_id)
+    attempt = job["attempts"][0]
+    assert attempt["statusReason"] == "Task failed to start"
+    other = by_name(attempt["taskProperties"][0])["other"]
+    assert other["reason"].startswith("CannotPullContainerError") and "no/such:image" in other["reason"]
+    assert "logStreamName" not in other  # it never started
