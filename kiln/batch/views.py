@@ -18,7 +18,8 @@ def _task_arn(ctx: Context, task_id: str) -> str:
 def _container_results(ctx: Context, spec: Document, attempt: Attempt) -> list[dict[str, Any]]:
     """An `ecsProperties` attempt's containers: name, log stream (once started), and the exit code
     and reason the runner reported (kiln/task_results.py). Without its report (the attempt never
-    started, or the runner was killed, e.g. for memory), the essential containers show the attempt's."""
+    started, or the runner was killed, e.g. for memory), the essential containers show the attempt's
+    exit code and reason; with it, the attempt's reason where the runner gave none (an OOM kill)."""
     task = ecs_tasks.task_of(spec["ecsProperties"])
     definition = spec["jobDefinitionName"]
     reported = None
@@ -28,9 +29,12 @@ def _container_results(ctx: Context, spec: Document, attempt: Attempt) -> list[d
     for container in task["containers"]:
         name = container["name"]
         result: dict[str, Any] = {"exitCode": None, "reason": None}
+        essential = container.get("essential", True)
         if reported is not None and isinstance(reported.get(name), dict):
             result = {"exitCode": reported[name].get("exitCode"), "reason": reported[name].get("reason")}
-        elif attempt.stopped_at is not None and container.get("essential", True):
+            if result["reason"] is None and essential:  # what the executor saw applies to them (e.g. OOM)
+                result["reason"] = attempt.reason
+        elif attempt.stopped_at is not None and essential:
             result = {"exitCode": attempt.exit_code, "reason": attempt.reason}
         stream = ecs_tasks.stream_name(definition, name, attempt.task_id) if attempt.started_at else None
         found.append({"name": name, **result, "logStreamName": stream})

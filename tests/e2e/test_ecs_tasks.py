@@ -6,10 +6,14 @@ output shape from the raw response (boto3 itself drops members the model does no
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import time
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 
 from kiln.cli.embedded_server import free_port
@@ -41,6 +45,7 @@ FETCH = (
 )
 
 
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 START_SIDECAR = {"containerName": "sidecar", "condition": "START"}
 
 
@@ -157,6 +162,14 @@ def test_sidecar_on_localhost_and_essential_main_succeed(
     assert containers["main"]["logStreamName"] == f"{definition}/main/{task_id}"
     assert "hello from the sidecar" in events(logs, containers["main"]["logStreamName"])
     assert "sidecar serving" in events(logs, containers["sidecar"]["logStreamName"])
+    # `kiln logs --container` reads a container's stream; without it, the attempt's (the runner's).
+    cli = {"AWS_ENDPOINT_URL_BATCH": kiln_server.endpoint}
+    main_log = subprocess.run([PYTHON, "-m", "kiln", "logs", job_id, "--container", "main"], capture_output=True,
+                              text=True, env={**os.environ, **cli}, timeout=60, check=False)  # fmt: skip
+    assert main_log.returncode == 0 and main_log.stdout.strip() == "hello from the sidecar", main_log
+    assert "container main exited with code 0" in kiln_server.job_log(job_id)
+    unknown = httpx.get(f"{kiln_server.endpoint}/kiln/v1/logs/{job_id}", params={"container": "ghost"}, timeout=10)
+    assert unknown.status_code == 400 and "has no container ghost (containers: sidecar, main)" in unknown.text
     attempt = by_name(job["attempts"][0]["taskProperties"][0])
     assert attempt["main"]["exitCode"] == 0 and attempt["main"]["logStreamName"] == containers["main"]["logStreamName"]
     assert job["attempts"][0]["statusReason"] == "Essential container in task exited"
@@ -221,3 +234,33 @@ def test_unknown_image_fails_the_start_as_for_one_container(batch: Any, queue: s
     other = by_name(attempt["taskProperties"][0])["other"]
     assert other["reason"].startswith("CannotPullContainerError") and "no/such:image" in other["reason"]
     assert "logStreamName" not in other  # it never started
+
+
+def test_terminate_stops_every_container(batch: Any, queue: str) -> None:
+    definition = register(
+        batch, container("sidecar", ["sleep", "60"], essential=False), container("main", ["sleep", "60"])
+    )
+    job_id = submit(batch, queue, definition)
+    wait_for(batch, job_id, {"RUNNING"}, timeout=30)
+    time.sleep(0.5)  # both containers started
+    batch.terminate_job(jobId=job_id, reason="enough")
+    job = wait_for(batch, job_id, timeout=30)
+    assert job["status"] == "FAILED" and job["statusReason"] == "enough"
+    containers = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])
+    assert containers["main"]["exitCode"] == 143 and containers["sidecar"]["exitCode"] == 143
+
+
+def test_one_memory_limit_covers_every_container(batch: Any, queue: str) -> None:
+    """64 MiB for the task; each container alone stays under it, together they do not."""
+    hold = [PYTHON, "-P", "-c", "import time; block = bytearray(40 * 1024 * 1024); time.sleep(30)"]
+    limits = [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "32"}]
+    definition = register(
+        batch,
+        {**container("first", hold, essential=False), "resourceRequirements": limits},
+        {**container("second", hold), "resourceRequirements": limits},
+    )
+    job_id = submit(batch, queue, definition)
+    assert wait_for(batch, job_id, timeout=60)["status"] == "FAILED"
+    attempt = describe_checked(batch, job_id)["attempts"][0]
+    second = by_name(attempt["taskProperties"][0])["second"]
+    assert second["exitCode"] == 137 and second["reason"] == OOM_REASON, attempt
