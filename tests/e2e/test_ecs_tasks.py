@@ -264,3 +264,14 @@ def test_one_memory_limit_covers_every_container(batch: Any, queue: str) -> None
     attempt = describe_checked(batch, job_id)["attempts"][0]
     second = by_name(attempt["taskProperties"][0])["second"]
     assert second["exitCode"] == 137 and second["reason"] == OOM_REASON, attempt
+
+
+def test_array_children_run_the_task_each_with_its_index(batch: Any, queue: str, logs: Any) -> None:
+    definition = register(batch, container("main", ["sh", "-c", "echo index=$AWS_BATCH_JOB_ARRAY_INDEX"]))
+    job_id = submit(batch, queue, definition, arrayProperties={"size": 2})
+    assert wait_for(batch, job_id, timeout=30)["status"] == "SUCCEEDED"
+    for index in (0, 1):
+        child = describe_checked(batch, f"{job_id}:{index}")
+        [main] = child["ecsProperties"]["taskProperties"][0]["containers"]
+        assert main["exitCode"] == 0
+        assert events(logs, main["logStreamName"]) == f"index={index}"
