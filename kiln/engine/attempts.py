@@ -9,10 +9,11 @@ are cached, since what an attempt needs of them never changes after submit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from kiln.config import Settings
 from kiln.engine import ecs_tasks
-from kiln.engine.containers import environment_of, volume_mounts
+from kiln.engine.containers import environment_of, requirement, volume_mounts
 from kiln.executors.base import AttemptSpec, GangMember, TaskContainer
 from kiln.relay_access import RELAY_TOKEN_VARIABLE, RELAY_URL_VARIABLE, RelayKey, names_relay
 from kiln.store.records import Document, Job
@@ -88,14 +89,15 @@ class AttemptBuilder:
         """An `ecsProperties` job's attempt: its containers, each with its own variables and log stream."""
         task = ecs_tasks.task_of(spec["ecsProperties"])
         definition = spec["jobDefinitionName"]
+        role = task.get("taskRoleArn")
         task_containers = tuple(
             TaskContainer(
                 name=container["name"], image=container["image"], command=list(container.get("command") or []),
-                environment=self._container_environment(job, container, task.get("taskRoleArn"), variables),
+                environment=self._container_environment(job, container, role, variables),
                 log_path=self.settings.log_file(ecs_tasks.stream_name(definition, container["name"], task_id)),
                 essential=bool(container.get("essential", True)),
                 depends_on=tuple((item["containerName"], item["condition"]) for item in container.get("dependsOn") or []),
-                stop_timeout=container.get("stopTimeout"),
+                stop_timeout=container.get("stopTimeout"), **_own_resources(container),
             )
             for container in task["containers"]
         )  # fmt: skip
@@ -108,6 +110,16 @@ class AttemptBuilder:
             workdir=self.settings.work_dir / task_id, timeout_seconds=timeout,
             cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments, user=user, task=task_containers,
         )  # fmt: skip
+
+
+def _own_resources(container: Document) -> dict[str, Any]:
+    """A task container's own VCPU, MEMORY and GPU requirements (None where it gives none)."""
+    memory = requirement(container, "MEMORY")
+    return {
+        "vcpus": requirement(container, "VCPU"),
+        "memory_mib": None if memory is None else int(memory),
+        "gpus": int(requirement(container, "GPU") or 0),
+    }
 
 
 def resolved_specs(repo: Repository, jobs: Sequence[Job], parent_specs: dict[str, Document]) -> dict[str, Document]:

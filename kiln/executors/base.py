@@ -76,6 +76,11 @@ class TaskContainer:
     essential: bool = True
     depends_on: tuple[tuple[str, str], ...] = ()
     stop_timeout: int | None = None
+    # Its own share of the job's resources, where it gives one: the Docker executor limits each
+    # container by it (else by the job's); the local executor limits the attempt as a whole.
+    vcpus: float | None = None
+    memory_mib: int | None = None
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
