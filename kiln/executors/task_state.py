@@ -90,6 +90,7 @@ class TaskState:
 
     def exited(self, name: str, exit_code: int) -> None:
         member = self.members[name]
+        member.started = True  # whoever saw the exit may have seen it before the start was recorded
         member.exit_code = exit_code
         if member.essential:
             self.end_by(member)

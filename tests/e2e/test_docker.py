@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.docker_daemon import DockerDaemon
@@ -150,15 +149,5 @@ def test_kiln_toml_chooses_the_docker_executor(tmp_path: Path, docker_engine: Do
         job = wait_for(batch, job_id)
         assert job["status"] == "SUCCEEDED", job
         assert _log(server, job_id) == "root:x:0:0:root:/root:/bin/sh\n"  # the busybox image's file, not the host's
-        # SubmitJob knows the executor kiln.toml chose: ecsProperties jobs are refused on Docker (for now).
-        name = unique("ecs")
-        task = {"containers": [{"name": "main", "image": docker_engine.image, "command": ["true"],
-                                "resourceRequirements": [{"type": "VCPU", "value": "1"},
-                                                         {"type": "MEMORY", "value": "64"}]}]}  # fmt: skip
-        batch.register_job_definition(
-            jobDefinitionName=name, type="container", ecsProperties={"taskProperties": [task]}
-        )
-        with pytest.raises(batch.exceptions.ClientException, match="docker executor does not run ecsProperties"):
-            submit(batch, make_queue(batch), name)
     finally:
         server.stop()

@@ -1,6 +1,7 @@
-"""`ecsProperties` jobs really run on the local executor: several containers as processes of one
+"""`ecsProperties` jobs really run: on the local executor, several containers as processes of one
 attempt, sharing the host's network, each with its own log stream, started in `dependsOn` order,
-the job's result following its essential containers. DescribeJobs is checked against botocore's
+the job's result following its essential containers; on the Docker executor, as containers of one
+task on the host network (the last test). DescribeJobs is checked against botocore's
 output shape from the raw response (boto3 itself drops members the model does not know)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,7 +19,8 @@ import httpx
 import pytest
 
 from kiln.cli.embedded_server import free_port
-from tests.conftest import KilnServer
+from tests.conftest import FAST_FLAGS, KilnServer, start_server
+from tests.docker_daemon import DockerDaemon
 from tests.support import make_queue, submit, unique, wait_for
 
 PYTHON = sys.executable  # `-P`: no working directory in sys.path (a job cannot always getcwd() here)
@@ -275,3 +278,63 @@ def test_array_children_run_the_task_each_with_its_index(batch: Any, queue: str,
         [main] = child["ecsProperties"]["taskProperties"][0]["containers"]
         assert main["exitCode"] == 0
         assert events(logs, main["logStreamName"]) == f"index={index}"
+
+
+# ------------------------------------------------------------------------- the Docker executor
+
+BUSYBOX_SERVE = "mkdir -p /tmp/www && echo hello from the sidecar > /tmp/www/index.html && echo sidecar serving && "
+BUSYBOX_FETCH = "for i in $(seq 1 100); do wget -qO- http://127.0.0.1:$0/ && exit 0; sleep 0.1; done; exit 7"
+
+
+@pytest.fixture(scope="module")
+def docker_server(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerDaemon) -> Iterator[KilnServer]:
+    flags = [*FAST_FLAGS, "--executor", "docker", "--docker-host", docker_engine.url]
+    server = start_server(tmp_path_factory.mktemp("kiln-docker"), flags)
+    yield server
+    server.stop()
+
+
+def test_docker_runs_the_task_as_containers_on_the_host_network(
+    docker_server: KilnServer, docker_engine: DockerDaemon
+) -> None:
+    """The sidecar scenario, a failing essential container and an unmet SUCCESS dependency, each as
+    Docker containers of one task; none is left behind."""
+    batch = docker_server.client()
+    logs = boto3.client("logs", endpoint_url=docker_server.endpoint, region_name="us-east-1")
+    queue = make_queue(batch, max_vcpus=2)
+    image, port = docker_engine.image, str(free_port())
+    serve = container("sidecar", ["sh", "-c", BUSYBOX_SERVE + f"exec httpd -f -p {port} -h /tmp/www"],
+                      essential=False, image=image)  # fmt: skip
+    fetch = container("main", ["sh", "-c", BUSYBOX_FETCH, port], image=image, dependsOn=[START_SIDECAR])
+    served = submit(batch, queue, register(batch, serve, fetch))
+    failing = submit(batch, queue, register(batch, container("sleeper", ["sleep", "60"], essential=False, image=image),
+                                            container("main", ["sh", "-c", "exit 3"], image=image)))  # fmt: skip
+    unmet = submit(batch, queue, register(
+        batch, container("init", ["sh", "-c", "exit 1"], essential=False, image=image),
+        container("main", ["true"], image=image, dependsOn=[{"containerName": "init", "condition": "SUCCESS"}])))  # fmt: skip
+
+    assert wait_for(batch, served, timeout=60)["status"] == "SUCCEEDED", docker_server.job_log(served)
+    containers = by_name(describe_checked(batch, served)["ecsProperties"]["taskProperties"][0])
+    # PID 1 of a container ignores SIGTERM unless it handles it: the sidecar got SIGKILL after the grace.
+    assert containers["main"]["exitCode"] == 0 and containers["sidecar"]["exitCode"] == 137
+    assert events(logs, containers["main"]["logStreamName"]) == "hello from the sidecar"
+    assert "sidecar serving" in events(logs, containers["sidecar"]["logStreamName"])
+
+    assert wait_for(batch, failing, timeout=60)["status"] == "FAILED"
+    containers = by_name(describe_checked(batch, failing)["ecsProperties"]["taskProperties"][0])
+    assert containers["main"]["exitCode"] == 3 and containers["sleeper"]["exitCode"] == 137
+
+    assert wait_for(batch, unmet, timeout=60)["status"] == "FAILED"
+    containers = by_name(describe_checked(batch, unmet)["ecsProperties"]["taskProperties"][0])
+    assert containers["init"]["exitCode"] == 1 and "exitCode" not in containers["main"]
+    assert containers["main"]["reason"].startswith("DependencyConditionFailed: container init")
+
+    sleepers = submit(batch, queue, register(batch, container("a", ["sleep", "60"], essential=False, image=image),
+                                             container("b", ["sleep", "60"], image=image)))  # fmt: skip
+    wait_for(batch, sleepers, {"RUNNING"}, timeout=60)
+    batch.terminate_job(jobId=sleepers, reason="enough")
+    job = wait_for(batch, sleepers, timeout=30)
+    assert job["status"] == "FAILED" and job["statusReason"] == "enough"
+
+    for job_id in (served, failing, unmet, sleepers):
+        assert docker_engine.client.containers.list(all=True, filters={"label": f"kiln.job-id={job_id}"}) == []
