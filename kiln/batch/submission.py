@@ -207,11 +207,6 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
     if params.get("eksPropertiesOverride"):
         raise ValidationError(EKS_REFUSED.format(field="eksPropertiesOverride"))
-    if definition.get("ecsProperties") and ctx.settings.executor == "ray":
-        raise ValidationError(
-            f"This Kiln server's {ctx.settings.executor} executor does not run ecsProperties (multi-container) jobs "
-            "yet (the containers' logs would stay on the Ray node); the local and Docker executors do"
-        )
     if params.get("ecsPropertiesOverride") and not definition.get("ecsProperties"):
         raise ValidationError("ecsPropertiesOverride is only valid for a job definition with ecsProperties")
     size = _array_size(params)
