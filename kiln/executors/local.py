@@ -35,6 +35,7 @@ import queue
 import select
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Collection
@@ -195,6 +196,7 @@ class LocalExecutor(EventReporter):
         self._uids = UidPool(self._users.uids if isinstance(self._users, JobUsers) else None)
         self._blocked: dict[tuple[str, int], str | None] = {}  # (program, uid) -> why it cannot run it
         self._nsenter = shutil.which("nsenter")  # the shell launcher's way into the jobs' mount namespace
+        self._nsenter_wdns = self._nsenter is not None and nsenter_has_wdns(self._nsenter)
         self._mounts = self._retired_mounts = JobMounts()
         self._prepare_mounts()
         self._gpus = GpuAllocator(host_gpus(settings.gpus))
@@ -559,13 +561,19 @@ class LocalExecutor(EventReporter):
 
     def _nsenter_prefix(self, mount_ns: int, workdir: Path) -> list[str]:
         """`nsenter` enters the jobs' mount namespace in the shell launcher (util-linux), through
-        this process's descriptor of it, then the workdir again (entering moves to its root)."""
+        this process's descriptor of it, then the workdir again (entering moves to its root), by its
+        path inside the namespace (`--wdns`)."""
         if self._nsenter is None:
             raise FileNotFoundError(
                 "cannot start the job in the jobs' mount namespace: the shell launcher needs nsenter "
                 "(util-linux), which is not installed, and the C launcher was not built"
             )
-        return [self._nsenter, f"--mount=/proc/{os.getpid()}/fd/{mount_ns}", f"--wd={workdir}", "--"]
+        enter = [self._nsenter, f"--mount=/proc/{os.getpid()}/fd/{mount_ns}"]
+        if self._nsenter_wdns:
+            return [*enter, f"--wdns={workdir}", "--"]
+        # util-linux before 2.38 has only --wd, which opens the directory before entering: the old
+        # namespace's, "(unreachable)" for getcwd() inside. A shell enters the workdir instead.
+        return [*enter, "--", "/bin/sh", "-c", 'cd "$0" && exec "$@"', str(workdir)]
 
     def _setpriv_prefix(self, user: JobUser) -> list[str]:
         """`setpriv` switches user in the shell launcher (util-linux; the C launcher needs none)."""
@@ -736,6 +744,15 @@ def job_users_or_refusal(settings: Settings) -> JobUsers | UserRefused:
         return JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)
     except ValidationError as exc:
         return UserRefused(f"{CANNOT_START_PREFIX}: {exc.message}")
+
+
+def nsenter_has_wdns(nsenter: str) -> bool:
+    """Whether this nsenter can set the working directory inside the namespace (util-linux 2.38+)."""
+    try:
+        found = subprocess.run([nsenter, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--wdns" in found.stdout
 
 
 def close_inherited_descriptors_on_exec() -> None:

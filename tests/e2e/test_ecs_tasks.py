@@ -23,7 +23,7 @@ from tests.conftest import FAST_FLAGS, KilnServer, start_server
 from tests.docker_daemon import DockerDaemon
 from tests.support import make_queue, submit, unique, wait_for
 
-PYTHON = sys.executable  # `-P`: no working directory in sys.path (a job cannot always getcwd() here)
+PYTHON = sys.executable
 SERVE = (
     "import http.server, sys\n"
     "class Handler(http.server.BaseHTTPRequestHandler):\n"
@@ -147,8 +147,8 @@ def test_sidecar_on_localhost_and_essential_main_succeed(
     port = str(free_port())
     definition = register(
         batch,
-        container("sidecar", [PYTHON, "-P", "-c", SERVE, port], essential=False),
-        container("main", [PYTHON, "-P", "-c", FETCH, "Ref::port"], dependsOn=[START_SIDECAR]),
+        container("sidecar", [PYTHON, "-c", SERVE, port], essential=False),
+        container("main", [PYTHON, "-c", FETCH, "Ref::port"], dependsOn=[START_SIDECAR]),
     )
     job_id = submit(batch, queue, definition, parameters={"port": port})
     done = finished(batch, kiln_server, job_id)
@@ -255,7 +255,7 @@ def test_terminate_stops_every_container(batch: Any, queue: str) -> None:
 
 def test_one_memory_limit_covers_every_container(batch: Any, queue: str) -> None:
     """64 MiB for the task; each container alone stays under it, together they do not."""
-    hold = [PYTHON, "-P", "-c", "import time; block = bytearray(40 * 1024 * 1024); time.sleep(30)"]
+    hold = [PYTHON, "-c", "import time; block = bytearray(40 * 1024 * 1024); time.sleep(30)"]
     limits = [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "32"}]
     definition = register(
         batch,
