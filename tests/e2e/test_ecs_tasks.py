@@ -253,6 +253,31 @@ def test_terminate_stops_every_container(batch: Any, queue: str) -> None:
     assert containers["main"]["exitCode"] == 143 and containers["sidecar"]["exitCode"] == 143
 
 
+def test_timeout_stops_the_whole_task(batch: Any, queue: str) -> None:
+    """The test server's minimum timeout is 1 s; a timed-out job is not retried, as on AWS."""
+    definition = register(
+        batch, container("sidecar", ["sleep", "60"], essential=False), container("main", ["sleep", "60"])
+    )
+    job_id = submit(batch, queue, definition, timeout={"attemptDurationSeconds": 1}, retryStrategy={"attempts": 2})
+    assert wait_for(batch, job_id, timeout=60)["status"] == "FAILED"
+    [attempt] = describe_checked(batch, job_id)["attempts"]
+    assert attempt["statusReason"] == "Job attempt duration exceeded timeout"
+    assert {c["name"]: c["exitCode"] for c in attempt["taskProperties"][0]["containers"]} == {
+        "sidecar": 143,
+        "main": 143,
+    }
+
+
+def test_retry_strategy_retries_a_failing_essential_container(batch: Any, queue: str) -> None:
+    definition = register(batch, container("main", ["sh", "-c", "exit 3"]))
+    job_id = submit(batch, queue, definition, retryStrategy={"attempts": 2})
+    job = wait_for(batch, job_id, timeout=60)
+    assert job["status"] == "FAILED" and len(job["attempts"]) == 2
+    assert [
+        a["taskProperties"][0]["containers"][0]["exitCode"] for a in describe_checked(batch, job_id)["attempts"]
+    ] == [3, 3]
+
+
 def test_one_memory_limit_covers_every_container(batch: Any, queue: str) -> None:
     """64 MiB for the task; each container alone stays under it, together they do not."""
     hold = [PYTHON, "-c", "import time; block = bytearray(40 * 1024 * 1024); time.sleep(30)"]
