@@ -20,6 +20,11 @@ Containers carry labels (attempt id, job id, log path, timeout), so a restarted 
 re-adopts them: attempts keep running while no server watches them, and one that ended meanwhile
 reports its real exit code. A container is removed once its output is in the log file.
 
+An `ecsProperties` attempt (`_Task`) is one container per task container, all on the host network
+(they share 127.0.0.1), created together and started and stopped by task_state.py's rules as the
+event stream reports their starts and deaths; labels describe each one's place in the task, so a
+restarted server takes the task back too. Its results go to the attempt's own log at the end.
+
 A container never sees the control plane: it runs as the definition's `user` (Docker's `--user`,
 else the image's), and a volume whose host path is Kiln's data dir, inside it or above it (`/`)
 is refused before anything is created.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import os
 import signal
@@ -74,6 +80,10 @@ LABEL_JOB = "kiln.job-id"
 LABEL_LOG = "kiln.log-path"
 LABEL_TIMEOUT = "kiln.timeout-seconds"  # counted from the container's start, also after a restart
 LABEL_CONTAINER = "kiln.task-container"  # an ecsProperties task's container: its name in the task
+# ...its place in the task (index, essential, dependsOn, stopTimeout) and the attempt's own log, so
+# that a restarted server can take the task back.
+LABEL_TASK = "kiln.task"
+LABEL_TASK_LOG = "kiln.task-log-path"
 TASK_NEEDS_HOST_NETWORK = (
     "Kiln runs the containers of an ecsProperties task on the host network, where they share 127.0.0.1; "
     'set docker_network = "host" (the default) in kiln.toml'
@@ -289,13 +299,14 @@ class DockerExecutor(EventReporter):
             return Adoption()
         adopted: set[str] = set()
         never_started: set[str] = set()
+        tasks: dict[str, list[dict[str, Any]]] = {}
         for summary in self._api.containers(all=True, filters={"label": LABEL_ATTEMPT}):
             labels = summary.get("Labels") or {}
             attempt_id = labels.get(LABEL_ATTEMPT)
             if attempt_id not in wanted or attempt_id in adopted:
                 continue
-            if labels.get(LABEL_CONTAINER) is not None:  # a task's: not taken back, the job is retried
-                self._remove(summary["Id"])
+            if labels.get(LABEL_CONTAINER) is not None:  # an ecsProperties task's: taken back as a whole below
+                tasks.setdefault(attempt_id, []).append(summary)
                 continue
             container_id = summary["Id"]
             timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
@@ -324,7 +335,74 @@ class DockerExecutor(EventReporter):
                 self._remove(container_id)
                 self._forget(attempt)
                 never_started.add(attempt_id)
+        for attempt_id, summaries in tasks.items():
+            outcome = self._adopt_task(attempt_id, summaries)
+            if outcome == "adopted":
+                adopted.add(attempt_id)
+            elif outcome == "never started":
+                never_started.add(attempt_id)
         return Adoption(frozenset(adopted), frozenset(never_started))
+
+    def _adopt_task(self, attempt_id: str, summaries: list[dict[str, Any]]) -> str:
+        """Take back a task from its containers' labels and states: "adopted" (its events and
+        timeout from now on as if it had been started here), "never started" (no container ran:
+        removed, may start again) or "lost" (its labels do not describe a whole task: removed)."""
+        try:
+            found = sorted(((json.loads(s["Labels"][LABEL_TASK]), s) for s in summaries), key=lambda p: p[0]["index"])
+            specs = [
+                TaskContainer(s["Labels"][LABEL_CONTAINER], str(s.get("Image") or ""), [], {}, Path(s["Labels"][LABEL_LOG]),
+                              essential=bool(place["essential"]),
+                              depends_on=tuple((name, condition) for name, condition in place["dependsOn"]),
+                              stop_timeout=place["stopTimeout"])
+                for place, s in found
+            ]  # fmt: skip
+            names = {spec.name for spec in specs}
+            if any(name not in names for spec in specs for name, _ in spec.depends_on):
+                raise ValueError("a container of the task is missing")
+            labels = found[0][1]["Labels"]
+            log_path = Path(labels[LABEL_TASK_LOG])
+            timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
+        except (KeyError, ValueError, TypeError, IndexError):
+            for summary in summaries:
+                self._remove(summary["Id"])
+            return "lost"
+        members = [Member(spec.name, spec.essential, spec.depends_on) for spec in specs]
+        grace = max(float(c.stop_timeout) if c.stop_timeout is not None else self._settings.termination_grace_seconds
+                    for c in specs)  # fmt: skip
+        task = _Task(attempt_id, log_path, AttemptStop(timeout), TaskState(members),
+                     {spec.name: _Member(spec, container_id=s["Id"]) for spec, (_, s) in zip(specs, found, strict=True)},
+                     grace, created=True)  # fmt: skip
+        with self._lock:
+            self._tasks[attempt_id] = task  # before the inspections: a death from now on is seen
+        started: list[int] = []
+        for member in task.members.values():
+            assert member.container_id is not None
+            try:
+                state = self._api.inspect_container(member.container_id)["State"]
+            except docker.errors.NotFound:
+                state = {"Status": "dead", "ExitCode": None, "StartedAt": None}
+            began = docker_time_ms(state.get("StartedAt"))
+            with self._lock:
+                if state["Status"] in {"running", "paused", "restarting"}:
+                    task.state.start_began(member.spec.name)
+                elif began is not None and task.state.members[member.spec.name].exit_code is None:
+                    member.oom = bool(state.get("OOMKilled"))
+                    code = state.get("ExitCode")
+                    task.state.exited(member.spec.name, int(code) if code is not None else 1)
+            if began is not None:
+                started.append(began)
+                self._follow_member_logs(task, member)
+        if not started:  # the previous server died between creating and starting it
+            with self._lock:
+                self._tasks.pop(attempt_id, None)
+            self._remove_members(task)
+            return "never started"
+        with self._lock:
+            task.started, task.started_ms = True, min(started)
+            self._emit(AttemptRunning(attempt_id, task.started_ms))
+        self._schedule_timeout(task, task.started_ms / 1000)
+        self._pool_submit(self._advance, task)
+        return "adopted"
 
     def shutdown(self) -> None:
         """Stop watching; containers keep running for the next server to adopt."""
@@ -667,8 +745,22 @@ class DockerExecutor(EventReporter):
         self._advance(task)
 
     def _create_member(self, spec: AttemptSpec, member: TaskContainer, network: str) -> str:
-        labels = {LABEL_ATTEMPT: spec.attempt_id, LABEL_JOB: spec.job_id, LABEL_LOG: str(member.log_path),
-                  LABEL_CONTAINER: member.name}  # fmt: skip
+        place = {
+            "index": [c.name for c in spec.task].index(member.name),
+            "essential": member.essential,
+            "dependsOn": [list(pair) for pair in member.depends_on],
+            "stopTimeout": member.stop_timeout,
+        }
+        labels = {
+            LABEL_ATTEMPT: spec.attempt_id,
+            LABEL_JOB: spec.job_id,
+            LABEL_LOG: str(member.log_path),
+            LABEL_CONTAINER: member.name,
+            LABEL_TASK: json.dumps(place),
+            LABEL_TASK_LOG: str(spec.log_path),
+        }
+        if spec.timeout_seconds:
+            labels[LABEL_TIMEOUT] = str(spec.timeout_seconds)
         memory = member.memory_mib or spec.memory_mib  # its own limit, as ECS gives a container with memory
         vcpus = member.vcpus or spec.vcpus
         host_config = self._api.create_host_config(

@@ -363,3 +363,34 @@ def test_docker_runs_the_task_as_containers_on_the_host_network(
 
     for job_id in (served, failing, unmet, sleepers):
         assert docker_engine.client.containers.list(all=True, filters={"label": f"kiln.job-id={job_id}"}) == []
+
+
+def test_a_sigkilled_docker_server_takes_the_task_back(docker_server: KilnServer, docker_engine: DockerDaemon) -> None:
+    """Last in the module: it restarts the Docker server. The task runs on without a server and ends
+    with one attempt; the container that was running while the server was away logged all of it."""
+    batch = docker_server.client()
+    logs = boto3.client("logs", endpoint_url=docker_server.endpoint, region_name="us-east-1")
+    image = docker_engine.image
+    definition = register(batch, container("sidecar", ["sleep", "60"], essential=False, image=image),
+                          container("main", ["sh", "-c", "echo before; sleep 4; echo after"], image=image))  # fmt: skip
+    job_id = submit(batch, make_queue(batch, max_vcpus=2), definition, retryStrategy={"attempts": 2})
+    wait_for(batch, job_id, {"RUNNING"}, timeout=60)
+    stream = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])["main"]["logStreamName"]
+    deadline = time.monotonic() + 20
+    while "before" not in events(logs, stream) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    docker_server.stop(kill=True)  # the containers run on without a server
+    time.sleep(1)
+    docker_server.start()
+    batch, logs = (
+        docker_server.client(),
+        boto3.client("logs", endpoint_url=docker_server.endpoint, region_name="us-east-1"),
+    )
+
+    job = wait_for(batch, job_id, timeout=60)
+    assert job["status"] == "SUCCEEDED" and len(job["attempts"]) == 1, job  # taken back, not retried
+    containers = by_name(describe_checked(batch, job_id)["ecsProperties"]["taskProperties"][0])
+    assert containers["main"]["exitCode"] == 0 and containers["sidecar"]["exitCode"] == 137
+    assert events(logs, stream) == "before\nafter"
+    assert docker_engine.client.containers.list(all=True, filters={"label": f"kiln.job-id={job_id}"}) == []
