@@ -25,7 +25,7 @@ _ASCII_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 class LogSource(Protocol):
-    def log_location(self, job_id: str, attempt: int | None) -> Any: ...
+    def log_location(self, job_id: str, attempt: int | None, container: str | None = None) -> Any: ...
 
 
 def _int_param(request: Request, name: str) -> int | None:
@@ -43,7 +43,8 @@ def log_routes(source: LogSource) -> list[Route]:
         """Errors propagate to the app's middleware, which maps them like any API error."""
         offset = _int_param(request, "offset") or 0
         attempt = _int_param(request, "attempt")
-        location = await run_in_threadpool(source.log_location, request.path_params["job_id"], attempt)
+        container = request.query_params.get("container")  # an ecsProperties job's container, by name
+        location = await run_in_threadpool(source.log_location, request.path_params["job_id"], attempt, container)
         data = b""
         if location.path.exists():
             with location.path.open("rb") as handle:

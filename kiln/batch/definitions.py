@@ -12,6 +12,7 @@ from kiln.batch import consumables, fargate, multinode
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
+from kiln.engine import ecs_tasks
 from kiln.engine.containers import check_container
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import NotFoundError, ValidationError
@@ -21,6 +22,10 @@ MAX_DESCRIBE = 100
 MAX_DEFINITION_BYTES = 24 * 1024
 _NAME_REVISION = re.compile(r"^(?P<name>[A-Za-z0-9_-]{1,128}):(?P<revision>\d+)$")
 _BARE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+EKS_REFUSED = (
+    "{field} is not supported: Kiln runs no Kubernetes pods (its compute environments are ECS-style hosts with no "
+    "EKS cluster behind them); use containerProperties or ecsProperties"
+)
 
 
 def check_timeout(ctx: Context, timeout: dict[str, Any] | None) -> None:
@@ -40,7 +45,9 @@ def check_scheduling_priority(value: int | None, field: str) -> None:
 def _check_platform(params: dict[str, Any]) -> str:
     """The definition's platform (EC2 or FARGATE), after that platform's rules (kiln.batch.fargate)."""
     platform = fargate.platform_of(params.get("platformCapabilities"))
-    if platform == fargate.FARGATE:
+    if params.get("ecsProperties"):
+        ecs_tasks.check_ecs_properties(params["ecsProperties"], platform)
+    elif platform == fargate.FARGATE:
         fargate.check_definition(params["type"], params.get("containerProperties"))
     else:
         fargate.check_ec2_container(params.get("containerProperties"))
@@ -56,16 +63,21 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
         raise ValidationError(
             f"A job definition can be at most {MAX_DEFINITION_BYTES} bytes (24 KiB); this one is {size}"
         )
-    if params.get("ecsProperties") or params.get("eksProperties"):
-        raise ValidationError(
-            "Kiln runs containerProperties (and nodeProperties); ecsProperties/eksProperties are not supported"
-        )
+    if params.get("eksProperties"):
+        raise ValidationError(EKS_REFUSED.format(field="eksProperties"))
+    ecs = params.get("ecsProperties")
     if params["type"] == "container":
         if params.get("nodeProperties"):
             raise ValidationError("nodeProperties is only valid for type multinode")
-        if not params.get("containerProperties"):
-            raise ValidationError("A container job definition needs containerProperties")
-        check_container(params["containerProperties"])
+        if ecs and params.get("containerProperties"):
+            raise ValidationError("A job definition gives either containerProperties or ecsProperties, not both")
+        if not ecs and not params.get("containerProperties"):
+            raise ValidationError("A container job definition needs containerProperties or ecsProperties")
+        if not ecs:
+            check_container(params["containerProperties"])
+    elif ecs:
+        raise ValidationError("ecsProperties is only valid for type container; Kiln's multinode job definitions "
+                              "give each node range a container in nodeProperties")  # fmt: skip
     elif not params.get("nodeProperties"):
         raise ValidationError("A multinode job definition needs nodeProperties")
     elif params.get("containerProperties"):

@@ -82,7 +82,7 @@ def platform_of(capabilities: list[str] | None) -> str:
     if unknown:
         raise _error(
             f"platformCapabilities value {unknown[0]} is not supported; Kiln runs EC2 and FARGATE "
-            "(MANAGED_INSTANCES needs ecsProperties, which Kiln does not run)"
+            "(it runs no Amazon ECS Managed Instances)"
         )
     if len(set(capabilities)) > 1:
         raise _error("platformCapabilities must be either EC2 or FARGATE, not both")

@@ -111,6 +111,6 @@ class BatchService:
     def _context(self, repo: Repository) -> Context:
         return Context(repo=repo, arns=self.arns, settings=self.settings, now=now_ms())
 
-    def log_location(self, job_id: str, attempt: int | None) -> logs.LogLocation:
+    def log_location(self, job_id: str, attempt: int | None, container: str | None = None) -> logs.LogLocation:
         with self.db.read() as connection:
-            return logs.locate(self._context(Repository(connection)), job_id, attempt)
+            return logs.locate(self._context(Repository(connection)), job_id, attempt, container)

@@ -8,13 +8,13 @@ import uuid
 from typing import Any
 
 from kiln.batch import consumables, fargate, multinode
-from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
+from kiln.batch.definitions import EKS_REFUSED, check_scheduling_priority, check_timeout, resolve_active
 from kiln.batch.environments import get_job_queue
 from kiln.batch.names import check_job_name
 from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_identifier
 from kiln.batch.tags import check_tags
 from kiln.context import Context
-from kiln.engine import containers
+from kiln.engine import containers, ecs_tasks
 from kiln.engine.lifecycle import FINISHED, Status
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import ValidationError
@@ -113,6 +113,12 @@ def _resolved_run(
         return {"nodeProperties": nodes.node_properties}, nodes
     if params.get("nodeOverrides"):
         raise ValidationError("nodeOverrides is only valid for a job definition of type multinode")
+    if definition.get("ecsProperties"):
+        if params.get("containerOverrides"):
+            raise ValidationError("containerOverrides is not valid for a job definition with ecsProperties; override "
+                                  "its containers by name through ecsPropertiesOverride")  # fmt: skip
+        return {"ecsProperties": ecs_tasks.resolve(definition["ecsProperties"], params.get("ecsPropertiesOverride"),
+                                                   parameters)}, None  # fmt: skip
     if platform == fargate.FARGATE:
         fargate.check_overrides(params.get("containerOverrides"))
     container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
@@ -199,8 +205,10 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if definition["type"] == "multinode":
         _check_multinode_queue(ctx, params, queue)
     fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
-    if params.get("ecsPropertiesOverride") or params.get("eksPropertiesOverride"):
-        raise ValidationError("ecsPropertiesOverride and eksPropertiesOverride are not supported")
+    if params.get("eksPropertiesOverride"):
+        raise ValidationError(EKS_REFUSED.format(field="eksPropertiesOverride"))
+    if params.get("ecsPropertiesOverride") and not definition.get("ecsProperties"):
+        raise ValidationError("ecsPropertiesOverride is only valid for a job definition with ecsProperties")
     size = _array_size(params)
     spec, nodes = _resolved_spec(ctx, params, definition, queue)
     needed, needs = consumables.resolve_for_job(ctx, params, definition)
@@ -211,7 +219,9 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     entries = _dependencies(ctx, params, size)
     job_id = str(uuid.uuid4())
     node_resources: list[containers.Resources] = []
-    if nodes is None:
+    if "ecsProperties" in spec:  # the task holds what its containers need together
+        resources = ecs_tasks.task_resources(ecs_tasks.task_of(spec["ecsProperties"])["containers"])
+    elif nodes is None:
         resources = containers.resources_of(spec["container"])
     else:  # the job holds the whole gang's resources: it is what the scheduler places
         node_resources = [containers.resources_of(container) for container in nodes.containers]

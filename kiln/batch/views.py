@@ -5,22 +5,78 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.context import Context
+from kiln.engine import ecs_tasks
 from kiln.engine.lifecycle import Status
 from kiln.store.records import Attempt, Document, Job
+from kiln.task_results import read_results
 
 
 def _task_arn(ctx: Context, task_id: str) -> str:
     return f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:task/kiln/{task_id}"
 
 
-def attempt_detail(ctx: Context, attempt: Attempt) -> dict[str, Any]:
+def _container_results(ctx: Context, spec: Document, attempt: Attempt) -> list[dict[str, Any]]:
+    """An `ecsProperties` attempt's containers: name, log stream (once started), and the exit code
+    and reason the runner reported (kiln/task_results.py). Without its report (the attempt never
+    started, or the runner was killed, e.g. for memory), the essential containers show the attempt's
+    exit code and reason; with it, the attempt's reason where the runner gave none (an OOM kill)."""
+    task = ecs_tasks.task_of(spec["ecsProperties"])
+    definition = spec["jobDefinitionName"]
+    reported = None
+    if attempt.stopped_at is not None and attempt.started_at is not None:
+        reported = read_results(ctx.settings.log_file(attempt.log_stream))
+    found = []
+    for container in task["containers"]:
+        name = container["name"]
+        result: dict[str, Any] = {"exitCode": None, "reason": None}
+        essential = container.get("essential", True)
+        if reported is not None and isinstance(reported.get(name), dict):
+            result = {"exitCode": reported[name].get("exitCode"), "reason": reported[name].get("reason")}
+            if result["reason"] is None and essential:  # what the executor saw applies to them (e.g. OOM)
+                result["reason"] = attempt.reason
+        elif attempt.stopped_at is not None and essential:
+            result = {"exitCode": attempt.exit_code, "reason": attempt.reason}
+        stream = ecs_tasks.stream_name(definition, name, attempt.task_id) if attempt.started_at else None
+        found.append({"name": name, **result, "logStreamName": stream})
+    return found
+
+
+def _task_detail(ctx: Context, spec: Document, attempt: Attempt | None) -> dict[str, Any]:
+    """`ecsProperties` as DescribeJobs shows it: the task with each container's state."""
+    task = ecs_tasks.task_of(spec["ecsProperties"])
+    results = {} if attempt is None else {item["name"]: item for item in _container_results(ctx, spec, attempt)}
+    listed = []
+    for container in task["containers"]:
+        shown = dict(container)
+        state = results.get(container["name"])
+        if state is not None:
+            shown.update(exitCode=state["exitCode"], reason=state["reason"], logStreamName=state["logStreamName"])
+        listed.append(shown)
+    task["containers"] = listed
+    if attempt is not None:
+        task.update(taskArn=_task_arn(ctx, attempt.task_id), containerInstanceArn=_instance_arn(ctx, attempt))
+    return {"taskProperties": [task]}
+
+
+def _instance_arn(ctx: Context, attempt: Attempt) -> str:
+    return f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:container-instance/kiln/{attempt.compute_environment}"
+
+
+def attempt_detail(ctx: Context, attempt: Attempt, spec: Document | None = None) -> dict[str, Any]:
+    if spec is not None and "ecsProperties" in spec:
+        task = {
+            "taskArn": _task_arn(ctx, attempt.task_id),
+            "containerInstanceArn": _instance_arn(ctx, attempt),
+            "containers": _container_results(ctx, spec, attempt),
+        }
+        return {"taskProperties": [task], "startedAt": attempt.started_at, "stoppedAt": attempt.stopped_at,
+                "statusReason": attempt.status_reason}  # fmt: skip
     container = {
         "exitCode": attempt.exit_code,
         "reason": attempt.reason,
         "logStreamName": attempt.log_stream,
         "taskArn": _task_arn(ctx, attempt.task_id),
-        "containerInstanceArn": f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:container-instance/"
-        f"kiln/{attempt.compute_environment}",
+        "containerInstanceArn": _instance_arn(ctx, attempt),
     }
     return {
         "container": container,
@@ -60,7 +116,7 @@ def job_detail(
         "createdAt": job.created_at,
         "startedAt": job.started_at,
         "stoppedAt": job.stopped_at,
-        "attempts": [attempt_detail(ctx, a) for a in attempts if a.stopped_at is not None],
+        "attempts": [attempt_detail(ctx, a, spec) for a in attempts if a.stopped_at is not None],
         "dependsOn": spec.get("dependsOn") if job.parent_id is None else [],
         "jobDefinition": job.definition_arn,
         "parameters": spec.get("parameters") or {},
@@ -86,6 +142,9 @@ def job_detail(
         }
     elif job.array_index is not None:
         detail["arrayProperties"] = {"index": job.array_index}
+    if "ecsProperties" in spec:  # AWS describes the task and its containers instead of one container
+        detail["ecsProperties"] = _task_detail(ctx, spec, current)
+        del detail["container"]
     if job.num_nodes is not None:  # an MNP job: its nodes are described as `<jobId>#<i>`
         detail["nodeProperties"] = spec["nodeProperties"]
         del detail["container"]

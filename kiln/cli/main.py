@@ -201,10 +201,14 @@ def describe(job_id: str, endpoint_url: EndpointOption = None) -> None:
     console.print_json(json.dumps(found[0]))
 
 
-def _fetch_log(endpoint: str, job_id: str, attempt: int | None, offset: int) -> dict[str, Any]:
+def _fetch_log(
+    endpoint: str, job_id: str, attempt: int | None, offset: int, container: str | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"offset": offset}
     if attempt is not None:
         params["attempt"] = attempt
+    if container is not None:
+        params["container"] = container
     path = job_id.replace("#", "%23")  # an MNP node `<job>#<i>`: '#' would start the URL's fragment
     request = sign_request(httpx.Request("GET", f"{endpoint.rstrip('/')}/kiln/v1/logs/{path}", params=params))
     with httpx.Client(timeout=30) as client:
@@ -219,14 +223,17 @@ def logs(
     job_id: str,
     attempt: Annotated[int | None, typer.Option(help="Attempt number, 1-based [default: latest].")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the attempt ends.")] = False,
+    container: Annotated[
+        str | None, typer.Option(help="A container of an ecsProperties job [default: the attempt's own log].")
+    ] = None,
     endpoint_url: EndpointOption = None,
 ) -> None:
-    """Print the output (stdout and stderr) of a job's attempt."""
+    """Print the output (stdout and stderr) of a job's attempt, or of one of its containers."""
     endpoint = endpoint_url or default_endpoint()
     offset = 0
     while True:
         try:
-            chunk = _fetch_log(endpoint, job_id, attempt, offset)
+            chunk = _fetch_log(endpoint, job_id, attempt, offset, container)
         except (httpx.HTTPError, RuntimeError) as exc:
             raise _fail(exc) from None
         typer.echo(chunk["text"], nl=False)

@@ -9,10 +9,12 @@ are cached, since what an attempt needs of them never changes after submit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from kiln.config import Settings
-from kiln.engine.containers import environment_of, volume_mounts
-from kiln.executors.base import AttemptSpec, GangMember
+from kiln.engine import ecs_tasks
+from kiln.engine.containers import environment_of, requirement, volume_mounts
+from kiln.executors.base import AttemptSpec, GangMember, TaskContainer
 from kiln.relay_access import RELAY_TOKEN_VARIABLE, RELAY_URL_VARIABLE, RelayKey, names_relay
 from kiln.store.records import Document, Job
 from kiln.store.repository import Repository
@@ -43,7 +45,6 @@ class AttemptBuilder:
     def attempt_spec(self, job: Job, spec: Document, task_id: str, number: int, environment: str,
                      stream: str) -> AttemptSpec:  # fmt: skip
         """Attempt `number` of `job`, placed on compute environment `environment`."""
-        container = spec["container"]
         variables = {
             "AWS_BATCH_JOB_ID": job.id,
             "AWS_BATCH_JOB_ATTEMPT": str(number),
@@ -59,13 +60,10 @@ class AttemptBuilder:
             gang = GangMember(f"{job.parent_id}/{number}", job.node_index, nodes["numNodes"], nodes["mainNode"])
             variables.update(node_variables(gang))
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
-        # The role's variables (credentials meant for jobs) reach the attempt only, never the job's
-        # stored spec, so DescribeJobs does not show them; the definition's own variables win.
-        role = self.settings.job_roles.get(container.get("jobRoleArn") or "")
-        variables = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
-        if names_relay(container.get("command") or []):  # the same holds for its relay token (kiln/relay_access.py)
-            variables[RELAY_URL_VARIABLE] = self.settings.relay_url
-            variables[RELAY_TOKEN_VARIABLE] = self.relay_key.token_for(job.id)
+        if "ecsProperties" in spec:
+            return self._task_attempt(job, spec, task_id, variables, environment, stream, timeout)
+        container = spec["container"]
+        variables = self._container_environment(job, container, container.get("jobRoleArn"), variables)
         return AttemptSpec(
             attempt_id=task_id, job_id=job.id, image=container["image"], command=list(container.get("command") or []),
             environment=variables, vcpus=job.vcpus, memory_mib=job.memory_mib,
@@ -73,6 +71,55 @@ class AttemptBuilder:
             timeout_seconds=timeout, cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments,
             volumes=volume_mounts(container), gang=gang, user=container.get("user") or None,
         )  # fmt: skip
+
+    def _container_environment(self, job: Job, container: Document, role_arn: str | None,
+                               variables: dict[str, str]) -> dict[str, str]:  # fmt: skip
+        """The container's variables: the role's (credentials meant for jobs reach the attempt only,
+        never the job's stored spec, so DescribeJobs does not show them), the definition's, which win,
+        the `AWS_BATCH_*` ones, which always win, and the relay's when its command names the relay."""
+        role = self.settings.job_roles.get(role_arn or "")
+        merged = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
+        if names_relay(container.get("command") or []):  # the same holds for its relay token (kiln/relay_access.py)
+            merged[RELAY_URL_VARIABLE] = self.settings.relay_url
+            merged[RELAY_TOKEN_VARIABLE] = self.relay_key.token_for(job.id)
+        return merged
+
+    def _task_attempt(self, job: Job, spec: Document, task_id: str, variables: dict[str, str], environment: str,
+                      stream: str, timeout: int | None) -> AttemptSpec:  # fmt: skip
+        """An `ecsProperties` job's attempt: its containers, each with its own variables and log stream."""
+        task = ecs_tasks.task_of(spec["ecsProperties"])
+        definition = spec["jobDefinitionName"]
+        role = task.get("taskRoleArn")
+        task_containers = tuple(
+            TaskContainer(
+                name=container["name"], image=container["image"], command=list(container.get("command") or []),
+                environment=self._container_environment(job, container, role, variables),
+                log_path=self.settings.log_file(ecs_tasks.stream_name(definition, container["name"], task_id)),
+                essential=bool(container.get("essential", True)),
+                depends_on=tuple((item["containerName"], item["condition"]) for item in container.get("dependsOn") or []),
+                stop_timeout=container.get("stopTimeout"), **_own_resources(container),
+            )
+            for container in task["containers"]
+        )  # fmt: skip
+        first = next(container for container in task_containers if container.essential)
+        user = next((c.get("user") for c in task["containers"] if c.get("user")), None)
+        return AttemptSpec(
+            attempt_id=task_id, job_id=job.id, image=first.image, command=list(first.command), environment=variables,
+            vcpus=job.vcpus, memory_mib=job.memory_mib, gpus=job.gpus,
+            log_path=self.settings.log_file(stream),
+            workdir=self.settings.work_dir / task_id, timeout_seconds=timeout,
+            cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments, user=user, task=task_containers,
+        )  # fmt: skip
+
+
+def _own_resources(container: Document) -> dict[str, Any]:
+    """A task container's own VCPU, MEMORY and GPU requirements (None where it gives none)."""
+    memory = requirement(container, "MEMORY")
+    return {
+        "vcpus": requirement(container, "VCPU"),
+        "memory_mib": None if memory is None else int(memory),
+        "gpus": int(requirement(container, "GPU") or 0),
+    }
 
 
 def resolved_specs(repo: Repository, jobs: Sequence[Job], parent_specs: dict[str, Document]) -> dict[str, Document]:

@@ -54,6 +54,12 @@ def _number(value: str, kind: str) -> float:
     return number
 
 
+def requirement(container: dict[str, Any], kind: str) -> float | None:
+    """The container's `kind` (VCPU, MEMORY, GPU) resource requirement as a number, if given."""
+    text = _requirement(container, kind)
+    return None if text is None else _number(text, kind)
+
+
 def resources_of(container: dict[str, Any]) -> Resources:
     """vCPU, memory (MiB) and GPU count, from resourceRequirements or the deprecated keys."""
     vcpu_text = _requirement(container, "VCPU")

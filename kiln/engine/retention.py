@@ -4,6 +4,7 @@ attempts, dependency rows and log files (AWS keeps jobs for a limited time too).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from kiln.config import Settings
 from kiln.engine.lifecycle import FINISHED
@@ -31,7 +32,23 @@ class Retention:
             ids = repo.jobs.expired(cutoff, FINISHED)
             streams = repo.attempts.log_streams_of(ids + repo.jobs.child_ids(ids))
             repo.jobs.purge(ids)
+        siblings: dict[Path, list[Path]] = {}
         for stream in streams:
-            self.settings.log_file(stream).unlink(missing_ok=True)
+            # An `ecsProperties` attempt's containers log beside it, `<definition>/<container>/<task>`.
+            path = self.settings.log_file(stream)
+            path.unlink(missing_ok=True)
+            definition_dir = path.parent.parent
+            if definition_dir not in siblings:
+                siblings[definition_dir] = [d for d in _subdirectories(definition_dir) if d != path.parent]
+            for directory in siblings[definition_dir]:
+                (directory / path.name).unlink(missing_ok=True)
         if ids:
             log.info("purged %d jobs finished before the retention window", len(ids))
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """`directory`'s subdirectories (none if it cannot be read)."""
+    try:
+        return [entry for entry in directory.iterdir() if entry.is_dir()]
+    except OSError:
+        return []

@@ -60,6 +60,30 @@ class GangMember:
 
 
 @dataclass(frozen=True)
+class TaskContainer:
+    """One container of an attempt that runs an `ecsProperties` task (several containers).
+
+    `environment` is the container's own, `AWS_BATCH_*` included (already merged); `log_path` is
+    where its output goes (its own log stream). `depends_on` holds (container name, START |
+    COMPLETE | SUCCESS) pairs; `stop_timeout` its grace between SIGTERM and SIGKILL, if it sets one.
+    """
+
+    name: str
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    log_path: Path
+    essential: bool = True
+    depends_on: tuple[tuple[str, str], ...] = ()
+    stop_timeout: int | None = None
+    # Its own share of the job's resources, where it gives one: the Docker executor limits each
+    # container by it (else by the job's); the local executor limits the attempt as a whole.
+    vcpus: float | None = None
+    memory_mib: int | None = None
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
 class AttemptSpec:
     """Everything needed to run one attempt, already resolved by the domain."""
 
@@ -83,6 +107,10 @@ class AttemptSpec:
     gang: GangMember | None = None  # a node of a multi-node parallel job
     # containerProperties.user: who the job runs as (None: the executor's default job user).
     user: str | None = None
+    # An `ecsProperties` job: its containers, run together as this one attempt (`image` and
+    # `command` are then the first essential container's, for messages only). Executors that cannot
+    # run them fail the attempt's start saying so.
+    task: tuple[TaskContainer, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ Containers carry labels (attempt id, job id, log path, timeout), so a restarted 
 re-adopts them: attempts keep running while no server watches them, and one that ended meanwhile
 reports its real exit code. A container is removed once its output is in the log file.
 
+An `ecsProperties` attempt (`_Task`) is one container per task container, all on the host network
+(they share 127.0.0.1), created together and started and stopped by task_state.py's rules as the
+event stream reports their starts and deaths; labels describe each one's place in the task, so a
+restarted server takes the task back too. Its results go to the attempt's own log at the end.
+
 A container never sees the control plane: it runs as the definition's `user` (Docker's `--user`,
 else the image's), and a volume whose host path is Kiln's data dir, inside it or above it (`/`)
 is refused before anything is created.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import os
 import signal
@@ -49,6 +55,7 @@ from docker.types import DeviceRequest, Mount
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.errors import KilnError
+from kiln.task_results import result_line
 
 from .base import (
     CANNOT_PULL_PREFIX,
@@ -61,8 +68,10 @@ from .base import (
     AttemptStop,
     Capacity,
     EventReporter,
+    TaskContainer,
     VolumeMount,
 )
+from .task_state import CANNOT_START, Member, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,15 @@ LABEL_ATTEMPT = "kiln.attempt-id"
 LABEL_JOB = "kiln.job-id"
 LABEL_LOG = "kiln.log-path"
 LABEL_TIMEOUT = "kiln.timeout-seconds"  # counted from the container's start, also after a restart
+LABEL_CONTAINER = "kiln.task-container"  # an ecsProperties task's container: its name in the task
+# ...its place in the task (index, essential, dependsOn, stopTimeout) and the attempt's own log, so
+# that a restarted server can take the task back.
+LABEL_TASK = "kiln.task"
+LABEL_TASK_LOG = "kiln.task-log-path"
+TASK_NEEDS_HOST_NETWORK = (
+    "Kiln runs the containers of an ecsProperties task on the host network, where they share 127.0.0.1; "
+    'set docker_network = "host" (the default) in kiln.toml'
+)
 CANNOT_START_PREFIX = "CannotStartContainerError"
 CANNOT_CREATE_PREFIX = "CannotCreateContainerError"
 DAEMON_PREFIX = "Error response from daemon: "
@@ -134,6 +152,45 @@ class _Attempt:
         return self.stop.stopping or self.finishing
 
 
+@dataclass
+class _Member:
+    """One container of an `ecsProperties` task."""
+
+    spec: TaskContainer
+    container_id: str | None = None
+    oom: bool = False
+    log_thread: threading.Thread | None = None
+    log_stream: Any = None
+
+
+@dataclass
+class _Task:
+    """An `ecsProperties` attempt: its containers, run by task_state.py's rules (fields guarded by
+    the executor's lock). Its own log gets what happened and the containers' results at the end."""
+
+    attempt_id: str
+    log_path: Path
+    stop: AttemptStop
+    state: TaskState
+    members: dict[str, _Member]
+    grace: float
+    created: bool = False  # every container exists: starts may begin
+    started: bool = False  # a container started (the attempt is RUNNING)
+    started_ms: int = 0
+    signalled: bool = False  # the running containers were told to stop
+    finishing: bool = False
+    notes: list[str] = field(default_factory=list)  # what the attempt's own log says at the end
+    launching: set[str] = field(default_factory=set)  # containers whose start call was made
+
+
+class _StartFailure(Exception):
+    """A task's container could not be created: the attempt fails to start with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def answering_client(settings: Settings, **options: Any) -> docker.DockerClient:
     """A client of the daemon that answered a ping, or `DockerUnavailable` with what to do about it."""
     url = docker_url(settings)
@@ -155,6 +212,7 @@ class DockerExecutor(EventReporter):
         self._api = client.api
         self._url = docker_url(settings)
         self._attempts: dict[str, _Attempt] = {}
+        self._tasks: dict[str, _Task] = {}  # ecsProperties attempts, by attempt id
         self._lock = threading.Lock()
         self._closed = False
         self._pool = ThreadPoolExecutor(API_WORKERS, thread_name_prefix="kiln-docker-api")
@@ -195,18 +253,31 @@ class DockerExecutor(EventReporter):
         ]
 
     def start(self, spec: AttemptSpec) -> None:
-        """Register the attempt and create/start its container on the API pool; returns at once."""
-        attempt = _Attempt(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds))
+        """Register the attempt and create/start its container(s) on the API pool; returns at once."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the docker executor has been shut down")
-            if spec.attempt_id in self._attempts:
+            if spec.attempt_id in self._attempts or spec.attempt_id in self._tasks:
                 raise ValueError(f"attempt {spec.attempt_id} is already running")
-            self._attempts[spec.attempt_id] = attempt
-        self._pool.submit(self._launch, attempt, spec)
+            if spec.task:
+                task = self._new_task(spec)
+                self._tasks[spec.attempt_id] = task
+            else:
+                attempt = _Attempt(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds))
+                self._attempts[spec.attempt_id] = attempt
+        if spec.task:
+            self._pool.submit(self._launch_task, task, spec)
+        else:
+            self._pool.submit(self._launch, attempt, spec)
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         with self._lock:
+            task = self._tasks.get(attempt_id)
+            if task is not None:
+                if task.finishing or not task.stop.terminate(reason):
+                    return
+                self._pool_submit(self._stop_task, task)
+                return
             attempt = self._attempts.get(attempt_id)
             if attempt is None or attempt.finishing or not attempt.stop.terminate(reason):
                 return
@@ -214,7 +285,7 @@ class DockerExecutor(EventReporter):
 
     def running(self) -> set[str]:
         with self._lock:
-            return set(self._attempts)
+            return set(self._attempts) | set(self._tasks)
 
     def acknowledge(self, attempt_ids: Collection[str]) -> None:
         """Nothing to forget: a container is removed once its exit is reported."""
@@ -228,10 +299,14 @@ class DockerExecutor(EventReporter):
             return Adoption()
         adopted: set[str] = set()
         never_started: set[str] = set()
+        tasks: dict[str, list[dict[str, Any]]] = {}
         for summary in self._api.containers(all=True, filters={"label": LABEL_ATTEMPT}):
             labels = summary.get("Labels") or {}
             attempt_id = labels.get(LABEL_ATTEMPT)
             if attempt_id not in wanted or attempt_id in adopted:
+                continue
+            if labels.get(LABEL_CONTAINER) is not None:  # an ecsProperties task's: taken back as a whole below
+                tasks.setdefault(attempt_id, []).append(summary)
                 continue
             container_id = summary["Id"]
             timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
@@ -260,7 +335,74 @@ class DockerExecutor(EventReporter):
                 self._remove(container_id)
                 self._forget(attempt)
                 never_started.add(attempt_id)
+        for attempt_id, summaries in tasks.items():
+            outcome = self._adopt_task(attempt_id, summaries)
+            if outcome == "adopted":
+                adopted.add(attempt_id)
+            elif outcome == "never started":
+                never_started.add(attempt_id)
         return Adoption(frozenset(adopted), frozenset(never_started))
+
+    def _adopt_task(self, attempt_id: str, summaries: list[dict[str, Any]]) -> str:
+        """Take back a task from its containers' labels and states: "adopted" (its events and
+        timeout from now on as if it had been started here), "never started" (no container ran:
+        removed, may start again) or "lost" (its labels do not describe a whole task: removed)."""
+        try:
+            found = sorted(((json.loads(s["Labels"][LABEL_TASK]), s) for s in summaries), key=lambda p: p[0]["index"])
+            specs = [
+                TaskContainer(s["Labels"][LABEL_CONTAINER], str(s.get("Image") or ""), [], {}, Path(s["Labels"][LABEL_LOG]),
+                              essential=bool(place["essential"]),
+                              depends_on=tuple((name, condition) for name, condition in place["dependsOn"]),
+                              stop_timeout=place["stopTimeout"])
+                for place, s in found
+            ]  # fmt: skip
+            names = {spec.name for spec in specs}
+            if any(name not in names for spec in specs for name, _ in spec.depends_on):
+                raise ValueError("a container of the task is missing")
+            labels = found[0][1]["Labels"]
+            log_path = Path(labels[LABEL_TASK_LOG])
+            timeout = float(labels[LABEL_TIMEOUT]) if labels.get(LABEL_TIMEOUT) else None
+        except (KeyError, ValueError, TypeError, IndexError):
+            for summary in summaries:
+                self._remove(summary["Id"])
+            return "lost"
+        members = [Member(spec.name, spec.essential, spec.depends_on) for spec in specs]
+        grace = max(float(c.stop_timeout) if c.stop_timeout is not None else self._settings.termination_grace_seconds
+                    for c in specs)  # fmt: skip
+        task = _Task(attempt_id, log_path, AttemptStop(timeout), TaskState(members),
+                     {spec.name: _Member(spec, container_id=s["Id"]) for spec, (_, s) in zip(specs, found, strict=True)},
+                     grace, created=True)  # fmt: skip
+        with self._lock:
+            self._tasks[attempt_id] = task  # before the inspections: a death from now on is seen
+        started: list[int] = []
+        for member in task.members.values():
+            assert member.container_id is not None
+            try:
+                state = self._api.inspect_container(member.container_id)["State"]
+            except docker.errors.NotFound:
+                state = {"Status": "dead", "ExitCode": None, "StartedAt": None}
+            began = docker_time_ms(state.get("StartedAt"))
+            with self._lock:
+                if state["Status"] in {"running", "paused", "restarting"}:
+                    task.state.start_began(member.spec.name)
+                elif began is not None and task.state.members[member.spec.name].exit_code is None:
+                    member.oom = bool(state.get("OOMKilled"))
+                    code = state.get("ExitCode")
+                    task.state.exited(member.spec.name, int(code) if code is not None else 1)
+            if began is not None:
+                started.append(began)
+                self._follow_member_logs(task, member)
+        if not started:  # the previous server died between creating and starting it
+            with self._lock:
+                self._tasks.pop(attempt_id, None)
+            self._remove_members(task)
+            return "never started"
+        with self._lock:
+            task.started, task.started_ms = True, min(started)
+            self._emit(AttemptRunning(attempt_id, task.started_ms))
+        self._schedule_timeout(task, task.started_ms / 1000)
+        self._pool_submit(self._advance, task)
+        return "adopted"
 
     def shutdown(self) -> None:
         """Stop watching; containers keep running for the next server to adopt."""
@@ -269,6 +411,7 @@ class DockerExecutor(EventReporter):
                 return
             self._closed = True
             streams = [a.log_stream for a in self._attempts.values() if a.log_stream is not None]
+            streams += [m.log_stream for t in self._tasks.values() for m in t.members.values() if m.log_stream]
             self._timer_wake.notify_all()
         self._close(self._event_stream)
         for stream in streams:
@@ -420,8 +563,13 @@ class DockerExecutor(EventReporter):
                 logger.warning("docker event stream lost (%s); retrying", exc)
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        attempt_id = (event.get("Actor") or {}).get("Attributes", {}).get(LABEL_ATTEMPT)
+        attributes = (event.get("Actor") or {}).get("Attributes", {})
+        attempt_id = attributes.get(LABEL_ATTEMPT)
         with self._lock:
+            task = self._tasks.get(attempt_id or "")
+            if task is not None:
+                self._on_task_event(task, attributes.get(LABEL_CONTAINER), event.get("status") or event.get("Action"))
+                return
             attempt = self._attempts.get(attempt_id or "")
             if attempt is None:
                 return
@@ -449,11 +597,11 @@ class DockerExecutor(EventReporter):
             attempt.finishing = True
             return True
 
-    def _pool_submit(self, work: Callable[[_Attempt], None], attempt: _Attempt) -> None:
+    def _pool_submit(self, work: Callable[[Any], None], attempt: _Attempt | _Task) -> None:
         with contextlib.suppress(RuntimeError):  # shutting down: the next server adopts the container
             self._pool.submit(work, attempt)
 
-    def _schedule_timeout(self, attempt: _Attempt, started: float) -> None:
+    def _schedule_timeout(self, attempt: _Attempt | _Task, started: float) -> None:
         attempt.stop.running_since(started)
         if attempt.stop.deadline is not None:
             self._add_timer(attempt.stop.deadline, "timeout", attempt.attempt_id)
@@ -472,12 +620,14 @@ class DockerExecutor(EventReporter):
                 if self._closed:
                     return
                 _, _, action, attempt_id = heapq.heappop(self._timers)
-                attempt = self._attempts.get(attempt_id)
+                attempt: _Attempt | _Task | None = self._attempts.get(attempt_id) or self._tasks.get(attempt_id)
                 if attempt is None or attempt.finishing:
                     continue
                 if action == "timeout" and not attempt.stop.time_out(time.time()):
                     continue  # another stop came first
-            if action == "timeout":
+            if isinstance(attempt, _Task):
+                self._pool_submit(self._stop_task if action == "timeout" else self._kill_task, attempt)
+            elif action == "timeout":
                 self._pool_submit(self._stop, attempt)
             else:
                 self._pool_submit(self._kill, attempt)
@@ -556,6 +706,238 @@ class DockerExecutor(EventReporter):
             stream.close()
         except Exception:  # already closed or broken: nothing left to release
             logger.debug("closing a docker stream", exc_info=True)
+
+    # -- ecsProperties tasks: one container per task container ---------------------------------
+
+    def _new_task(self, spec: AttemptSpec) -> _Task:
+        members = [Member(c.name, c.essential, c.depends_on) for c in spec.task]
+        grace = max(
+            float(c.stop_timeout) if c.stop_timeout is not None else self._settings.termination_grace_seconds
+            for c in spec.task
+        )
+        return _Task(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds), TaskState(members),
+                     {c.name: _Member(c) for c in spec.task}, grace)  # fmt: skip
+
+    def _launch_task(self, task: _Task, spec: AttemptSpec) -> None:
+        """Create every container first (a missing image fails the start before anything runs),
+        then start those whose dependsOn conditions hold. All of them are on the host's network,
+        so 127.0.0.1 is the same for every container (another mode would need one of them to run
+        before, and as long as, all the others, which dependsOn does not promise)."""
+        if self._settings.docker_network != "host":
+            self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_START_PREFIX}: {TASK_NEEDS_HOST_NETWORK} "
+                                       f"(this server's docker_network is {self._settings.docker_network})")  # fmt: skip
+            return
+        try:
+            for member in task.members.values():
+                member.container_id = self._create_member(spec, member.spec, "host")
+        except Exception as exc:  # the daemon's refusal, or the daemon went away
+            reason = exc.reason if isinstance(exc, _StartFailure) else f"{CANNOT_START_PREFIX}: {exc}"
+            if not isinstance(exc, _StartFailure):
+                logger.exception("cannot start attempt %s", task.attempt_id)
+            self._remove_members(task)
+            self._task_ended_unstarted(task, TASK_FAILED_TO_START, reason)
+            return
+        with self._lock:
+            task.created = True
+            if task.stop.terminated:  # TerminateJob arrived while the containers were being created
+                task.signalled = True
+                task.state.stop()
+        self._advance(task)
+
+    def _create_member(self, spec: AttemptSpec, member: TaskContainer, network: str) -> str:
+        place = {
+            "index": [c.name for c in spec.task].index(member.name),
+            "essential": member.essential,
+            "dependsOn": [list(pair) for pair in member.depends_on],
+            "stopTimeout": member.stop_timeout,
+        }
+        labels = {
+            LABEL_ATTEMPT: spec.attempt_id,
+            LABEL_JOB: spec.job_id,
+            LABEL_LOG: str(member.log_path),
+            LABEL_CONTAINER: member.name,
+            LABEL_TASK: json.dumps(place),
+            LABEL_TASK_LOG: str(spec.log_path),
+        }
+        if spec.timeout_seconds:
+            labels[LABEL_TIMEOUT] = str(spec.timeout_seconds)
+        memory = member.memory_mib or spec.memory_mib  # its own limit, as ECS gives a container with memory
+        vcpus = member.vcpus or spec.vcpus
+        host_config = self._api.create_host_config(
+            mem_limit=memory * MIB,
+            memswap_limit=memory * MIB,
+            cpu_shares=max(2, int(CPU_SHARES_PER_VCPU * vcpus)),
+            nano_cpus=int(vcpus * 1e9) if spec.cpu_hard_cap else None,
+            device_requests=[DeviceRequest(count=member.gpus, capabilities=[["gpu"]])] if member.gpus else None,
+            network_mode=network,
+        )
+
+        def create() -> str:
+            created = self._api.create_container(
+                member.image, command=list(member.command) or None,
+                environment={"KILN_VCPUS": f"{vcpus:g}", **member.environment}, labels=labels,
+                host_config=host_config, name=f"kiln-{spec.attempt_id}-{member.name}", user=spec.user or None,
+            )  # fmt: skip
+            return str(created["Id"])
+
+        try:
+            try:
+                return create()
+            except docker.errors.ImageNotFound:
+                try:
+                    self._pull(member.image)
+                except docker.errors.APIError as exc:
+                    raise _StartFailure(f"{CANNOT_PULL_PREFIX}: {DAEMON_PREFIX}{_explain(exc)}") from None
+                return create()
+        except docker.errors.APIError as exc:
+            raise _StartFailure(f"{CANNOT_CREATE_PREFIX}: {DAEMON_PREFIX}{_explain(exc)}") from None
+
+    def _on_task_event(self, task: _Task, name: str | None, action: str | None) -> None:
+        """A task container's start, death or OOM kill (called with the lock held)."""
+        member = task.members.get(name or "")
+        if member is None or task.finishing:
+            return
+        if action == "start" and not task.started:
+            task.started, task.started_ms = True, now_ms()
+            self._emit(AttemptRunning(task.attempt_id, task.started_ms))
+            self._pool_submit(lambda t: self._schedule_timeout(t, time.time()), task)
+        elif action == "die":
+            self._pool_submit(lambda t: self._member_died(t, member), task)
+        elif action == "oom":  # as for one container: nothing of the task runs on
+            self._pool_submit(self._kill_task, task)
+
+    def _member_died(self, task: _Task, member: _Member) -> None:
+        assert member.container_id is not None
+        try:
+            state = self._api.inspect_container(member.container_id)["State"]
+        except docker.errors.NotFound:
+            state = {}
+        with self._lock:
+            if task.state.members[member.spec.name].exit_code is not None:
+                return
+            if not task.started:  # its start event was lost (a reconnect): the order still holds
+                task.started, task.started_ms = True, now_ms()
+                self._emit(AttemptRunning(task.attempt_id, task.started_ms))
+            member.oom = bool(state.get("OOMKilled"))
+            code = state.get("ExitCode")
+            task.state.exited(member.spec.name, int(code) if code is not None else 1)
+            task.notes.append(f"container {member.spec.name} exited with code {code}")
+        self._advance(task)
+
+    def _advance(self, task: _Task) -> None:
+        """Start what may start, stop the rest once the task ends, finish once nothing runs."""
+        while True:
+            with self._lock:
+                if task.finishing or not task.created:
+                    return
+                batch = [state for state in task.state.ready() if state.name not in task.launching]
+                task.launching.update(state.name for state in batch)  # another thread's pass leaves them
+            if not batch:
+                break
+            for state in batch:
+                member = task.members[state.name]
+                assert member.container_id is not None
+                try:
+                    self._api.start(member.container_id)
+                except docker.errors.APIError as exc:  # e.g. the command is not in the image
+                    with self._lock:
+                        task.state.skip(state, f"{CANNOT_START}: {DAEMON_PREFIX}{_explain(exc)}")
+                    continue
+                with self._lock:
+                    task.state.start_began(state.name)
+                    task.notes.append(f"container {state.name} started")
+                self._follow_member_logs(task, member)
+        with self._lock:
+            signal_now = task.state.stopping and not task.signalled
+            running = task.state.stop() if signal_now else []
+            task.signalled = task.signalled or signal_now
+            finish = task.state.all_done and not task.finishing
+            task.finishing = task.finishing or finish
+        if signal_now:
+            self._signal_members(task, running, signal.SIGTERM)
+            self._add_timer(time.time() + task.grace, "kill", task.attempt_id)
+        if finish:
+            self._finish_task(task)
+
+    def _follow_member_logs(self, task: _Task, member: _Member) -> None:
+        assert member.container_id is not None
+        try:
+            stream = self._api.logs(member.container_id, stream=True, follow=True, stdout=True, stderr=True)
+        except docker.errors.APIError as exc:
+            logger.warning("cannot follow the output of %s/%s: %s", task.attempt_id, member.spec.name, _explain(exc))
+            return
+        member.log_stream = stream
+        member.log_thread = threading.Thread(target=_copy_output, args=(stream, member.spec.log_path),
+                                             name=f"kiln-docker-log-{task.attempt_id}-{member.spec.name}",
+                                             daemon=True)  # fmt: skip
+        member.log_thread.start()
+
+    def _stop_task(self, task: _Task) -> None:
+        """TerminateJob or the timeout: every running container gets SIGTERM, SIGKILL after the grace."""
+        with self._lock:
+            if task.signalled or task.finishing:
+                return
+            task.signalled = True
+            running = task.state.stop()
+        self._signal_members(task, running, signal.SIGTERM)
+        self._add_timer(time.time() + task.grace, "kill", task.attempt_id)
+        self._advance(task)
+
+    def _kill_task(self, task: _Task) -> None:
+        with self._lock:
+            running = [m for m in task.state.members.values() if m.running]
+        self._signal_members(task, running, signal.SIGKILL)
+
+    def _signal_members(self, task: _Task, running: list[Member], signum: signal.Signals) -> None:
+        for state in running:
+            container_id = task.members[state.name].container_id
+            try:
+                self._api.kill(container_id, signal=signum.name)
+            except docker.errors.APIError as exc:  # already stopped: its die event follows
+                logger.debug("signal %s to %s/%s: %s", signum.name, task.attempt_id, state.name, _explain(exc))
+
+    def _finish_task(self, task: _Task) -> None:
+        """Every container is done: copy the last output, write the results, remove, report."""
+        for member in task.members.values():
+            if member.log_thread is not None:
+                member.log_thread.join(JOIN_SECONDS)
+        with self._lock:
+            if self._closed:
+                return
+            lines = [f"kiln: {note}" for note in task.notes]
+            lines += [f"kiln: container {m.name} not started: {m.reason}" for m in task.state.members.values()
+                      if m.skipped]  # fmt: skip
+            lines.append(result_line(task.state.results()))
+            ending = task.state.ending
+        try:
+            task.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with task.log_path.open("a") as log:
+                log.write("".join(line + "\n" for line in lines))
+        except OSError:
+            logger.exception("cannot write the results of attempt %s", task.attempt_id)
+        self._remove_members(task)
+        if not task.started:  # nothing ever ran: stopped while being created, or no essential one could start
+            reason = None if ending is None or task.stop.terminated else ending.reason
+            self._task_ended_unstarted(task, task.stop.terminate_reason or TASK_FAILED_TO_START, reason)
+            return
+        event = task.stop.ended(task.attempt_id, max(now_ms(), task.started_ms), task.state.exit_code,
+                                oom=any(m.oom for m in task.members.values()))  # fmt: skip
+        with self._lock:
+            if self._tasks.pop(task.attempt_id, None) is not None:
+                self._emit(event)
+
+    def _task_ended_unstarted(self, task: _Task, status_reason: str, reason: str | None) -> None:
+        with self._lock:
+            if self._tasks.pop(task.attempt_id, None) is None:
+                return
+        terminated = task.stop.terminated
+        self._emit(AttemptExited(task.attempt_id, now_ms(), None, status_reason, reason, started=False,
+                                 terminated=terminated))  # fmt: skip
+
+    def _remove_members(self, task: _Task) -> None:
+        for member in task.members.values():
+            if member.container_id is not None:
+                self._remove(member.container_id)
 
 
 def _copy_output(stream: Iterator[bytes], path: Path) -> None:

@@ -35,20 +35,21 @@ import queue
 import select
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import psutil
 
 from kiln.clock import now_ms
 from kiln.config import Settings
-from kiln.errors import ValidationError
-from kiln.private_files import open_private_log
+from kiln.errors import KilnError, ValidationError
+from kiln.private_files import PRIVATE_FILE_MODE, open_private_log
 
 from .base import (
     TASK_FAILED_TO_START,
@@ -68,6 +69,7 @@ from .job_environment import identity_environment, inherited_environment
 from .job_mounts import JobMounts, paths_jobs_need
 from .job_users import JobUser, JobUsers, UidPool, UserRefused, blocked_on_the_way
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
+from .task_runner import FIRST_LOG_FD, plan_of, runner_argv
 from .workdirs import WorkdirPool
 
 native_spawn: ModuleType | None
@@ -86,6 +88,7 @@ CANNOT_START_PREFIX = "CannotStartContainerError"
 NO_COMMAND_REASON = f"{CANNOT_START_PREFIX}: Error response from daemon: No command specified"
 DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}  # every one a job may catch
 WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"
+TASK_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
 
 # The portable launcher, `sh -c WRAPPER_SCRIPT kiln-attempt WORKDIR [PROCS_FILE ...] -- ARGV...`:
 # enter the workdir, join every cgroup listed, then become the job (same pid, nothing left behind);
@@ -96,6 +99,10 @@ WRAPPER_SCRIPT = (
     f'echo $$ > "$1" || {{ echo "kiln: cannot join cgroup $1" >&2; exit {WRAPPER_EXIT_CODE}; }}; '
     'shift; done; shift; exec "$@"'
 )
+
+
+class NoCommand(KilnError):
+    """A container of a task has neither an entrypoint nor a command."""
 
 
 class ProgramUnreachable(OSError):
@@ -182,14 +189,14 @@ class LocalExecutor(EventReporter):
         self._workdirs = WorkdirPool()
         self._cgroups = CgroupPool(self._support)
         self._native = None if shell_launcher else native_spawn
-        if self._native is None:
-            close_inherited_descriptors_on_exec()
+        close_inherited_descriptors_on_exec()  # the shell launcher (also every task's) would pass them on
         self._setpriv = shutil.which("setpriv")  # the shell launcher's way to switch user
         self._base_environment = inherited_environment(os.environ, settings.job_environment)
         self._users = job_users_or_refusal(settings)
         self._uids = UidPool(self._users.uids if isinstance(self._users, JobUsers) else None)
         self._blocked: dict[tuple[str, int], str | None] = {}  # (program, uid) -> why it cannot run it
         self._nsenter = shutil.which("nsenter")  # the shell launcher's way into the jobs' mount namespace
+        self._nsenter_wdns = self._nsenter is not None and nsenter_has_wdns(self._nsenter)
         self._mounts = self._retired_mounts = JobMounts()
         self._prepare_mounts()
         self._gpus = GpuAllocator(host_gpus(settings.gpus))
@@ -266,11 +273,11 @@ class LocalExecutor(EventReporter):
             if spec.attempt_id in self._attempts or spec.attempt_id in self._starting:
                 raise ValueError(f"attempt {spec.attempt_id} is already running")
         try:
-            argv = self._catalogue.resolve(spec.image) + list(spec.command)
+            argv = self._task_argv(spec) if spec.task else self._catalogue.resolve(spec.image) + list(spec.command)
             if not isinstance(self._users, JobUsers):
                 raise self._users
             user = self._users.resolve(spec.user)
-        except (ImageNotFound, UserRefused) as exc:
+        except (ImageNotFound, UserRefused, NoCommand) as exc:
             self._not_started(spec, exc.message)
             return
         if not argv:
@@ -287,6 +294,22 @@ class LocalExecutor(EventReporter):
                 self._spawner = threading.Thread(target=self._spawn_loop, name="kiln-local-spawner", daemon=True)
                 self._spawner.start()
         self._to_spawn.put((spec, argv, user))
+
+    def _task_argv(self, spec: AttemptSpec) -> list[str]:
+        """An `ecsProperties` task: the runner (task_runner.py) and its plan, each container's image
+        resolved here, its log handed over as a descriptor (`task_logs`); `ImageNotFound` as for one."""
+        descriptors = {path: FIRST_LOG_FD + i for i, path in enumerate(task_logs(spec))}
+        containers = []
+        for container in spec.task:
+            argv = self._catalogue.resolve(container.image) + list(container.command)
+            if not argv:
+                raise NoCommand(f"{NO_COMMAND_REASON} (container {container.name})")
+            containers.append({
+                "name": container.name, "argv": argv, "environment": container.environment,
+                "essential": container.essential, "dependsOn": [list(pair) for pair in container.depends_on],
+                "logFd": descriptors.get(container.log_path, 1), "stopTimeout": container.stop_timeout,
+            })  # fmt: skip
+        return runner_argv(plan_of(containers, self._settings.termination_grace_seconds))
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         with self._lock:
@@ -486,14 +509,16 @@ class LocalExecutor(EventReporter):
         """The attempt's workdir (the job user's own), and its log directory the first time it is seen
         (the supervisor's only: the job writes its log through the descriptor it is given)."""
         self._workdirs.make(spec.workdir, (user.uid, user.gid))
-        if spec.log_path.parent not in self._log_dirs:
-            missing, directory = [], spec.log_path.parent
+        for log_path in (spec.log_path, *task_logs(spec)):
+            if log_path.parent in self._log_dirs:
+                continue
+            missing, directory = [], log_path.parent
             while not directory.is_dir():
                 missing.append(directory)
                 directory = directory.parent
             for directory in reversed(missing):  # each level 0700 (`parents=True` would make them 0755)
                 directory.mkdir(mode=0o700, exist_ok=True)
-            self._log_dirs.add(spec.log_path.parent)
+            self._log_dirs.add(log_path.parent)
 
     def _start_process(
         self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path], user: JobUser
@@ -514,7 +539,7 @@ class LocalExecutor(EventReporter):
         switch = user.differs_from_this_process()
         mount_ns = self._mounts.fd if switch and self._mounts.fd is not None else -1
         umask = -1 if user.umask is None else user.umask
-        if self._native is None:
+        if self._native is None or spec.task:  # the C launcher hands over one log, a task needs one per container
             if switch:
                 argv = self._setpriv_prefix(user) + argv
             if mount_ns >= 0:
@@ -536,13 +561,19 @@ class LocalExecutor(EventReporter):
 
     def _nsenter_prefix(self, mount_ns: int, workdir: Path) -> list[str]:
         """`nsenter` enters the jobs' mount namespace in the shell launcher (util-linux), through
-        this process's descriptor of it, then the workdir again (entering moves to its root)."""
+        this process's descriptor of it, then the workdir again (entering moves to its root), by its
+        path inside the namespace (`--wdns`)."""
         if self._nsenter is None:
             raise FileNotFoundError(
                 "cannot start the job in the jobs' mount namespace: the shell launcher needs nsenter "
                 "(util-linux), which is not installed, and the C launcher was not built"
             )
-        return [self._nsenter, f"--mount=/proc/{os.getpid()}/fd/{mount_ns}", f"--wd={workdir}", "--"]
+        enter = [self._nsenter, f"--mount=/proc/{os.getpid()}/fd/{mount_ns}"]
+        if self._nsenter_wdns:
+            return [*enter, f"--wdns={workdir}", "--"]
+        # util-linux before 2.38 has only --wd, which opens the directory before entering: the old
+        # namespace's, "(unreachable)" for getcwd() inside. A shell enters the workdir instead.
+        return [*enter, "--", "/bin/sh", "-c", 'cd "$0" && exec "$@"', str(workdir)]
 
     def _setpriv_prefix(self, user: JobUser) -> list[str]:
         """`setpriv` switches user in the shell launcher (util-linux; the C launcher needs none)."""
@@ -558,10 +589,16 @@ class LocalExecutor(EventReporter):
         """The portable launcher. Kiln's own descriptors are close-on-exec (PEP 446), so none leak."""
         log = open_private_log(spec.log_path)
         try:
-            actions = [
+            actions: list[tuple[Any, ...]] = [
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log, 1),
                 (os.POSIX_SPAWN_DUP2, log, 2),
+            ]
+            # A task's containers' logs, as descriptors 3, 4, ...: opened with the supervisor's rights
+            # before the job's user takes over (the runner writes them through the descriptors only).
+            actions += [
+                (os.POSIX_SPAWN_OPEN, FIRST_LOG_FD + i, str(path), TASK_LOG_FLAGS, PRIVATE_FILE_MODE)
+                for i, path in enumerate(task_logs(spec))
             ]
             return SpawnedProcess(
                 os.posix_spawn(
@@ -694,6 +731,12 @@ class LocalExecutor(EventReporter):
                 self._emit(attempt.exit_event())
 
 
+def task_logs(spec: AttemptSpec) -> list[Path]:
+    """The log files of a task's containers other than the attempt's own, in container order: the
+    runner gets them as descriptors 3, 4, ... (a container whose stream is the attempt's writes to 1)."""
+    return [container.log_path for container in spec.task if container.log_path != spec.log_path]
+
+
 def job_users_or_refusal(settings: Settings) -> JobUsers | UserRefused:
     """The job-user policy, or why no job can start (a supervisor begins with default settings
     until its server says hello; a host without `nobody` must not end it)."""
@@ -701,6 +744,15 @@ def job_users_or_refusal(settings: Settings) -> JobUsers | UserRefused:
         return JobUsers(settings.job_user, settings.allowed_job_users, job_uids=settings.job_uids)
     except ValidationError as exc:
         return UserRefused(f"{CANNOT_START_PREFIX}: {exc.message}")
+
+
+def nsenter_has_wdns(nsenter: str) -> bool:
+    """Whether this nsenter can set the working directory inside the namespace (util-linux 2.38+)."""
+    try:
+        found = subprocess.run([nsenter, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--wdns" in found.stdout
 
 
 def close_inherited_descriptors_on_exec() -> None:

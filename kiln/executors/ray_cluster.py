@@ -78,7 +78,7 @@ from .base import (
 from .cgroups import MIB
 from .job_environment import inherited_environment
 from .ray_handovers import HandOvers
-from .ray_node import Handed, Known, NodeAgent, NodeReport
+from .ray_node import Handed, Known, NodeAgent, NodeReport, attempt_of, log_keys
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,13 @@ def loopback(address: str | None) -> str | None:
         return None
     host = address.rsplit(":", 1)[0]
     return host if host in {"127.0.0.1", "localhost"} else None
+
+
+def _log_files(spec: AttemptSpec) -> dict[str, Path]:
+    """The server's log file of each of the attempt's log keys (its own, an ecsProperties task's
+    containers'), where the node's reports are appended."""
+    by_name = {f"{spec.attempt_id}/{c.name}": c.log_path for c in spec.task}
+    return {key: by_name.get(key, spec.log_path) for key in log_keys(spec)}
 
 
 def bundle(spec: AttemptSpec) -> dict[str, float]:
@@ -355,7 +362,7 @@ class RayExecutor(EventReporter):
             slots: dict[str, _Slot] = {}
             for node_id, known_here in found.items():
                 adopted = {a: info for a, info in known_here.items() if a not in tracked}
-                offsets = {attempt_id: _size(info.spec.log_path) for attempt_id, info in adopted.items()}
+                offsets = {key: _size(path) for info in adopted.values() for key, path in _log_files(info.spec).items()}
                 resumes.append(agents[node_id].resume.remote(offsets))
                 for attempt_id, info in adopted.items():
                     slot = slots.get(info.slot)
@@ -710,12 +717,13 @@ class RayExecutor(EventReporter):
                 self._apply(node_id, report)
 
     def _apply(self, node_id: str, report: NodeReport) -> None:
-        for attempt_id, chunk in report.logs.items():
+        for key, chunk in report.logs.items():
             with self._lock:
-                attempt = self._attempts.get(attempt_id)
-            if attempt is not None:
-                attempt.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-                with attempt.spec.log_path.open("ab") as log:
+                attempt = self._attempts.get(attempt_of(key))
+            path = None if attempt is None else _log_files(attempt.spec).get(key)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("ab") as log:
                     log.write(chunk)
         for event in report.events:
             with self._lock:

@@ -56,7 +56,7 @@ class NodeReport:
     An attempt's exit is reported only once its whole log has been handed over.
     """
 
-    logs: dict[str, bytes] = field(default_factory=dict)
+    logs: dict[str, bytes] = field(default_factory=dict)  # by `log_keys` key
     events: list[AttemptEvent] = field(default_factory=list)
 
 
@@ -77,6 +77,17 @@ class Known:
     started_at: int | None  # None: not running yet (still queued behind its predecessor)
 
 
+def log_keys(spec: AttemptSpec) -> list[str]:
+    """The logs of an attempt as `NodeReport.logs` keys: the attempt's own (its id), then each
+    `ecsProperties` container's with a stream of its own (`<attempt id>/<container name>`)."""
+    return [spec.attempt_id] + [f"{spec.attempt_id}/{c.name}" for c in spec.task if c.log_path != spec.log_path]
+
+
+def attempt_of(key: str) -> str:
+    """The attempt a `log_keys` key belongs to."""
+    return key.split("/", 1)[0]
+
+
 def job_environment(node: dict[str, str], server: dict[str, str], extra_names: tuple[str, ...] = ()) -> dict[str, str]:
     """What a job on this node inherits: the part of the node's environment every job may see
     (job_environment.py, plus `extra_names`), with the server's (already reduced the same way) on
@@ -95,7 +106,7 @@ class NodeAgent:
         self._logs_dir = self._root / "logs"
         self._work_dir = self._root / "work"
         self._executor: LocalExecutor | None = None
-        self._offsets: dict[str, int] = {}  # attempt id -> log bytes already reported
+        self._offsets: dict[str, int] = {}  # log key (`log_keys`) -> log bytes already reported
         self._pending: list[AttemptEvent] = []  # exits waiting for the rest of their log
         # Attempts received and not yet acknowledged, as the server sent them (its log paths).
         self._specs: dict[str, AttemptSpec] = {}
@@ -140,7 +151,7 @@ class NodeAgent:
                     continue  # sent twice: already ours
                 self._specs[spec.attempt_id] = spec
                 self._slots[spec.attempt_id] = handed.slot
-                self._offsets[spec.attempt_id] = 0
+                self._offsets.update(dict.fromkeys(log_keys(spec), 0))
                 if not self._chains.hold(spec, self._live):
                     self._launch(spec)
 
@@ -158,14 +169,15 @@ class NodeAgent:
     def _report(self) -> NodeReport:
         report = NodeReport()
         self._absorb()
-        for attempt_id in list(self._offsets):
-            if attempt_id not in self._held:
-                chunk = self._read_log(attempt_id)
+        for key in list(self._offsets):
+            if attempt_of(key) not in self._held:
+                chunk = self._read_log(key)
                 if chunk:
-                    report.logs[attempt_id] = chunk
+                    report.logs[key] = chunk
+        read = {attempt_of(key) for key in report.logs}
         waiting: list[AttemptEvent] = []
         for event in self._pending:
-            if isinstance(event, AttemptExited) and (waiting or report.logs.get(event.attempt_id)):
+            if isinstance(event, AttemptExited) and (waiting or event.attempt_id in read):
                 waiting.append(event)  # more log may follow: the exit goes out once it is all read
             else:
                 report.events.append(event)
@@ -213,10 +225,12 @@ class NodeAgent:
     def _resume(self, offsets: dict[str, int]) -> None:
         replay: list[AttemptEvent] = []
         exits: list[AttemptEvent] = []
-        for attempt_id, offset in offsets.items():
+        for key, offset in offsets.items():
+            if attempt_of(key) in self._specs:
+                self._offsets[key] = offset
+        for attempt_id in offsets:
             if attempt_id not in self._specs:
-                continue
-            self._offsets[attempt_id] = offset
+                continue  # not an attempt (a container's log key), or not known here
             held = self._held.pop(attempt_id, None)
             if held is not None:
                 exits.append(held)
@@ -243,9 +257,16 @@ class NodeAgent:
 
     def _launch(self, spec: AttemptSpec) -> None:
         self._live.add(spec.attempt_id)
-        self._engine().start(
-            replace(spec, log_path=self._logs_dir / f"{spec.attempt_id}.log", workdir=self._work_dir / spec.attempt_id)
+        own = self._log_path(spec.attempt_id)
+        task = tuple(  # an ecsProperties task's containers log here too, each to its own file
+            replace(c, log_path=own if c.log_path == spec.log_path else self._log_path(f"{spec.attempt_id}/{c.name}"))
+            for c in spec.task
         )
+        self._engine().start(replace(spec, log_path=own, workdir=self._work_dir / spec.attempt_id, task=task))
+
+    def _log_path(self, key: str) -> Path:
+        """This node's file of a log key (`log_keys`): `<attempt id>[.<container name>].log`."""
+        return self._logs_dir / f"{key.replace('/', '.')}.log"
 
     def _absorb(self) -> None:
         """Take the engine's new events: an exit starts who waited for it; exits of attempts no
@@ -276,21 +297,21 @@ class NodeAgent:
             raise RuntimeError("the node agent has not been configured")
         return self._executor
 
-    def _read_log(self, attempt_id: str) -> bytes:
-        path = self._logs_dir / f"{attempt_id}.log"
+    def _read_log(self, key: str) -> bytes:
         try:
-            with path.open("rb") as log:
-                log.seek(self._offsets[attempt_id])
+            with self._log_path(key).open("rb") as log:
+                log.seek(self._offsets[key])
                 chunk = log.read(LOG_CHUNK_BYTES)
         except FileNotFoundError:
             return b""
-        self._offsets[attempt_id] += len(chunk)
+        self._offsets[key] += len(chunk)
         return chunk
 
     def _forget(self, attempt_id: str) -> None:
-        self._offsets.pop(attempt_id, None)
+        for key in [key for key in self._offsets if attempt_of(key) == attempt_id] or [attempt_id]:
+            self._offsets.pop(key, None)
+            self._log_path(key).unlink(missing_ok=True)
         self._specs.pop(attempt_id, None)
         self._slots.pop(attempt_id, None)
         self._started.pop(attempt_id, None)
-        (self._logs_dir / f"{attempt_id}.log").unlink(missing_ok=True)
         remove_tree(self._work_dir / attempt_id)

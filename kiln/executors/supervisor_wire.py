@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember, VolumeMount
+from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember, TaskContainer, VolumeMount
 
 SOCKET_NAME = "supervisor.sock"
 LOCK_NAME = "supervisor.lock"
@@ -32,6 +32,7 @@ def spec_to_wire(spec: AttemptSpec) -> dict[str, Any]:
     wire["volumes"] = [dataclasses.asdict(volume) for volume in spec.volumes]
     if spec.gang is not None:
         wire["gang"] = dataclasses.asdict(spec.gang)
+    wire["task"] = [{**dataclasses.asdict(container), "log_path": str(container.log_path)} for container in spec.task]
     return wire
 
 
@@ -42,6 +43,11 @@ def spec_from_wire(wire: dict[str, Any]) -> AttemptSpec:
     if values.get("gang") is not None:
         values["gang"] = GangMember(**values["gang"])
     values["volumes"] = tuple(VolumeMount(**volume) for volume in values.get("volumes", ()))
+    values["task"] = tuple(
+        TaskContainer(**{**item, "log_path": Path(item["log_path"]),
+                         "depends_on": tuple((name, condition) for name, condition in item["depends_on"])})
+        for item in values.get("task", ())
+    )  # fmt: skip
     return AttemptSpec(**values)
 
 

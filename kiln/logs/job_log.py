@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.context import Context, require_job
+from kiln.engine import ecs_tasks
+from kiln.engine.attempts import resolved_specs
 from kiln.engine.lifecycle import TERMINAL, Status
 from kiln.errors import NotFoundError, ValidationError
+from kiln.store.records import Attempt, Job
 
 
 @dataclass(frozen=True)
@@ -17,8 +20,9 @@ class LogLocation:
     finished: bool  # no more output will come (attempt over, job terminal or retrying)
 
 
-def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation:
-    """The log of attempt `attempt_number` (1-based; default: the latest) of a job."""
+def locate(ctx: Context, job_id: str, attempt_number: int | None, container: str | None = None) -> LogLocation:
+    """The log of attempt `attempt_number` (1-based; default: the latest) of a job; with
+    `container`, that container's of an `ecsProperties` job (else the attempt's own)."""
     job = require_job(ctx, job_id)
     if job.num_nodes is not None:  # an MNP job's log is its main node's
         job_id = f"{job_id}#{job.spec['nodeProperties']['mainNode']}"
@@ -37,4 +41,15 @@ def locate(ctx: Context, job_id: str, attempt_number: int | None) -> LogLocation
     finished = attempt.stopped_at is not None and (
         Status(job.status) in TERMINAL or attempt is not attempts[-1] or job.status == Status.RUNNABLE.value
     )
-    return LogLocation(attempt.log_stream, ctx.settings.log_file(attempt.log_stream), finished)
+    stream = attempt.log_stream if container is None else _container_stream(ctx, job, attempt, container)
+    return LogLocation(stream, ctx.settings.log_file(stream), finished)
+
+
+def _container_stream(ctx: Context, job: Job, attempt: Attempt, container: str) -> str:
+    spec = resolved_specs(ctx.repo, [job], {})[job.id]
+    if "ecsProperties" not in spec:
+        raise ValidationError(f"Job {job.id} has one container (containerProperties); leave out the container name")
+    names = ecs_tasks.container_names(ecs_tasks.task_of(spec["ecsProperties"]))
+    if container not in names:
+        raise ValidationError(f"Job {job.id} has no container {container} (containers: {', '.join(names)})")
+    return ecs_tasks.stream_name(spec["jobDefinitionName"], container, attempt.task_id)

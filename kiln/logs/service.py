@@ -16,6 +16,8 @@ from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.context import Context
+from kiln.engine import ecs_tasks
+from kiln.engine.attempts import resolved_specs
 from kiln.errors import NotFoundError, ValidationError
 from kiln.logs import filter_patterns
 from kiln.logs.events import MAX_PAGE_BYTES, Event, StreamFile
@@ -51,13 +53,26 @@ def require_group(ctx: Context, params: Params) -> None:
 def open_stream(ctx: Context, name: str) -> StreamFile:
     task_id = name.rsplit("/", 1)[-1]
     attempt = ctx.repo.attempts.get(task_id)
-    if attempt is None or attempt.log_stream != name:
+    if attempt is None or (attempt.log_stream != name and name not in _container_streams(ctx, attempt)):
         raise NotFoundError("The specified log stream does not exist.")
-    return _stream_of(ctx, attempt)
+    return _stream_of(ctx, attempt, name)
 
 
-def _stream_of(ctx: Context, attempt: Attempt | Stream) -> StreamFile:
-    name = attempt.log_stream
+def _container_streams(ctx: Context, attempt: Attempt) -> list[str]:
+    """The streams of an `ecsProperties` attempt's containers (none for other jobs)."""
+    job = ctx.repo.jobs.get(attempt.job_id)
+    if job is None or attempt.started_at is None:
+        return []
+    spec = resolved_specs(ctx.repo, [job], {})[job.id]
+    if "ecsProperties" not in spec:
+        return []
+    names = ecs_tasks.container_names(ecs_tasks.task_of(spec["ecsProperties"]))
+    return [ecs_tasks.stream_name(spec["jobDefinitionName"], name, attempt.task_id) for name in names]
+
+
+def _stream_of(ctx: Context, attempt: Attempt | Stream, name: str | None = None) -> StreamFile:
+    """The attempt's own stream, or (`name`) one of its containers' streams."""
+    name = name or attempt.log_stream
     path = ctx.settings.log_file(name)
     return StreamFile.open(name, path, attempt.started_at, attempt.stopped_at, ctx.now)
 

@@ -334,9 +334,13 @@ def test_a_program_the_job_user_cannot_reach_is_passed_over_in_path_or_named_in_
 
 
 @as_root
-@pytest.mark.parametrize("shell_launcher", [False, True], ids=["c-launcher", "shell-launcher"])
+@pytest.mark.parametrize(
+    ("shell_launcher", "wdns"),
+    [(False, True), (True, True), (True, False)],
+    ids=["c-launcher", "shell-launcher", "shell-launcher-nsenter-before-2.38"],
+)
 def test_an_image_in_a_private_directory_runs_as_the_job_user_who_still_cannot_list_it(
-    open_root: Path, shell_launcher: bool
+    open_root: Path, shell_launcher: bool, wdns: bool
 ) -> None:
     """The jobs' mount namespace (job_mounts.py) shows a job user the entry an image needs inside a
     directory closed to it, and nothing else there: as pyenv's Python under /root (0700) for the
@@ -347,11 +351,13 @@ def test_an_image_in_a_private_directory_runs_as_the_job_user_who_still_cannot_l
     tool = closed / "tools" / "kiln-tool"
     tool.write_text(
         '#!/bin/sh\necho "tool ran as $(id -u)"; ls "$1" 2>/dev/null && echo listed; cat "$1/secret.txt" || true\n'
+        'echo "cwd $(/bin/pwd)"\n'  # the workdir, reachable inside the namespace (not "(unreachable)")
     )
     tool.chmod(0o755)
     closed.chmod(0o700)
     catalogue = ImageCatalogue({"private/tool": [str(tool)]})
     executor = LocalExecutor(Settings(data_dir=open_root / "data"), catalogue, shell_launcher=shell_launcher)
+    executor._nsenter_wdns = executor._nsenter_wdns and wdns  # an nsenter without --wdns: a shell enters the workdir
     attempt_id = f"private-image-{next(_ids)}"
     spec = AttemptSpec(
         attempt_id=attempt_id, job_id=attempt_id, image="private/tool", command=[str(closed)], environment={},
@@ -368,4 +374,5 @@ def test_an_image_in_a_private_directory_runs_as_the_job_user_who_still_cannot_l
     assert event.exit_code == 0 and event.reason is None, (event, log)
     assert log.startswith(f"tool ran as {FIRST_LENT}\n"), log
     assert "listed" not in log and "root's own" not in log, log
+    assert f"cwd {spec.workdir}\n" in log, log
     assert sorted(os.listdir(closed)) == ["secret.txt", "tools"]  # the host's view is untouched

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember, VolumeMount
+from kiln.executors.base import (
+    AttemptEvent,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    GangMember,
+    TaskContainer,
+    VolumeMount,
+)
 from kiln.executors.supervisor_wire import event_from_wire, event_to_wire, spec_from_wire, spec_to_wire
 
 
@@ -26,6 +34,18 @@ def test_a_full_spec_comes_back_equal() -> None:
 
 def test_a_plain_spec_comes_back_equal() -> None:
     spec = AttemptSpec("a2", "j", "host", ["true"], {}, 1.0, 16, Path("/l.log"), Path("/w"))
+    assert spec_from_wire(_through_json(spec_to_wire(spec))) == spec
+
+
+def test_a_task_spec_comes_back_equal() -> None:
+    """An `ecsProperties` attempt: its containers, their logs, dependencies and stop timeouts."""
+    task = (
+        TaskContainer("sidecar", "host", ["serve"], {"A": "1"}, Path("/data/logs/d/sidecar/a3.log"), essential=False),
+        TaskContainer("main", "host", ["work"], {}, Path("/data/logs/d/main/a3.log"),
+                      depends_on=(("sidecar", "START"),), stop_timeout=30),
+    )  # fmt: skip
+    spec = AttemptSpec("a3", "j", "host", ["work"], {}, 1.5, 96, Path("/data/logs/d/default/a3.log"), Path("/w"),
+                       task=task)  # fmt: skip
     assert spec_from_wire(_through_json(spec_to_wire(spec))) == spec
 
 

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
 from tests.conftest import KilnServer
 from tests.ray_cluster import RayCluster
-from tests.support import make_queue, register_shell, submit, wait_for
+from tests.support import make_queue, register_shell, submit, unique, wait_for
 
 HOST_LOST = re.compile(r"^Host EC2 \(instance ([0-9a-f]{56})\) terminated\.$")
 NODE_IN_PATH = re.compile(r"kiln-ray/[0-9a-f]{10}-([0-9a-f]{12})/work/")
@@ -42,6 +43,31 @@ def test_log_streams_back_while_the_attempt_runs(batch: Any, server: KilnServer)
     job = wait_for(batch, job_id, timeout=60)
     assert job["status"] == "SUCCEEDED", job
     assert server.job_log(job_id) == "first\nsecond\n"
+
+
+def test_ecs_task_runs_on_one_node_and_each_containers_log_comes_back(batch: Any, server: KilnServer) -> None:
+    """An ecsProperties job: the node's local engine runs its containers as processes of one
+    attempt (tests/e2e/test_ecs_tasks.py); each container's log streams back to its own stream."""
+    name = unique("ecs")
+    limits = [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "64"}]
+    containers = [
+        {"name": "init", "image": "host", "essential": False, "resourceRequirements": limits,
+         "command": ["sh", "-c", "echo init done"]},
+        {"name": "main", "image": "host", "resourceRequirements": limits, "command": ["sh", "-c", "echo main ran"],
+         "dependsOn": [{"containerName": "init", "condition": "SUCCESS"}]},
+    ]  # fmt: skip
+    batch.register_job_definition(
+        jobDefinitionName=name, type="container", ecsProperties={"taskProperties": [{"containers": containers}]}
+    )
+    job_id = submit(batch, make_queue(batch, max_vcpus=2), name)
+    assert wait_for(batch, job_id, timeout=60)["status"] == "SUCCEEDED", server.job_log(job_id)
+    task = batch.describe_jobs(jobs=[job_id])["jobs"][0]["ecsProperties"]["taskProperties"][0]
+    logs = boto3.client("logs", endpoint_url=server.endpoint, region_name="us-east-1")
+    for container, text in (("init", "init done"), ("main", "main ran")):
+        [found] = [c for c in task["containers"] if c["name"] == container]
+        assert found["exitCode"] == 0
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=found["logStreamName"])["events"]
+        assert [event["message"] for event in events] == [text]
 
 
 def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, ray_cluster: RayCluster) -> None:

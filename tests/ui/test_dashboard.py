@@ -128,6 +128,34 @@ def test_retry_as_new_submits_the_same_resolved_job(page: Page, ui_server: KilnS
     expect(page.locator("pre.log")).to_contain_text("again", timeout=10_000)
 
 
+def test_retry_as_new_resubmits_a_multi_container_job_by_container(
+    page: Page, ui_server: KilnServer, ui_batch: Any
+) -> None:
+    """An ecsProperties job's page lists its containers, and "Retry as new job" overrides them by
+    name (containerOverrides would be refused for such a definition)."""
+    queue = make_queue(ui_batch)
+    limits = [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "32"}]
+    containers = [
+        {"name": "helper", "image": "host", "essential": False, "command": ["true"], "resourceRequirements": limits},
+        {"name": "main", "image": "host", "command": ["echo", "Ref::word"], "resourceRequirements": limits},
+    ]
+    name = unique("retry-ecs")
+    ui_batch.register_job_definition(jobDefinitionName=name, type="container", parameters={"word": "default"},
+                                     ecsProperties={"taskProperties": [{"containers": containers}]})  # fmt: skip
+    first = submit(ui_batch, queue, f"{name}:1", parameters={"word": "again"})
+    wait_for(ui_batch, first)
+    open_ui(page, ui_server, f"#/jobs/{first}")
+    expect(page.locator("body")).to_contain_text("main (essential)")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("[data-action=retry]").click()
+    page.wait_for_function(f"!location.hash.includes('{first}')")
+    second = page.evaluate("decodeURIComponent(location.hash.split('/')[2])")
+    job = ui_batch.describe_jobs(jobs=[second])["jobs"][0]
+    commands = {c["name"]: c["command"] for c in job["ecsProperties"]["taskProperties"][0]["containers"]}
+    assert commands == {"helper": ["true"], "main": ["echo", "again"]}  # the first job's, after Ref::
+    assert wait_for(ui_batch, second)["status"] == "SUCCEEDED"
+
+
 def test_an_array_of_1000_renders_every_cell_and_repaints_when_a_child_finishes(
     page: Page, ui_server: KilnServer, ui_batch: Any, tmp_path: Path
 ) -> None:

@@ -484,7 +484,18 @@ function summaryPairs(job, parentId) {
   ].filter(([key]) => key));
 }
 
+/** The containers of an ecsProperties job: one line each (name, image, exit code, command). */
+function taskContainers(job) {
+  const task = ((job.ecsProperties || {}).taskProperties || [])[0] || {};
+  return keyValues((task.containers || []).map((c) => [
+    `${c.name}${c.essential === false ? "" : " (essential)"}`,
+    h("span", {}, h("span", { class: "mono" }, (c.image || "").replace(/:latest$/, "")),
+      c.exitCode !== undefined ? ` · exit ${c.exitCode}` : "", c.reason ? ` · ${c.reason}` : "", " ", code(c.command)),
+  ]));
+}
+
 function containerPairs(job, definition) {
+  if (job.ecsProperties) return taskContainers(job);
   const c = job.container || {};
   const environment = (c.environment || []).slice().sort((a, b) => a.name.localeCompare(b.name));
   const resources = (c.resourceRequirements || []).map((r) => `${r.type} ${r.value}`);
@@ -552,14 +563,25 @@ async function stopJob(job, operation) {
   }
 }
 
-/** Resubmit with the same definition, queue and resolved container (command after Ref::, env, resources). */
-async function retryAsNew(job) {
-  if (!window.confirm(`Submit a new job like ${job.jobName}, without its dependencies?`)) return;
-  const c = job.container || {};
+/** A container's resolved command, environment and resources as overrides (`name` for a task's). */
+function resolvedOverrides(c) {
   const overrides = { command: c.command || [] };
+  if (c.name !== undefined) overrides.name = c.name;
   overrides.environment = (c.environment || []).filter((e) => !e.name.startsWith("AWS_BATCH"));
   if ((c.resourceRequirements || []).length) overrides.resourceRequirements = c.resourceRequirements;
-  const request = { jobName: job.jobName, jobQueue: job.jobQueue, jobDefinition: job.jobDefinition, containerOverrides: overrides };
+  return overrides;
+}
+
+/** Resubmit with the same definition, queue and resolved container(s) (command after Ref::, env, resources). */
+async function retryAsNew(job) {
+  if (!window.confirm(`Submit a new job like ${job.jobName}, without its dependencies?`)) return;
+  const request = { jobName: job.jobName, jobQueue: job.jobQueue, jobDefinition: job.jobDefinition };
+  if (job.ecsProperties) {  // a multi-container job: each container overridden by name
+    const task = (job.ecsProperties.taskProperties || [])[0] || {};
+    request.ecsPropertiesOverride = { taskProperties: [{ containers: (task.containers || []).map(resolvedOverrides) }] };
+  } else {
+    request.containerOverrides = resolvedOverrides(job.container || {});
+  }
   if (job.arrayProperties && job.arrayProperties.size) request.arrayProperties = { size: job.arrayProperties.size };
   if (job.retryStrategy) request.retryStrategy = job.retryStrategy;
   if (job.timeout && job.timeout.attemptDurationSeconds) request.timeout = job.timeout;
