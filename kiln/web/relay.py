@@ -129,6 +129,15 @@ class RelayStore:
                 raise ValidationError(f"{below.relative_to(self.root)} is a file where a folder is needed") from None
 
 
+def _commands(job: dict[str, Any]) -> list[str]:
+    """Every word of a job's commands: its container's, or each container's of an ecsProperties task."""
+    words = list((job.get("container") or {}).get("command") or [])
+    for task in (job.get("ecsProperties") or {}).get("taskProperties") or []:
+        for container in task.get("containers") or []:
+            words += container.get("command") or []
+    return [str(word) for word in words]
+
+
 def relay_routes(
     store: RelayStore,
     key: RelayKey,
@@ -148,7 +157,7 @@ def relay_routes(
         status = (job or {}).get("status")
         if job is None or status not in _ACTIVE:
             raise AuthenticationError(f"Job {job_id} is {status or 'gone'}: its relay token opens nothing now")
-        if area not in areas_named((job.get("container") or {}).get("command") or []):
+        if area not in areas_named(_commands(job)):
             raise AuthenticationError(f"Job {job_id}'s command names no kiln://{area}: its token does not open it")
 
     async def about(request: Request) -> Response:
