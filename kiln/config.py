@@ -38,6 +38,10 @@ def host_memory_mib() -> int:
     return int(pages * page_size // (1024 * 1024))
 
 
+# Bind addresses that mean every address of the machine (the front door and the relay's URL read them).
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to know at start-up; immutable once running."""
@@ -114,7 +118,7 @@ class Settings:
         """`public_url`, else this server's bind address (127.0.0.1 for a wildcard or loopback bind)."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        host = self.host if self.host not in ("", "0.0.0.0", "::", "[::]", "localhost") else "127.0.0.1"
+        host = "127.0.0.1" if self.host in WILDCARD_BINDS or self.host == "localhost" else self.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property

@@ -27,13 +27,13 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kiln.config import WILDCARD_BINDS
 from kiln.errors import AuthenticationError, ClientError
 from kiln.relay_access import RELAY_PREFIX
 
 # What botocore sends: rest-json (Batch) `application/json`, json (CloudWatch Logs) `x-amz-json-1.1`.
 API_CONTENT_TYPES = frozenset({"application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
-WILDCARD_BINDS = frozenset({"0.0.0.0", "::", "[::]", ""})
 # Fetch metadata a browser sends: anything but these comes from another origin's page.
 SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})
 _SAFE_METHODS = frozenset({"GET", "HEAD"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,12 +54,6 @@ def use_relay(endpoint: str) -> None:
     relay_fs.configure(endpoint, relay_signer)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @dataclass
 class RelayMirror:
     """Copies finished frames, the scene description and the video from the area to `local`."""
@@ -88,12 +82,10 @@ class RelayMirror:
             return
         target = self.local / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(descriptor)
+        partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")  # as uris names its own
         try:
-            uris.download(uri, Path(partial))
-            os.chmod(partial, 0o666 & ~_umask())
+            uris.download(uri, partial)
             os.replace(partial, target)  # a frame present is a finished frame, here as in the relay
         finally:
-            Path(partial).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
         self.copied[key] = size
