@@ -193,7 +193,9 @@ def test_docker_runs_the_pod_with_its_volume_mounted(docker_server: KilnServer, 
     logs = boto3.client("logs", endpoint_url=docker_server.endpoint, region_name="us-east-1")
     image = docker_engine.image
     mount = [{"name": "shared", "mountPath": "/shared"}]
-    prepare = container("prepare", ["sh", "-c"], args=["echo from init > /shared/note"], image=image, volumeMounts=mount)
+    prepare = container(
+        "prepare", ["sh", "-c"], args=["echo from init > /shared/note"], image=image, volumeMounts=mount
+    )
     main = container("main", ["cat"], args=["/shared/note"], image=image, volumeMounts=mount)
     definition = register(batch, main, init=(prepare,), volumes=[{"name": "shared", "emptyDir": {}}])
     job_id = submit(batch, make_queue(batch, max_vcpus=2, eks=True), definition)
