@@ -734,6 +734,12 @@ class DockerExecutor(EventReporter):
             self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_START_PREFIX}: {TASK_NEEDS_HOST_NETWORK} "
                                        f"(this server's docker_network is {self._settings.docker_network})")  # fmt: skip
             return
+        sub_path = next((m for c in spec.task for m in c.mounts if m.host_path is None and m.sub_path), None)
+        if sub_path is not None:  # older daemons ignore a volume subpath: refused rather than mounted whole
+            self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_CREATE_PREFIX}: Kiln's Docker executor "
+                                       f"cannot mount a subPath ({sub_path.sub_path}) of emptyDir volume "
+                                       f"{sub_path.volume}; mount the whole volume")  # fmt: skip
+            return
         host_paths = [VolumeMount(m.container_path, m.host_path) for c in spec.task for m in c.mounts if m.host_path]
         exposed = data_dir_volume(host_paths, self._settings.data_dir)
         if exposed is not None:
@@ -974,14 +980,11 @@ def _pod_volume(attempt_id: str, volume: str) -> str:
 
 def _pod_mount(attempt_id: str, mount: TaskMount) -> Mount:
     """A pod container's volume mount: a bind mount of a hostPath volume (its subPath joined), or
-    the attempt's Docker volume for an emptyDir (its subPath as the daemon's volume subpath)."""
+    the attempt's Docker volume for an emptyDir (whole: a subPath of it is refused at start)."""
     if mount.host_path is not None:
         source = os.path.join(mount.host_path, mount.sub_path) if mount.sub_path else mount.host_path
         return Mount(mount.container_path, source, type="bind", read_only=mount.read_only)
-    found = Mount(mount.container_path, _pod_volume(attempt_id, mount.volume), type="volume", read_only=mount.read_only)
-    if mount.sub_path:
-        found["VolumeOptions"] = {"Subpath": mount.sub_path}
-    return found
+    return Mount(mount.container_path, _pod_volume(attempt_id, mount.volume), type="volume", read_only=mount.read_only)
 
 
 def _copy_output(stream: Iterator[bytes], path: Path) -> None:

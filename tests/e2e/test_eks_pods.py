@@ -175,6 +175,16 @@ def test_override_changes_a_command_and_merges_env(batch: Any, queue: str, logs:
     assert events(logs, stream(job, definition, "main")) == "override override kept"
 
 
+def test_timeout_stops_every_container_of_the_pod(batch: Any, queue: str) -> None:
+    """The test server's minimum timeout is 1 s; a timed-out job is not retried, as on AWS."""
+    definition = register(batch, container("a", ["sleep", "60"]), container("b", ["sleep", "60"]))
+    job_id = submit(batch, queue, definition, timeout={"attemptDurationSeconds": 1}, retryStrategy={"attempts": 2})
+    assert wait_for(batch, job_id, timeout=30)["status"] == "FAILED"
+    [attempt] = describe_checked(batch, job_id)["eksAttempts"]
+    assert attempt["statusReason"] == "Job attempt duration exceeded timeout"
+    assert [(c["name"], c["exitCode"]) for c in attempt["containers"]] == [("a", 143), ("b", 143)]
+
+
 # ------------------------------------------------------------------------- the Docker executor
 
 
