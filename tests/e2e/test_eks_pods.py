@@ -163,16 +163,19 @@ def test_a_failing_init_container_fails_the_pod_before_its_containers(batch: Any
 
 
 def test_override_changes_a_command_and_merges_env(batch: Any, queue: str, logs: Any) -> None:
-    definition = register(
-        batch, container("main", ["sh", "-c"], args=["echo definition $WHO $KEPT"],
-                         env=[{"name": "WHO", "value": "definition"}, {"name": "KEPT", "value": "kept"}]),
-    )  # fmt: skip
-    override = {"podProperties": {"containers": [{"name": "main", "args": ["echo override $WHO $KEPT"],
+    """A lone unnamed container is `default`, overridden without a name; it logs to the attempt's
+    own stream (`<definition>/default/<task>`), as a lone ecsProperties container does."""
+    unnamed = container("x", ["sh", "-c"], args=["echo definition $WHO $KEPT"],
+                        env=[{"name": "WHO", "value": "definition"}, {"name": "KEPT", "value": "kept"}])  # fmt: skip
+    del unnamed["name"]
+    definition = register(batch, unnamed)
+    override = {"podProperties": {"containers": [{"args": ["echo override $WHO $KEPT"],
                                                   "env": [{"name": "WHO", "value": "override"}]}]}}  # fmt: skip
     job_id = submit(batch, queue, definition, eksPropertiesOverride=override)
     assert wait_for(batch, job_id, timeout=30)["status"] == "SUCCEEDED"
     job = describe_checked(batch, job_id)
-    assert events(logs, stream(job, definition, "main")) == "override override kept"
+    assert job["eksProperties"]["podProperties"]["containers"][0]["name"] == "default"
+    assert "override override kept" in events(logs, stream(job, definition, "default")).splitlines()
 
 
 def test_timeout_stops_every_container_of_the_pod(batch: Any, queue: str) -> None:
