@@ -19,13 +19,19 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def make_queue(batch: Any, *, max_vcpus: int = 2, priority: int = 1) -> str:
-    """A fresh MANAGED CE and a queue on it; returns the queue name."""
+EKS_CLUSTER = "arn:aws:eks:us-east-1:123456789012:cluster/kiln-tests"
+
+
+def make_queue(batch: Any, *, max_vcpus: int = 2, priority: int = 1, eks: bool = False) -> str:
+    """A fresh MANAGED CE and a queue on it; returns the queue name. `eks`: an EKS compute
+    environment (for `eksProperties` jobs), namespace `kiln-tests`."""
     ce = unique("ce")
+    extra = {"eksConfiguration": {"eksClusterArn": EKS_CLUSTER, "kubernetesNamespace": "kiln-tests"}} if eks else {}
     batch.create_compute_environment(
         computeEnvironmentName=ce,
         type="MANAGED",
         computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": max_vcpus},
+        **extra,
     )
     queue = unique("q")
     batch.create_job_queue(

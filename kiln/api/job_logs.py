@@ -43,7 +43,7 @@ def log_routes(source: LogSource) -> list[Route]:
         """Errors propagate to the app's middleware, which maps them like any API error."""
         offset = _int_param(request, "offset") or 0
         attempt = _int_param(request, "attempt")
-        container = request.query_params.get("container")  # an ecsProperties job's container, by name
+        container = request.query_params.get("container")  # an ecsProperties or eksProperties job's container, by name
         location = await run_in_threadpool(source.log_location, request.path_params["job_id"], attempt, container)
         data = b""
         if location.path.exists():

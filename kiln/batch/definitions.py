@@ -12,7 +12,7 @@ from kiln.batch import consumables, fargate, multinode
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
-from kiln.engine import ecs_tasks
+from kiln.engine import ecs_tasks, eks_pods
 from kiln.engine.containers import check_container
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import NotFoundError, ValidationError
@@ -22,10 +22,7 @@ MAX_DESCRIBE = 100
 MAX_DEFINITION_BYTES = 24 * 1024
 _NAME_REVISION = re.compile(r"^(?P<name>[A-Za-z0-9_-]{1,128}):(?P<revision>\d+)$")
 _BARE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-EKS_REFUSED = (
-    "{field} is not supported: Kiln runs no Kubernetes pods (its compute environments are ECS-style hosts with no "
-    "EKS cluster behind them); use containerProperties or ecsProperties"
-)
+RUN_SHAPES = ("containerProperties", "ecsProperties", "eksProperties")  # a container definition gives one
 
 
 def check_timeout(ctx: Context, timeout: dict[str, Any] | None) -> None:
@@ -47,6 +44,8 @@ def _check_platform(params: dict[str, Any]) -> str:
     platform = fargate.platform_of(params.get("platformCapabilities"))
     if params.get("ecsProperties"):
         ecs_tasks.check_ecs_properties(params["ecsProperties"], platform)
+    elif params.get("eksProperties"):
+        eks_pods.check_eks_properties(params["eksProperties"], platform)
     elif platform == fargate.FARGATE:
         fargate.check_definition(params["type"], params.get("containerProperties"))
     else:
@@ -63,20 +62,21 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
         raise ValidationError(
             f"A job definition can be at most {MAX_DEFINITION_BYTES} bytes (24 KiB); this one is {size}"
         )
-    if params.get("eksProperties"):
-        raise ValidationError(EKS_REFUSED.format(field="eksProperties"))
-    ecs = params.get("ecsProperties")
+    given = [key for key in RUN_SHAPES if params.get(key)]
     if params["type"] == "container":
         if params.get("nodeProperties"):
             raise ValidationError("nodeProperties is only valid for type multinode")
-        if ecs and params.get("containerProperties"):
-            raise ValidationError("A job definition gives either containerProperties or ecsProperties, not both")
-        if not ecs and not params.get("containerProperties"):
-            raise ValidationError("A container job definition needs containerProperties or ecsProperties")
-        if not ecs:
+        if len(given) > 1:
+            raise ValidationError(f"A job definition gives one of {', '.join(RUN_SHAPES)}, not {' and '.join(given)}")
+        if not given:
+            raise ValidationError(
+                "A container job definition needs containerProperties, ecsProperties or eksProperties"
+            )
+        if given == ["containerProperties"]:
             check_container(params["containerProperties"])
-    elif ecs:
-        raise ValidationError("ecsProperties is only valid for type container; Kiln's multinode job definitions "
+    elif set(given) - {"containerProperties"}:
+        key = next(key for key in given if key != "containerProperties")
+        raise ValidationError(f"{key} is only valid for type container; Kiln's multinode job definitions "
                               "give each node range a container in nodeProperties")  # fmt: skip
     elif not params.get("nodeProperties"):
         raise ValidationError("A multinode job definition needs nodeProperties")
@@ -108,7 +108,7 @@ def register_job_definition(ctx: Context, params: dict[str, Any]) -> dict[str, A
         revision=revision,
         status="ACTIVE",
         platformCapabilities=[platform],
-        containerOrchestrationType="ECS",
+        containerOrchestrationType="EKS" if params.get("eksProperties") else "ECS",
         parameters=params.get("parameters") or {},
         tags=params.get("tags") or {},
     )

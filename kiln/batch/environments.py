@@ -17,6 +17,7 @@ from kiln.batch import fargate
 from kiln.batch.names import check_resource_name
 from kiln.batch.tags import check_tags
 from kiln.context import Context
+from kiln.engine import eks_pods
 from kiln.errors import ConflictError, NotFoundError, ValidationError
 from kiln.store.records import ComputeEnvironment, JobQueue
 from kiln.store.resources import NamedStore
@@ -32,7 +33,15 @@ EC2_CE_TYPES = frozenset({"EC2", "SPOT"})
 _INSTANCE_TYPE = re.compile(r"optimal|default_x86_64|default_arm64|[a-z][a-z0-9-]*[0-9][a-z0-9-]*(\.[a-z0-9-]+)?")
 
 
+EKS = "EKS"  # the orchestration type of a compute environment with eksConfiguration, and its queues' type
+EKS_QUEUE_TYPE = EKS
+ACCESS_ENTRY_STATES = ("ENABLED", "DISABLED", "INHERIT_FROM_CLUSTER")
+_EKS_CLUSTER_ARN = re.compile(r"arn:aws[a-z-]*:eks:[a-z0-9-]+:\d{12}:cluster/[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
 def _family(ce_doc: dict[str, Any]) -> str:
+    if ce_doc.get("containerOrchestrationType") == EKS:
+        return EKS
     return fargate.FARGATE if fargate.is_fargate_ce(ce_doc) else fargate.EC2
 
 
@@ -78,14 +87,15 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     _check_instance_role(params.get("computeResources"))
     if params["type"] == "MANAGED" and params.get("unmanagedvCpus") is not None:
         raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
-    _check_not_eks(params)
+    eks = params.get("eksConfiguration")
+    if eks is not None:
+        _check_eks_configuration(eks, params.get("computeResources"))
     check_tags(params.get("tags"))
     arn = ctx.arns.compute_environment(name)
     state = params.get("state", "ENABLED")
     doc = {
         "computeEnvironmentName": name,
         "computeEnvironmentArn": arn,
-        "ecsClusterArn": f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:cluster/kiln-{name}",
         "tags": params.get("tags") or {},
         "type": params["type"],
         "state": state,
@@ -95,8 +105,12 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
         "serviceRole": params.get("serviceRole"),
         "unmanagedvCpus": params.get("unmanagedvCpus"),
         "uuid": str(uuid.uuid4()),
-        "containerOrchestrationType": "ECS",
+        "containerOrchestrationType": "ECS" if eks is None else EKS,
     }
+    if eks is None:  # an EKS environment has a cluster of its own, named in eksConfiguration
+        doc["ecsClusterArn"] = f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:cluster/kiln-{name}"
+    else:
+        doc["eksConfiguration"] = {key: value for key, value in eks.items() if value is not None}
     if params.get("context") is not None:
         doc["context"] = params["context"]
     ctx.repo.environments.insert(
@@ -105,14 +119,37 @@ def create_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str
     return {"computeEnvironmentName": name, "computeEnvironmentArn": arn}
 
 
-def _check_not_eks(params: dict[str, Any]) -> None:
-    """Kiln's compute environments run jobs on its own executors, described as ECS: an EKS cluster
-    named here would be silently ignored, so it is refused."""
-    if params.get("eksConfiguration") is not None:
-        raise ValidationError(
-            "eksConfiguration is not supported: Kiln runs jobs on its own executors (local, Docker or Ray), "
-            "described as ECS compute environments, not on an Amazon EKS cluster; leave eksConfiguration out"
-        )
+def _check_eks_configuration(eks: dict[str, Any], resources: dict[str, Any] | None) -> None:
+    """AWS's rules for an EKS compute environment. The cluster is a label on Kiln: its executor runs
+    the pods' containers (kiln/engine/eks_pods.py), but a definition that works here must work on AWS."""
+    arn = str(eks.get("eksClusterArn") or "")
+    if not _EKS_CLUSTER_ARN.fullmatch(arn):
+        raise ValidationError(f"eksConfiguration.eksClusterArn {arn[:120]!r} is not an Amazon EKS cluster ARN, e.g. "
+                              "arn:aws:eks:us-east-1:123456789012:cluster/ClusterForBatch")  # fmt: skip
+    eks_pods.check_namespace(str(eks.get("kubernetesNamespace") or ""), "eksConfiguration.kubernetesNamespace")
+    _check_access_entry(eks.get("accessEntry"))
+    if resources and resources.get("type") in fargate.FARGATE_CE_TYPES:
+        raise ValidationError(f"computeResources.type {resources['type']} is not supported with eksConfiguration: "
+                              "AWS Batch runs Amazon EKS jobs on EC2 or SPOT compute resources")  # fmt: skip
+
+
+def _check_access_entry(entry: dict[str, Any] | None) -> None:
+    if entry is not None and entry.get("desiredState") not in ACCESS_ENTRY_STATES:
+        raise ValidationError(f"eksConfiguration.accessEntry.desiredState must be one of "
+                              f"{', '.join(ACCESS_ENTRY_STATES)} (got {entry.get('desiredState')})")  # fmt: skip
+
+
+def _updated_eks(doc: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """UpdateComputeEnvironment's `eksConfiguration` (only its access entry can change), on an EKS
+    compute environment only."""
+    if doc.get("containerOrchestrationType") != EKS:
+        raise ValidationError(f"eksConfiguration can only be updated on a compute environment whose "
+                              f"containerOrchestrationType is EKS; {doc['computeEnvironmentName']} is ECS")  # fmt: skip
+    eks = dict(doc.get("eksConfiguration") or {})
+    if update.get("accessEntry") is not None:
+        _check_access_entry(update["accessEntry"])
+        eks["accessEntry"] = {"desiredState": update["accessEntry"]["desiredState"]}
+    return eks
 
 
 def get_compute_environment(ctx: Context, reference: str) -> dict[str, Any]:
@@ -149,7 +186,8 @@ def describe_compute_environments(ctx: Context, params: dict[str, Any]) -> dict[
 
 def update_compute_environment(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     doc = get_compute_environment(ctx, params["computeEnvironment"])
-    _check_not_eks(params)
+    if params.get("eksConfiguration") is not None:
+        doc["eksConfiguration"] = _updated_eks(doc, params["eksConfiguration"])
     if params.get("unmanagedvCpus") is not None:
         if doc["type"] != "UNMANAGED":
             raise ValidationError("unmanagedvCpus can only be set for an UNMANAGED compute environment")
@@ -210,9 +248,14 @@ def _resolve_order(ctx: Context, order: list[dict[str, Any]]) -> tuple[list[dict
             raise ValidationError(f"Compute environment {ce['computeEnvironmentName']} is not VALID")
         families.add(_family(ce))
         resolved.append({"order": item["order"], "computeEnvironment": ce["computeEnvironmentArn"]})
+    if EKS in families and len(families) > 1:
+        raise ValidationError("A job queue cannot mix Amazon EKS and Amazon ECS compute environments: all of its "
+                              "compute environments must have eksConfiguration, or none")  # fmt: skip
     if len(families) > 1:
         raise ValidationError("A job queue cannot mix EC2/SPOT and FARGATE/FARGATE_SPOT compute environments")
-    queue_type = fargate.FARGATE_QUEUE_TYPE if families == {fargate.FARGATE} else fargate.EC2_QUEUE_TYPE
+    queue_type = {fargate.FARGATE: fargate.FARGATE_QUEUE_TYPE, EKS: EKS_QUEUE_TYPE}.get(
+        families.pop(), fargate.EC2_QUEUE_TYPE
+    )
     return sorted(resolved, key=lambda item: item["order"]), queue_type
 
 

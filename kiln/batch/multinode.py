@@ -115,12 +115,11 @@ def check_node_properties(node_properties: Document) -> None:
     _check_layout(_ranges(node_properties, count), count)
     for i, entry in enumerate(node_properties.get("nodeRangeProperties") or []):
         where = f"nodeRangeProperties[{i}].container"
-        if entry.get("eksProperties"):
-            raise ValidationError(f"nodeRangeProperties[{i}].eksProperties is not supported: Kiln runs no Kubernetes "
-                                  "pods; give the node range a container")  # fmt: skip
-        if entry.get("ecsProperties"):
-            raise ValidationError(f"nodeRangeProperties[{i}].ecsProperties is not supported yet: Kiln runs one "
-                                  "container per node of a multi-node parallel job; give the node range a container")  # fmt: skip
+        for shape in ("ecsProperties", "eksProperties"):
+            if entry.get(shape):
+                raise ValidationError(f"nodeRangeProperties[{i}].{shape} is not supported yet: Kiln runs one "
+                                      "container per node of a multi-node parallel job; give the node range a "
+                                      "container")  # fmt: skip
         if not entry.get("container"):
             raise ValidationError(f"{where} is required: each node range needs a container")
         if len(entry.get("instanceTypes") or []) > 1:

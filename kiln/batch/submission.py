@@ -8,13 +8,13 @@ import uuid
 from typing import Any
 
 from kiln.batch import consumables, fargate, multinode
-from kiln.batch.definitions import EKS_REFUSED, check_scheduling_priority, check_timeout, resolve_active
-from kiln.batch.environments import get_job_queue
+from kiln.batch.definitions import check_scheduling_priority, check_timeout, resolve_active
+from kiln.batch.environments import EKS_QUEUE_TYPE, get_job_queue
 from kiln.batch.names import check_job_name
 from kiln.batch.scheduling_policies import MAX_SHARE_IDENTIFIERS, check_share_identifier
 from kiln.batch.tags import check_tags
 from kiln.context import Context
-from kiln.engine import containers, ecs_tasks
+from kiln.engine import containers, ecs_tasks, eks_pods
 from kiln.engine.lifecycle import FINISHED, Status
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import ValidationError
@@ -119,6 +119,12 @@ def _resolved_run(
                                   "its containers by name through ecsPropertiesOverride")  # fmt: skip
         return {"ecsProperties": ecs_tasks.resolve(definition["ecsProperties"], params.get("ecsPropertiesOverride"),
                                                    parameters)}, None  # fmt: skip
+    if definition.get("eksProperties"):
+        if params.get("containerOverrides"):
+            raise ValidationError("containerOverrides is not valid for a job definition with eksProperties; override "
+                                  "its containers by name through eksPropertiesOverride")  # fmt: skip
+        return {"eksProperties": eks_pods.resolve(definition["eksProperties"], params.get("eksPropertiesOverride"),
+                                                  parameters)}, None  # fmt: skip
     if platform == fargate.FARGATE:
         fargate.check_overrides(params.get("containerOverrides"))
     container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
@@ -177,6 +183,24 @@ def _check_multinode_queue(ctx: Context, params: dict[str, Any], queue: dict[str
             )
 
 
+def _check_orchestration(queue: dict[str, Any], definition: dict[str, Any]) -> None:
+    """An `eksProperties` job runs only on a queue of EKS compute environments, and every other job
+    only on one of ECS compute environments (AWS refuses the submission rather than leaving the job
+    RUNNABLE)."""
+    eks_queue = queue.get("jobQueueType") == EKS_QUEUE_TYPE
+    if definition.get("eksProperties") and not eks_queue:
+        raise ValidationError(
+            f"JobQueue {queue['jobQueueName']} is attached to Amazon ECS compute environments, which can not run "
+            f"job definition {definition['jobDefinitionName']} with eksProperties; submit it to a job queue of "
+            "Amazon EKS compute environments (created with eksConfiguration)"
+        )
+    if eks_queue and not definition.get("eksProperties"):
+        raise ValidationError(
+            f"JobQueue {queue['jobQueueName']} is attached to Amazon EKS compute environments, which run only job "
+            f"definitions with eksProperties; job definition {definition['jobDefinitionName']} has none"
+        )
+
+
 def _array_child(parent: Job, index: int) -> Job:
     """Child `index` of an array: the parent's name, queue, definition, time and resources, and an
     empty spec (it reads the parent's). Not `dataclasses.replace` (a few times slower): an array has
@@ -204,11 +228,11 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     definition = resolve_active(ctx, params["jobDefinition"])
     if definition["type"] == "multinode":
         _check_multinode_queue(ctx, params, queue)
+    _check_orchestration(queue, definition)
     fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
-    if params.get("eksPropertiesOverride"):
-        raise ValidationError(EKS_REFUSED.format(field="eksPropertiesOverride"))
-    if params.get("ecsPropertiesOverride") and not definition.get("ecsProperties"):
-        raise ValidationError("ecsPropertiesOverride is only valid for a job definition with ecsProperties")
+    for shape in ("ecsProperties", "eksProperties"):
+        if params.get(f"{shape}Override") and not definition.get(shape):
+            raise ValidationError(f"{shape}Override is only valid for a job definition with {shape}")
     size = _array_size(params)
     spec, nodes = _resolved_spec(ctx, params, definition, queue)
     needed, needs = consumables.resolve_for_job(ctx, params, definition)
@@ -221,6 +245,8 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     node_resources: list[containers.Resources] = []
     if "ecsProperties" in spec:  # the task holds what its containers need together
         resources = ecs_tasks.task_resources(ecs_tasks.task_of(spec["ecsProperties"])["containers"])
+    elif "eksProperties" in spec:  # as Kubernetes reserves for the pod
+        resources = eks_pods.pod_resources(eks_pods.pod_of(spec["eksProperties"]))
     elif nodes is None:
         resources = containers.resources_of(spec["container"])
     else:  # the job holds the whole gang's resources: it is what the scheduler places

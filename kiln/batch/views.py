@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.context import Context
-from kiln.engine import ecs_tasks
+from kiln.engine import ecs_tasks, eks_pods, multi_container
 from kiln.engine.lifecycle import Status
 from kiln.store.records import Attempt, Document, Job
 from kiln.task_results import read_results
@@ -60,6 +60,69 @@ def _task_detail(ctx: Context, spec: Document, attempt: Attempt | None) -> dict[
 
 def _instance_arn(ctx: Context, attempt: Attempt) -> str:
     return f"arn:aws:ecs:{ctx.arns.region}:{ctx.arns.account_id}:container-instance/kiln/{attempt.compute_environment}"
+
+
+def _pod_results(ctx: Context, spec: Document, attempt: Attempt) -> dict[str, dict[str, Any]]:
+    """An `eksProperties` attempt's containers (init containers included), by name: the exit code
+    and reason the runner reported. Without its report (the attempt never started, or the runner
+    was killed), every container shows the attempt's exit code and reason; with it, a failed
+    container shows the attempt's reason where the runner gave none (an OOM kill)."""
+    reported = None
+    if attempt.stopped_at is not None and attempt.started_at is not None:
+        reported = read_results(ctx.settings.log_file(attempt.log_stream))
+    found = {}
+    for name in multi_container.container_names(spec) or []:
+        result: dict[str, Any] = {"exitCode": None, "reason": None}
+        if reported is not None and isinstance(reported.get(name), dict):
+            result = {"exitCode": reported[name].get("exitCode"), "reason": reported[name].get("reason")}
+            if result["reason"] is None and result["exitCode"] not in (None, 0):
+                result["reason"] = attempt.reason
+        elif attempt.stopped_at is not None:
+            result = {"exitCode": attempt.exit_code, "reason": attempt.reason}
+        found[name] = result
+    return found
+
+
+def _pod_place(ctx: Context, spec: Document, attempt: Attempt) -> dict[str, Any]:
+    """Where a pod ran, as AWS names it: the pod (`aws-batch.<task id>`), the node (the host of the
+    server that placed it), the cluster and namespace of its compute environment (the pod's own
+    namespace first)."""
+    environment = ctx.repo.environments.get(attempt.compute_environment)
+    eks = (environment.doc if environment is not None else {}).get("eksConfiguration") or {}
+    metadata = eks_pods.pod_of(spec["eksProperties"]).get("metadata") or {}
+    return {
+        "eksClusterArn": eks.get("eksClusterArn"),
+        "podName": eks_pods.pod_name(attempt.task_id),
+        "podNamespace": metadata.get("namespace") or eks.get("kubernetesNamespace"),
+        "nodeName": (attempt.placed_by or "").split(":", 1)[0] or None,
+    }
+
+
+def _eks_attempt(ctx: Context, spec: Document, attempt: Attempt) -> dict[str, Any]:
+    """One `eksAttempts` entry (EksAttemptDetail)."""
+    results = _pod_results(ctx, spec, attempt)
+    pod = eks_pods.pod_of(spec["eksProperties"])
+
+    def listed(key: str) -> list[dict[str, Any]]:
+        return [{"name": c["name"], **results.get(c["name"], {})} for c in pod.get(key) or []]
+
+    return {"containers": listed("containers"), "initContainers": listed("initContainers"),
+            **_pod_place(ctx, spec, attempt), "startedAt": attempt.started_at, "stoppedAt": attempt.stopped_at,
+            "statusReason": attempt.status_reason}  # fmt: skip
+
+
+def _pod_detail(ctx: Context, spec: Document, attempt: Attempt | None) -> dict[str, Any]:
+    """`eksProperties` as DescribeJobs shows it: the pod with each container's exit code and reason
+    (once its attempt ended), and the current attempt's pod and node names once it started."""
+    pod = eks_pods.pod_of(spec["eksProperties"])
+    results = {} if attempt is None else _pod_results(ctx, spec, attempt)
+    for key in ("initContainers", "containers"):
+        if pod.get(key):
+            pod[key] = [{**container, **results.get(container["name"], {})} for container in pod[key]]
+    if attempt is not None and attempt.started_at is not None:
+        place = _pod_place(ctx, spec, attempt)
+        pod.update(podName=place["podName"], nodeName=place["nodeName"])
+    return {"podProperties": pod}
 
 
 def attempt_detail(ctx: Context, attempt: Attempt, spec: Document | None = None) -> dict[str, Any]:
@@ -144,6 +207,11 @@ def job_detail(
         detail["arrayProperties"] = {"index": job.array_index}
     if "ecsProperties" in spec:  # AWS describes the task and its containers instead of one container
         detail["ecsProperties"] = _task_detail(ctx, spec, current)
+        del detail["container"]
+    elif "eksProperties" in spec:  # ...and a pod's, with its attempts in eksAttempts
+        detail["eksProperties"] = _pod_detail(ctx, spec, current)
+        detail["eksAttempts"] = [_eks_attempt(ctx, spec, a) for a in attempts if a.stopped_at is not None]
+        detail["attempts"] = []
         del detail["container"]
     if job.num_nodes is not None:  # an MNP job: its nodes are described as `<jobId>#<i>`
         detail["nodeProperties"] = spec["nodeProperties"]

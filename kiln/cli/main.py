@@ -224,7 +224,8 @@ def logs(
     attempt: Annotated[int | None, typer.Option(help="Attempt number, 1-based [default: latest].")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the attempt ends.")] = False,
     container: Annotated[
-        str | None, typer.Option(help="A container of an ecsProperties job [default: the attempt's own log].")
+        str | None,
+        typer.Option(help="A container of an ecsProperties or eksProperties job [default: the attempt's own log]."),
     ] = None,
     endpoint_url: EndpointOption = None,
 ) -> None:

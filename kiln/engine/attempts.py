@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from kiln.config import Settings
-from kiln.engine import ecs_tasks
+from kiln.engine import eks_pods, multi_container
 from kiln.engine.containers import environment_of, requirement, volume_mounts
-from kiln.executors.base import AttemptSpec, GangMember, TaskContainer
+from kiln.executors.base import AttemptSpec, GangMember, TaskContainer, TaskMount
 from kiln.relay_access import RELAY_TOKEN_VARIABLE, RELAY_URL_VARIABLE, RelayKey, names_relay
 from kiln.store.records import Document, Job
 from kiln.store.repository import Repository
@@ -60,7 +60,7 @@ class AttemptBuilder:
             gang = GangMember(f"{job.parent_id}/{number}", job.node_index, nodes["numNodes"], nodes["mainNode"])
             variables.update(node_variables(gang))
         timeout = (spec.get("timeout") or {}).get("attemptDurationSeconds")
-        if "ecsProperties" in spec:
+        if "ecsProperties" in spec or "eksProperties" in spec:
             return self._task_attempt(job, spec, task_id, variables, environment, stream, timeout)
         container = spec["container"]
         variables = self._container_environment(job, container, container.get("jobRoleArn"), variables)
@@ -79,36 +79,46 @@ class AttemptBuilder:
         the `AWS_BATCH_*` ones, which always win, and the relay's when its command names the relay."""
         role = self.settings.job_roles.get(role_arn or "")
         merged = {**role, **environment_of(container, variables)} if role else environment_of(container, variables)
-        if names_relay(container.get("command") or []):  # the same holds for its relay token (kiln/relay_access.py)
+        words = [*(container.get("entrypoint") or []), *(container.get("command") or [])]  # a pod's: both
+        if names_relay(words):  # the same holds for its relay token (kiln/relay_access.py)
             merged[RELAY_URL_VARIABLE] = self.settings.relay_url
             merged[RELAY_TOKEN_VARIABLE] = self.relay_key.token_for(job.id)
         return merged
 
     def _task_attempt(self, job: Job, spec: Document, task_id: str, variables: dict[str, str], environment: str,
                       stream: str, timeout: int | None) -> AttemptSpec:  # fmt: skip
-        """An `ecsProperties` job's attempt: its containers, each with its own variables and log stream."""
-        task = ecs_tasks.task_of(spec["ecsProperties"])
+        """An `ecsProperties` or `eksProperties` job's attempt: its containers, each with its own
+        variables and log stream (a pod's commands and args with their `$(NAME)` references expanded)."""
+        task = multi_container.task_of(spec)
+        assert task is not None
+        pod = multi_container.is_pod(spec)
         definition = spec["jobDefinitionName"]
         role = task.get("taskRoleArn")
-        task_containers = tuple(
-            TaskContainer(
-                name=container["name"], image=container["image"], command=list(container.get("command") or []),
-                environment=self._container_environment(job, container, role, variables),
-                log_path=self.settings.log_file(ecs_tasks.stream_name(definition, container["name"], task_id)),
+        task_containers = []
+        for container in task["containers"]:
+            env = self._container_environment(job, container, role, variables)
+            command, entrypoint = list(container.get("command") or []), container.get("entrypoint")
+            if pod:
+                command, entrypoint = eks_pods.expand(command, env) or [], eks_pods.expand(entrypoint, env)
+            task_containers.append(TaskContainer(
+                name=container["name"], image=container["image"], command=command, environment=env,
+                log_path=self.settings.log_file(multi_container.stream_name(definition, container["name"], task_id)),
                 essential=bool(container.get("essential", True)),
                 depends_on=tuple((item["containerName"], item["condition"]) for item in container.get("dependsOn") or []),
-                stop_timeout=container.get("stopTimeout"), **_own_resources(container),
-            )
-            for container in task["containers"]
-        )  # fmt: skip
-        first = next(container for container in task_containers if container.essential)
+                stop_timeout=container.get("stopTimeout"), entrypoint=entrypoint,
+                mounts=tuple(TaskMount(m["containerPath"], m["volume"], m["hostPath"], m["subPath"], m["readOnly"])
+                             for m in container.get("mounts") or []),
+                **_own_resources(container),
+            ))  # fmt: skip
+        first = next((container for container in task_containers if container.essential), task_containers[-1])
         user = next((c.get("user") for c in task["containers"] if c.get("user")), None)
         return AttemptSpec(
             attempt_id=task_id, job_id=job.id, image=first.image, command=list(first.command), environment=variables,
             vcpus=job.vcpus, memory_mib=job.memory_mib, gpus=job.gpus,
             log_path=self.settings.log_file(stream),
             workdir=self.settings.work_dir / task_id, timeout_seconds=timeout,
-            cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments, user=user, task=task_containers,
+            cpu_hard_cap=environment in self.settings.cpu_hard_cap_environments, user=user,
+            task=tuple(task_containers), pod=pod,
         )  # fmt: skip
 
 

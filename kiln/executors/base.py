@@ -60,6 +60,19 @@ class GangMember:
 
 
 @dataclass(frozen=True)
+class TaskMount:
+    """A volume an `eksProperties` pod's container mounts: `volume`'s directory (its `sub_path`
+    inside it) at `container_path`. `host_path` is a hostPath volume's path; None is an emptyDir,
+    which the executor makes for the attempt, shared by every container that mounts it."""
+
+    container_path: str
+    volume: str
+    host_path: str | None = None
+    sub_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class TaskContainer:
     """One container of an attempt that runs an `ecsProperties` task (several containers).
 
@@ -81,6 +94,10 @@ class TaskContainer:
     vcpus: float | None = None
     memory_mib: int | None = None
     gpus: int = 0
+    # A pod's container (`eksProperties`): its `command`, which replaces the image's entrypoint
+    # (None: the image's, then `command` as the arguments), and its volume mounts.
+    entrypoint: list[str] | None = None
+    mounts: tuple[TaskMount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,9 @@ class AttemptSpec:
     # `command` are then the first essential container's, for messages only). Executors that cannot
     # run them fail the attempt's start saying so.
     task: tuple[TaskContainer, ...] = ()
+    # The task is an `eksProperties` pod: no container's end stops the others, and the attempt
+    # fails with the first container that fails (kiln/executors/task_state.py).
+    pod: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ An `ecsProperties` attempt (`_Task`) is one container per task container, all on
 (they share 127.0.0.1), created together and started and stopped by task_state.py's rules as the
 event stream reports their starts and deaths; labels describe each one's place in the task, so a
 restarted server takes the task back too. Its results go to the attempt's own log at the end.
+An `eksProperties` pod runs the same way by the pod's rules (task_state.py), each container with
+its `command` as the entrypoint and its `args` as the command; its hostPath volumes are bind mounts
+and its emptyDir volumes Docker volumes of the attempt's own (`kiln-<attempt id>-<volume>`, labelled
+with the attempt), shared by the containers that mount them and removed with the task.
 
 A container never sees the control plane: it runs as the definition's `user` (Docker's `--user`,
 else the image's), and a volume whose host path is Kiln's data dir, inside it or above it (`/`)
@@ -69,6 +73,7 @@ from .base import (
     Capacity,
     EventReporter,
     TaskContainer,
+    TaskMount,
     VolumeMount,
 )
 from .task_state import CANNOT_START, Member, TaskState
@@ -367,9 +372,10 @@ class DockerExecutor(EventReporter):
                 self._remove(summary["Id"])
             return "lost"
         members = [Member(spec.name, spec.essential, spec.depends_on) for spec in specs]
+        pod = bool(found[0][0].get("pod"))
         grace = max(float(c.stop_timeout) if c.stop_timeout is not None else self._settings.termination_grace_seconds
                     for c in specs)  # fmt: skip
-        task = _Task(attempt_id, log_path, AttemptStop(timeout), TaskState(members),
+        task = _Task(attempt_id, log_path, AttemptStop(timeout), TaskState(members, pod=pod),
                      {spec.name: _Member(spec, container_id=s["Id"]) for spec, (_, s) in zip(specs, found, strict=True)},
                      grace, created=True)  # fmt: skip
         with self._lock:
@@ -711,11 +717,12 @@ class DockerExecutor(EventReporter):
 
     def _new_task(self, spec: AttemptSpec) -> _Task:
         members = [Member(c.name, c.essential, c.depends_on) for c in spec.task]
+        state = TaskState(members, pod=spec.pod)
         grace = max(
             float(c.stop_timeout) if c.stop_timeout is not None else self._settings.termination_grace_seconds
             for c in spec.task
         )
-        return _Task(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds), TaskState(members),
+        return _Task(spec.attempt_id, spec.log_path, AttemptStop(spec.timeout_seconds), state,
                      {c.name: _Member(c) for c in spec.task}, grace)  # fmt: skip
 
     def _launch_task(self, task: _Task, spec: AttemptSpec) -> None:
@@ -727,7 +734,22 @@ class DockerExecutor(EventReporter):
             self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_START_PREFIX}: {TASK_NEEDS_HOST_NETWORK} "
                                        f"(this server's docker_network is {self._settings.docker_network})")  # fmt: skip
             return
+        sub_path = next((m for c in spec.task for m in c.mounts if m.host_path is None and m.sub_path), None)
+        if sub_path is not None:  # older daemons ignore a volume subpath: refused rather than mounted whole
+            self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_CREATE_PREFIX}: Kiln's Docker executor "
+                                       f"cannot mount a subPath ({sub_path.sub_path}) of emptyDir volume "
+                                       f"{sub_path.volume}; mount the whole volume")  # fmt: skip
+            return
+        host_paths = [VolumeMount(m.container_path, m.host_path) for c in spec.task for m in c.mounts if m.host_path]
+        exposed = data_dir_volume(host_paths, self._settings.data_dir)
+        if exposed is not None:
+            self._task_ended_unstarted(task, TASK_FAILED_TO_START, f"{CANNOT_CREATE_PREFIX}: {DAEMON_PREFIX}invalid "
+                                       f"mount config: the host path {exposed} would expose Kiln's data dir "
+                                       f"({self._settings.data_dir}), which no container may mount")  # fmt: skip
+            return
         try:
+            for name in sorted({m.volume for c in spec.task for m in c.mounts if m.host_path is None}):
+                self._api.create_volume(_pod_volume(spec.attempt_id, name), labels={LABEL_ATTEMPT: spec.attempt_id})
             for member in task.members.values():
                 member.container_id = self._create_member(spec, member.spec, "host")
         except Exception as exc:  # the daemon's refusal, or the daemon went away
@@ -750,6 +772,7 @@ class DockerExecutor(EventReporter):
             "essential": member.essential,
             "dependsOn": [list(pair) for pair in member.depends_on],
             "stopTimeout": member.stop_timeout,
+            "pod": spec.pod,
         }
         labels = {
             LABEL_ATTEMPT: spec.attempt_id,
@@ -770,6 +793,7 @@ class DockerExecutor(EventReporter):
             nano_cpus=int(vcpus * 1e9) if spec.cpu_hard_cap else None,
             device_requests=[DeviceRequest(count=member.gpus, capabilities=[["gpu"]])] if member.gpus else None,
             network_mode=network,
+            mounts=[_pod_mount(spec.attempt_id, mount) for mount in member.mounts] or None,
         )
 
         def create() -> str:
@@ -777,6 +801,7 @@ class DockerExecutor(EventReporter):
                 member.image, command=list(member.command) or None,
                 environment={"KILN_VCPUS": f"{vcpus:g}", **member.environment}, labels=labels,
                 host_config=host_config, name=f"kiln-{spec.attempt_id}-{member.name}", user=spec.user or None,
+                entrypoint=member.entrypoint,  # a pod's container's `command`; None: the image's
             )  # fmt: skip
             return str(created["Id"])
 
@@ -938,6 +963,28 @@ class DockerExecutor(EventReporter):
         for member in task.members.values():
             if member.container_id is not None:
                 self._remove(member.container_id)
+        if not task.state.pod:
+            return
+        try:  # a pod's emptyDir volumes, found by their label (also after a restart)
+            listed = self._api.volumes(filters={"label": f"{LABEL_ATTEMPT}={task.attempt_id}"}) or {}
+            for volume in listed.get("Volumes") or []:
+                self._api.remove_volume(volume["Name"], force=True)
+        except docker.errors.APIError as exc:
+            logger.warning("cannot remove the volumes of attempt %s: %s", task.attempt_id, _explain(exc))
+
+
+def _pod_volume(attempt_id: str, volume: str) -> str:
+    """The Docker volume of a pod's emptyDir volume, the attempt's own."""
+    return f"kiln-{attempt_id}-{volume}"
+
+
+def _pod_mount(attempt_id: str, mount: TaskMount) -> Mount:
+    """A pod container's volume mount: a bind mount of a hostPath volume (its subPath joined), or
+    the attempt's Docker volume for an emptyDir (whole: a subPath of it is refused at start)."""
+    if mount.host_path is not None:
+        source = os.path.join(mount.host_path, mount.sub_path) if mount.sub_path else mount.host_path
+        return Mount(mount.container_path, source, type="bind", read_only=mount.read_only)
+    return Mount(mount.container_path, _pod_volume(attempt_id, mount.volume), type="volume", read_only=mount.read_only)
 
 
 def _copy_output(stream: Iterator[bytes], path: Path) -> None:

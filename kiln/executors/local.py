@@ -29,6 +29,7 @@ and opening the log, which need the supervisor's rights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -301,15 +302,19 @@ class LocalExecutor(EventReporter):
         descriptors = {path: FIRST_LOG_FD + i for i, path in enumerate(task_logs(spec))}
         containers = []
         for container in spec.task:
-            argv = self._catalogue.resolve(container.image) + list(container.command)
+            entrypoint = self._catalogue.resolve(container.image)  # an unknown image fails even when replaced
+            if container.entrypoint is not None:  # a pod's container: its `command` replaces the image's
+                entrypoint = list(container.entrypoint)
+            argv = entrypoint + list(container.command)
             if not argv:
                 raise NoCommand(f"{NO_COMMAND_REASON} (container {container.name})")
             containers.append({
                 "name": container.name, "argv": argv, "environment": container.environment,
                 "essential": container.essential, "dependsOn": [list(pair) for pair in container.depends_on],
                 "logFd": descriptors.get(container.log_path, 1), "stopTimeout": container.stop_timeout,
+                "mounts": [dataclasses.asdict(mount) for mount in container.mounts],
             })  # fmt: skip
-        return runner_argv(plan_of(containers, self._settings.termination_grace_seconds))
+        return runner_argv(plan_of(containers, self._settings.termination_grace_seconds, pod=spec.pod))
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         with self._lock:

@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import AttemptEvent, AttemptExited, AttemptRunning, AttemptSpec, GangMember, TaskContainer, VolumeMount
+from .base import (
+    AttemptEvent,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    GangMember,
+    TaskContainer,
+    TaskMount,
+    VolumeMount,
+)
 
 SOCKET_NAME = "supervisor.sock"
 LOCK_NAME = "supervisor.lock"
@@ -45,7 +54,8 @@ def spec_from_wire(wire: dict[str, Any]) -> AttemptSpec:
     values["volumes"] = tuple(VolumeMount(**volume) for volume in values.get("volumes", ()))
     values["task"] = tuple(
         TaskContainer(**{**item, "log_path": Path(item["log_path"]),
-                         "depends_on": tuple((name, condition) for name, condition in item["depends_on"])})
+                         "depends_on": tuple((name, condition) for name, condition in item["depends_on"]),
+                         "mounts": tuple(TaskMount(**mount) for mount in item.get("mounts", ()))})
         for item in values.get("task", ())
     )  # fmt: skip
     return AttemptSpec(**values)

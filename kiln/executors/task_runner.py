@@ -18,6 +18,14 @@ SIGTERM it stops every container the same way.
 
 Each container's exit code and reason are written as the runner's last line of output, in the
 attempt's own log (kiln/task_results.py), where DescribeJobs reads them back.
+
+A pod (`eksProperties`, the plan's `pod`) follows task_state.py's pod rules: no container stops the
+others and the runner's exit code is the first failing container's. Each of its containers starts
+in a directory of its own, `containers/<name>` under the attempt's workdir, where each volume mount
+is a symbolic link at the mount path (made relative: `/data` is `containers/<name>/data`) to the
+volume: a hostPath volume's path, or an emptyDir's directory `volumes/<name>`, made here and shared
+by every container that mounts it. Processes on the host cannot have a volume at the absolute mount
+path itself; the Docker executor mounts it there.
 """
 
 from __future__ import annotations
@@ -48,14 +56,40 @@ class _Process:
     environment: dict[str, str]
     log_fd: int
     grace: float
+    mounts: list[dict[str, Any]] | None = None  # a pod's container: it runs in its own directory
     process: subprocess.Popen[bytes] | None = None
     kill_at: float | None = None
 
 
-def plan_of(containers: list[dict[str, Any]], grace_seconds: float) -> str:
+def plan_of(containers: list[dict[str, Any]], grace_seconds: float, pod: bool = False) -> str:
     """The runner's argument: each container's name, argv, environment, essential flag, dependsOn,
-    log descriptor and grace, in the order given (the executor's side of the contract)."""
-    return json.dumps({"graceSeconds": grace_seconds, "containers": containers}, separators=(",", ":"))
+    log descriptor and grace (a pod's: also its `mounts`), in the order given, and whether the task
+    is a pod (the executor's side of the contract)."""
+    plan = {"graceSeconds": grace_seconds, "containers": containers, "pod": pod}
+    return json.dumps(plan, separators=(",", ":"))
+
+
+def container_home(root: str, name: str) -> str:
+    """Where a pod's container starts: its own directory under the attempt's workdir."""
+    return os.path.join(root, "containers", name)
+
+
+def lay_out_mounts(root: str, name: str, mounts: list[dict[str, Any]]) -> str:
+    """Make a pod container's directory and its mounts' links in it (emptyDir volumes made on
+    first use); its directory. OSError when the filesystem refuses."""
+    home = container_home(root, name)
+    os.makedirs(home, exist_ok=True)
+    for mount in mounts:
+        host_path = mount.get("host_path")
+        target = host_path or os.path.join(root, "volumes", mount["volume"])
+        if mount.get("sub_path"):
+            target = os.path.join(target, mount["sub_path"])
+        if host_path is None:
+            os.makedirs(target, exist_ok=True)
+        link = os.path.join(home, mount["container_path"].strip("/"))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(target, link)
+    return home
 
 
 def runner_argv(plan: str) -> list[str]:
@@ -67,13 +101,15 @@ class TaskRunner:
     def __init__(self, plan: dict[str, Any]) -> None:
         grace = float(plan.get("graceSeconds", 10.0))
         items = plan["containers"]
+        pod = bool(plan.get("pod"))
         self.state = TaskState([
             Member(item["name"], bool(item["essential"]), tuple((n, c) for n, c in item["dependsOn"]))
             for item in items
-        ])  # fmt: skip
+        ], pod=pod)  # fmt: skip
         self.processes = {
             item["name"]: _Process(item["argv"], item["environment"], int(item["logFd"]),
-                                   float(item["stopTimeout"]) if item.get("stopTimeout") is not None else grace)
+                                   float(item["stopTimeout"]) if item.get("stopTimeout") is not None else grace,
+                                   list(item.get("mounts") or []) if pod else None)
             for item in items
         }  # fmt: skip
         self.signalled = False  # the running containers were told to stop
@@ -107,9 +143,10 @@ class TaskRunner:
     def start(self, member: Member) -> None:
         run = self.processes[member.name]
         try:
+            home = None if run.mounts is None else lay_out_mounts(os.getcwd(), member.name, run.mounts)
             run.process = subprocess.Popen(
                 run.argv, env={**os.environ, **run.environment}, stdin=subprocess.DEVNULL,
-                stdout=run.log_fd, stderr=run.log_fd, start_new_session=True,
+                stdout=run.log_fd, stderr=run.log_fd, start_new_session=True, cwd=home,
             )  # fmt: skip
         except OSError as exc:
             self.state.skip(member, f"{CANNOT_START}: {exc}")

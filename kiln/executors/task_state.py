@@ -7,6 +7,10 @@ START is met once the other container started; COMPLETE once it exited; SUCCESS 
 started) leaves the container unstarted, with a `DependencyConditionFailed` reason. The first
 essential container to end (exit, or never start) ends the task: the others are to be stopped and
 the task's exit code is that container's (1 if it never started).
+
+An `eksProperties` pod (`pod=True`) follows Kubernetes instead: no container is essential and none
+ends the others; the task ends once every container has, and its exit code is that of the first
+container that failed (exited non-zero, or never started), 0 when none did.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ class Member:
 class TaskState:
     """One task's containers and what has happened to them (not thread-safe: callers lock)."""
 
-    def __init__(self, members: list[Member]) -> None:
+    def __init__(self, members: list[Member], pod: bool = False) -> None:
         self.members = {member.name: member for member in members}
-        self.ending: Member | None = None  # the essential container whose end ends the task
+        # The essential container whose end ends the task; in a pod, the first container that failed.
+        self.ending: Member | None = None
         self.stopping = False
+        self.pod = pod
 
     def _condition(self, dependency: tuple[str, str]) -> bool | None:
         """True: met; False: can never be met; None: not yet."""
@@ -85,14 +91,18 @@ class TaskState:
     def skip(self, member: Member, reason: str) -> None:
         """`member` will never start (`reason`); if essential, the task ends."""
         member.skipped, member.reason = True, reason
-        if member.essential:
+        if self.pod:
+            self.ending = self.ending or member
+        elif member.essential:
             self.end_by(member)
 
     def exited(self, name: str, exit_code: int) -> None:
         member = self.members[name]
         member.started = True  # whoever saw the exit may have seen it before the start was recorded
         member.exit_code = exit_code
-        if member.essential:
+        if self.pod:
+            self.ending = self.ending or (member if exit_code != 0 else None)
+        elif member.essential:
             self.end_by(member)
 
     def end_by(self, member: Member) -> None:

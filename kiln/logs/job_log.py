@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.context import Context, require_job
-from kiln.engine import ecs_tasks
+from kiln.engine import multi_container
 from kiln.engine.attempts import resolved_specs
 from kiln.engine.lifecycle import TERMINAL, Status
 from kiln.errors import NotFoundError, ValidationError
@@ -22,7 +22,7 @@ class LogLocation:
 
 def locate(ctx: Context, job_id: str, attempt_number: int | None, container: str | None = None) -> LogLocation:
     """The log of attempt `attempt_number` (1-based; default: the latest) of a job; with
-    `container`, that container's of an `ecsProperties` job (else the attempt's own)."""
+    `container`, that container's of an `ecsProperties` or `eksProperties` job (else the attempt's own)."""
     job = require_job(ctx, job_id)
     if job.num_nodes is not None:  # an MNP job's log is its main node's
         job_id = f"{job_id}#{job.spec['nodeProperties']['mainNode']}"
@@ -47,9 +47,9 @@ def locate(ctx: Context, job_id: str, attempt_number: int | None, container: str
 
 def _container_stream(ctx: Context, job: Job, attempt: Attempt, container: str) -> str:
     spec = resolved_specs(ctx.repo, [job], {})[job.id]
-    if "ecsProperties" not in spec:
+    names = multi_container.container_names(spec)
+    if names is None:
         raise ValidationError(f"Job {job.id} has one container (containerProperties); leave out the container name")
-    names = ecs_tasks.container_names(ecs_tasks.task_of(spec["ecsProperties"]))
     if container not in names:
         raise ValidationError(f"Job {job.id} has no container {container} (containers: {', '.join(names)})")
-    return ecs_tasks.stream_name(spec["jobDefinitionName"], container, attempt.task_id)
+    return multi_container.stream_name(spec["jobDefinitionName"], container, attempt.task_id)

@@ -16,7 +16,7 @@ from kiln.arns import Arns
 from kiln.clock import now_ms
 from kiln.config import Settings
 from kiln.context import Context
-from kiln.engine import ecs_tasks
+from kiln.engine import multi_container
 from kiln.engine.attempts import resolved_specs
 from kiln.errors import NotFoundError, ValidationError
 from kiln.logs import filter_patterns
@@ -59,15 +59,12 @@ def open_stream(ctx: Context, name: str) -> StreamFile:
 
 
 def _container_streams(ctx: Context, attempt: Attempt) -> list[str]:
-    """The streams of an `ecsProperties` attempt's containers (none for other jobs)."""
+    """The streams of an `ecsProperties` or `eksProperties` attempt's containers (none for other jobs)."""
     job = ctx.repo.jobs.get(attempt.job_id)
     if job is None or attempt.started_at is None:
         return []
     spec = resolved_specs(ctx.repo, [job], {})[job.id]
-    if "ecsProperties" not in spec:
-        return []
-    names = ecs_tasks.container_names(ecs_tasks.task_of(spec["ecsProperties"]))
-    return [ecs_tasks.stream_name(spec["jobDefinitionName"], name, attempt.task_id) for name in names]
+    return multi_container.container_streams(spec, attempt.task_id)
 
 
 def _stream_of(ctx: Context, attempt: Attempt | Stream, name: str | None = None) -> StreamFile:

@@ -130,11 +130,15 @@ class RelayStore:
 
 
 def _commands(job: dict[str, Any]) -> list[str]:
-    """Every word of a job's commands: its container's, or each container's of an ecsProperties task."""
+    """Every word of a job's commands: its container's, each container's of an ecsProperties task,
+    or each container's (command and args, init containers too) of an eksProperties pod."""
     words = list((job.get("container") or {}).get("command") or [])
     for task in (job.get("ecsProperties") or {}).get("taskProperties") or []:
         for container in task.get("containers") or []:
             words += container.get("command") or []
+    pod = (job.get("eksProperties") or {}).get("podProperties") or {}
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        words += [*(container.get("command") or []), *(container.get("args") or [])]
     return [str(word) for word in words]
 
 

@@ -139,20 +139,21 @@ def test_register_rejected(batch: Any, change: Change, fragment: str) -> None:
     assert fragment in caught.value.response["Error"]["Message"]
 
 
-EKS = "Kiln runs no Kubernetes pods"
 OTHER_REGISTER_CASES = [
     pytest.param({"type": "container", "ecsProperties": two_containers(), "platformCapabilities": ["FARGATE"]},
                  "Kiln runs ecsProperties job definitions on EC2 only", id="fargate"),
     pytest.param({"type": "container", "ecsProperties": two_containers(),
-                  "containerProperties": plain(None)}, "either containerProperties or ecsProperties, not both",
-                 id="both-shapes"),
+                  "containerProperties": plain(None)},
+                 "gives one of containerProperties, ecsProperties, eksProperties, not containerProperties and "
+                 "ecsProperties", id="both-shapes"),
     pytest.param({"type": "multinode", "ecsProperties": two_containers()},
                  "ecsProperties is only valid for type container", id="multinode-top-level"),
     pytest.param({"type": "multinode", "nodeProperties": {"numNodes": 1, "mainNode": 0, "nodeRangeProperties": [
                      {"targetNodes": "0", "ecsProperties": two_containers()}]}},
                  "nodeRangeProperties[0].ecsProperties is not supported yet", id="node-range-ecs"),
-    pytest.param({"type": "container", "eksProperties": {"podProperties": {"containers": [{"image": "busybox"}]}}},
-                 f"eksProperties is not supported: {EKS}", id="eks"),
+    pytest.param({"type": "container", "ecsProperties": two_containers(),
+                  "eksProperties": {"podProperties": {"containers": [{"image": "busybox"}]}}},
+                 "not ecsProperties and eksProperties", id="ecs-and-eks"),
 ]  # fmt: skip
 
 
@@ -201,7 +202,7 @@ SUBMIT_CASES = [
     pytest.param({"containerOverrides": {"command": ["true"]}},
                  "containerOverrides is not valid for a job definition with ecsProperties", id="container-overrides"),
     pytest.param({"eksPropertiesOverride": {"podProperties": {"containers": [{"name": "x"}]}}},
-                 f"eksPropertiesOverride is not supported: {EKS}", id="eks-override"),
+                 "eksPropertiesOverride is only valid for a job definition with eksProperties", id="eks-override"),
 ]  # fmt: skip
 
 

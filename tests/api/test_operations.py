@@ -185,7 +185,7 @@ def test_compute_environment_create_describe_update_delete(batch: Any) -> None:
     assert gone["computeEnvironments"] == []
 
 
-def test_context_and_update_policy_are_described_and_eks_is_refused(batch: Any) -> None:
+def test_context_and_update_policy_are_described(batch: Any) -> None:
     name = unique("ce-context")
     batch.create_compute_environment(
         computeEnvironmentName=name, type="MANAGED", computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
@@ -201,21 +201,11 @@ def test_context_and_update_policy_are_described_and_eks_is_refused(batch: Any) 
     [detail] = batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"]
     assert detail["context"] == "night-shift"
     assert detail["updatePolicy"] == {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 30}
-
-    eks = {"eksClusterArn": "arn:aws:eks:us-east-1:123456789012:cluster/render", "kubernetesNamespace": "batch"}
-    for call in (
-        lambda: batch.create_compute_environment(
-            computeEnvironmentName=unique("ce-eks"),
-            type="MANAGED",
-            computeResources={"type": "EC2", "instanceRole": "ecsInstanceRole", "maxvCpus": 2},
-            eksConfiguration=eks,
-        ),
-        lambda: batch.update_compute_environment(
+    # An ECS environment has no EKS configuration to update (EKS ones: tests/api/test_eks_requests.py).
+    with pytest.raises(batch.exceptions.ClientException, match=r"containerOrchestrationType is EKS; .* is ECS"):
+        batch.update_compute_environment(
             computeEnvironment=name, eksConfiguration={"accessEntry": {"desiredState": "ENABLED"}}
-        ),
-    ):
-        with pytest.raises(batch.exceptions.ClientException, match="eksConfiguration is not supported: Kiln runs"):
-            call()
+        )
     assert batch.describe_compute_environments(computeEnvironments=[name])["computeEnvironments"][0]["context"] == (
         "night-shift"
     )

@@ -4,7 +4,7 @@ boto3 parses a response through the model and drops what the model does not know
 test cannot see an unknown member or a wrong type: these requests go over plain HTTP and every
 answer is checked with botocore's own validator (unknown members, missing required ones, types)
 plus the enums, for jobs in every state Kiln produces (plain, array parent and child, multi-node,
-dependent, failed, cancelled, consumable-resource) and for every read operation.
+dependent, failed, cancelled, consumable-resource, an eksProperties pod) and for every read operation.
 
 One deviation is allowed: `startedAt`, required by the model, is absent from a job that has not
 started (AWS omits it too) and from array parents (their children run; whether AWS shows a start
@@ -89,7 +89,17 @@ def test_every_read_answers_in_the_models_shapes(kiln_server: KilnServer, batch:
                                               nodeProperties=nodes)["jobDefinitionArn"]  # fmt: skip
     gang = submit(batch, queue, multinode)
     blocked = submit(batch, queue, ok, dependsOn=[{"jobId": failed}])
-    for job_id in (plain, array, dependent, failed, gang, blocked):
+    eks_queue = make_queue(batch, eks=True)  # an eksProperties job: its pod and eksAttempts
+    small = {"requests": {"cpu": "0.25", "memory": "16Mi"}}
+    pod = {
+        "initContainers": [{"name": "init", "image": "host", "command": ["true"], "resources": small}],
+        "containers": [{"name": "main", "image": "host", "command": ["sh", "-c", "exit 2"], "resources": small}],
+    }
+    eks_definition = batch.register_job_definition(
+        jobDefinitionName=unique("eks"), type="container", eksProperties={"podProperties": pod}
+    )["jobDefinitionArn"]
+    pod_job = submit(batch, eks_queue, eks_definition)
+    for job_id in (plain, array, dependent, failed, gang, blocked, pod_job):
         wait_for(batch, job_id, timeout=60)
     parked = make_queue(batch, max_vcpus=0)  # nothing ever runs there: RUNNABLE, then cancelled
     waiting = submit(batch, parked, ok)
@@ -110,6 +120,7 @@ def test_every_read_answers_in_the_models_shapes(kiln_server: KilnServer, batch:
         blocked,
         cancelled,
         waiting,
+        pod_job,
     ]
     described = checked(kiln_server, "DescribeJobs", {"jobs": ids})["jobs"]
     assert {job["jobId"] for job in described} == set(ids)
@@ -118,9 +129,10 @@ def test_every_read_answers_in_the_models_shapes(kiln_server: KilnServer, batch:
     checked(kiln_server, "ListJobs", {"arrayJobId": array, "jobStatus": "SUCCEEDED"})
     checked(kiln_server, "ListJobs", {"multiNodeJobId": gang, "jobStatus": "SUCCEEDED"})
     checked(kiln_server, "ListJobs", {"jobQueue": queue, "filters": [{"name": "JOB_NAME", "values": ["job*"]}]})
-    checked(kiln_server, "DescribeJobQueues", {"jobQueues": [queue]})
+    assert described[-1]["eksAttempts"][0]["containers"][0]["exitCode"] == 2
+    checked(kiln_server, "DescribeJobQueues", {"jobQueues": [queue, eks_queue]})
     checked(kiln_server, "DescribeComputeEnvironments", {})
-    checked(kiln_server, "DescribeJobDefinitions", {"jobDefinitions": [ok, multinode]})
+    checked(kiln_server, "DescribeJobDefinitions", {"jobDefinitions": [ok, multinode, eks_definition]})
     checked(kiln_server, "GetJobQueueSnapshot", {"jobQueue": queue_arn})
     assert checked(kiln_server, "GetJobQueueSnapshot", {"jobQueue": parked})["frontOfQueue"]["jobs"]
     checked(kiln_server, "DescribeConsumableResource", {"consumableResource": resource})

@@ -12,6 +12,7 @@ from kiln.executors.base import (
     AttemptSpec,
     GangMember,
     TaskContainer,
+    TaskMount,
     VolumeMount,
 )
 from kiln.executors.supervisor_wire import event_from_wire, event_to_wire, spec_from_wire, spec_to_wire
@@ -46,6 +47,19 @@ def test_a_task_spec_comes_back_equal() -> None:
     )  # fmt: skip
     spec = AttemptSpec("a3", "j", "host", ["work"], {}, 1.5, 96, Path("/data/logs/d/default/a3.log"), Path("/w"),
                        task=task)  # fmt: skip
+    assert spec_from_wire(_through_json(spec_to_wire(spec))) == spec
+
+
+def test_a_pod_spec_comes_back_equal() -> None:
+    """An `eksProperties` attempt: entrypoints, volume mounts and the pod's rules."""
+    mounts = (TaskMount("/data", "scratch"), TaskMount("/in", "scenes", "/srv/scenes", "a/b", read_only=True))
+    task = (
+        TaskContainer("init", "host", [], {}, Path("/l/init.log"), essential=False, entrypoint=["sh", "-c", "x"],
+                      mounts=mounts),
+        TaskContainer("main", "host", ["arg"], {}, Path("/l/main.log"), essential=False,
+                      depends_on=(("init", "SUCCESS"),)),
+    )  # fmt: skip
+    spec = AttemptSpec("a4", "j", "host", ["arg"], {}, 1.0, 64, Path("/l/a4.log"), Path("/w"), task=task, pod=True)
     assert spec_from_wire(_through_json(spec_to_wire(spec))) == spec
 
 

@@ -70,6 +70,29 @@ def test_ecs_task_runs_on_one_node_and_each_containers_log_comes_back(batch: Any
         assert [event["message"] for event in events] == [text]
 
 
+def test_eks_pod_runs_on_one_node_with_its_volume_and_logs(batch: Any, server: KilnServer) -> None:
+    """An eksProperties job: the node's local engine runs the pod (init container first, its
+    emptyDir shared through each container's mount) and each container's log comes back."""
+    name = unique("eks")
+    small = {"requests": {"cpu": "0.5", "memory": "64Mi"}}
+    mount = [{"name": "scratch", "mountPath": "/scratch"}]
+    pod = {
+        "initContainers": [{"name": "init", "image": "host", "resources": small, "volumeMounts": mount,
+                            "command": ["sh", "-c", "echo from init > scratch/note"]}],
+        "containers": [{"name": "main", "image": "host", "resources": small, "volumeMounts": mount,
+                        "command": ["cat", "scratch/note"]}],
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+    }  # fmt: skip
+    batch.register_job_definition(jobDefinitionName=name, type="container", eksProperties={"podProperties": pod})
+    job_id = submit(batch, make_queue(batch, max_vcpus=2, eks=True), name)
+    assert wait_for(batch, job_id, timeout=60)["status"] == "SUCCEEDED", server.job_log(job_id)
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    task_id = job["eksProperties"]["podProperties"]["podName"].removeprefix("aws-batch.")
+    logs = boto3.client("logs", endpoint_url=server.endpoint, region_name="us-east-1")
+    events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=f"{name}/main/{task_id}")["events"]
+    assert [event["message"] for event in events] == ["from init"]
+
+
 def test_array_children_spread_over_every_node(batch: Any, server: KilnServer, ray_cluster: RayCluster) -> None:
     queue = make_queue(batch, max_vcpus=6)
     definition = register_shell(batch, 'sleep 1; echo "child=$AWS_BATCH_JOB_ARRAY_INDEX pwd=$(pwd)"')

@@ -156,6 +156,34 @@ def test_retry_as_new_resubmits_a_multi_container_job_by_container(
     assert wait_for(ui_batch, second)["status"] == "SUCCEEDED"
 
 
+def test_retry_as_new_resubmits_a_pod_by_container(page: Page, ui_server: KilnServer, ui_batch: Any) -> None:
+    """An eksProperties job's page lists its init containers and containers with their exit codes
+    and its attempts from eksAttempts; "Retry as new job" overrides them by name."""
+    queue = make_queue(ui_batch, eks=True)
+    small = {"requests": {"cpu": "0.25", "memory": "32Mi"}}
+    pod = {
+        "initContainers": [{"name": "setup", "image": "host", "command": ["true"], "resources": small}],
+        "containers": [{"name": "main", "image": "host", "command": ["sh", "-c", "exit 3"], "resources": small}],
+    }
+    name = unique("retry-eks")
+    ui_batch.register_job_definition(jobDefinitionName=name, type="container", eksProperties={"podProperties": pod})
+    first = submit(ui_batch, queue, f"{name}:1")
+    assert wait_for(ui_batch, first)["status"] == "FAILED"
+    open_ui(page, ui_server, f"#/jobs/{first}")
+    expect(page.locator("body")).to_contain_text("setup (init)")
+    expect(page.locator("body")).to_contain_text("exit 3")
+    attempt = page.locator("h2:text-is('Attempts') + .panel tbody tr").first  # from eksAttempts
+    expect(attempt.locator("td").nth(4)).to_have_text("3")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("[data-action=retry]").click()
+    page.wait_for_function(f"!location.hash.includes('{first}')")
+    second = page.evaluate("decodeURIComponent(location.hash.split('/')[2])")
+    job = ui_batch.describe_jobs(jobs=[second])["jobs"][0]
+    containers = job["eksProperties"]["podProperties"]
+    assert [c["name"] for c in containers["initContainers"] + containers["containers"]] == ["setup", "main"]
+    assert wait_for(ui_batch, second)["status"] == "FAILED"
+
+
 def test_an_array_of_1000_renders_every_cell_and_repaints_when_a_child_finishes(
     page: Page, ui_server: KilnServer, ui_batch: Any, tmp_path: Path
 ) -> None:

@@ -494,8 +494,33 @@ function taskContainers(job) {
   ]));
 }
 
+/** The containers of an eksProperties job: its init containers, then its containers (name, image, exit code, command and args). */
+function podContainers(job) {
+  const pod = (job.eksProperties || {}).podProperties || {};
+  const line = (c, init) => [
+    `${c.name || "default"}${init ? " (init)" : ""}`,
+    h("span", {}, h("span", { class: "mono" }, (c.image || "").replace(/:latest$/, "")),
+      c.exitCode !== undefined ? ` · exit ${c.exitCode}` : "", c.reason ? ` · ${c.reason}` : "", " ",
+      code([...(c.command || []), ...(c.args || [])])),
+  ];
+  return keyValues([...(pod.initContainers || []).map((c) => line(c, true)), ...(pod.containers || []).map((c) => line(c, false))]);
+}
+
+/** A job's finished attempts, as `attempts` shows them (an eksProperties job's from `eksAttempts`:
+ * the exit code and reason of its first failing container, else 0). */
+function finishedAttempts(job) {
+  if (!job.eksAttempts) return job.attempts || [];
+  return job.eksAttempts.map((a) => {
+    const all = [...(a.initContainers || []), ...(a.containers || [])];
+    const failed = all.find((c) => c.exitCode !== undefined && c.exitCode !== 0) || all.find((c) => c.reason);
+    return { startedAt: a.startedAt, stoppedAt: a.stoppedAt, statusReason: a.statusReason,
+      container: failed ? { exitCode: failed.exitCode, reason: failed.reason } : { exitCode: all.length ? 0 : undefined } };
+  });
+}
+
 function containerPairs(job, definition) {
   if (job.ecsProperties) return taskContainers(job);
+  if (job.eksProperties) return podContainers(job);
   const c = job.container || {};
   const environment = (c.environment || []).slice().sort((a, b) => a.name.localeCompare(b.name));
   const resources = (c.resourceRequirements || []).map((r) => `${r.type} ${r.value}`);
@@ -516,7 +541,7 @@ function containerPairs(job, definition) {
 }
 
 function attemptsTable(job) {
-  const rows = (job.attempts || []).map((attempt, index) => h("tr", {},
+  const rows = finishedAttempts(job).map((attempt, index) => h("tr", {},
     h("td", { class: "num" }, index + 1),
     h("td", {}, formatTime(attempt.startedAt)),
     h("td", {}, formatTime(attempt.stoppedAt)),
@@ -579,6 +604,12 @@ async function retryAsNew(job) {
   if (job.ecsProperties) {  // a multi-container job: each container overridden by name
     const task = (job.ecsProperties.taskProperties || [])[0] || {};
     request.ecsPropertiesOverride = { taskProperties: [{ containers: (task.containers || []).map(resolvedOverrides) }] };
+  } else if (job.eksProperties) {  // a pod: each container and init container overridden by name
+    const pod = job.eksProperties.podProperties || {};
+    const overrides = (c) => ({ name: c.name, image: c.image, command: c.command, args: c.args,
+      env: (c.env || []).filter((e) => !e.name.startsWith("AWS_BATCH")), resources: c.resources });
+    request.eksPropertiesOverride = { podProperties: { containers: (pod.containers || []).map(overrides) } };
+    if ((pod.initContainers || []).length) request.eksPropertiesOverride.podProperties.initContainers = pod.initContainers.map(overrides);
   } else {
     request.containerOverrides = resolvedOverrides(job.container || {});
   }
@@ -610,7 +641,7 @@ function logTail(jobId) {
   let finished = false;
 
   async function refreshLog(job) {
-    const started = (job.attempts || []).length + (["STARTING", "RUNNING"].includes(job.status) ? 1 : 0);
+    const started = finishedAttempts(job).length + (["STARTING", "RUNNING"].includes(job.status) ? 1 : 0);
     if (started === 0) {
       info.textContent = "No attempt has started yet; the log appears once one runs.";
       return;
