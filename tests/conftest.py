@@ -41,6 +41,25 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "kiln-test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`: each group below stays on
+    one worker, so a module's shared server starts once, and the Ray cluster and the Docker daemon
+    (session fixtures) start only in the worker that runs every test needing them."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+
+
+def _worker_group(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    runtime = callspec.params.get("runtime") if callspec is not None else None  # tests/e2e/conftest.py
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if "ray_cluster" in fixtures or runtime == "ray":
+        return "ray"
+    if "docker_engine" in fixtures or runtime == "docker":
+        return "docker"
+    return item.nodeid.split("::", 1)[0]
+
+
 @dataclass
 class KilnServer:
     """A `kiln server` child process; `restart` keeps the data dir (crash/restart tests).
