@@ -49,11 +49,11 @@ docker-test-deps:
 	  else echo "docker.io/busybox-static missing and not installable here (needs root and apt): Docker tests will skip"; fi; \
 	fi
 
-# Two pytest-xdist workers (tests/conftest.py groups what must share one): the suite waits on servers,
+# Two pytest-xdist workers (tests/conftest.py groups what must share one worker): the suite waits on servers,
 # jobs and clusters more than it computes, so even two cores overlap much of it. PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 test: lint typecheck chromium postgres docker-test-deps
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

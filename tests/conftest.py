@@ -41,23 +41,35 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "kiln-test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers with `--dist loadgroup`: each group below stays on
-    one worker, so a module's shared server starts once, and the Ray cluster and the Docker daemon
-    (session fixtures) start only in the worker that runs every test needing them."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown when it is disabled (-p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two pytest-xdist workers; each group of `worker_group` runs on one worker,
+    so a module's shared server starts once, and the Ray cluster and the Docker daemon (session
+    fixtures) start only in the worker that runs the tests needing them. (xdist's own loadgroup
+    marks cannot do it: it renames node ids through an attribute pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return Groups(config, log)
 
 
-def _worker_group(item: pytest.Item) -> str:
-    callspec = getattr(item, "callspec", None)
-    runtime = callspec.params.get("runtime") if callspec is not None else None  # tests/e2e/conftest.py
-    fixtures = set(getattr(item, "fixturenames", ()))
-    if "ray_cluster" in fixtures or runtime == "ray":
+RAY_MODULES = ("tests/ray/",)
+DOCKER_MODULES = ("tests/executors/test_docker_executor.py", "tests/e2e/test_docker.py")
+
+
+def worker_group(nodeid: str) -> str:
+    """A test's group: "ray" or "docker" for those needing the cluster or the daemon (by module, or
+    by the `runtime` parameter of tests/e2e/conftest.py), else its module."""
+    module = nodeid.split("::", 1)[0]
+    params = nodeid.rsplit("[", 1)[1].rstrip("]").split("-") if nodeid.endswith("]") else []
+    if module.startswith(RAY_MODULES) or "ray" in params:
         return "ray"
-    if "docker_engine" in fixtures or runtime == "docker":
+    if module.startswith(DOCKER_MODULES) or "docker" in params:
         return "docker"
-    return item.nodeid.split("::", 1)[0]
+    return module
 
 
 @dataclass

@@ -32,7 +32,15 @@ from .images import ImageCatalogue
 from .job_environment import inherited_environment
 from .job_mounts import openings, paths_jobs_need
 from .job_users import JobUsers, blocked_on_the_way
-from .supervisor_wire import LOG_NAME, SOCKET_NAME, LineReader, encode, event_from_wire, spec_to_wire
+from .supervisor_wire import (
+    LOG_NAME,
+    SOCKET_NAME,
+    LineReader,
+    encode,
+    event_from_wire,
+    socket_address,
+    spec_to_wire,
+)
 from .workdirs import prepare_work_root
 
 log = logging.getLogger(__name__)
@@ -71,7 +79,8 @@ def connect(state_dir: Path) -> socket.socket | None:
     """A connection to the supervisor of `state_dir`, or None when none answers."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(state_dir / SOCKET_NAME))
+        with socket_address(state_dir / SOCKET_NAME) as address:
+            sock.connect(address)
     except OSError:
         sock.close()
         return None

@@ -40,7 +40,15 @@ from .chains import StartChains
 from .images import ImageCatalogue
 from .local import LocalExecutor
 from .supervisor_journal import Journal
-from .supervisor_wire import LOCK_NAME, SOCKET_NAME, LineReader, encode, event_to_wire, spec_from_wire
+from .supervisor_wire import (
+    LOCK_NAME,
+    SOCKET_NAME,
+    LineReader,
+    encode,
+    event_to_wire,
+    socket_address,
+    spec_from_wire,
+)
 
 log = logging.getLogger("kiln.supervisor")
 
@@ -277,7 +285,8 @@ def bind(state_dir: Path) -> socket.socket | None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
+    with socket_address(path) as address:
+        listener.bind(address)
     os.chmod(path, 0o600)
     listener.listen(8)
     return listener

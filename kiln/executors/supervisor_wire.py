@@ -6,8 +6,11 @@ the attempts), so each has one encoder and one decoder here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +30,28 @@ LOCK_NAME = "supervisor.lock"
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "supervisor.log"
 
+# sun_path holds 108 bytes with its NUL; a data dir deep in a file tree makes a longer socket path.
+_SUN_PATH_MAX = 107
 _PATH_FIELDS = ("log_path", "workdir")
 # Field names read once: `dataclasses.asdict` deep-copies every value, a measurable part of the
 # server's cost per attempt when thousands of array children start.
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptSpec))
 _EVENT_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (AttemptRunning, AttemptExited)}
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for bind/connect of the Unix socket at `path` that fits in sun_path however deep
+    `path` lies: past the limit, `/proc/self/fd/<n>/<name>` through an O_PATH descriptor of its
+    folder (Linux resolves the descriptor's link like any folder), held open while it is used."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def spec_to_wire(spec: AttemptSpec) -> dict[str, Any]:

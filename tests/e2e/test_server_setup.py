@@ -80,6 +80,23 @@ def test_relative_data_dir_and_work_root_are_taken_from_where_the_server_starts(
         server.close()
 
 
+def test_a_data_dir_deep_in_the_file_tree_runs_jobs(tmp_path: Path) -> None:
+    """The supervisor's socket lies in the data dir, and a Unix socket path holds at most 107
+    bytes: a deeper data dir still gets a supervisor that starts and runs jobs."""
+    data_dir = tmp_path / ("deep-" * 12) / ("deeper-" * 10) / "data"
+    data_dir.parent.mkdir(parents=True)  # where KilnServer writes its log
+    assert len(str(data_dir / "executor" / "supervisor.sock")) > 107
+    server = KilnServer(data_dir, free_port(), FAST_FLAGS)
+    server.start()
+    try:
+        batch = server.client()
+        job = wait_for(batch, submit(batch, make_queue(batch), register_shell(batch, "echo deep")))
+        assert job["status"] == "SUCCEEDED", job.get("statusReason")
+        assert server.job_log(job["jobId"]) == "deep\n"
+    finally:
+        server.close()
+
+
 def test_the_ready_line_comes_once_the_server_accepts_connections(tmp_path: Path) -> None:
     """A client that waits for `kiln server ready on URL` may connect at once; with `--port 0` the
     line names the port the system chose."""

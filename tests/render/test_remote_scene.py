@@ -45,7 +45,7 @@ ODD_PATHS = {
     "absent": ("FILE", "//textures/absent.png"),
     "bucket_top": ("FILE", "//../../top.png"),
     "other_bucket": ("FILE", f"//../../../{OTHER_BUCKET}/secret.png"),
-    "above_root": ("FILE", "//../../../../../../../../../etc/passwd"),
+    "above_root": ("FILE", "//" + "../" * 40 + "etc/passwd"),  # "/" stops the climb, however deep the test dir
     "frames": ("SEQUENCE", "//seq/frame_0001.png"),
     "tiles": ("TILED", "//udim/skin.<UDIM>.png"),
 }
