@@ -45,8 +45,8 @@ def run_worker_as_child(argv: Sequence[str]) -> int:
         else:
             pending.append(signum)
 
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
+    for forwarded in FORWARDED:
+        signal.signal(forwarded, forward)
     worker = os.posix_spawn(sys.executable, [sys.executable, "-m", "kiln.render", *argv], os.environ)
     for signum in pending:
         _kill(worker, signum)
