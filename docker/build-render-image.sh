@@ -28,6 +28,7 @@ import_rootfs() {  # import_rootfs TAG: the tree in $rootfs as an image
   tar -C "$rootfs" --numeric-owner -c . | docker import --change 'ENV LANG=C.UTF-8' - "$1" >/dev/null
 }
 
+started=$SECONDS
 if ! docker image inspect "$BUILDER_BASE" "$RUNTIME_BASE" >/dev/null 2>&1; then
   MIRROR=${DEBIAN_MIRROR:-$(apt_mirror)}
   [ -n "$MIRROR" ] || { echo "no Debian mirror: set DEBIAN_MIRROR" >&2; exit 1; }
@@ -39,6 +40,7 @@ if ! docker image inspect "$BUILDER_BASE" "$RUNTIME_BASE" >/dev/null 2>&1; then
   docker/debian-rootfs.sh runtime "$rootfs"
   import_rootfs "$RUNTIME_BASE"
   rm -rf "$rootfs" && rootfs=""
+  echo "kiln-build-time: Debian bases $((SECONDS - started)) s"
 fi
 # pip inside the build trusts what this host trusts ($PIP_CERT, else the system bundle).
 CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
@@ -46,6 +48,10 @@ if [ -s "$CA" ]; then cp "$CA" docker/.build-ca.crt; else : > docker/.build-ca.c
 build=(docker build --network host --build-arg "BUILDER_BASE=$BUILDER_BASE" --build-arg "RUNTIME_BASE=$RUNTIME_BASE"
        -f docker/render.Dockerfile)
 # The package stage gets a tag of its own, so pruning untagged images never drops its cache.
+started=$SECONDS
 "${build[@]}" --target deps -t kiln/render-deps:latest .
+echo "kiln-build-time: package stage $((SECONDS - started)) s"
+started=$SECONDS
 "${build[@]}" ${KILN_RENDER_IMAGE_KEY:+--label "org.kiln.source-key=$KILN_RENDER_IMAGE_KEY"} -t "$IMAGE" .
+echo "kiln-build-time: Kiln and the runtime stage $((SECONDS - started)) s"
 docker image inspect "$IMAGE" --format "$IMAGE: {{.Size}} bytes"

@@ -18,6 +18,7 @@ fails fails `make render-image`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -97,8 +98,12 @@ def why_not_buildable() -> str | None:
 def image_daemon(purpose: str) -> Iterator[DockerDaemon]:
     """A dockerd on the cache's data root, while holding its lock (`purpose` sets how long to wait)."""
     folder = cache_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("a+") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / "lock").open("a+")
+    except OSError as error:
+        raise Unavailable(f"no cache folder for the render image: {error}") from None
+    with lock:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS[purpose]
         while True:
             try:
@@ -135,7 +140,7 @@ def render_engine() -> Iterator[DockerDaemon]:
                 raise Unavailable(f"{RENDER_IMAGE} is not built from this tree in {cache_folder()}: {why}")
             yield daemon
     except DockerMissing as error:
-        raise Unavailable(str(error)) from None
+        raise Unavailable(f"no daemon for {RENDER_IMAGE}: {error}") from None
 
 
 def build() -> int:
@@ -156,8 +161,9 @@ def build() -> int:
             return 0
     except (DockerMissing, Unavailable) as error:
         reason = str(error)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "unavailable").write_text(reason + "\n")
+    with contextlib.suppress(OSError):  # (the tests find the same reason themselves if this fails)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "unavailable").write_text(reason + "\n")
     say(f"{RENDER_IMAGE} not built: {reason}; the Docker render tests will skip")
     return 0
 
@@ -175,6 +181,9 @@ def _build_into(daemon: DockerDaemon, key: str, folder: Path) -> int:
         tail = log.read_text(errors="replace").splitlines()[-40:]
         say(f"{BUILD_SCRIPT} failed ({done.returncode}); the end of {log}:\n" + "\n".join(tail))
         return done.returncode
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("kiln-build-time: "):
+            say(line.removeprefix("kiln-build-time: "))
     daemon.client.images.prune(filters={"dangling": True})  # superseded images; the bases and deps stay tagged
     size = daemon.client.images.get(RENDER_IMAGE).attrs["Size"]
     say(f"built {RENDER_IMAGE} in {time.monotonic() - started:.0f} s: {size:,} bytes")
