@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck install clean chromium postgres docker-test-deps
+.PHONY: demo test lint typecheck install clean chromium postgres docker-test-deps render-image
 
 # The tests start a real PostgreSQL server (tests/postgres.py) with initdb/pg_ctl from PATH or
 # /usr/lib/postgresql/*/bin; when neither has them, install Debian's package (as root, or via sudo).
@@ -40,19 +40,28 @@ ifneq ($(PG_FOUND),yes)
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
 endif
 
-# The Docker executor's tests start their own dockerd and import a busybox image (no registry):
-# they need Debian's docker.io and busybox-static, installed here when missing (a no-op otherwise).
+# The Docker executor's tests start their own dockerd and import a busybox image (no registry);
+# the render image is built from a debootstrap base. They need Debian's docker.io, busybox-static
+# and debootstrap, installed here when missing (a no-op otherwise).
 docker-test-deps:
-	@if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s busybox-static >/dev/null 2>&1; then \
+	@if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s busybox-static >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io busybox-static; \
-	  else echo "docker.io/busybox-static missing and not installable here (needs root and apt): Docker tests will skip"; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io busybox-static debootstrap; \
+	  else echo "docker.io/busybox-static/debootstrap missing and not installable here (needs root and apt): Docker tests will skip"; fi; \
 	fi
 
-# Two pytest-xdist workers (tests/conftest.py groups what must share one worker): the suite waits on servers,
-# jobs and clusters more than it computes, so even two cores overlap much of it. PYTEST_WORKERS=0: one process.
+# Kiln's render image (docker/build-render-image.sh) for tests/render/test_docker_render.py, built
+# before pytest into a Docker data root cached on this machine (tests/render_image.py): minutes
+# the first time, about a minute after a change to kiln/, nothing when current. Where it cannot be
+# built (no root, no Docker) this prints why and the render image tests skip with that reason.
+render-image: $(STAMP) docker-test-deps
+	$(BIN)/python -m tests.render_image
+
+# Two pytest-xdist workers (tests/conftest.py groups what must share one worker): the suite waits on
+# servers, jobs and clusters more than it computes, so even two cores overlap much of it.
+# PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
-test: lint typecheck chromium postgres docker-test-deps
+test: lint typecheck chromium postgres docker-test-deps render-image
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
 
 clean:

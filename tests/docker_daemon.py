@@ -61,12 +61,18 @@ def docker_daemon() -> Iterator[DockerDaemon]:
         if answers(url):
             yield _with_image(url)
             return
-    with _own_dockerd() as url:
+    with own_dockerd() as url:
         yield _with_image(url)
 
 
 @contextmanager
-def _own_dockerd() -> Iterator[str]:
+def own_dockerd(data_root: Path | None = None) -> Iterator[str]:
+    """A `dockerd` started here as root (its URL); state in a temp dir, or images kept in `data_root`.
+
+    Only the daemon's socket, pid file and run-time state go to the temp dir then, so a `data_root`
+    outlives the daemon (tests/render_image.py keeps the render image's build cache there). One
+    daemon at a time may use a data root: the caller holds a lock.
+    """
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise DockerMissing("no Docker daemon answers and dockerd is not installed (`make test` installs docker.io)")
@@ -75,7 +81,8 @@ def _own_dockerd() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="kiln-dockerd-", dir="/tmp"))  # short: unix socket paths are limited
     url = f"unix://{root}/docker.sock"
     log = (root / "dockerd.log").open("wb")
-    command = [dockerd, *DOCKERD_FLAGS, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+    data = data_root or root / "data"
+    command = [dockerd, *DOCKERD_FLAGS, "--data-root", str(data), "--exec-root", str(root / "exec"),
                "-H", url, "--pidfile", str(root / "docker.pid")]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -94,6 +101,8 @@ def _own_dockerd() -> Iterator[str]:
             process.wait(timeout=10)
         log.close()
         _unmount_below(root)
+        if data_root is not None:
+            _unmount_below(data_root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -115,7 +115,11 @@ def render_argv(arguments: argparse.Namespace) -> list[str]:
 
 
 def run() -> NoReturn:
-    """Console-script entry point."""
+    """Console-script entry point; as a container's PID 1 the worker runs in a child (`first_process`)."""
+    from kiln.render.first_process import is_first_process, run_worker_as_child
+
+    if is_first_process():
+        sys.exit(run_worker_as_child(sys.argv[1:]))
     sys.exit(main())
 
 
