@@ -138,9 +138,10 @@ def test_uri_and_file_object_sources(sample_blend: Path) -> None:
     [
         (b"", "not a .blend file"),
         (b"hello, I am a text file\n", "not a .blend file"),
-        (gzip.compress(b"not a blend inside gzip"), "not a .blend file"),
+        (gzip.compress(b"not a blend inside gzip", mtime=0), "not a .blend file"),
         (b"BLENDER-v405" + b"\0" * 10, "truncated"),
     ],
+    ids=["empty", "text", "gzip-of-text", "truncated-header"],  # the same in every xdist worker
 )
 def test_not_a_blend_file(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "input.blend"
