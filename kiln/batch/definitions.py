@@ -74,9 +74,8 @@ def _check_body(ctx: Context, params: dict[str, Any]) -> str:
             )
         if given == ["containerProperties"]:
             check_container(params["containerProperties"])
-    elif set(given) - {"containerProperties"}:
-        key = next(key for key in given if key != "containerProperties")
-        raise ValidationError(f"{key} is only valid for type container; Kiln's multinode job definitions "
+    elif others := [key for key in given if key != "containerProperties"]:
+        raise ValidationError(f"{others[0]} is only valid for type container; Kiln's multinode job definitions "
                               "give each node range a container in nodeProperties")  # fmt: skip
     elif not params.get("nodeProperties"):
         raise ValidationError("A multinode job definition needs nodeProperties")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kiln.batch import consumables, fargate, multinode
@@ -18,12 +19,17 @@ from kiln.engine import containers, ecs_tasks, eks_pods
 from kiln.engine.lifecycle import FINISHED, Status
 from kiln.engine.retry import check_retry_strategy
 from kiln.errors import ValidationError
-from kiln.store.records import Dependency, Job, JobShare
+from kiln.store.records import Dependency, Document, Job, JobShare
 
 MIN_ARRAY_SIZE = 2
 MAX_ARRAY_SIZE = 10_000
 MAX_DEPENDENCIES = 20
 MAX_TAGS_COMBINED = 50
+# The definition shapes of several containers, each resolved with SubmitJob's `<shape>Override`.
+MULTI_CONTAINER_SHAPES: dict[str, Callable[[Document, Document | None, dict[str, str]], Document]] = {
+    "ecsProperties": ecs_tasks.resolve,
+    "eksProperties": eks_pods.resolve,
+}
 
 
 def _array_size(params: dict[str, Any]) -> int | None:
@@ -113,18 +119,12 @@ def _resolved_run(
         return {"nodeProperties": nodes.node_properties}, nodes
     if params.get("nodeOverrides"):
         raise ValidationError("nodeOverrides is only valid for a job definition of type multinode")
-    if definition.get("ecsProperties"):
-        if params.get("containerOverrides"):
-            raise ValidationError("containerOverrides is not valid for a job definition with ecsProperties; override "
-                                  "its containers by name through ecsPropertiesOverride")  # fmt: skip
-        return {"ecsProperties": ecs_tasks.resolve(definition["ecsProperties"], params.get("ecsPropertiesOverride"),
-                                                   parameters)}, None  # fmt: skip
-    if definition.get("eksProperties"):
-        if params.get("containerOverrides"):
-            raise ValidationError("containerOverrides is not valid for a job definition with eksProperties; override "
-                                  "its containers by name through eksPropertiesOverride")  # fmt: skip
-        return {"eksProperties": eks_pods.resolve(definition["eksProperties"], params.get("eksPropertiesOverride"),
-                                                  parameters)}, None  # fmt: skip
+    for shape, resolve in MULTI_CONTAINER_SHAPES.items():
+        if definition.get(shape):
+            if params.get("containerOverrides"):
+                raise ValidationError(f"containerOverrides is not valid for a job definition with {shape}; override "
+                                      f"its containers by name through {shape}Override")  # fmt: skip
+            return {shape: resolve(definition[shape], params.get(f"{shape}Override"), parameters)}, None
     if platform == fargate.FARGATE:
         fargate.check_overrides(params.get("containerOverrides"))
     container = containers.apply_overrides(definition["containerProperties"], params.get("containerOverrides"))
@@ -230,7 +230,7 @@ def submit_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _check_multinode_queue(ctx, params, queue)
     _check_orchestration(queue, definition)
     fargate.check_queue(fargate.platform_of(definition.get("platformCapabilities")), queue.get("jobQueueType"))
-    for shape in ("ecsProperties", "eksProperties"):
+    for shape in MULTI_CONTAINER_SHAPES:
         if params.get(f"{shape}Override") and not definition.get(shape):
             raise ValidationError(f"{shape}Override is only valid for a job definition with {shape}")
     size = _array_size(params)
