@@ -6,8 +6,9 @@ process that runs attempts (a Ray node's agent, next) can hold chains the same w
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+import copy
+from collections.abc import Container
+from dataclasses import dataclass, field
 
 from .base import AttemptSpec
 
@@ -17,7 +18,7 @@ class StartChains:
     waiting: dict[str, list[AttemptSpec]] = field(default_factory=dict)  # predecessor -> who starts after it
     queued: dict[str, str] = field(default_factory=dict)  # attempt waiting -> its predecessor
 
-    def hold(self, spec: AttemptSpec, live: Collection[str]) -> bool:
+    def hold(self, spec: AttemptSpec, live: Container[str]) -> bool:
         """Queue `spec` behind its predecessor if that one is `live` here or queued itself; False:
         start it now (no predecessor, or it is already over)."""
         after = spec.start_after
@@ -44,4 +45,13 @@ class StartChains:
         followers = self.waiting.pop(ended, [])
         for follower in followers:
             del self.queued[follower.attempt_id]
-        return [replace(follower, start_after=None) for follower in followers]
+        return [_without_predecessor(follower) for follower in followers]
+
+
+def _without_predecessor(spec: AttemptSpec) -> AttemptSpec:
+    """`spec` with `start_after` cleared: a shallow copy with one field set, as `dataclasses.replace`
+    would give, without running the frozen dataclass's `__init__` over every field again (an array's
+    every child passes here)."""
+    follower = copy.copy(spec)
+    object.__setattr__(follower, "start_after", None)
+    return follower

@@ -8,11 +8,13 @@ it was not built (no C compiler at install), a tiny `/bin/sh` wrapper joins the 
 the job (same pid), which costs every job a second exec. A program that cannot be found, or a step
 before its exec that fails, fails to start (`CannotStartContainerError`), as in a container.
 
-Processes are started by one spawner thread, in the order `start` was called: a vfork parent
-waits until its child has exec'd, which on a busy host (the child waits for a CPU) took the
-supervisor's loop ~0.7 ms per job; that wait now blocks no one else.
+Processes are started in the order `start` was called, by a thread that does only that: a vfork
+parent waits until its child has exec'd, which on a busy host (the child waits for a CPU) is most of
+a start. In `driven` mode (the attempt supervisor's) that thread is the C launcher's own, which never
+takes the GIL, and everything else runs on the owner's one thread; otherwise it is a Python spawner
+thread, beside a monitor thread.
 
-One monitor thread watches every attempt (a thread per attempt would not scale to many small
+The monitor watches every attempt (a thread per attempt would not scale to many small
 jobs). It sleeps on the attempts' pidfds, so an exit is seen at once, not at the next poll; a
 periodic pass turns the kernel's OOM kills (or the watchdog's verdict) into AWS's OOM outcome and
 enforces timeouts and terminate requests (SIGTERM the tree, SIGKILL after the grace). An attempt's
@@ -160,6 +162,13 @@ class LocalExecutor(EventReporter):
     `use_cgroups=False` forces the fallbacks (psutil watchdog, process-group tracking), for tests
     and for hosts where cgroups misbehave; `shell_launcher=True` forces the `/bin/sh` wrapper
     instead of the C launcher (tests; it is also what runs when the extension was not built).
+
+    `driven=True` runs no thread of its own: `start` launches at once in the caller's thread, and
+    the owner's event loop watches `fileno()` and calls `service()` when it is readable or
+    `seconds_to_next_pass()` has passed. The attempt supervisor runs it so: with the spawner and
+    monitor threads, every attempt crossed three threads, and the waits for the GIL and the
+    executor's lock between them were most of the supervisor's time on the path from one child's
+    exit to the next one's start.
     """
 
     def __init__(
@@ -169,8 +178,11 @@ class LocalExecutor(EventReporter):
         *,
         use_cgroups: bool = True,
         shell_launcher: bool = False,
+        driven: bool = False,
     ) -> None:
         super().__init__()
+        self._driven = driven
+        self._next_pass = 0.0  # monotonic time of the next periodic pass (OOM, timeouts, stragglers)
         self._settings = settings
         self._catalogue = catalogue or ImageCatalogue.from_settings(settings)
         self._support = detect_cgroups(enabled=use_cgroups)
@@ -190,6 +202,11 @@ class LocalExecutor(EventReporter):
         self._workdirs = WorkdirPool()
         self._cgroups = CgroupPool(self._support)
         self._native = None if shell_launcher else native_spawn
+        # `driven`: the C launcher's thread does the vfork (its caller would wait for every exec).
+        self._launcher = self._native.Launcher() if driven and self._native is not None else None
+        self._launching: dict[str, tuple[AttemptSpec, AttemptCgroups]] = {}  # handed to the launcher
+        if self._launcher is not None:
+            self._epoll.register(self._launcher.fileno(), select.EPOLLIN)
         close_inherited_descriptors_on_exec()  # the shell launcher (also every task's) would pass them on
         self._setpriv = shutil.which("setpriv")  # the shell launcher's way to switch user
         self._base_environment = inherited_environment(os.environ, settings.job_environment)
@@ -207,6 +224,7 @@ class LocalExecutor(EventReporter):
         """Take a (re)connecting server's settings, images and the environment its jobs inherit
         (already reduced to what jobs may see: the supervisor outlives servers, and attempts inherit
         the environment of the server that placed them)."""
+        self._wait_for_launches()  # a launch not yet made may still use the mount namespace replaced below
         self._settings, self._catalogue, self._base_environment = settings, catalogue, dict(environment)
         self._users = job_users_or_refusal(settings)
         if isinstance(self._users, JobUsers):
@@ -291,10 +309,13 @@ class LocalExecutor(EventReporter):
             return
         with self._lock:
             self._starting[spec.attempt_id] = None
-            if self._spawner is None:
+            if not self._driven and self._spawner is None:
                 self._spawner = threading.Thread(target=self._spawn_loop, name="kiln-local-spawner", daemon=True)
                 self._spawner.start()
-        self._to_spawn.put((spec, argv, user))
+        if self._driven:
+            self._spawn_one(spec, argv, user)
+        else:
+            self._to_spawn.put((spec, argv, user))
 
     def _task_argv(self, spec: AttemptSpec) -> list[str]:
         """An `ecsProperties` task: the runner (task_runner.py) and its plan, each container's image
@@ -330,6 +351,11 @@ class LocalExecutor(EventReporter):
         with self._lock:
             return set(self._attempts) | set(self._starting)
 
+    def is_running(self, attempt_id: str) -> bool:
+        """`attempt_id in running()` without copying both sets."""
+        with self._lock:
+            return attempt_id in self._attempts or attempt_id in self._starting
+
     def acknowledge(self, attempt_ids: Collection[str]) -> None:
         """Nothing to forget: exits are handed over once, through `poll`."""
 
@@ -363,8 +389,14 @@ class LocalExecutor(EventReporter):
             self._to_spawn.put(None)
             spawner.join(timeout=5.0)
         deadline = time.monotonic() + grace_seconds + 5.0
-        while self.running() and time.monotonic() < deadline and self._monitor_alive():
-            time.sleep(POLL_INTERVAL_SECONDS)
+        while self.running() and time.monotonic() < deadline and (self._driven or self._monitor_alive()):
+            if self._driven:
+                self._service(POLL_INTERVAL_SECONDS)
+            else:
+                time.sleep(POLL_INTERVAL_SECONDS)
+        if self._launcher is not None:
+            self._launcher.close()  # every launch handed over has started by now
+            self._collect_launches()
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5.0)
@@ -384,18 +416,20 @@ class LocalExecutor(EventReporter):
     def _spawn_loop(self) -> None:
         """The spawner thread: start what `start` queued, in order, until `shutdown` says stop."""
         while (item := self._to_spawn.get()) is not None:
-            spec, argv, user = item
-            with self._lock:
-                stopped = self._starting.get(spec.attempt_id)
-            if stopped is not None:
-                self._gpus.release(spec.attempt_id)
-                self._stopped_before_start(spec, stopped)
-                continue
-            try:
-                self._launch(spec, argv, user)
-            except Exception as exc:  # nothing may stay "starting" forever, nor end this thread
-                logger.exception("cannot start attempt %s", spec.attempt_id)
-                self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {exc}")
+            self._spawn_one(*item)
+
+    def _spawn_one(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> None:
+        with self._lock:
+            stopped = self._starting.get(spec.attempt_id)
+        if stopped is not None:
+            self._gpus.release(spec.attempt_id)
+            self._stopped_before_start(spec, stopped)
+            return
+        try:
+            self._launch(spec, argv, user)
+        except Exception as exc:  # nothing may stay "starting" forever, nor end the spawner thread
+            logger.exception("cannot start attempt %s", spec.attempt_id)
+            self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {exc}")
 
     def _launch(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> None:
         try:
@@ -406,14 +440,39 @@ class LocalExecutor(EventReporter):
         except UserRefused as exc:  # no uid left to lend
             self._failed_to_start(spec, exc.message)
             return
+        if attempt is not None:  # else the launcher thread reports it (`_collect_launches`)
+            self._running(attempt)
+
+    def _running(self, attempt: _Attempt, pidfd: int = -1) -> None:
+        """The attempt's process exists: watch it and report it running."""
+        attempt_id = attempt.spec.attempt_id
         with self._lock:
-            stopped = self._starting.pop(spec.attempt_id, None)
-            self._attempts[spec.attempt_id] = attempt
-            self._watch_exit(attempt)
-            self._emit(AttemptRunning(spec.attempt_id, now_ms()))
+            stopped = self._starting.pop(attempt_id, None)
+            self._attempts[attempt_id] = attempt
+            self._watch_exit(attempt, pidfd)
+            self._emit(AttemptRunning(attempt_id, now_ms()))
             if stopped is not None and attempt.stop.terminate(stopped):  # terminated while being made
                 self._begin_stop(attempt, self._settings.termination_grace_seconds)
         self._ensure_monitor()
+
+    def _collect_launches(self) -> None:
+        """The launcher thread's outcomes: each attempt runs now, or failed a step before its exec."""
+        assert self._launcher is not None
+        for attempt_id, pid, pidfd, error in self._launcher.collect():
+            spec, cgroups = self._launching.pop(attempt_id)
+            if error is not None:
+                with self._lock:
+                    self._cgroups.release(attempt_id, cgroups)
+                self._programs.clear()  # perhaps a program that was found before has gone
+                self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {error}")
+                continue
+            self._running(self._attempt_of(spec, SpawnedProcess(pid), cgroups), pidfd)
+
+    def _wait_for_launches(self, timeout_seconds: float = 5.0) -> None:
+        """Collect every launch handed over (`driven` mode): its mount namespace may be closed next."""
+        deadline = time.monotonic() + timeout_seconds
+        while self._launching and time.monotonic() < deadline:
+            self._service(POLL_INTERVAL_SECONDS)
 
     def _failed_to_start(self, spec: AttemptSpec, reason: str) -> None:
         self._gpus.release(spec.attempt_id)
@@ -428,17 +487,19 @@ class LocalExecutor(EventReporter):
             self._starting.pop(spec.attempt_id, None)
         self._emit(AttemptExited.stopped_before_start(spec.attempt_id, now_ms(), reason))
 
-    def _watch_exit(self, attempt: _Attempt) -> None:
-        """Register the process's pidfd so the monitor wakes the moment it exits."""
+    def _watch_exit(self, attempt: _Attempt, pidfd: int = -1) -> None:
+        """Register the process's pidfd (opened here unless the launcher did) so the monitor wakes
+        the moment it exits."""
         try:
-            attempt.pidfd = os.pidfd_open(attempt.process.pid)
+            attempt.pidfd = pidfd if pidfd >= 0 else os.pidfd_open(attempt.process.pid)
         except (OSError, AttributeError):  # kernels before 5.3: the periodic pass still sees it
             return
         self._by_pidfd[attempt.pidfd] = attempt
         self._epoll.register(attempt.pidfd, select.EPOLLIN)
 
-    def _spawn(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> _Attempt:
-        """Create the workdir, log and cgroups, then the process; cleans up after itself on error."""
+    def _spawn(self, spec: AttemptSpec, argv: list[str], user: JobUser) -> _Attempt | None:
+        """Create the workdir, log and cgroups, then the process; cleans up after itself on error.
+        None: the launcher thread starts the process (`_collect_launches` takes it from there)."""
         program = self._find_program(argv[0], spec.environment.get("PATH", self._base_environment.get("PATH")), user)
         with self._lock:
             user = self._uids.lend(spec.attempt_id, user)  # back in _finish or _failed_to_start
@@ -447,14 +508,23 @@ class LocalExecutor(EventReporter):
             cgroups = self._cgroups.acquire(
                 spec.attempt_id, memory_mib=spec.memory_mib, vcpus=spec.vcpus, cpu_hard_cap=spec.cpu_hard_cap
             )
+        self._launching[spec.attempt_id] = (spec, cgroups)  # before the launcher can report it
         try:
             # The child joins the groups itself, on the job's CPU time, not the server's.
             process = self._start_process(spec, program, argv, cgroups.procs_files(), user)
         except OSError:
+            self._launching.pop(spec.attempt_id, None)
             with self._lock:
                 self._cgroups.release(spec.attempt_id, cgroups)
             self._programs.clear()  # perhaps a program that was found before has gone
             raise
+        if process is None:
+            return None  # the launcher thread starts it: `_collect_launches` takes it from here
+        self._launching.pop(spec.attempt_id, None)
+        return self._attempt_of(spec, process, cgroups)
+
+    @staticmethod
+    def _attempt_of(spec: AttemptSpec, process: SpawnedProcess, cgroups: AttemptCgroups) -> _Attempt:
         tracker = cgroups.pids if cgroups.tracks_processes else None
         stop = AttemptStop(spec.timeout_seconds)
         stop.running_since(time.monotonic())
@@ -527,9 +597,9 @@ class LocalExecutor(EventReporter):
 
     def _start_process(
         self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path], user: JobUser
-    ) -> SpawnedProcess:
+    ) -> SpawnedProcess | None:
         """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin,
-        the job's user.
+        the job's user. None: handed to the launcher thread (`driven` mode), which reports later.
 
         Both launchers are vfork-like: they cost the supervisor a fraction of `subprocess.Popen`,
         which matters when thousands of short jobs run back to back.
@@ -551,7 +621,7 @@ class LocalExecutor(EventReporter):
                 argv = self._nsenter_prefix(mount_ns, spec.workdir) + argv
             return self._posix_spawn(spec, env, wrapped_command(spec.workdir, procs, argv, user.umask))
         identity = (user.uid, user.gid, user.groups) if switch else (-1, -1, ())
-        pid = self._native.spawn(
+        job = (
             os.fsencode(program),
             [os.fsencode(arg) for arg in argv],
             [os.fsencode(f"{key}={value}") for key, value in env.items()],
@@ -562,7 +632,10 @@ class LocalExecutor(EventReporter):
             mount_ns,
             umask,
         )
-        return SpawnedProcess(pid)
+        if self._launcher is not None:
+            self._launcher.submit(spec.attempt_id, *job)
+            return None
+        return SpawnedProcess(self._native.spawn(*job))
 
     def _nsenter_prefix(self, mount_ns: int, workdir: Path) -> list[str]:
         """`nsenter` enters the jobs' mount namespace in the shell launcher (util-linux), through
@@ -633,9 +706,24 @@ class LocalExecutor(EventReporter):
 
     # -- monitoring -------------------------------------------------------------------------------
 
+    def fileno(self) -> int:
+        """Readable when an attempt's process has exited (`driven` mode: the owner watches it)."""
+        return self._epoll.fileno()
+
+    def seconds_to_next_pass(self) -> float | None:
+        """When `service()` is next due for the periodic pass (`driven` mode); None: nothing runs."""
+        with self._lock:
+            if not self._attempts:
+                return None
+        return max(0.0, self._next_pass - time.monotonic())
+
+    def service(self) -> None:
+        """`driven` mode: take the exits that are ready, and run the periodic pass when it is due."""
+        self._service(0.0)
+
     def _ensure_monitor(self) -> None:
         with self._lock:
-            if self._monitor_alive():
+            if self._driven or self._monitor_alive():
                 return
             self._monitor = threading.Thread(target=self._watch, name="kiln-local-executor", daemon=True)
             self._monitor.start()
@@ -644,17 +732,22 @@ class LocalExecutor(EventReporter):
         return self._monitor is not None and self._monitor.is_alive()
 
     def _watch(self) -> None:
-        """Wake on exits (pidfds) at once; a periodic pass covers OOM, timeouts and stragglers."""
-        next_pass = 0.0
+        """The monitor thread (unless `driven`)."""
         while not self._stop.is_set():
-            ready = self._epoll.poll(max(0.0, next_pass - time.monotonic()))
-            if ready:
-                with self._lock:
-                    exited = [self._by_pidfd[fd] for fd, _ in ready if fd in self._by_pidfd]
-                self._tick(exited)
-            if time.monotonic() >= next_pass:
-                self._tick(None)
-                next_pass = time.monotonic() + POLL_INTERVAL_SECONDS
+            self._service(max(0.0, self._next_pass - time.monotonic()))
+
+    def _service(self, wait_seconds: float) -> None:
+        """Wake on exits (pidfds) at once; a periodic pass covers OOM, timeouts and stragglers."""
+        ready = self._epoll.poll(wait_seconds)
+        if self._launcher is not None and any(fd == self._launcher.fileno() for fd, _ in ready):
+            self._collect_launches()  # before exits: an attempt runs before it ends
+        if ready:
+            with self._lock:
+                exited = [self._by_pidfd[fd] for fd, _ in ready if fd in self._by_pidfd]
+            self._tick(exited)
+        if time.monotonic() >= self._next_pass:
+            self._tick(None)
+            self._next_pass = time.monotonic() + POLL_INTERVAL_SECONDS
 
     def _tick(self, only: list[_Attempt] | None) -> None:
         with self._lock:

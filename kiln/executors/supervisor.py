@@ -9,6 +9,11 @@ come back with their real exit status and time, running ones simply go on.
 It also removes a round trip from every short job: an attempt placed with `start_after` waits here
 for its predecessor and starts the moment that one ends, while the scheduler plans the next batch.
 
+Everything runs on one thread: the server's socket, the attempts' exits (the engine is `driven`)
+and the periodic pass share one selector, and only the C launcher's thread, which holds no GIL,
+waits for each job's exec. With a spawner and a monitor thread beside this loop, every attempt
+crossed three threads, and waiting for the GIL between them was most of this process's time.
+
 One client (the server) at a time; a new connection replaces the old one. With no client and
 nothing running for `IDLE_EXIT_SECONDS` it exits (its journal keeps whatever was not collected).
 
@@ -45,9 +50,11 @@ from .supervisor_wire import (
     SOCKET_NAME,
     LineReader,
     encode,
+    event_message,
     event_to_wire,
     socket_address,
     spec_from_wire,
+    wire_line,
 )
 
 log = logging.getLogger("kiln.supervisor")
@@ -62,7 +69,8 @@ class Supervisor:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.engine = LocalExecutor(Settings(data_dir=state_dir.parent))
+        # Driven by this loop, in this one thread: no hand-offs between threads per attempt.
+        self.engine = LocalExecutor(Settings(data_dir=state_dir.parent), driven=True)
         self.journal = Journal(state_dir)
         self.exits: dict[str, dict[str, Any]] = self.journal.unacknowledged_exits()
         self.started: dict[str, int] = {}  # live attempt -> when it began running (epoch ms)
@@ -70,18 +78,12 @@ class Supervisor:
         self.client: socket.socket | None = None
         self.reader = LineReader()
         self.selector = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.engine.subscribe(self._wake)
         self.idle_since = time.monotonic()
         self.stopping = False
         self.lost = set(self.journal.orphans())  # started by a previous supervisor, end unknown
         self._discard_orphans(sorted(self.lost))
 
     # -- wiring ------------------------------------------------------------------------------------
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.wake_w, b"x")
-
     def _discard_orphans(self, attempt_ids: list[str]) -> None:
         """Attempts a previous supervisor started but never saw end cannot be reaped by this one:
         kill what is left of them (their cgroups know) and let the server fail them as lost."""
@@ -91,14 +93,19 @@ class Supervisor:
 
     def serve(self, listener: socket.socket) -> None:
         self.selector.register(listener, selectors.EVENT_READ, "accept")
-        self.selector.register(self.wake_r, selectors.EVENT_READ, "engine")
+        self.selector.register(self.engine.fileno(), selectors.EVENT_READ, "exits")
         while True:
-            for key, _ in self.selector.select(SELECT_SECONDS):
+            due = self.engine.seconds_to_next_pass()
+            for key, _ in self.selector.select(SELECT_SECONDS if due is None else min(due, SELECT_SECONDS)):
                 try:
                     self._ready(key, listener)
                 except Exception:  # dying here would lose every attempt: log it and carry on
                     log.exception("supervisor loop: %s failed", key.data)
-            self._drain_engine()
+            try:
+                self.engine.service()  # exits seen, and the periodic pass (OOM, timeouts) when due
+                self._drain_engine()
+            except Exception:
+                log.exception("supervisor loop: the engine's pass failed")
             if self._should_exit():
                 break
         self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the monitor thread
@@ -107,10 +114,6 @@ class Supervisor:
     def _ready(self, key: selectors.SelectorKey, listener: socket.socket) -> None:
         if key.data == "accept":
             self._accept(listener)
-        elif key.data == "engine":
-            with contextlib.suppress(BlockingIOError):
-                os.read(self.wake_r, 4096)
-            self._drain_engine()
         elif key.fileobj is self.client and self.client is not None:  # not one dropped earlier in this batch
             self._read_client(self.client)
 
@@ -155,10 +158,13 @@ class Supervisor:
                 log.exception("cannot handle %s", message.get("op"))
 
     def _send(self, messages: list[dict[str, Any]]) -> None:
-        if self.client is None or not messages:
+        self._send_lines([encode(m) for m in messages])
+
+    def _send_lines(self, lines: list[bytes]) -> None:
+        if self.client is None or not lines:
             return
         try:
-            self.client.sendall(b"".join(encode(m) for m in messages))
+            self.client.sendall(b"".join(lines))
         except OSError:
             self._drop_client()  # the server is gone: the journal keeps everything for the next
 
@@ -176,7 +182,7 @@ class Supervisor:
         elif op == "acknowledge":
             for attempt_id in message["ids"]:
                 self.exits.pop(attempt_id, None)
-            self.journal.acknowledge(message["ids"], self.exits, self._live())
+            self.journal.acknowledge(message["ids"], self.exits, self._live)
         elif op == "adopt":
             self._adopt(message["ids"])
         elif op == "stop":
@@ -220,13 +226,16 @@ class Supervisor:
         """Attempts started here and not yet over (the engine knows them before their event is read)."""
         return set(self.started) | self.engine.running()
 
+    def _is_live(self, attempt_id: str) -> bool:
+        """`attempt_id in self._live()` without building the set (asked for every attempt started)."""
+        return attempt_id in self.started or self.engine.is_running(attempt_id)
+
     def _start(self, spec: AttemptSpec) -> None:
-        live = self._live()
-        if spec.attempt_id in live or spec.attempt_id in self.chains.queued or spec.attempt_id in self.exits:
+        if self._is_live(spec.attempt_id) or spec.attempt_id in self.chains.queued or spec.attempt_id in self.exits:
             return  # sent twice (a server restarted between commit and send): already ours
-        if self.chains.hold(spec, live):
+        if self.chains.hold(spec, _LiveView(self)):
             return
-        self.journal.record_start(spec.attempt_id)
+        self.journal.record_starts([spec.attempt_id])
         self.engine.start(spec)
 
     def _terminate(self, attempt_id: str, reason: str) -> None:
@@ -246,31 +255,49 @@ class Supervisor:
             self.engine.terminate(attempt_id, STOP_REASON)
 
     def _drain_engine(self) -> None:
-        events = self.engine.poll()
-        if events:
+        """Record what the engine reported, until it reports nothing more (starting a follower
+        reports that it runs, or that it could not start)."""
+        while events := self.engine.poll():
             self._record(events)
 
     def _record(self, events: list[AttemptEvent]) -> None:
-        """Journal first, then tell the server, then start whoever waited for an attempt that ended."""
+        """Journal first, then tell the server, then start whoever waited for an attempt that ended.
+
+        Each event is encoded once, for the journal and the socket alike, and the exits and the
+        starts of their followers share one journal write: an array's every child passes here.
+        """
+        lines: list[str] = []
+        exit_lines: list[str] = []
+        followers: list[AttemptSpec] = []
         for event in events:
+            wire = event_to_wire(event)
             if isinstance(event, AttemptRunning):
                 self.started[event.attempt_id] = event.at_ms
-        events = [
-            replace(e, started_at=self.started.get(e.attempt_id)) if isinstance(e, AttemptExited) and e.started else e
-            for e in events
-        ]
-        wires = [event_to_wire(event) for event in events]
-        self.journal.record_events(wires)
-        followers: list[AttemptSpec] = []
-        for event, wire in zip(events, wires, strict=True):
-            if isinstance(event, AttemptRunning):
+                lines.append(wire_line(wire))
                 continue
+            if event.started:
+                wire["started_at"] = self.started.get(event.attempt_id)
             self.started.pop(event.attempt_id, None)
             self.exits[event.attempt_id] = wire
+            line = wire_line(wire)
+            lines.append(line)
+            exit_lines.append(line)
             followers += self.chains.released(event.attempt_id)
-        self._send([{"op": "event", **wire} for wire in wires])
-        for follower in followers:
-            self._start(follower)
+        starting = [f for f in followers if not self._is_live(f.attempt_id) and f.attempt_id not in self.exits]
+        self.journal.record(exit_lines, [spec.attempt_id for spec in starting])
+        self._send_lines([event_message(line) for line in lines])
+        for follower in starting:
+            self.engine.start(follower)
+
+
+class _LiveView:
+    """The supervisor's live attempts as a container (`in` only), for `StartChains.hold`."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def __contains__(self, attempt_id: object) -> bool:
+        return isinstance(attempt_id, str) and self._supervisor._is_live(attempt_id)
 
 
 def bind(state_dir: Path) -> socket.socket | None:

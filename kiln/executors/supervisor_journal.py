@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +62,26 @@ class Journal:
         """Attempts started by a previous supervisor whose end it never saw."""
         return list(self._orphans)
 
-    def record_start(self, attempt_id: str) -> None:
-        self._write([{"kind": "start", "attempt_id": attempt_id}])
+    def record_starts(self, attempt_ids: list[str]) -> None:
+        self.record([], attempt_ids)
 
-    def record_events(self, wires: list[dict[str, Any]]) -> None:
-        self._write([wire for wire in wires if wire["kind"] == "exited"])
+    def record(self, exit_lines: list[str], started: list[str]) -> None:
+        """Exits (their `wire_line`s) and the attempts about to start, in one write: every start is
+        on file before its process exists, every exit before the server hears of it."""
+        lines = exit_lines + [
+            json.dumps({"kind": "start", "attempt_id": a}, separators=(",", ":")) + "\n" for a in started
+        ]
+        if lines:
+            self._append("".join(lines), len(lines))
 
-    def acknowledge(self, ids: list[str], exits: dict[str, dict[str, Any]], live: Collection[str]) -> None:
-        """Note that the server has these exits; rewrite the file when acknowledged lines dominate."""
+    def acknowledge(
+        self, ids: list[str], exits: dict[str, dict[str, Any]], live: Callable[[], Collection[str]]
+    ) -> None:
+        """Note that the server has these exits; rewrite the file when acknowledged lines dominate
+        (`live` is asked then only)."""
         self._write([{"kind": "ack", "ids": ids}])
         if self._lines >= COMPACT_AFTER_LINES:
-            self._compact(exits, live)
+            self._compact(exits, live())
 
     def _compact(self, exits: dict[str, dict[str, Any]], live: Collection[str]) -> None:
         """Keep only what is still needed: live attempts and exits the server has not collected."""
@@ -86,11 +95,13 @@ class Journal:
         self._lines = len(entries)
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        if not entries:
-            return
-        self._file.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
+        if entries:
+            self._append("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries), len(entries))
+
+    def _append(self, text: str, lines: int) -> None:
+        self._file.write(text)
         self._file.flush()
-        self._lines += len(entries)
+        self._lines += lines
 
     def close(self) -> None:
         self._file.close()

@@ -96,6 +96,17 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
+def wire_line(wire: dict[str, Any]) -> str:
+    """An event's wire form as one JSON line (a journal entry as it is)."""
+    return json.dumps(wire, separators=(",", ":")) + "\n"
+
+
+def event_message(line: str) -> bytes:
+    """The socket message `{"op": "event", **wire}` for an event already encoded by `wire_line`,
+    without encoding it again."""
+    return ('{"op":"event",' + line[1:]).encode()
+
+
 class LineReader:
     """Splits a byte stream into decoded messages; keeps a partial line for the next chunk."""
 

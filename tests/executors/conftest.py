@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import selectors
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,15 +28,45 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", termination_grace_seconds=1.0, host_vcpus=2, job_user="root")
 
 
-@pytest.fixture(params=["cgroups", "fallback", "shell-launcher"])
+@pytest.fixture(params=["cgroups", "fallback", "shell-launcher", "driven"])
 def executor(request: pytest.FixtureRequest, settings: Settings) -> Iterator[LocalExecutor]:
-    """The same scenarios against the cgroup mechanisms, the forced fallbacks, and the portable
-    `/bin/sh` launcher (what runs where the C launcher was not built) with cgroups."""
+    """The same scenarios against the cgroup mechanisms, the forced fallbacks, the portable
+    `/bin/sh` launcher (what runs where the C launcher was not built) with cgroups, and the
+    `driven` mode the attempt supervisor runs (no thread of its own: a loop here drives it)."""
     local = LocalExecutor(
-        settings, use_cgroups=request.param != "fallback", shell_launcher=request.param == "shell-launcher"
+        settings,
+        use_cgroups=request.param != "fallback",
+        shell_launcher=request.param == "shell-launcher",
+        driven=request.param == "driven",
     )
+    driver = Driver(local) if request.param == "driven" else None
     yield local
+    if driver is not None:
+        driver.stop()
     local.shutdown(grace_seconds=0.2)
+
+
+class Driver:
+    """The owner's loop of a `driven` executor, as the supervisor runs it: wait for its descriptor
+    or its next periodic pass, then `service()` it."""
+
+    def __init__(self, executor: LocalExecutor) -> None:
+        self._executor = executor
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="test-driver", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._executor.fileno(), selectors.EVENT_READ)
+            while not self._stopped.is_set():
+                due = self._executor.seconds_to_next_pass()
+                selector.select(0.05 if due is None else min(due, 0.05))
+                self._executor.service()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture
