@@ -15,6 +15,7 @@ queued attempts simply count as running until they do run.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,10 +29,14 @@ MIN_SAMPLES = 4  # children that must have ended before an array counts as fast
 
 @dataclass
 class _Slot:
+    """One running attempt's place and the attempts queued to take it, in order. The same object
+    passes from each attempt that ends to the next, so a queued attempt maps to it once and never
+    needs re-pointing (an array's every child ends a slot's turn)."""
+
     parent_id: str
     environment: str
     resources: tuple[float, int, int]
-    followers: list[str] = field(default_factory=list)
+    followers: deque[str] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -64,20 +69,20 @@ class StartAhead:
     """Chains of placements per running array child, and how fast each array's children run."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, _Slot] = {}  # attempt holding the place -> what waits behind it
-        self._head_of: dict[str, str] = {}  # queued attempt -> the attempt whose place it takes
+        self._slots: dict[str, _Slot] = {}  # attempt holding the place -> its slot
+        self._slot_of: dict[str, _Slot] = {}  # queued attempt -> the slot whose place it will take
         self._began: dict[str, tuple[str, int]] = {}  # attempt -> (parent, started at ms)
         self._speed: dict[str, _Speed] = {}  # array parent -> its children's durations
         self._waiting: dict[str, tuple[str, tuple[float, int, int]]] = {}  # queued -> (environment, resources)
 
     def queued(self) -> set[str]:
         """Attempts placed behind another: they hold no capacity until that one ends."""
-        return set(self._head_of)
+        return set(self._slot_of)
 
     def queued_usage(self) -> dict[str, tuple[float, int, int]]:
         """What the queued attempts' rows claim, per compute environment: capacity they do not hold."""
         usage: dict[str, tuple[float, int, int]] = {}
-        for task_id in self._head_of:
+        for task_id in self._slot_of:
             environment, (vcpus, memory, gpus) = self._waiting[task_id]
             held = usage.get(environment, (0.0, 0, 0))
             usage[environment] = (held[0] + vcpus, held[1] + memory, held[2] + gpus)
@@ -88,23 +93,22 @@ class StartAhead:
         if after is None:
             self._slots[task_id] = _Slot(parent_id, environment, resources)
             return
-        head = self._head_of.get(after, after)
-        slot = self._slots.get(head)
+        slot = self._slot_of.get(after) or self._slots.get(after)
         if slot is not None:
             slot.followers.append(task_id)
-            self._head_of[task_id] = head
+            self._slot_of[task_id] = slot
             self._waiting[task_id] = (environment, resources)
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Undo `placed` for attempts whose placement was not committed (newest last)."""
         for task_id in reversed(task_ids):
             self._waiting.pop(task_id, None)
-            head = self._head_of.pop(task_id, None)
-            if head is not None:
-                self._slots[head].followers.remove(task_id)
+            queued_in = self._slot_of.pop(task_id, None)
+            if queued_in is not None:
+                queued_in.followers.remove(task_id)
             slot = self._slots.pop(task_id, None)
             for follower in slot.followers if slot is not None else ():
-                self._head_of.pop(follower, None)
+                self._slot_of.pop(follower, None)
                 self._waiting.pop(follower, None)
 
     def observe(self, events: Iterable[AttemptEvent]) -> None:
@@ -121,21 +125,22 @@ class StartAhead:
         began = self._began.pop(task_id, None)
         if began is not None and not event.terminated:
             parent_id, started_ms = began
-            self._speed.setdefault(parent_id, _Speed()).add(event.at_ms - started_ms)
-        head = self._head_of.pop(task_id, None)
+            speed = self._speed.get(parent_id)
+            if speed is None:
+                speed = self._speed[parent_id] = _Speed()
+            speed.add(event.at_ms - started_ms)
         self._waiting.pop(task_id, None)
-        if head is not None:  # ended while queued (terminated): it leaves its chain
-            self._slots[head].followers.remove(task_id)
+        queued_in = self._slot_of.pop(task_id, None)
+        if queued_in is not None:  # ended while queued (terminated): it leaves its chain
+            queued_in.followers.remove(task_id)
             return
         slot = self._slots.pop(task_id, None)
         if slot is None or not slot.followers:
             return
-        successor, *rest = slot.followers  # the first follower now holds the place
-        del self._head_of[successor]
+        successor = slot.followers.popleft()  # the first follower now holds the place
+        del self._slot_of[successor]
         del self._waiting[successor]
-        self._slots[successor] = _Slot(slot.parent_id, slot.environment, slot.resources, rest)
-        for follower in rest:
-            self._head_of[follower] = successor
+        self._slots[successor] = slot
 
     def room(self) -> int:
         """How many placements the chains could take now."""

@@ -9,9 +9,14 @@ A group is reused only when nothing of its attempt is left in it and the memory 
 charged (page cache, tmpfs files) is negligible, so no attempt inherits another's memory use; an
 attempt's OOM count is taken from its own start (`AttemptCgroups` reads a baseline).
 
-The cgroup2 tracking group is created fresh every time: this host's cgroup2 refuses renames.
-Spare groups are removed when the executor shuts down, and spares that an executor which died
-left behind are removed by the next one that starts (their name carries the owner's pid).
+The cgroup2 tracking group cannot be renamed (cgroup2 refuses renames), and creating and removing
+one per attempt cost ~0.12 ms of system CPU (more in the kernel's deferred freeing). Where a memory
+or cpu group carries the attempt's name, the tracking group gets a pool name from the start
+(`kiln-free-<pid>-<n>`, in use or spare) and stays with its memory and cpu groups from attempt to
+attempt; with neither (a host with only cgroup2 and no controllers) it is named after the attempt
+and created fresh. Spare groups are removed when the executor shuts down, and groups that an
+executor which died left behind are removed by the next one that starts (their name carries the
+owner's pid): their processes, if any, are that dead executor's lost attempts, and are killed.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ _Limits = tuple[int, float, bool]  # memory MiB, vCPUs, hard CPU cap
 class _Spare:
     memory: Path | None
     cpu: Path | None
+    tracking: Path | None = None
+    oom_count: int | None = None  # its memory group's `oom_kill` count when it was emptied, if known
 
 
 @dataclass
@@ -54,7 +61,7 @@ class CgroupPool:
         self._remove_dead_owners_spares()
 
     def acquire(self, attempt_id: str, *, memory_mib: int, vcpus: float, cpu_hard_cap: bool) -> AttemptCgroups:
-        """The attempt's groups, named after it: a spare with these limits, else new ones."""
+        """The attempt's groups, memory and cpu named after it: a spare with these limits, else new ones."""
         limits = (memory_mib, vcpus, cpu_hard_cap)
         self._limits[attempt_id] = limits
         spares = self._spares.get(limits)
@@ -63,17 +70,20 @@ class CgroupPool:
             name = attempt_group_name(attempt_id)
             memory, cpu = _rename(spare.memory, name), _rename(spare.cpu, name)
             if _all_moved((spare.memory, spare.cpu), (memory, cpu)):
-                tracking = make_group(self.support.tracking_parent, name)
-                return AttemptCgroups(memory=memory, cpu=cpu, tracking=tracking)
-            for path in (memory, cpu, spare.memory, spare.cpu):  # changed behind our back: start afresh
+                tracking = spare.tracking or self._new_tracking(name)
+                return AttemptCgroups(memory=memory, cpu=cpu, tracking=tracking, oom_baseline=spare.oom_count)
+            for path in (memory, cpu, spare.memory, spare.cpu, spare.tracking):  # changed behind our back: afresh
                 if path is not None:
                     rmdir_group(path)
         return AttemptCgroups.create(
-            self.support, attempt_id, memory_mib=memory_mib, vcpus=vcpus, cpu_hard_cap=cpu_hard_cap
-        )
+            self.support, attempt_id, memory_mib=memory_mib, vcpus=vcpus, cpu_hard_cap=cpu_hard_cap,
+            tracking_name=self._pool_name() if self._pools_tracking else None,
+        )  # fmt: skip
 
-    def release(self, attempt_id: str, groups: AttemptCgroups) -> bool:
+    def release(self, attempt_id: str, groups: AttemptCgroups, *, settled_oom_count: int | None = None) -> bool:
         """The attempt is over: keep its groups as spares when they are clean, else remove them.
+        `settled_oom_count`: the memory group's OOM count read once nothing of the attempt was left
+        (the next attempt's baseline then needs no read).
 
         False (and a warning) when a group stays busy, as `AttemptCgroups.remove`.
         """
@@ -81,21 +91,38 @@ class CgroupPool:
         spares = self._spares.setdefault(limits, []) if limits is not None else None
         if spares is None or len(spares) >= self.keep or not self._clean(groups):
             return groups.remove()
-        if groups.tracking is not None and not rmdir_group(groups.tracking):
-            return groups.remove()
-        name = f"{FREE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        tracking = groups.tracking
+        if tracking is not None and not tracking.name.startswith(FREE_PREFIX):  # named after the attempt
+            if not rmdir_group(tracking):
+                return groups.remove()
+            tracking = None
+        name = self._pool_name()
         memory, cpu = _rename(groups.memory, name), _rename(groups.cpu, name)
         if not _all_moved((groups.memory, groups.cpu), (memory, cpu)):
-            return AttemptCgroups(memory, cpu).remove() and groups.remove()
-        spares.append(_Spare(memory, cpu))
+            return AttemptCgroups(memory, cpu, tracking).remove() and groups.remove()
+        spares.append(_Spare(memory, cpu, tracking, settled_oom_count))
         return True
 
     def close(self) -> None:
         """Remove every spare (the executor is shutting down)."""
         for spares in self._spares.values():
             for spare in spares:
-                AttemptCgroups(spare.memory, spare.cpu).remove()
+                AttemptCgroups(spare.memory, spare.cpu, spare.tracking).remove()
         self._spares.clear()
+
+    @property
+    def _pools_tracking(self) -> bool:
+        """Whether a memory or cpu group carries each attempt's name, so its cgroup2 group need not."""
+        return self.support.tracking_parent is not None and (
+            self.support.memory_parent is not None or self.support.cpu_parent is not None
+        )
+
+    def _new_tracking(self, attempt_name: str) -> Path | None:
+        return make_group(self.support.tracking_parent, self._pool_name() if self._pools_tracking else attempt_name)
+
+    @staticmethod
+    def _pool_name() -> str:
+        return f"{FREE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
 
     @staticmethod
     def _clean(groups: AttemptCgroups) -> bool:
@@ -110,14 +137,18 @@ class CgroupPool:
         return charged <= REUSE_MAX_CHARGED_BYTES
 
     def _remove_dead_owners_spares(self) -> None:
-        for parent in (self.support.memory_parent, self.support.cpu_parent):
+        """Groups of executors that died: spares, and tracking groups that may still hold what is
+        left of their lost attempts (killed, as `discard_leftovers` kills what their other groups hold)."""
+        for parent in (self.support.memory_parent, self.support.cpu_parent, self.support.tracking_parent):
             if parent is None:
                 continue
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
                     owner = entry.name.removeprefix(FREE_PREFIX).split("-", 1)[0]
                     if entry.name.startswith(FREE_PREFIX) and owner.isdigit() and not _alive(int(owner)):
-                        rmdir_group(Path(entry.path))
+                        group = Path(entry.path)
+                        tracking = parent == self.support.tracking_parent
+                        (AttemptCgroups(tracking=group) if tracking else AttemptCgroups(cpu=group)).remove()
 
 
 def _rename(old: Path | None, name: str) -> Path | None:

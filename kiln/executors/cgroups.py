@@ -43,6 +43,7 @@ TRACKING_PROCESS_GROUP = "process group + psutil descendants"
 
 _MOVE_SELF_SCRIPT = 'for f; do echo $$ > "$f" || exit 1; done'
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 
 # Configure callbacks get the new group's directory and raise OSError when a write fails.
 _Configure = Callable[[Path], None]
@@ -177,11 +178,25 @@ def attempt_group_name(attempt_id: str) -> str:
 class AttemptCgroups:
     """The groups of one attempt; any of them may be None (that attempt then uses the fallback)."""
 
-    def __init__(self, memory: Path | None = None, cpu: Path | None = None, tracking: Path | None = None) -> None:
+    def __init__(
+        self,
+        memory: Path | None = None,
+        cpu: Path | None = None,
+        tracking: Path | None = None,
+        *,
+        oom_baseline: int | None = None,
+    ) -> None:
         self.memory = memory
         self.cpu = cpu
         self.tracking = tracking
-        self._oom_baseline = self._oom_count()  # a reused group must not report an old OOM
+        # Control files as strings, joined once: an attempt reads them at every check, and path
+        # joins cost more than the reads when thousands of short attempts run back to back.
+        self._procs = [os.path.join(path, "cgroup.procs") for path in self.paths()]
+        self._oom_control = None if memory is None else os.path.join(memory, "memory.oom_control")
+        # A reused group must not report an old OOM: its count when the pool took it back (known,
+        # as nothing ran in it since), else read now.
+        self.last_oom_count = self._oom_count() if oom_baseline is None else oom_baseline
+        self._oom_baseline = self.last_oom_count
 
     @classmethod
     def create(
@@ -192,21 +207,23 @@ class AttemptCgroups:
         memory_mib: int,
         vcpus: float,
         cpu_hard_cap: bool,
+        tracking_name: str | None = None,
     ) -> AttemptCgroups:
-        """Create and configure every group the host supports; a failing one degrades, not aborts."""
+        """Create and configure every group the host supports; a failing one degrades, not aborts.
+        Each is named after the attempt, the cgroup2 one `tracking_name` when given (a pool's)."""
         name = attempt_group_name(attempt_id)
         return cls(
             memory=make_group(support.memory_parent, name, lambda path: _limit_memory(path, memory_mib)),
             cpu=make_group(support.cpu_parent, name, lambda path: _limit_cpu(path, vcpus, cpu_hard_cap)),
-            tracking=make_group(support.tracking_parent, name, lambda path: None),
+            tracking=make_group(support.tracking_parent, tracking_name or name, lambda path: None),
         )
 
     def paths(self) -> list[Path]:
         return [path for path in (self.memory, self.cpu, self.tracking) if path is not None]
 
-    def procs_files(self) -> list[Path]:
+    def procs_files(self) -> list[str]:
         """Files the attempt's process writes itself into before exec'ing the job."""
-        return [path / "cgroup.procs" for path in self.paths()]
+        return list(self._procs)
 
     @property
     def tracks_processes(self) -> bool:
@@ -220,7 +237,7 @@ class AttemptCgroups:
         group lists the whole tree: the cgroup2 one when present (it is the hardest to leave),
         else memory, else cpu. One read instead of three matters when thousands of short jobs end.
         """
-        for procs in self.procs_files()[::-1]:  # tracking, cpu, memory: see paths()
+        for procs in reversed(self._procs):  # tracking, cpu, memory: see paths()
             try:
                 return {int(line) for line in read_small(procs).split()}
             except (OSError, ValueError):
@@ -232,14 +249,16 @@ class AttemptCgroups:
         return self._oom_count() - self._oom_baseline
 
     def _oom_count(self) -> int:
-        if self.memory is None:
+        """The memory group's `oom_kill` count now (remembered in `last_oom_count`)."""
+        if self._oom_control is None:
             return 0
         try:
-            text = read_small(self.memory / "memory.oom_control").decode()
+            text = read_small(self._oom_control).decode()
         except OSError:
             return 0
-        match = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
-        return int(match.group(1)) if match else 0
+        match = _OOM_KILL.search(text)
+        self.last_oom_count = int(match.group(1)) if match else 0
+        return self.last_oom_count
 
     def kill(self) -> None:
         """SIGKILL everything in the groups; cgroup2's `cgroup.kill` also catches forks in flight."""
@@ -268,7 +287,7 @@ class AttemptCgroups:
         return True
 
 
-def read_small(path: Path) -> bytes:
+def read_small(path: str | Path) -> bytes:
     """A small control file's bytes, read with plain `os.read` (`Path.read_text`'s text layer costs
     more than the read itself, and the executor reads a few of these per attempt)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

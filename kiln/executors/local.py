@@ -596,7 +596,7 @@ class LocalExecutor(EventReporter):
             self._log_dirs.add(log_path.parent)
 
     def _start_process(
-        self, spec: AttemptSpec, program: str, argv: list[str], procs: list[Path], user: JobUser
+        self, spec: AttemptSpec, program: str, argv: list[str], procs: list[str], user: JobUser
     ) -> SpawnedProcess | None:
         """Own session (so the tree can be signalled as a group), log as stdout and stderr, no stdin,
         the job's user. None: handed to the launcher thread (`driven` mode), which reports later.
@@ -816,8 +816,11 @@ class LocalExecutor(EventReporter):
 
     def _finish(self, attempt: _Attempt) -> None:
         """Remove what the attempt owned, then report it; it stays in `running()` until reported."""
+        # The last check read the OOM count after the group was found empty, unless it had seen an
+        # OOM already (and stopped reading): only then is a read needed before the group is reused.
+        settled = None if attempt.stop.oom else attempt.cgroups.last_oom_count
         with self._lock:
-            self._cgroups.release(attempt.spec.attempt_id, attempt.cgroups)
+            self._cgroups.release(attempt.spec.attempt_id, attempt.cgroups, settled_oom_count=settled)
         self._workdirs.release(attempt.spec.workdir)
         self._gpus.release(attempt.spec.attempt_id)  # before the exit is reported: the place is free
         with self._lock:
@@ -866,7 +869,7 @@ def close_inherited_descriptors_on_exec() -> None:
                 os.set_inheritable(descriptor, False)
 
 
-def wrapped_command(workdir: Path, procs_files: list[Path], argv: list[str], umask: int | None = None) -> list[str]:
+def wrapped_command(workdir: Path, procs_files: list[str], argv: list[str], umask: int | None = None) -> list[str]:
     """`argv` behind the shell wrapper that enters the workdir, joins the cgroups and sets `umask`."""
     script = WRAPPER_SCRIPT if umask is None else f"umask {umask:03o}; {WRAPPER_SCRIPT}"
-    return ["/bin/sh", "-c", script, "kiln-attempt", str(workdir), *map(str, procs_files), "--", *argv]
+    return ["/bin/sh", "-c", script, "kiln-attempt", str(workdir), *procs_files, "--", *argv]

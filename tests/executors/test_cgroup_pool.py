@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from kiln.executors.cgroup_pool import FREE_PREFIX, REUSE_MAX_CHARGED_BYTES, Cgr
 from kiln.executors.cgroups import MIB, CgroupSupport, attempt_group_name, detect_cgroups
 from kiln.executors.local import LocalExecutor
 
-from .helpers import SpecFactory, exited, wait_for_cgroups, wait_for_exit
+from .helpers import PYTHON, SpecFactory, exited, is_gone, wait_for_cgroups, wait_for_exit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,7 +41,7 @@ def _spares(support: CgroupSupport) -> set[str]:
     return {name for name in os.listdir(support.memory_parent) if name.startswith(f"{FREE_PREFIX}{os.getpid()}-")}
 
 
-def _join_and_run(groups_files: list[Path], script: str) -> None:
+def _join_and_run(groups_files: list[str], script: str) -> None:
     """Run `script` in a shell that first joins the groups (as the executor's wrapper does)."""
     joins = "; ".join(f'echo $$ > "{path}"' for path in groups_files)
     subprocess.run(["sh", "-c", f"{joins}; {script}"], check=True)
@@ -60,7 +62,9 @@ def test_an_emptied_group_is_reused_under_the_next_attempts_name(pool: CgroupPoo
     assert int((second.memory / "memory.limit_in_bytes").read_text()) == 64 * MIB
     assert (second.cpu / "cpu.shares").read_text().strip() == "2048"
     assert second.oom_kills() == 0
-    assert second.tracking is None or second.tracking.is_dir()  # cgroup2 groups are always new
+    # The cgroup2 group (cgroup2 cannot rename) has a pool name from the start and goes along.
+    assert second.tracking == first.tracking
+    assert first.tracking is None or first.tracking.name.startswith(f"{FREE_PREFIX}{os.getpid()}-")
     assert _spares(support) == set()
     assert pool.release("a-2", second)
 
@@ -112,6 +116,41 @@ def test_spares_of_a_dead_executor_are_removed_by_the_next(support: CgroupSuppor
     assert not (support.memory_parent / left[0]).exists()
 
 
+def test_a_dead_executors_tracking_group_is_removed_with_what_it_still_holds(support: CgroupSupport) -> None:
+    """A supervisor killed mid-attempt leaves that attempt's processes in a pool-named cgroup2 group:
+    the next executor's pool kills them and removes the group (its other groups carry the attempt's
+    name, for `discard_leftovers`)."""
+    if support.tracking_parent is None:
+        pytest.skip(f"no cgroup2 group usable here: {support.notes}")
+    script = (
+        "from kiln.executors.cgroup_pool import CgroupPool\n"
+        "from kiln.executors.cgroups import detect_cgroups\n"
+        "import os, subprocess\n"
+        "pool = CgroupPool(detect_cgroups())\n"
+        "groups = pool.acquire('lost-1', memory_mib=16, vcpus=1, cpu_hard_cap=False)\n"
+        "joins = '; '.join(f'echo $$ > {path}' for path in groups.procs_files())\n"
+        "child = subprocess.Popen(['sh', '-c', f'{joins}; exec sleep 300'], start_new_session=True,\n"
+        "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(groups.tracking, child.pid, flush=True)\n"
+        "os._exit(0)  # dies mid-attempt, its child left running\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    tracking_path, pid = done.stdout.split()
+    tracking = Path(tracking_path)
+    assert tracking.name.startswith(FREE_PREFIX) and tracking.is_dir(), done.stderr
+    deadline = time.monotonic() + 10
+    while int(pid) not in {int(p) for p in (tracking / "cgroup.procs").read_text().split()}:
+        assert time.monotonic() < deadline, "the orphan never joined its group"
+        time.sleep(0.02)
+    try:
+        CgroupPool(support).close()
+        assert not tracking.exists()
+        assert is_gone(int(pid))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+
+
 def test_array_like_attempts_reuse_groups_and_leave_none_behind(
     support: CgroupSupport, cgroup_executor: LocalExecutor, make_spec: SpecFactory
 ) -> None:
@@ -128,3 +167,26 @@ def test_array_like_attempts_reuse_groups_and_leave_none_behind(
     assert len(inodes) == 1  # one attempt at a time: every one reused the first one's group
     executor.shutdown(grace_seconds=0.2)
     assert _spares(support) == set()
+    if support.tracking_parent is not None:
+        mine = f"{FREE_PREFIX}{os.getpid()}-"
+        assert not [name for name in os.listdir(support.tracking_parent) if name.startswith(mine)]
+
+
+def test_an_attempt_after_one_killed_for_memory_in_the_same_group_is_not_reported_oom(
+    support: CgroupSupport, cgroup_executor: LocalExecutor, make_spec: SpecFactory
+) -> None:
+    """The group an OOM-killed attempt leaves is reused; its old `oom_kill` count is the next
+    attempt's baseline (read again, as the killed attempt's checks stopped reading it)."""
+    hog = make_spec([PYTHON, "-c", "b = bytearray(96 * 1024 * 1024); print(len(b))"], memory_mib=32)
+    cgroup_executor.start(hog)
+    hog_groups = wait_for_cgroups(cgroup_executor, hog.attempt_id)
+    assert hog_groups.memory is not None
+    inode = hog_groups.memory.stat().st_ino
+    assert exited(wait_for_exit(cgroup_executor, hog.attempt_id)).oom
+    for index in range(3):  # the first reuses the hog's group; the others a group whose count was carried
+        quiet = make_spec(["sh", "-c", "sleep 0.2"], memory_mib=32)
+        cgroup_executor.start(quiet)
+        groups = wait_for_cgroups(cgroup_executor, quiet.attempt_id)
+        assert groups.memory is not None and groups.memory.stat().st_ino == inode, index
+        ended = exited(wait_for_exit(cgroup_executor, quiet.attempt_id))
+        assert (ended.exit_code, ended.oom) == (0, False), index
