@@ -261,7 +261,7 @@ class Supervisor:
             self._record(events)
 
     def _record(self, events: list[AttemptEvent]) -> None:
-        """Journal first, then tell the server, then start whoever waited for an attempt that ended.
+        """Journal first, then start whoever waited for an attempt that ended, then tell the server.
 
         Each event is encoded once, for the journal and the socket alike, and the exits and the
         starts of their followers share one journal write: an array's every child passes here.
@@ -285,9 +285,9 @@ class Supervisor:
             followers += self.chains.released(event.attempt_id)
         starting = [f for f in followers if not self._is_live(f.attempt_id) and f.attempt_id not in self.exits]
         self.journal.record(exit_lines, [spec.attempt_id for spec in starting])
-        self._send_lines([event_message(line) for line in lines])
-        for follower in starting:
+        for follower in starting:  # before the send: a follower's place is idle until it starts
             self.engine.start(follower)
+        self._send_lines([event_message(line) for line in lines])
 
 
 class _LiveView:
