@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
@@ -38,6 +39,17 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(value)
 
 
+def same_file(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `descriptor`. The attempt supervisor recycles a
+    log left empty as a later attempt's (kiln/executors/log_files.py): bytes read through a
+    descriptor opened just before are then another attempt's, and the stream's path never returns."""
+    try:
+        named, held = os.stat(path), os.fstat(descriptor)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 def log_routes(source: LogSource) -> list[Route]:
     async def read_log(request: Request) -> Response:
         """Errors propagate to the app's middleware, which maps them like any API error."""
@@ -52,6 +64,8 @@ def log_routes(source: LogSource) -> list[Route]:
                 if offset < os.fstat(handle.fileno()).st_size:
                     handle.seek(offset)
                     data = handle.read(MAX_CHUNK)
+                if data and not same_file(handle.fileno(), location.path):
+                    data = b""  # an empty log recycled for another attempt meanwhile (its bytes are not ours)
         body = {
             "logStreamName": location.stream,
             "text": data.decode("utf-8", errors="replace"),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cgroups import AttemptCgroups, CgroupSupport, attempt_group_name, make_group, read_small, rmdir_group
+from .process_tree import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class CgroupPool:
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
                     owner = entry.name.removeprefix(FREE_PREFIX).split("-", 1)[0]
-                    if entry.name.startswith(FREE_PREFIX) and owner.isdigit() and not _alive(int(owner)):
+                    if entry.name.startswith(FREE_PREFIX) and owner.isdigit() and not pid_alive(int(owner)):
                         group = Path(entry.path)
                         tracking = parent == self.support.tracking_parent
                         (AttemptCgroups(tracking=group) if tracking else AttemptCgroups(cpu=group)).remove()
@@ -168,13 +169,3 @@ def _rename(old: Path | None, name: str) -> Path | None:
 def _all_moved(old: tuple[Path | None, ...], new: tuple[Path | None, ...]) -> bool:
     """Every group that existed was renamed."""
     return all(after is not None or before is None for before, after in zip(old, new, strict=True))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

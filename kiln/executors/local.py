@@ -71,6 +71,7 @@ from .images import ImageCatalogue, ImageNotFound
 from .job_environment import identity_environment, inherited_environment
 from .job_mounts import JobMounts, paths_jobs_need
 from .job_users import JobUser, JobUsers, UidPool, UserRefused, blocked_on_the_way
+from .log_files import LogFilePool
 from .process_tree import ChildrenMap, ProcessTree, children_snapshot, exit_code_from_returncode
 from .task_runner import FIRST_LOG_FD, plan_of, runner_argv
 from .workdirs import WorkdirPool
@@ -205,6 +206,8 @@ class LocalExecutor(EventReporter):
         # `driven`: the C launcher's thread does the vfork (its caller would wait for every exec).
         self._launcher = self._native.Launcher() if driven and self._native is not None else None
         self._launching: dict[str, tuple[AttemptSpec, AttemptCgroups]] = {}  # handed to the launcher
+        # `driven`: logs left empty are recycled (log_files.py); one owner thread, as the pool needs.
+        self._log_files = LogFilePool() if driven else None
         if self._launcher is not None:
             self._epoll.register(self._launcher.fileno(), select.EPOLLIN)
         close_inherited_descriptors_on_exec()  # the shell launcher (also every task's) would pass them on
@@ -402,6 +405,8 @@ class LocalExecutor(EventReporter):
             self._monitor.join(timeout=5.0)
         with self._lock:
             self._cgroups.close()
+        if self._log_files is not None:
+            self._log_files.close()
         self._mounts.close()
         self._retired_mounts.close()
         if self.running():
@@ -477,10 +482,16 @@ class LocalExecutor(EventReporter):
     def _failed_to_start(self, spec: AttemptSpec, reason: str) -> None:
         self._gpus.release(spec.attempt_id)
         self._workdirs.release(spec.workdir)
+        self._release_log(spec)
         with self._lock:
             self._uids.give_back(spec.attempt_id)
             self._starting.pop(spec.attempt_id, None)
         self._not_started(spec, reason)
+
+    def _release_log(self, spec: AttemptSpec) -> None:
+        """Nothing of the attempt writes its log any more: an empty one is a spare for the next."""
+        if self._log_files is not None and not spec.task:
+            self._log_files.release(spec.log_path)
 
     def _stopped_before_start(self, spec: AttemptSpec, reason: str) -> None:
         with self._lock:
@@ -504,6 +515,8 @@ class LocalExecutor(EventReporter):
         with self._lock:
             user = self._uids.lend(spec.attempt_id, user)  # back in _finish or _failed_to_start
         self._make_dirs(spec, user)
+        if self._log_files is not None and not spec.task:  # a task's runner is given its logs open
+            self._log_files.claim(spec.log_path)
         with self._lock:
             cgroups = self._cgroups.acquire(
                 spec.attempt_id, memory_mib=spec.memory_mib, vcpus=spec.vcpus, cpu_hard_cap=spec.cpu_hard_cap
@@ -822,6 +835,7 @@ class LocalExecutor(EventReporter):
         with self._lock:
             self._cgroups.release(attempt.spec.attempt_id, attempt.cgroups, settled_oom_count=settled)
         self._workdirs.release(attempt.spec.workdir)
+        self._release_log(attempt.spec)
         self._gpus.release(attempt.spec.attempt_id)  # before the exit is reported: the place is free
         with self._lock:
             self._uids.give_back(attempt.spec.attempt_id)  # no process of it is left to use the uid

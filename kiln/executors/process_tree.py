@@ -39,6 +39,17 @@ def children_snapshot() -> ChildrenMap:
     return children
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a pool's spares name their owner by pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_alive(process: psutil.Process) -> bool:
     """Running (not reaped, not recycled to another program) and not a zombie."""
     try:

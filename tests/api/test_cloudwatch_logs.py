@@ -15,6 +15,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from kiln.api.job_logs import same_file
 from tests.conftest import KilnServer
 from tests.support import make_queue, register_shell, submit, unique, wait_for
 
@@ -284,3 +285,30 @@ def test_errors_have_the_cloudwatch_form(
         kiln_server.endpoint, content=b"{}", headers={"X-Amz-Target": "DynamoDB_20120810.ListTables", **json_type}
     )
     assert elsewhere.status_code == 400 and "DynamoDB_20120810" in elsewhere.json()["message"]
+
+
+def test_silent_jobs_have_empty_streams_and_never_show_each_others_output(batch: Any, logs: Any, queue: str) -> None:
+    """The supervisor recycles a log left empty as a later attempt's file: a silent job's stream
+    stays listed and empty, and the job that took its file over shows only its own lines."""
+    silent = [wait_for(batch, submit(batch, queue, register_shell(batch, "true"))) for _ in range(2)]
+    talker = wait_for(batch, submit(batch, queue, register_shell(batch, "echo mine")))
+    for job in silent:
+        assert job["status"] == "SUCCEEDED", job
+        stream = job["container"]["logStreamName"]
+        assert logs.get_log_events(logGroupName=GROUP, logStreamName=stream)["events"] == []
+        listed = logs.describe_log_streams(logGroupName=GROUP, logStreamNamePrefix=stream)["logStreams"]
+        assert [s["logStreamName"] for s in listed] == [stream]
+    stream = talker["container"]["logStreamName"]
+    events = logs.get_log_events(logGroupName=GROUP, logStreamName=stream)["events"]
+    assert [event["message"] for event in events] == ["mine"]
+
+
+def test_kiln_logs_reader_drops_bytes_of_a_file_recycled_under_it(tmp_path: Path) -> None:
+    """`kiln logs`' reader holds a descriptor: if the log it opened was recycled for another attempt
+    meanwhile (its path is gone), what it read is not this attempt's."""
+    log = tmp_path / "a.log"
+    log.write_text("")
+    with log.open("rb") as handle:
+        assert same_file(handle.fileno(), log)
+        log.rename(tmp_path / "other-attempt.log")
+        assert not same_file(handle.fileno(), log)

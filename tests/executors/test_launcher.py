@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from kiln.config import Settings
 from kiln.executors import local
 from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning
 from kiln.executors.local import LocalExecutor
+from kiln.executors.log_files import FREE_PREFIX, LogFilePool
 
 from .helpers import SpecFactory, exited
 
@@ -129,3 +131,66 @@ def test_the_launcher_reports_in_order_and_names_the_step_that_failed(tmp_path: 
     }
     with pytest.raises(RuntimeError, match="closed"):
         launcher.submit("late", b"/bin/true", [b"true"], environment, os.fsencode(tmp_path), log, [])
+
+
+def test_an_empty_log_is_recycled_for_the_next_attempt_and_a_written_one_stays(
+    driven: LocalExecutor, make_spec: SpecFactory
+) -> None:
+    quiet = make_spec(["true"])
+    driven.start(quiet)
+    assert exited(drive_until_exit(driven, quiet.attempt_id)).exit_code == 0
+    assert not quiet.log_path.exists(), "an empty stream needs no file (it reads as empty)"
+    [spare] = [p for p in quiet.log_path.parent.iterdir() if p.name.startswith(FREE_PREFIX)]
+    inode = spare.stat().st_ino
+    talker = make_spec(["sh", "-c", "echo said"])
+    driven.start(talker)
+    assert exited(drive_until_exit(driven, talker.attempt_id)).exit_code == 0
+    assert talker.log_path.read_text() == "said\n"
+    assert talker.log_path.stat().st_ino == inode, "the spare's inode took the next log"
+    assert not spare.exists()
+    after = make_spec(["true"])  # no spare left: a file of its own
+    driven.start(after)
+    assert exited(drive_until_exit(driven, after.attempt_id)).exit_code == 0
+    assert talker.log_path.read_text() == "said\n", "a log with output is never recycled"
+    driven.shutdown(grace_seconds=0.2)
+    assert not [p for p in quiet.log_path.parent.iterdir() if p.name.startswith(FREE_PREFIX)], "spares removed"
+
+
+def test_the_log_pool_never_replaces_a_file_and_keeps_only_plain_empty_logs(tmp_path: Path) -> None:
+    pool = LogFilePool()
+    empty, written, shared = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "c.log"
+    for path in (empty, written, shared):
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+    written.write_text("x")
+    shared.chmod(0o644)
+    for path in (empty, written, shared):
+        pool.release(path)
+    assert not empty.exists() and written.exists() and shared.exists()
+    occupied = tmp_path / "d.log"
+    occupied.write_text("mine")
+    pool.claim(occupied)
+    assert occupied.read_text() == "mine", "an existing file is never replaced"
+    fresh = tmp_path / "e.log"
+    pool.claim(fresh)
+    assert fresh.exists() and fresh.stat().st_size == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(FREE_PREFIX)] == []
+    pool.close()
+
+
+def test_spares_of_a_dead_executor_are_removed_when_their_directory_is_used(tmp_path: Path) -> None:
+    orphan = tmp_path / f"{FREE_PREFIX}{_a_dead_pid()}-abc.log"
+    orphan.touch()
+    mine = tmp_path / f"{FREE_PREFIX}{os.getpid()}-abc.log"
+    mine.touch()
+    pool = LogFilePool()
+    pool.claim(tmp_path / "next.log")
+    assert not orphan.exists()
+    assert mine.exists(), "a live owner's spares are its own"
+
+
+def _a_dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
