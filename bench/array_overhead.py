@@ -5,7 +5,9 @@ Prints ratios against a floor measured in the same run (machines here are noisy)
   (target <= 1.5x, never worse than 3x);
 - submit latency of the array;
 - DescribeJobs of 100 children, median, with ~100,000 jobs in the store (target <= 50 ms);
-- the server's peak RSS (target <= 300 MiB).
+- the server's peak RSS (target <= 300 MiB);
+- where the CPU goes, per child: the server, the attempt supervisor, the jobs (their vfork child
+  included, as the supervisor reaps them), against the floor's (xargs and its `true`s).
 
 Usage: python bench/array_overhead.py [--size 10000] [--stored 100000] [--job-user NAME]
 (`--job-user nobody` on a root machine: every child as one user instead of a uid lent to each.)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -29,12 +32,38 @@ from kiln.cli.embedded_server import start_embedded_server
 
 DEADLINE_SECONDS = 900
 POLL_SECONDS = 0.25
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def floor_seconds(size: int, cores: int) -> float:
-    started = time.perf_counter()
+def floor_seconds(size: int, cores: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of xargs and its children) of the floor."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(f"seq {size} | xargs -P{cores} -n1 true", shell=True, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """(own, reaped children's) user + system CPU seconds of `pid`; zeros when there is none."""
+    if pid is None:
+        return 0.0, 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(value) / CLOCK_TICKS for value in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def supervisor_pid(data_dir: Path) -> int | None:
+    """The attempt supervisor of `data_dir` (its command line names the data dir's executor folder)."""
+    wanted = os.fsencode(data_dir / "executor")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"kiln.executors.supervisor" in command and wanted in command.split(b"\0"):
+                return int(entry)
+    return None
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -122,10 +151,14 @@ def main() -> None:
             batch = boto3.client("batch", endpoint_url=server.endpoint, region_name="us-east-1",
                                  aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
             setup(batch, cores)
-            floor = floor_seconds(args.size, cores)
+            floor, floor_cpu = floor_seconds(args.size, cores)
+            supervisor = supervisor_pid(Path(tmp) / "data")
+            server_before, (supervisor_before, jobs_before) = cpu_seconds(server.pid)[0], cpu_seconds(supervisor)
             submit_latency, total = run_array(batch, args.size)
-            floor_after = floor_seconds(args.size, cores)
-            floor = min(floor, floor_after)
+            server_cpu = cpu_seconds(server.pid)[0] - server_before
+            supervisor_after, jobs_after = cpu_seconds(supervisor)
+            floor_after, floor_cpu_after = floor_seconds(args.size, cores)
+            floor, floor_cpu = min((floor, floor_cpu), (floor_after, floor_cpu_after))
             stored = fill_store(batch, args.stored, args.size)
             describe_ms = describe_latency_ms(batch, args.size)
             rss = peak_rss_mib(server.pid)
@@ -138,6 +171,12 @@ def main() -> None:
     print(f"  submit latency:                   {submit_latency * 1000:8.1f} ms")
     print(f"  describe 100 children (median):   {describe_ms:8.1f} ms  with {stored} jobs stored (target <= 50 ms)")
     print(f"  server peak RSS:                  {rss:8.1f} MiB (target <= 300 MiB)")
+    per_child = 1000 / args.size
+    print(
+        f"  CPU per child:                    server {server_cpu * per_child:.2f} ms, supervisor "
+        f"{(supervisor_after - supervisor_before) * per_child:.2f} ms, jobs {(jobs_after - jobs_before) * per_child:.2f} ms"
+        f" (floor: {floor_cpu * per_child:.2f} ms per `true`, xargs included)"
+    )
 
 
 if __name__ == "__main__":
