@@ -108,7 +108,7 @@ class Supervisor:
                 log.exception("supervisor loop: the engine's pass failed")
             if self._should_exit():
                 break
-        self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the monitor thread
+        self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the launcher thread
         self.journal.close()
 
     def _ready(self, key: selectors.SelectorKey, listener: socket.socket) -> None:
