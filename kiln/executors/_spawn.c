@@ -396,9 +396,6 @@ static void run_launch(struct launch *launch) {
 
 static void *launcher_thread(void *arg) {
     Launcher *self = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, NULL); /* signals are the main thread's business */
     for (;;) {
         pthread_mutex_lock(&self->lock);
         while (self->head == NULL && !self->stopping) pthread_cond_wait(&self->wake, &self->lock);
@@ -411,9 +408,11 @@ static void *launcher_thread(void *arg) {
         if (self->head == NULL) self->tail = NULL;
         pthread_mutex_unlock(&self->lock);
         run_launch(launch);
+        /* Atomic (less than PIPE_BUF). It blocks only with a full pipe, 8,192 outcomes not collected:
+         * far more than an executor ever starts at once. */
         ssize_t written;
         do {
-            written = write(self->done_write, &launch, sizeof launch); /* atomic: less than PIPE_BUF */
+            written = write(self->done_write, &launch, sizeof launch);
         } while (written < 0 && errno == EINTR);
     }
 }
@@ -457,7 +456,12 @@ static PyObject *launcher_submit(Launcher *self, PyObject *args) {
         return NULL;
     }
     if (!self->running) {
+        /* The thread starts with every signal blocked (it keeps them so: the main thread's business). */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         int error = pthread_create(&self->thread, NULL, launcher_thread, self);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (error != 0) {
             free_job(&launch->job);
             free(launch);

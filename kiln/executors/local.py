@@ -464,14 +464,23 @@ class LocalExecutor(EventReporter):
         """The launcher thread's outcomes: each attempt runs now, or failed a step before its exec."""
         assert self._launcher is not None
         for attempt_id, pid, pidfd, error in self._launcher.collect():
-            spec, cgroups = self._launching.pop(attempt_id)
-            if error is not None:
-                with self._lock:
-                    self._cgroups.release(attempt_id, cgroups)
-                self._programs.clear()  # perhaps a program that was found before has gone
-                self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {error}")
+            launching = self._launching.pop(attempt_id, None)
+            if launching is None:  # never handed over here: nothing to account for but its descriptor
+                logger.error("the launcher reported an attempt it was not given: %s", attempt_id)
+                if pidfd >= 0:
+                    os.close(pidfd)
                 continue
-            self._running(self._attempt_of(spec, SpawnedProcess(pid), cgroups), pidfd)
+            spec, cgroups = launching
+            try:
+                if error is not None:
+                    with self._lock:
+                        self._cgroups.release(attempt_id, cgroups)
+                    self._programs.clear()  # perhaps a program that was found before has gone
+                    self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {error}")
+                else:
+                    self._running(self._attempt_of(spec, SpawnedProcess(pid), cgroups), pidfd)
+            except Exception:  # the outcomes after it were collected too: they must not be lost
+                logger.exception("cannot take attempt %s over from the launcher", attempt_id)
 
     def _wait_for_launches(self, timeout_seconds: float = 5.0) -> None:
         """Collect every launch handed over (`driven` mode): its mount namespace may be closed next."""
