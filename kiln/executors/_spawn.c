@@ -421,16 +421,17 @@ static PyObject *launcher_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyO
     Launcher *self = (Launcher *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->done_read = self->done_write = -1;
+    pthread_mutex_init(&self->lock, NULL); /* before anything can fail: dealloc destroys them */
+    pthread_cond_init(&self->wake, NULL);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(self);
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
     }
     self->done_read = fds[0];
     self->done_write = fds[1];
     fcntl(self->done_read, F_SETFL, O_NONBLOCK);
-    pthread_mutex_init(&self->lock, NULL);
-    pthread_cond_init(&self->wake, NULL);
     return (PyObject *)self;
 }
 
