@@ -29,8 +29,9 @@ def pg_flags(url: str) -> list[str]:
 
 
 def record_id_script(path: Path) -> str:
-    """Each job appends its own job id to `path` as its last step."""
-    return f'echo "$AWS_BATCH_JOB_ID" >> {shlex.quote(str(path))}'
+    """Each job prints its job id (so its log file exists where it ran: a log left empty is
+    recycled, kiln/executors/log_files.py) and appends it to `path` as its last step."""
+    return f'echo "$AWS_BATCH_JOB_ID"; echo "$AWS_BATCH_JOB_ID" >> {shlex.quote(str(path))}'
 
 
 def describe_all(batch: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -53,7 +54,8 @@ def wait_all_terminal(batch: Any, ids: list[str], timeout: float) -> dict[str, d
 
 
 def log_files(server: KilnServer) -> list[Path]:
-    return [path for path in (server.data_dir / "logs").rglob("*.log")]
+    """The attempts' logs the server's supervisor wrote (not its spare files, `.kiln-free-*`)."""
+    return [path for path in (server.data_dir / "logs").rglob("*.log") if not path.name.startswith(".")]
 
 
 def test_one_server_on_postgresql_runs_jobs_arrays_and_dependencies(
