@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cgroups import AttemptCgroups, CgroupSupport, attempt_group_name, make_group, read_small, rmdir_group
-from .process_tree import pid_alive
+from .process_tree import left_by_dead_owner
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ class CgroupPool:
             name = attempt_group_name(attempt_id)
             memory, cpu = _rename(spare.memory, name), _rename(spare.cpu, name)
             if _all_moved((spare.memory, spare.cpu), (memory, cpu)):
-                tracking = spare.tracking or self._new_tracking(name)
+                tracking = spare.tracking or make_group(self.support.tracking_parent, self._tracking_name() or name)
                 return AttemptCgroups(memory=memory, cpu=cpu, tracking=tracking, oom_baseline=spare.oom_count)
             for path in (memory, cpu, spare.memory, spare.cpu, spare.tracking):  # changed behind our back: afresh
                 if path is not None:
                     rmdir_group(path)
         return AttemptCgroups.create(
             self.support, attempt_id, memory_mib=memory_mib, vcpus=vcpus, cpu_hard_cap=cpu_hard_cap,
-            tracking_name=self._pool_name() if self._pools_tracking else None,
+            tracking_name=self._tracking_name(),
         )  # fmt: skip
 
     def release(self, attempt_id: str, groups: AttemptCgroups, *, settled_oom_count: int | None = None) -> bool:
@@ -111,15 +111,11 @@ class CgroupPool:
                 AttemptCgroups(spare.memory, spare.cpu, spare.tracking).remove()
         self._spares.clear()
 
-    @property
-    def _pools_tracking(self) -> bool:
-        """Whether a memory or cpu group carries each attempt's name, so its cgroup2 group need not."""
-        return self.support.tracking_parent is not None and (
-            self.support.memory_parent is not None or self.support.cpu_parent is not None
-        )
-
-    def _new_tracking(self, attempt_name: str) -> Path | None:
-        return make_group(self.support.tracking_parent, self._pool_name() if self._pools_tracking else attempt_name)
+    def _tracking_name(self) -> str | None:
+        """A pool name for a new cgroup2 group where a memory or cpu group carries the attempt's
+        name; None: it is named after the attempt."""
+        named = self.support.memory_parent is not None or self.support.cpu_parent is not None
+        return self._pool_name() if named and self.support.tracking_parent is not None else None
 
     @staticmethod
     def _pool_name() -> str:
@@ -145,8 +141,7 @@ class CgroupPool:
                 continue
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in entries:
-                    owner = entry.name.removeprefix(FREE_PREFIX).split("-", 1)[0]
-                    if entry.name.startswith(FREE_PREFIX) and owner.isdigit() and not pid_alive(int(owner)):
+                    if left_by_dead_owner(entry.name, FREE_PREFIX):
                         group = Path(entry.path)
                         tracking = parent == self.support.tracking_parent
                         (AttemptCgroups(tracking=group) if tracking else AttemptCgroups(cpu=group)).remove()

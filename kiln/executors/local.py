@@ -208,8 +208,9 @@ class LocalExecutor(EventReporter):
         self._launching: dict[str, tuple[AttemptSpec, AttemptCgroups]] = {}  # handed to the launcher
         # `driven`: logs left empty are recycled (log_files.py); one owner thread, as the pool needs.
         self._log_files = LogFilePool() if driven else None
+        self._launcher_fd = -1 if self._launcher is None else self._launcher.fileno()
         if self._launcher is not None:
-            self._epoll.register(self._launcher.fileno(), select.EPOLLIN)
+            self._epoll.register(self._launcher_fd, select.EPOLLIN)
         close_inherited_descriptors_on_exec()  # the shell launcher (also every task's) would pass them on
         self._setpriv = shutil.which("setpriv")  # the shell launcher's way to switch user
         self._base_environment = inherited_environment(os.environ, settings.job_environment)
@@ -473,9 +474,7 @@ class LocalExecutor(EventReporter):
             spec, cgroups = launching
             try:
                 if error is not None:
-                    with self._lock:
-                        self._cgroups.release(attempt_id, cgroups)
-                    self._programs.clear()  # perhaps a program that was found before has gone
+                    self._unlaunched(spec, cgroups)
                     self._failed_to_start(spec, f"{CANNOT_START_PREFIX}: {error}")
                 else:
                     self._running(self._attempt_of(spec, SpawnedProcess(pid), cgroups), pidfd)
@@ -536,14 +535,18 @@ class LocalExecutor(EventReporter):
             process = self._start_process(spec, program, argv, cgroups.procs_files(), user)
         except OSError:
             self._launching.pop(spec.attempt_id, None)
-            with self._lock:
-                self._cgroups.release(spec.attempt_id, cgroups)
-            self._programs.clear()  # perhaps a program that was found before has gone
+            self._unlaunched(spec, cgroups)
             raise
         if process is None:
             return None  # the launcher thread starts it: `_collect_launches` takes it from here
         self._launching.pop(spec.attempt_id, None)
         return self._attempt_of(spec, process, cgroups)
+
+    def _unlaunched(self, spec: AttemptSpec, cgroups: AttemptCgroups) -> None:
+        """A start failed before the job's exec: its groups go back."""
+        with self._lock:
+            self._cgroups.release(spec.attempt_id, cgroups)
+        self._programs.clear()  # perhaps a program that was found before has gone
 
     @staticmethod
     def _attempt_of(spec: AttemptSpec, process: SpawnedProcess, cgroups: AttemptCgroups) -> _Attempt:
@@ -761,7 +764,7 @@ class LocalExecutor(EventReporter):
     def _service(self, wait_seconds: float) -> None:
         """Wake on exits (pidfds) at once; a periodic pass covers OOM, timeouts and stragglers."""
         ready = self._epoll.poll(wait_seconds)
-        if self._launcher is not None and any(fd == self._launcher.fileno() for fd, _ in ready):
+        if self._launcher is not None and any(fd == self._launcher_fd for fd, _ in ready):
             self._collect_launches()  # before exits: an attempt runs before it ends
         if ready:
             with self._lock:

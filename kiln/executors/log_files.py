@@ -26,7 +26,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from .process_tree import pid_alive
+from .process_tree import left_by_dead_owner
 
 FREE_PREFIX = ".kiln-free-"
 FREE_SUFFIX = ".log"
@@ -103,9 +103,6 @@ class LogFilePool:
 def _remove_dead_owners_spares(directory: str) -> None:
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
-            if not (entry.name.startswith(FREE_PREFIX) and entry.name.endswith(FREE_SUFFIX)):
-                continue
-            owner = entry.name.removeprefix(FREE_PREFIX).split("-", 1)[0]
-            if owner.isdigit() and not pid_alive(int(owner)):
+            if entry.name.endswith(FREE_SUFFIX) and left_by_dead_owner(entry.name, FREE_PREFIX):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)

@@ -39,15 +39,19 @@ def children_snapshot() -> ChildrenMap:
     return children
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process `pid` exists (a pool's spares name their owner by pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def left_by_dead_owner(name: str, prefix: str) -> bool:
+    """Whether `name` is a pool's spare, `<prefix><owner pid>-...`, whose owner process has exited
+    (cgroup and log pools name their spares so; the next executor removes what a dead one left)."""
+    owner = name.removeprefix(prefix).split("-", 1)[0] if name.startswith(prefix) else ""
+    if not owner.isdigit():
         return False
-    except PermissionError:
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
 def is_alive(process: psutil.Process) -> bool:

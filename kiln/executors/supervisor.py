@@ -230,9 +230,14 @@ class Supervisor:
         """`attempt_id in self._live()` without building the set (asked for every attempt started)."""
         return attempt_id in self.started or self.engine.is_running(attempt_id)
 
+    def _known(self, attempt_id: str) -> bool:
+        """Live, queued or over here: a start of it is a repeat (a server restarted between its
+        commit and its send)."""
+        return self._is_live(attempt_id) or attempt_id in self.chains.queued or attempt_id in self.exits
+
     def _start(self, spec: AttemptSpec) -> None:
-        if self._is_live(spec.attempt_id) or spec.attempt_id in self.chains.queued or spec.attempt_id in self.exits:
-            return  # sent twice (a server restarted between commit and send): already ours
+        if self._known(spec.attempt_id):
+            return  # sent twice: already ours
         if self.chains.hold(spec, _LiveView(self)):
             return
         self.journal.record_starts([spec.attempt_id])
@@ -283,7 +288,7 @@ class Supervisor:
             lines.append(line)
             exit_lines.append(line)
             followers += self.chains.released(event.attempt_id)
-        starting = [f for f in followers if not self._is_live(f.attempt_id) and f.attempt_id not in self.exits]
+        starting = [follower for follower in followers if not self._known(follower.attempt_id)]
         self.journal.record(exit_lines, [spec.attempt_id for spec in starting])
         for follower in starting:  # before the send: a follower's place is idle until it starts
             self.engine.start(follower)
