@@ -200,22 +200,14 @@ class AttemptCgroups:
 
     @classmethod
     def create(
-        cls,
-        support: CgroupSupport,
-        attempt_id: str,
-        *,
-        memory_mib: int,
-        vcpus: float,
-        cpu_hard_cap: bool,
-        tracking_name: str | None = None,
+        cls, support: CgroupSupport, name: str, *, memory_mib: int, vcpus: float, cpu_hard_cap: bool
     ) -> AttemptCgroups:
-        """Create and configure every group the host supports; a failing one degrades, not aborts.
-        Each is named after the attempt, the cgroup2 one `tracking_name` when given (a pool's)."""
-        name = attempt_group_name(attempt_id)
+        """Create and configure every group the host supports, each called `name` (a pool's, see
+        `cgroup_pool`); a failing one degrades, not aborts."""
         return cls(
             memory=make_group(support.memory_parent, name, lambda path: _limit_memory(path, memory_mib)),
             cpu=make_group(support.cpu_parent, name, lambda path: _limit_cpu(path, vcpus, cpu_hard_cap)),
-            tracking=make_group(support.tracking_parent, tracking_name or name, lambda path: None),
+            tracking=make_group(support.tracking_parent, name, lambda path: None),
         )
 
     def paths(self) -> list[Path]:
@@ -230,17 +222,20 @@ class AttemptCgroups:
         """Whether `pids()` lists the whole tree (any of our groups does)."""
         return bool(self.paths())
 
-    def pids(self) -> set[int]:
+    def pids(self, *, strict: bool = False) -> set[int]:
         """Every live process of the attempt (exited processes are never listed).
 
         The launcher joins every group before the job starts and children inherit them all, so one
         group lists the whole tree: the cgroup2 one when present (it is the hardest to leave),
         else memory, else cpu. One read instead of three matters when thousands of short jobs end.
+        `strict`: a group that cannot be read raises OSError instead of deferring to the next.
         """
         for procs in reversed(self._procs):  # tracking, cpu, memory: see paths()
             try:
                 return {int(line) for line in read_small(procs).split()}
             except (OSError, ValueError):
+                if strict:
+                    raise OSError(f"cannot read {procs}") from None
                 continue
         return set()
 

@@ -369,7 +369,9 @@ class LocalExecutor(EventReporter):
         return Adoption()
 
     def discard_leftovers(self, attempt_ids: Collection[str]) -> None:
-        """Kill and remove what is left of attempts another process started (found by their cgroups)."""
+        """Kill and remove what is left of attempts another process started, in groups named after
+        them (Kiln before pool names for life; a dead executor's pool groups are removed, and their
+        processes killed, when this one's `CgroupPool` starts)."""
         support = self._support
         parents = (support.memory_parent, support.cpu_parent, support.tracking_parent)
         for attempt_id in attempt_ids:

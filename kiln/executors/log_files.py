@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from pathlib import Path
 
-from .process_tree import left_by_dead_owner
+from .process_tree import left_by_dead_owner, spare_name
 
 FREE_PREFIX = ".kiln-free-"
 FREE_SUFFIX = ".log"
@@ -76,7 +75,7 @@ class LogFilePool:
             and stat.S_IMODE(info.st_mode) == LOG_MODE
         ):
             return
-        spare = os.path.join(directory, f"{FREE_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{FREE_SUFFIX}")
+        spare = os.path.join(directory, spare_name(FREE_PREFIX, FREE_SUFFIX))
         try:
             os.rename(log_path, spare)
         except OSError:

@@ -16,13 +16,14 @@ whose mode its job changed is removed, not reused. Only a new directory costs a 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 import threading
 from pathlib import Path
 
 from kiln.errors import ServerError
+
+from .process_tree import spare_name
 
 FREE_PREFIX = ".kiln-free-"
 KEEP_PER_PARENT = 64  # spare directories kept per parent and owner: more than any host runs at once
@@ -83,7 +84,7 @@ class WorkdirPool:
                 spares = self._spares(workdir.parent, info.st_uid)
                 keep = len(spares) < self._keep
             if keep:
-                spare = workdir.parent / f"{FREE_PREFIX}{secrets.token_hex(6)}"
+                spare = workdir.parent / spare_name(FREE_PREFIX)
                 try:
                     os.rename(workdir, spare)
                 except OSError:

@@ -1,4 +1,4 @@
-"""The cgroup pool: configured v1 groups reused by rename, only when clean, never across limits."""
+"""The cgroup pool: configured groups reused under their pool name, only when clean, never across limits."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.executors.cgroup_pool import FREE_PREFIX, REUSE_MAX_CHARGED_BYTES, CgroupPool
-from kiln.executors.cgroups import MIB, CgroupSupport, attempt_group_name, detect_cgroups
+from kiln.executors.cgroup_pool import LEGACY_PREFIXES, POOL_PREFIX, REUSE_MAX_CHARGED_BYTES, CgroupPool
+from kiln.executors.cgroups import MIB, AttemptCgroups, CgroupSupport, detect_cgroups
 from kiln.executors.local import LocalExecutor
 
 from .helpers import PYTHON, SpecFactory, exited, is_gone, wait_for_cgroups, wait_for_exit
@@ -36,9 +36,10 @@ def pool(support: CgroupSupport) -> Iterator[CgroupPool]:
     made.close()
 
 
-def _spares(support: CgroupSupport) -> set[str]:
+def _groups(support: CgroupSupport) -> set[str]:
+    """This process's pool groups under the memory parent, in use or spare."""
     assert support.memory_parent is not None
-    return {name for name in os.listdir(support.memory_parent) if name.startswith(f"{FREE_PREFIX}{os.getpid()}-")}
+    return {name for name in os.listdir(support.memory_parent) if name.startswith(f"{POOL_PREFIX}{os.getpid()}-")}
 
 
 def _join_and_run(groups_files: list[str], script: str) -> None:
@@ -47,25 +48,26 @@ def _join_and_run(groups_files: list[str], script: str) -> None:
     subprocess.run(["sh", "-c", f"{joins}; {script}"], check=True)
 
 
-def test_an_emptied_group_is_reused_under_the_next_attempts_name(pool: CgroupPool, support: CgroupSupport) -> None:
+def test_an_emptied_group_is_reused_by_the_next_attempt_under_its_pool_name(
+    pool: CgroupPool, support: CgroupSupport
+) -> None:
     first = pool.acquire("a-1", memory_mib=64, vcpus=2, cpu_hard_cap=False)
     assert first.memory is not None and first.cpu is not None
+    name = first.memory.name
+    assert name.startswith(f"{POOL_PREFIX}{os.getpid()}-") and first.cpu.name == name
+    assert first.tracking is None or first.tracking.name == name  # one name for all of an attempt's groups
     inode = first.memory.stat().st_ino
     _join_and_run(first.procs_files(), "true")
     assert pool.release("a-1", first)
-    assert not first.memory.exists() and len(_spares(support)) == 1
+    assert _groups(support) == {name}  # kept as a spare, under the same name
 
     second = pool.acquire("a-2", memory_mib=64, vcpus=2, cpu_hard_cap=False)
+    assert (second.memory, second.cpu, second.tracking) == (first.memory, first.cpu, first.tracking)
     assert second.memory is not None and second.cpu is not None
-    assert second.memory.name == attempt_group_name("a-2")
-    assert second.memory.stat().st_ino == inode  # the same group, renamed: no mkdir
+    assert second.memory.stat().st_ino == inode  # the same group: no mkdir, no rename
     assert int((second.memory / "memory.limit_in_bytes").read_text()) == 64 * MIB
     assert (second.cpu / "cpu.shares").read_text().strip() == "2048"
     assert second.oom_kills() == 0
-    # The cgroup2 group (cgroup2 cannot rename) has a pool name from the start and goes along.
-    assert second.tracking == first.tracking
-    assert first.tracking is None or first.tracking.name.startswith(f"{FREE_PREFIX}{os.getpid()}-")
-    assert _spares(support) == set()
     assert pool.release("a-2", second)
 
 
@@ -73,10 +75,22 @@ def test_other_limits_get_their_own_groups(pool: CgroupPool, support: CgroupSupp
     small = pool.acquire("s-1", memory_mib=32, vcpus=1, cpu_hard_cap=False)
     assert pool.release("s-1", small)
     big = pool.acquire("b-1", memory_mib=128, vcpus=1, cpu_hard_cap=False)
-    assert big.memory is not None
+    assert big.memory is not None and small.memory is not None
+    assert big.memory != small.memory
     assert int((big.memory / "memory.limit_in_bytes").read_text()) == 128 * MIB
-    assert len(_spares(support)) == 1  # the 32 MiB spare waits for a 32 MiB attempt
+    assert _groups(support) == {small.memory.name, big.memory.name}  # the 32 MiB spare waits for its kind
     assert pool.release("b-1", big)
+
+
+def test_a_group_removed_behind_the_pools_back_is_not_handed_out_again(pool: CgroupPool) -> None:
+    groups = pool.acquire("gone-1", memory_mib=16, vcpus=1, cpu_hard_cap=False)
+    assert groups.memory is not None
+    for path in groups.paths():
+        path.rmdir()
+    assert pool.release("gone-1", groups)  # nothing left to remove
+    fresh = pool.acquire("gone-2", memory_mib=16, vcpus=1, cpu_hard_cap=False)
+    assert fresh.memory is not None and fresh.memory.is_dir() and fresh.memory != groups.memory
+    assert pool.release("gone-2", fresh)
 
 
 def test_a_group_still_charged_with_memory_is_removed_not_reused(pool: CgroupPool, support: CgroupSupport) -> None:
@@ -90,7 +104,7 @@ def test_a_group_still_charged_with_memory_is_removed_not_reused(pool: CgroupPoo
         assert groups.memory is not None
         assert int((groups.memory / "memory.usage_in_bytes").read_text()) > REUSE_MAX_CHARGED_BYTES
         assert pool.release("shm-1", groups)
-        assert _spares(support) == set()
+        assert _groups(support) == set()
         assert not groups.memory.exists()
     finally:
         leftover.unlink(missing_ok=True)
@@ -110,16 +124,15 @@ def test_spares_of_a_dead_executor_are_removed_by_the_next(support: CgroupSuppor
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     dead = done.stdout.strip()
     assert support.memory_parent is not None
-    left = [name for name in os.listdir(support.memory_parent) if name.startswith(f"{FREE_PREFIX}{dead}-")]
+    left = [name for name in os.listdir(support.memory_parent) if name.startswith(f"{POOL_PREFIX}{dead}-")]
     assert len(left) == 1, done.stderr
     CgroupPool(support).close()
     assert not (support.memory_parent / left[0]).exists()
 
 
 def test_a_dead_executors_tracking_group_is_removed_with_what_it_still_holds(support: CgroupSupport) -> None:
-    """A supervisor killed mid-attempt leaves that attempt's processes in a pool-named cgroup2 group:
-    the next executor's pool kills them and removes the group (its other groups carry the attempt's
-    name, for `discard_leftovers`)."""
+    """A supervisor killed mid-attempt leaves that attempt's processes in its pool-named groups:
+    the next executor's pool kills them and removes the groups."""
     if support.tracking_parent is None:
         pytest.skip(f"no cgroup2 group usable here: {support.notes}")
     script = (
@@ -137,7 +150,7 @@ def test_a_dead_executors_tracking_group_is_removed_with_what_it_still_holds(sup
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     tracking_path, pid = done.stdout.split()
     tracking = Path(tracking_path)
-    assert tracking.name.startswith(FREE_PREFIX) and tracking.is_dir(), done.stderr
+    assert tracking.name.startswith(POOL_PREFIX) and tracking.is_dir(), done.stderr
     deadline = time.monotonic() + 10
     while int(pid) not in {int(p) for p in (tracking / "cgroup.procs").read_text().split()}:
         assert time.monotonic() < deadline, "the orphan never joined its group"
@@ -163,12 +176,12 @@ def test_array_like_attempts_reuse_groups_and_leave_none_behind(
         assert groups.memory is not None
         inodes.add(groups.memory.stat().st_ino)
         assert exited(wait_for_exit(executor, spec.attempt_id)).exit_code == 0, index
-        assert f"/{attempt_group_name(spec.attempt_id)}" in spec.log_path.read_text()
+        assert f"/{groups.memory.name}" in spec.log_path.read_text()  # the job ran in it
     assert len(inodes) == 1  # one attempt at a time: every one reused the first one's group
     executor.shutdown(grace_seconds=0.2)
-    assert _spares(support) == set()
+    assert _groups(support) == set()
     if support.tracking_parent is not None:
-        mine = f"{FREE_PREFIX}{os.getpid()}-"
+        mine = f"{POOL_PREFIX}{os.getpid()}-"
         assert not [name for name in os.listdir(support.tracking_parent) if name.startswith(mine)]
 
 
@@ -190,3 +203,16 @@ def test_an_attempt_after_one_killed_for_memory_in_the_same_group_is_not_reporte
         assert groups.memory is not None and groups.memory.stat().st_ino == inode, index
         ended = exited(wait_for_exit(cgroup_executor, quiet.attempt_id))
         assert (ended.exit_code, ended.oom) == (0, False), index
+
+
+def test_groups_an_older_kiln_left_behind_are_removed_too(support: CgroupSupport) -> None:
+    """Before pool names were for life, spares were `kiln-free-<pid>-...`: a dead owner's go as well."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert support.memory_parent is not None
+    legacy = support.memory_parent / f"{LEGACY_PREFIXES[0]}{ended.stdout.strip()}-0"
+    legacy.mkdir()
+    try:
+        CgroupPool(support).close()
+        assert not legacy.exists()
+    finally:
+        AttemptCgroups(memory=legacy).remove()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.executors.cgroup_pool import POOL_PREFIX
 from kiln.executors.cgroups import (
     MEMORY_WATCHDOG,
     MIB,
@@ -138,7 +139,9 @@ def test_cpu_shares_and_quota_are_written(cgroup_executor: LocalExecutor, make_s
 
     cgroup_executor.terminate(spec.attempt_id, "done")
     wait_for_exit(cgroup_executor, spec.attempt_id)
-    assert not groups.cpu.exists()
+    assert not (groups.cpu / "cgroup.procs").read_text().split()  # an empty spare for the same limits
+    cgroup_executor.shutdown(grace_seconds=0.2)
+    assert not groups.cpu.exists()  # spares go with the executor
 
 
 def test_soft_cpu_limit_sets_no_quota(cgroup_executor: LocalExecutor, make_spec: SpecFactory) -> None:
@@ -164,15 +167,15 @@ def test_job_runs_inside_its_groups(cgroup_executor: LocalExecutor, make_spec: S
     groups = cgroup_executor.attempt_cgroups(spec.attempt_id)
     assert groups is not None
     own = parse_proc_cgroup(spec.log_path.read_text())
-    name = attempt_group_name(spec.attempt_id)
-    assert own["memory"].endswith(f"/{name}")
-    assert groups.tracking is not None and own[""].endswith(f"/{groups.tracking.name}")  # a pool's name
+    assert groups.memory is not None and groups.tracking is not None
+    assert groups.memory.name == groups.tracking.name and groups.memory.name.startswith(POOL_PREFIX)
+    assert own["memory"].endswith(f"/{groups.memory.name}") and own[""].endswith(f"/{groups.tracking.name}")
     assert groups.pids(), "the job is listed in its groups"
     cgroup_executor.terminate(spec.attempt_id, "done")
     wait_for_exit(cgroup_executor, spec.attempt_id)
-    # Its memory group is gone (or a spare under another name); its cgroup2 group is empty.
-    assert groups.memory is not None and not groups.memory.exists()
-    assert not groups.tracking.exists() or not (groups.tracking / "cgroup.procs").read_text().split()
+    # Its groups are spares now (or gone): empty either way.
+    for group in (groups.memory, groups.tracking):
+        assert not group.exists() or not (group / "cgroup.procs").read_text().split()
 
 
 def test_cgroups_catch_an_instant_setsid_escapee(cgroup_executor: LocalExecutor, make_spec: SpecFactory) -> None:

@@ -29,7 +29,6 @@ import pytest
 
 from kiln.config import Settings
 from kiln.executors.base import OOM_EXIT_CODE, OOM_REASON, TIMEOUT_STATUS_REASON, AttemptExited, AttemptSpec
-from kiln.executors.cgroups import attempt_group_name
 from kiln.executors.images import RENDER_IMAGE, ImageCatalogue
 from kiln.executors.local import LocalExecutor
 from kiln.render.zygote.paths import ZygotePaths
@@ -197,7 +196,9 @@ def test_stopping_a_job_stops_the_warm_process_serving_it(kit: Kit, first_job: o
     kit.executor.start(spec)
     child = int(wait_for_log(spec.log_path, WARM, timeout=20).group(1))
     wait_for_log(spec.log_path, "frame 1 done", timeout=30)
-    assert f"/{attempt_group_name(spec.attempt_id)}" in Path(f"/proc/{child}/cgroup").read_text()
+    groups = kit.executor.attempt_cgroups(spec.attempt_id)
+    assert groups is not None and groups.paths(), "the attempt has its groups"
+    assert f"/{groups.paths()[0].name}" in Path(f"/proc/{child}/cgroup").read_text()
     kit.executor.terminate(spec.attempt_id, "stop it")
     event = exited(wait_for_exit(kit.executor, spec.attempt_id, timeout=30))
     assert (event.terminated, event.exit_code) == (True, 143), spec.log_path.read_text()
