@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cgroups import AttemptCgroups, CgroupSupport, read_small
+from .cgroups import AttemptCgroups, CgroupSupport
 from .process_tree import left_by_dead_owner, spare_name
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ _Limits = tuple[int, float, bool]  # memory MiB, vCPUs, hard CPU cap
 
 @dataclass
 class _Spare:
-    memory: Path | None
-    cpu: Path | None
-    tracking: Path | None = None
+    groups: AttemptCgroups  # with its control files still open
     oom_count: int | None = None  # its memory group's `oom_kill` count when it was emptied, if known
 
 
@@ -66,7 +64,7 @@ class CgroupPool:
         spares = self._spares.get(limits)
         if spares:
             spare = spares.pop()
-            return AttemptCgroups(spare.memory, spare.cpu, spare.tracking, oom_baseline=spare.oom_count)
+            return spare.groups.reuse(spare.oom_count)
         return AttemptCgroups.create(
             self.support, self._pool_name(), memory_mib=memory_mib, vcpus=vcpus, cpu_hard_cap=cpu_hard_cap
         )
@@ -82,14 +80,14 @@ class CgroupPool:
         spares = self._spares.setdefault(limits, []) if limits is not None else None
         if spares is None or len(spares) >= self.keep or not groups.paths() or not self._clean(groups):
             return groups.remove()
-        spares.append(_Spare(groups.memory, groups.cpu, groups.tracking, settled_oom_count))
+        spares.append(_Spare(groups, settled_oom_count))
         return True
 
     def close(self) -> None:
         """Remove every spare (the executor is shutting down)."""
         for spares in self._spares.values():
             for spare in spares:
-                AttemptCgroups(spare.memory, spare.cpu, spare.tracking).remove()
+                spare.groups.remove()
         self._spares.clear()
 
     @staticmethod
@@ -105,13 +103,11 @@ class CgroupPool:
                 return False
         except OSError:
             return False
-        if groups.memory is None:
-            return True
         try:
-            charged = int(read_small(groups.memory / "memory.usage_in_bytes"))
+            charged = groups.charged_bytes()
         except (OSError, ValueError):
             return False
-        return charged <= REUSE_MAX_CHARGED_BYTES
+        return charged is None or charged <= REUSE_MAX_CHARGED_BYTES
 
     def _remove_dead_owners_spares(self) -> None:
         """Groups of executors that died, spares or still holding what is left of their lost attempts

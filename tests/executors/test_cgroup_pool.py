@@ -42,6 +42,18 @@ def _groups(support: CgroupSupport) -> set[str]:
     return {name for name in os.listdir(support.memory_parent) if name.startswith(f"{POOL_PREFIX}{os.getpid()}-")}
 
 
+def _open_control_files() -> list[str]:
+    """Files of this process's pool groups that it still has open."""
+    mine = f"/{POOL_PREFIX}{os.getpid()}-"
+    found = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+            if mine in target:
+                found.append(target)
+    return found
+
+
 def _join_and_run(groups_files: list[str], script: str) -> None:
     """Run `script` in a shell that first joins the groups (as the executor's wrapper does)."""
     joins = "; ".join(f'echo $$ > "{path}"' for path in groups_files)
@@ -180,6 +192,7 @@ def test_array_like_attempts_reuse_groups_and_leave_none_behind(
     assert len(inodes) == 1  # one attempt at a time: every one reused the first one's group
     executor.shutdown(grace_seconds=0.2)
     assert _groups(support) == set()
+    assert not _open_control_files(), "the control files kept open were closed with their groups"
     if support.tracking_parent is not None:
         mine = f"{POOL_PREFIX}{os.getpid()}-"
         assert not [name for name in os.listdir(support.tracking_parent) if name.startswith(mine)]
