@@ -31,6 +31,7 @@ from kiln.engine.lifecycle import TERMINAL, Move, Status, gangs, progress
 from kiln.engine.retention import Retention
 from kiln.engine.start_ahead import Chained, StartAhead
 from kiln.executors.base import (
+    CANNOT_START_PREFIX,
     TASK_FAILED_TO_START,
     AttemptEvent,
     AttemptExited,
@@ -411,14 +412,16 @@ class Scheduler:
                 self._chained_this_tick.append(spec.attempt_id)
 
     def _launch(self, launches: list[_Launch]) -> None:
-        """Start attempts whose placement is committed; a failure to start becomes an exit."""
-        for launch in launches:
-            attempt_spec = launch.spec
-            try:
-                self.executor.start(attempt_spec)
-            except Exception as exc:  # an executor bug must fail the attempt, not the scheduler
-                log.exception("executor failed to start %s", attempt_spec.attempt_id)
-                self._fail_start(attempt_spec.attempt_id, f"CannotStartContainerError: {exc}")
+        """Start attempts whose placement is committed, together; a failure to start becomes an exit
+        (the executor reports one start's; a batch that raises as a whole fails all of its attempts)."""
+        if not launches:
+            return
+        try:
+            self.executor.start_many([launch.spec for launch in launches])
+        except Exception as exc:  # an executor bug must fail the attempts, not the scheduler
+            log.exception("executor failed to start %d attempts", len(launches))
+            for launch in launches:
+                self._fail_start(launch.spec.attempt_id, f"{CANNOT_START_PREFIX}: {exc}")
 
     def _fail_start(self, task_id: str, reason: str) -> None:
         event = AttemptExited(task_id, now_ms(), None, TASK_FAILED_TO_START, reason, started=False)

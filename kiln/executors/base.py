@@ -7,17 +7,23 @@ the same AWS reason strings, so the domain never knows which one ran the attempt
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from kiln.clock import now_ms
+
+logger = logging.getLogger(__name__)
 
 # Exact AWS texts an executor reports, as DescribeJobs shows them on AWS (statusReason and
 # container.reason; https://docs.aws.amazon.com/batch/latest/userguide/job_states.html).
 ESSENTIAL_CONTAINER_EXITED = "Essential container in task exited"
 TASK_FAILED_TO_START = "Task failed to start"
+CANNOT_START_PREFIX = "CannotStartContainerError"  # the container reason of an attempt that could not start
 TIMEOUT_STATUS_REASON = "Job attempt duration exceeded timeout"
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 CANNOT_PULL_PREFIX = "CannotPullContainerError"
@@ -167,6 +173,11 @@ class AttemptExited:
     host: str | None = None  # the node it ran on, for executors with several (Ray)
 
     @classmethod
+    def failed_to_start(cls, attempt_id: str, reason: str) -> AttemptExited:
+        """It never ran: `reason` (`CannotStartContainerError: ...`) says why."""
+        return cls(attempt_id, now_ms(), None, TASK_FAILED_TO_START, reason, started=False)
+
+    @classmethod
     def stopped_before_start(cls, attempt_id: str, at_ms: int, reason: str) -> AttemptExited:
         """Terminated (`reason`) while it waited, before any process of it existed."""
         return cls(attempt_id, at_ms, None, reason, started=False, terminated=True)
@@ -286,6 +297,19 @@ class EventReporter:
         self._events.put(event)
         self._listener()
 
+    def start(self, spec: AttemptSpec) -> None:
+        raise NotImplementedError  # each executor's own
+
+    def start_many(self, specs: Sequence[AttemptSpec]) -> None:
+        """One `start` after another; a start that raises (an executor's bug) fails that attempt
+        alone, as an exit that never started, and the others still start."""
+        for spec in specs:
+            try:
+                self.start(spec)
+            except Exception as exc:
+                logger.exception("cannot start attempt %s", spec.attempt_id)
+                self._emit(AttemptExited.failed_to_start(spec.attempt_id, f"{CANNOT_START_PREFIX}: {exc}"))
+
 
 @dataclass
 class Capacity:
@@ -328,6 +352,11 @@ class Executor(Protocol):
 
     def start(self, spec: AttemptSpec) -> None:
         """Begin the attempt and return at once; failures to start arrive as `AttemptExited`."""
+        ...
+
+    def start_many(self, specs: Sequence[AttemptSpec]) -> None:
+        """`start` each, in order (a tick's placements); an executor that talks to another process
+        sends them together."""
         ...
 
     def terminate(self, attempt_id: str, reason: str) -> None:

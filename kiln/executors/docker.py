@@ -63,6 +63,7 @@ from kiln.task_results import result_line
 
 from .base import (
     CANNOT_PULL_PREFIX,
+    CANNOT_START_PREFIX,
     ESSENTIAL_CONTAINER_EXITED,
     TASK_FAILED_TO_START,
     Adoption,
@@ -93,7 +94,6 @@ TASK_NEEDS_HOST_NETWORK = (
     "Kiln runs the containers of an ecsProperties task on the host network, where they share 127.0.0.1; "
     'set docker_network = "host" (the default) in kiln.toml'
 )
-CANNOT_START_PREFIX = "CannotStartContainerError"
 CANNOT_CREATE_PREFIX = "CannotCreateContainerError"
 DAEMON_PREFIX = "Error response from daemon: "
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"

@@ -31,12 +31,13 @@ from dataclasses import dataclass, replace
 
 from kiln.errors import KilnError, ValidationError
 
+from .base import CANNOT_START_PREFIX
+
 DEFAULT_ROOT_JOB_USER = "nobody"
 DEFAULT_JOB_UIDS = "2000000000-2000065535"
 NO_JOB_UIDS = "none"
 # Attempts that borrow a uid share files with each other through their group, as `nobody` did.
 SHARED_GROUP_UMASK = 0o002
-CANNOT_START_PREFIX = "CannotStartContainerError"
 DAEMON_PREFIX = "Error response from daemon: "
 
 

@@ -55,6 +55,7 @@ from kiln.errors import KilnError, ValidationError
 from kiln.private_files import PRIVATE_FILE_MODE, open_private_log
 
 from .base import (
+    CANNOT_START_PREFIX,
     TASK_FAILED_TO_START,
     Adoption,
     AttemptExited,
@@ -88,7 +89,6 @@ POLL_INTERVAL_SECONDS = 0.05
 PROGRAM_CACHE = 256
 SHUTDOWN_GRACE_SECONDS = 1.0
 SHUTDOWN_REASON = "Terminated because the Kiln server is shutting down"
-CANNOT_START_PREFIX = "CannotStartContainerError"
 NO_COMMAND_REASON = f"{CANNOT_START_PREFIX}: Error response from daemon: No command specified"
 DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}  # every one a job may catch
 WRAPPER_EXIT_CODE = 125  # Docker's code for "the container runtime itself failed"

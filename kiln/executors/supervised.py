@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -269,9 +269,14 @@ class SupervisedExecutor(EventReporter):
         )
 
     def start(self, spec: AttemptSpec) -> None:
+        self.start_many([spec])
+
+    def start_many(self, specs: Sequence[AttemptSpec]) -> None:
+        """One message for a tick's placements: one send, and one wake-up of the supervisor."""
+        message = {"op": "start", "specs": [spec_to_wire(spec) for spec in specs]}
         with self._lock:
-            self._outstanding[spec.attempt_id] = spec
-        self._send({"op": "start", "specs": [spec_to_wire(spec)]})
+            self._outstanding.update((spec.attempt_id, spec) for spec in specs)
+        self._send(message)
 
     def terminate(self, attempt_id: str, reason: str) -> None:
         self._send({"op": "terminate", "id": attempt_id, "reason": reason})

@@ -61,6 +61,10 @@ log = logging.getLogger("kiln.supervisor")
 
 IDLE_EXIT_SECONDS = 10.0
 SELECT_SECONDS = 1.0
+# While start-ahead chains keep the job slots fed, events wait this long to go out in one batch:
+# the server needs them for its next tick only (ticks are 50 ms apart when busy), and one send per
+# child cost the supervisor a system call and the server a thread wake-up and a read per child.
+EVENT_BATCH_SECONDS = 0.01
 STOP_REASON = "Terminated because the Kiln executor was stopped"
 
 
@@ -76,6 +80,8 @@ class Supervisor:
         self.started: dict[str, int] = {}  # live attempt -> when it began running (epoch ms)
         self.chains = StartChains()  # attempts placed behind a running one (start-ahead)
         self.client: socket.socket | None = None
+        self.outbox: list[bytes] = []  # lines for the server not sent yet (see `_send_events`)
+        self.outbox_since = 0.0  # when the oldest of them was held
         self.reader = LineReader()
         self.selector = selectors.DefaultSelector()
         self.idle_since = time.monotonic()
@@ -96,7 +102,7 @@ class Supervisor:
         self.selector.register(self.engine.fileno(), selectors.EVENT_READ, "exits")
         while True:
             due = self.engine.seconds_to_next_pass()
-            for key, _ in self.selector.select(SELECT_SECONDS if due is None else min(due, SELECT_SECONDS)):
+            for key, _ in self.selector.select(min(SELECT_SECONDS if due is None else due, self._flush_due())):
                 try:
                     self._ready(key, listener)
                 except Exception:  # dying here would lose every attempt: log it and carry on
@@ -106,8 +112,11 @@ class Supervisor:
                 self._drain_engine()
             except Exception:
                 log.exception("supervisor loop: the engine's pass failed")
+            if self._flush_due() <= 0:
+                self._flush()
             if self._should_exit():
                 break
+        self._flush()
         self.engine.shutdown(grace_seconds=0.0)  # nothing runs any more; stops the launcher thread
         self.journal.close()
 
@@ -138,6 +147,7 @@ class Supervisor:
         self.selector.register(connection, selectors.EVENT_READ, "client")
 
     def _drop_client(self) -> None:
+        self.outbox = []  # the next server adopts what it missed (its exits are journaled)
         if self.client is not None:
             self.selector.unregister(self.client)
             self.client.close()
@@ -158,9 +168,27 @@ class Supervisor:
                 log.exception("cannot handle %s", message.get("op"))
 
     def _send(self, messages: list[dict[str, Any]]) -> None:
-        self._send_lines([encode(m) for m in messages])
+        """Replies the server waits for: sent now, after any events still held (order is kept)."""
+        self.outbox += [encode(m) for m in messages]
+        self._flush()
 
-    def _send_lines(self, lines: list[bytes]) -> None:
+    def _send_events(self, lines: list[bytes]) -> None:
+        """Events: held while chains keep the slots fed (`EVENT_BATCH_SECONDS`), else sent by the
+        loop's next pass; their exits are journaled already, so a crash meanwhile loses nothing."""
+        if lines and not self.outbox:
+            self.outbox_since = time.monotonic()
+        self.outbox += lines
+
+    def _flush_due(self) -> float:
+        """Seconds until the events held must go (0: now; `SELECT_SECONDS` with none held)."""
+        if not self.outbox:
+            return SELECT_SECONDS
+        if not self.chains.queued:
+            return 0.0
+        return max(0.0, self.outbox_since + EVENT_BATCH_SECONDS - time.monotonic())
+
+    def _flush(self) -> None:
+        lines, self.outbox = self.outbox, []
         if self.client is None or not lines:
             return
         try:
@@ -292,7 +320,7 @@ class Supervisor:
         self.journal.record(exit_lines, [spec.attempt_id for spec in starting])
         for follower in starting:  # before the send: a follower's place is idle until it starts
             self.engine.start(follower)
-        self._send_lines([event_message(line) for line in lines])
+        self._send_events([event_message(line) for line in lines])
 
 
 class _LiveView:

@@ -7,7 +7,18 @@ import threading
 
 import pytest
 
-from kiln.executors.base import AttemptExited, AttemptRunning, AttemptStop, EventReporter, attempt_ended
+from kiln.executors.base import (
+    CANNOT_START_PREFIX,
+    TASK_FAILED_TO_START,
+    AttemptExited,
+    AttemptRunning,
+    AttemptSpec,
+    AttemptStop,
+    EventReporter,
+    attempt_ended,
+)
+
+from .helpers import SpecFactory
 
 
 @pytest.mark.parametrize(
@@ -122,3 +133,27 @@ def test_an_oom_learnt_at_the_end_is_reported_as_aws_does() -> None:
         "OutOfMemoryError: Container killed due to memory usage",
         True,
     )
+
+
+class _OneBadStart(EventReporter):
+    """An executor whose `start` has a bug for one attempt (as any executor's might)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+
+    def start(self, spec: AttemptSpec) -> None:
+        if spec.attempt_id == "bad":
+            raise RuntimeError("a bug in start")
+        self.started.append(spec.attempt_id)
+
+
+def test_a_start_that_raises_fails_that_attempt_alone_and_the_others_start(make_spec: SpecFactory) -> None:
+    executor = _OneBadStart()
+    specs = [make_spec(["true"], attempt_id=name) for name in ("first", "bad", "last")]
+    executor.start_many(specs)
+    assert executor.started == ["first", "last"]
+    [event] = executor.poll()
+    assert isinstance(event, AttemptExited)
+    assert (event.attempt_id, event.started, event.status_reason) == ("bad", False, TASK_FAILED_TO_START)
+    assert event.reason == f"{CANNOT_START_PREFIX}: a bug in start"

@@ -58,6 +58,32 @@ def test_start_after_waits_for_the_predecessor(supervised: SupervisedExecutor, m
     assert order.read_text().split() == ["first", "second", "third"]
 
 
+def test_a_tick_of_placements_starts_together_in_order(supervised: SupervisedExecutor, make_spec: SpecFactory,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    order = tmp_path / "order"
+    head = make_spec(["sh", "-c", f"sleep 0.2; echo head >> {order}"])
+    chain = [head]
+    for name in ("one", "two"):
+        chain.append(make_spec(["sh", "-c", f"echo {name} >> {order}"], start_after=chain[-1].attempt_id))
+    supervised.start_many(chain)  # one message for all three
+    assert exited(wait_for_exit(supervised, chain[-1].attempt_id)).exit_code == 0
+    assert order.read_text().split() == ["head", "one", "two"]
+
+
+def test_events_held_while_chains_keep_slots_fed_still_arrive_promptly(supervised: SupervisedExecutor,
+                                                                      make_spec: SpecFactory) -> None:  # fmt: skip
+    """With an attempt still queued behind a running one, the supervisor holds events to send them
+    in batches (`EVENT_BATCH_SECONDS`); the head's exit must still arrive long before the chain ends."""
+    head = make_spec(["true"])
+    running = make_spec(["sleep", "3"], start_after=head.attempt_id)
+    queued = make_spec(["true"], start_after=running.attempt_id)
+    supervised.start_many([head, running, queued])
+    started = time.monotonic()
+    assert exited(wait_for_exit(supervised, head.attempt_id, timeout=2.5)).exit_code == 0
+    assert time.monotonic() - started < 2.5  # not held until the queue emptied (3 s on)
+    assert exited(wait_for_exit(supervised, queued.attempt_id)).exit_code == 0
+
+
 def test_a_queued_attempt_can_be_terminated_before_it_starts(supervised: SupervisedExecutor,
                                                              make_spec: SpecFactory) -> None:  # fmt: skip
     head = make_spec(["sleep", "0.5"])
