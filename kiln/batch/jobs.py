@@ -46,11 +46,8 @@ def describe_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     specs = _specs(ctx, jobs)
     attempts = _attempts(ctx, jobs)
     arrays = [job.id for job in jobs if job.array_size is not None]
-    summaries, changed = ctx.repo.jobs.status_counts(arrays), ctx.repo.jobs.children_changed_at(arrays)
-    details = [
-        views.job_detail(ctx, job, specs[job.id], attempts[job.id], summaries.get(job.id), changed.get(job.id))
-        for job in jobs
-    ]
+    summaries = ctx.repo.jobs.array_summaries(arrays)
+    details = [views.job_detail(ctx, job, specs[job.id], attempts[job.id], summaries.get(job.id)) for job in jobs]
     return {"jobs": details}
 
 

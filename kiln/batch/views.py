@@ -7,7 +7,7 @@ from typing import Any
 from kiln.context import Context
 from kiln.engine import ecs_tasks, eks_pods, multi_container
 from kiln.engine.lifecycle import Status
-from kiln.store.records import Attempt, Document, Job
+from kiln.store.records import ArraySummary, Attempt, Document, Job
 from kiln.task_results import read_results
 
 
@@ -154,12 +154,11 @@ def job_detail(
     job: Job,
     spec: Document,
     attempts: list[Attempt],
-    summary: dict[str, int] | None,
-    summary_changed_at: int | None = None,
+    summary: ArraySummary | None,
 ) -> dict[str, Any]:
     """`spec` is the job's resolved specification (an array child's is its parent's; an MNP node's
     its job's with the node's own container); an MNP job's `attempts` are its main node's; an array
-    parent's `summary` counts its children by status, last changed at `summary_changed_at`."""
+    parent's `summary` counts its children by status and says when one last changed."""
     container = dict(spec.get("container") or {})
     current = attempts[-1] if attempts else None
     if current is not None and job.num_nodes is None:
@@ -196,12 +195,13 @@ def job_detail(
         "isTerminated": bool(job.is_terminated),
     }
     if job.array_size is not None:
+        counts = summary.counts if summary is not None else {}
         detail["arrayProperties"] = {
             "size": job.array_size,
             # Every status, zeros included, so clients can index any key.
-            "statusSummary": {status.value: (summary or {}).get(status.value, 0) for status in Status},
+            "statusSummary": {status.value: counts.get(status.value, 0) for status in Status},
             # When a child's status last changed; before any child exists, when the parent was submitted.
-            "statusSummaryLastUpdatedAt": summary_changed_at or job.created_at,
+            "statusSummaryLastUpdatedAt": (summary and summary.changed_at) or job.created_at,
         }
     elif job.array_index is not None:
         detail["arrayProperties"] = {"index": job.array_index}

@@ -12,7 +12,7 @@ from sqlalchemy import Select, and_, bindparam, delete, func, literal, or_, sele
 from sqlalchemy.sql.elements import ColumnElement
 
 from kiln.store.queries import Queries, Values, bound_values, chunks, integer_bound, records, same_keys
-from kiln.store.records import Candidate, Dependency, Job, JobCount, Waiting
+from kiln.store.records import ArraySummary, Candidate, Dependency, Job, JobCount, Waiting
 from kiln.store.schema import attempts, job_dependencies, job_shares, jobs
 
 # Statements a scheduler sweep runs (after every API change), built once: building a join or an
@@ -109,28 +109,24 @@ class JobStore(Queries):
 
     def status_counts(self, parent_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Per array parent: child status -> count (the parent's statusSummary)."""
-        summary: dict[str, dict[str, int]] = {pid: {} for pid in parent_ids}
+        return {parent_id: summary.counts for parent_id, summary in self.array_summaries(parent_ids).items()}
+
+    def array_summaries(self, parent_ids: Sequence[str]) -> dict[str, ArraySummary]:
+        """Per array parent: its children's counts by status and latest status change, in one
+        query answered by `ix_jobs_parent_status_changed` alone."""
+        summaries = {parent_id: ArraySummary({}) for parent_id in parent_ids}
         for chunk in chunks(parent_ids):
             query = (
-                select(jobs.c.parent_id, jobs.c.status, func.count())
+                select(jobs.c.parent_id, jobs.c.status, func.count(), func.max(jobs.c.status_changed_at))
                 .where(jobs.c.parent_id.in_(list(chunk)))
                 .group_by(jobs.c.parent_id, jobs.c.status)
             )
-            for parent_id, status, count in self.connection.execute(query):
-                summary[parent_id][status] = int(count)
-        return summary
-
-    def children_changed_at(self, parent_ids: Sequence[str]) -> dict[str, int]:
-        """Per array parent with children: when a child's status last changed (its statusSummary did)."""
-        changed: dict[str, int] = {}
-        for chunk in chunks(parent_ids):
-            query = (
-                select(jobs.c.parent_id, func.max(jobs.c.status_changed_at))
-                .where(jobs.c.parent_id.in_(list(chunk)))
-                .group_by(jobs.c.parent_id)
-            )
-            changed.update({parent_id: int(at) for parent_id, at in self.connection.execute(query) if at is not None})
-        return changed
+            for parent_id, status, count, changed_at in self.connection.execute(query):
+                summary = summaries[parent_id]
+                summary.counts[status] = int(count)
+                if changed_at is not None and (summary.changed_at is None or changed_at > summary.changed_at):
+                    summary.changed_at = int(changed_at)
+        return summaries
 
     def statuses_of(self, job_ids: Sequence[str]) -> dict[str, str]:
         result: dict[str, str] = {}

@@ -196,6 +196,14 @@ class Waiting:
 
 
 @dataclass(slots=True)
+class ArraySummary:
+    """An array parent's children: how many are in each status, and when a status last changed."""
+
+    counts: dict[str, int]
+    changed_at: int | None = None
+
+
+@dataclass(slots=True)
 class ShareUsage:
     share_identifier: str
     usage: float  # decayed vCPU-seconds

@@ -94,7 +94,8 @@ jobs = Table(
     # Candidates: released together (same runnable_at) -> submit order -> array index.
     Index("ix_jobs_queue_status_runnable", "queue_arn", "status", "runnable_at", "created_at", "array_index", "id"),
     Index("ix_jobs_parent_index", "parent_id", "array_index"),
-    Index("ix_jobs_parent_status", "parent_id", "status"),
+    # An array parent's statusSummary and statusSummaryLastUpdatedAt, from the index alone (0008).
+    Index("ix_jobs_parent_status_changed", "parent_id", "status", "status_changed_at"),
     Index("ix_jobs_stopped", "stopped_at"),
     Index("ix_jobs_status_node", "status", "node_index"),
 )

@@ -121,7 +121,39 @@ def test_0007_adds_consumable_resources_and_keeps_existing_jobs(database_url: st
         connection.execute(text("INSERT INTO consumable_resources VALUES ('r', 'arn:r', 'REPLENISHABLE', 3, 1, '{}')"))
         connection.execute(text("INSERT INTO job_consumables VALUES ('old', 'r', 2)"))
         assert connection.execute(text("SELECT quantity FROM job_consumables")).scalar_one() == 2
-    assert _version(engine) == _head() == "0007"
+    assert _version(engine) == _head()
+    engine.dispose()
+
+
+def test_0008_moves_the_parent_status_index_to_one_that_holds_the_last_change(database_url: str) -> None:
+    """Up to 0008 and back down: the index changes, the jobs stay."""
+    engine = create_engine(database_url)
+    config = migrate.alembic_config(engine)
+
+    def parent_indexes() -> dict[str, list[str | None]]:
+        found = inspect(engine).get_indexes("jobs")
+        return {
+            name: index["column_names"]
+            for index in found
+            if (name := index["name"] or "").startswith("ix_jobs_parent_s")
+        }
+
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+        columns = "id, name, queue_arn, definition_arn, status, created_at, attempt_count, vcpus, memory_mib, gpus, "
+        columns += "is_cancelled, is_terminated, spec, parent_id, status_changed_at"
+        for job_id, parent in (("p", "NULL"), ("p:0", "'p'")):
+            connection.execute(text(f"INSERT INTO jobs ({columns}) VALUES ('{job_id}', 'n', 'q', 'd', 'SUCCEEDED', 1, 0, "
+                                    f"1, 64, 0, false, false, '{{}}', {parent}, 7)"))  # fmt: skip
+    assert parent_indexes() == {"ix_jobs_parent_status": ["parent_id", "status"]}
+    migrate.upgrade(engine)
+    assert parent_indexes() == {"ix_jobs_parent_status_changed": ["parent_id", "status", "status_changed_at"]}
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+        assert connection.execute(text("SELECT status_changed_at FROM jobs WHERE id = 'p:0'")).scalar_one() == 7
+    assert parent_indexes() == {"ix_jobs_parent_status": ["parent_id", "status"]}
     engine.dispose()
 
 

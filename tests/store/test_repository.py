@@ -15,6 +15,7 @@ from sqlalchemy import Table, select
 from kiln.store.database import Database
 from kiln.store.queries import records
 from kiln.store.records import (
+    ArraySummary,
     Attempt,
     Candidate,
     ComputeEnvironment,
@@ -182,6 +183,21 @@ def test_thousands_of_jobs_in_chunks_and_status_counts(db: Database) -> None:
     assert len(changed) == 800
     with db.read() as connection:
         assert Repository(connection).jobs.status_counts(["p"]) == {"p": {"FAILED": 800, "SUCCEEDED": 400}}
+
+
+def test_an_array_summary_counts_children_by_status_and_keeps_their_latest_change(db: Database) -> None:
+    kids = [
+        job("p:0", parent_id="p", array_index=0, status="RUNNABLE", status_changed_at=10),
+        job("p:1", parent_id="p", array_index=1, status="RUNNABLE", status_changed_at=30),
+        job("p:2", parent_id="p", array_index=2, status="SUCCEEDED", status_changed_at=20),
+    ]
+    with db.begin() as connection:
+        Repository(connection).jobs.insert(
+            [job("p", array_size=3, status="PENDING"), job("empty", array_size=2), *kids]
+        )
+    with db.read() as connection:
+        summaries = Repository(connection).jobs.array_summaries(["p", "empty"])
+    assert summaries == {"p": ArraySummary({"RUNNABLE": 2, "SUCCEEDED": 1}, 30), "empty": ArraySummary({}, None)}
 
 
 def test_keyset_pages_newest_first_without_gaps_or_repeats(db: Database) -> None:
