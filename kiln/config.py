@@ -134,12 +134,13 @@ class Settings:
     def database_path(self) -> Path:
         return self.data_dir / "kiln.db"
 
-    @property
+    @cached_property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
     def log_file(self, stream: str) -> Path:
-        """Where the attempt whose log stream is `stream` writes its output."""
+        """Where the attempt whose log stream is `stream` writes its output (asked for every
+        attempt placed: the directory is joined once)."""
         return self.logs_dir / f"{stream}.log"
 
     @cached_property

@@ -123,6 +123,9 @@ class StartAhead:
     def _ended(self, event: AttemptExited) -> None:
         task_id = event.attempt_id
         began = self._began.pop(task_id, None)
+        slot = self._slots.get(task_id)
+        if began is None and slot is not None and event.started_at is not None:
+            began = (slot.parent_id, event.started_at)  # its `AttemptRunning` was not sent (it ended first)
         if began is not None and not event.terminated:
             parent_id, started_ms = began
             speed = self._speed.get(parent_id)

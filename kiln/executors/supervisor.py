@@ -80,8 +80,9 @@ class Supervisor:
         self.started: dict[str, int] = {}  # live attempt -> when it began running (epoch ms)
         self.chains = StartChains()  # attempts placed behind a running one (start-ahead)
         self.client: socket.socket | None = None
-        self.outbox: list[bytes] = []  # lines for the server not sent yet (see `_send_events`)
+        self.outbox: list[bytes] = []  # lines for the server not sent yet (see `_send_event`)
         self.outbox_since = 0.0  # when the oldest of them was held
+        self.held_running: dict[str, int] = {}  # attempt -> where its AttemptRunning is in the outbox
         self.reader = LineReader()
         self.selector = selectors.DefaultSelector()
         self.idle_since = time.monotonic()
@@ -148,6 +149,7 @@ class Supervisor:
 
     def _drop_client(self) -> None:
         self.outbox = []  # the next server adopts what it missed (its exits are journaled)
+        self.held_running.clear()
         if self.client is not None:
             self.selector.unregister(self.client)
             self.client.close()
@@ -172,12 +174,18 @@ class Supervisor:
         self.outbox += [encode(m) for m in messages]
         self._flush()
 
-    def _send_events(self, lines: list[bytes]) -> None:
-        """Events: held while chains keep the slots fed (`EVENT_BATCH_SECONDS`), else sent by the
-        loop's next pass; their exits are journaled already, so a crash meanwhile loses nothing."""
-        if lines and not self.outbox:
+    def _send_event(self, line: bytes, *, running: str | None = None, ended: str | None = None) -> None:
+        """An event: held while chains keep the slots fed (`EVENT_BATCH_SECONDS`), else sent by the
+        loop's next pass (an exit is journaled first, so a crash meanwhile loses nothing). The
+        `AttemptRunning` of an attempt whose exit joins it before they go is dropped: the exit
+        carries `started_at`, and most children of a fast array end within the batch."""
+        if not self.outbox:
             self.outbox_since = time.monotonic()
-        self.outbox += lines
+        if ended is not None and (held := self.held_running.pop(ended, None)) is not None:
+            self.outbox[held] = b""
+        if running is not None:
+            self.held_running[running] = len(self.outbox)
+        self.outbox.append(line)
 
     def _flush_due(self) -> float:
         """Seconds until the events held must go (0: now; `SELECT_SECONDS` with none held)."""
@@ -189,6 +197,7 @@ class Supervisor:
 
     def _flush(self) -> None:
         lines, self.outbox = self.outbox, []
+        self.held_running.clear()
         if self.client is None or not lines:
             return
         try:
@@ -299,28 +308,26 @@ class Supervisor:
         Each event is encoded once, for the journal and the socket alike, and the exits and the
         starts of their followers share one journal write: an array's every child passes here.
         """
-        lines: list[str] = []
         exit_lines: list[str] = []
         followers: list[AttemptSpec] = []
         for event in events:
             wire = event_to_wire(event)
             if isinstance(event, AttemptRunning):
                 self.started[event.attempt_id] = event.at_ms
-                lines.append(wire_line(wire))
+                self._send_event(event_message(wire_line(wire)), running=event.attempt_id)
                 continue
             if event.started:
                 wire["started_at"] = self.started.get(event.attempt_id)
             self.started.pop(event.attempt_id, None)
             self.exits[event.attempt_id] = wire
             line = wire_line(wire)
-            lines.append(line)
+            self._send_event(event_message(line), ended=event.attempt_id)
             exit_lines.append(line)
             followers += self.chains.released(event.attempt_id)
         starting = [follower for follower in followers if not self._known(follower.attempt_id)]
         self.journal.record(exit_lines, [spec.attempt_id for spec in starting])
         for follower in starting:  # before the send: a follower's place is idle until it starts
             self.engine.start(follower)
-        self._send_events([event_message(line) for line in lines])
 
 
 class _LiveView:

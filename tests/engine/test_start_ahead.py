@@ -27,6 +27,18 @@ def test_nothing_is_chained_before_an_array_proved_fast() -> None:
     assert ahead.chain([("j2", "p", SMALL)]) == []
 
 
+def test_an_exit_without_its_running_event_still_times_the_child() -> None:
+    """The supervisor drops the `AttemptRunning` of a child whose exit goes in the same batch; the
+    exit's `started_at` gives the duration instead."""
+    ahead = StartAhead()
+    for i in range(MIN_SAMPLES):
+        task = f"quick-{i}"
+        ahead.placed(task, "p", "ce", SMALL, None)
+        ahead.observe([AttemptExited(task, 1000 * i + 5, 0, "Essential container in task exited", started_at=1000 * i)])
+    ahead.placed("t1", "p", "ce", SMALL, None)
+    assert ahead.room() == min(MAX_DEPTH, int(HORIZON_MS / 5))
+
+
 def test_slow_arrays_never_chain() -> None:
     ahead = StartAhead()
     _warm(ahead, "p", duration_ms=int(HORIZON_MS) * 2)
