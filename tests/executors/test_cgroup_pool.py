@@ -229,3 +229,33 @@ def test_groups_an_older_kiln_left_behind_are_removed_too(support: CgroupSupport
         assert not legacy.exists()
     finally:
         AttemptCgroups(memory=legacy).remove()
+
+
+def test_a_cgroup2_only_host_pools_its_tracking_groups_too() -> None:
+    """A host whose controllers are all on cgroup v2 but not delegated to us (memory and cpu then
+    fall back to the watchdog) still tracks every attempt in a cgroup2 group, reused like the rest."""
+    found = detect_cgroups()
+    if found.tracking_parent is None:
+        pytest.skip(f"no writable cgroup2 group here: {found.notes}")
+    pool = CgroupPool(CgroupSupport(tracking_parent=found.tracking_parent))
+    try:
+        first = pool.acquire("v2-1", memory_mib=16, vcpus=1, cpu_hard_cap=False)
+        assert first.tracking is not None and (first.memory, first.cpu) == (None, None)
+        assert first.tracking.name.startswith(f"{POOL_PREFIX}{os.getpid()}-")
+        _join_and_run(first.procs_files(), "true")
+        assert pool.release("v2-1", first)
+        second = pool.acquire("v2-2", memory_mib=16, vcpus=1, cpu_hard_cap=False)
+        assert second.tracking == first.tracking  # the same group, no mkdir
+        child = subprocess.Popen(["sh", "-c", f'echo $$ > "{second.procs_files()[0]}"; exec sleep 5'])
+        try:
+            deadline = time.monotonic() + 5
+            while child.pid not in second.pids():
+                assert time.monotonic() < deadline, "the job never showed up in its group"
+                time.sleep(0.02)
+            assert not pool.release("v2-2", second) or not second.tracking.exists()  # busy: killed and removed
+            assert child.wait(timeout=5) == -9
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        pool.close()
