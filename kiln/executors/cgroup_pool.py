@@ -83,6 +83,11 @@ class CgroupPool:
         spares.append(_Spare(groups, settled_oom_count))
         return True
 
+    def discard(self, attempt_id: str, groups: AttemptCgroups) -> bool:
+        """Remove the attempt's groups instead of keeping them (see `release`)."""
+        self._limits.pop(attempt_id, None)
+        return groups.remove()
+
     def close(self) -> None:
         """Remove every spare (the executor is shutting down)."""
         for spares in self._spares.values():

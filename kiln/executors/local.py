@@ -545,9 +545,10 @@ class LocalExecutor(EventReporter):
         return self._attempt_of(spec, process, cgroups)
 
     def _unlaunched(self, spec: AttemptSpec, cgroups: AttemptCgroups) -> None:
-        """A start failed before the job's exec: its groups go back."""
+        """A start failed before the job's exec: its groups are removed, not kept (joining one may be
+        what failed, and a spare is reused as it is)."""
         with self._lock:
-            self._cgroups.release(spec.attempt_id, cgroups)
+            self._cgroups.discard(spec.attempt_id, cgroups)
         self._programs.clear()  # perhaps a program that was found before has gone
 
     @staticmethod

@@ -259,3 +259,21 @@ def test_a_cgroup2_only_host_pools_its_tracking_groups_too() -> None:
             child.wait()
     finally:
         pool.close()
+
+
+def test_a_start_that_fails_in_a_spare_removed_behind_our_back_does_not_poison_the_pool(
+    support: CgroupSupport, cgroup_executor: LocalExecutor, make_spec: SpecFactory
+) -> None:
+    first = make_spec(["sh", "-c", "sleep 0.3"], memory_mib=40)
+    cgroup_executor.start(first)
+    groups = wait_for_cgroups(cgroup_executor, first.attempt_id)
+    assert exited(wait_for_exit(cgroup_executor, first.attempt_id)).exit_code == 0
+    assert groups.cpu is not None and groups.cpu.is_dir()  # a spare now
+    groups.cpu.rmdir()  # someone else's doing
+    broken = make_spec(["true"], memory_mib=40)
+    cgroup_executor.start(broken)
+    failed = exited(wait_for_exit(cgroup_executor, broken.attempt_id))
+    assert (failed.started, failed.reason is not None and "cgroup.procs" in failed.reason) == (False, True)
+    after = make_spec(["true"], memory_mib=40)  # the same limits: new groups, not the broken spare
+    cgroup_executor.start(after)
+    assert exited(wait_for_exit(cgroup_executor, after.attempt_id)).exit_code == 0
