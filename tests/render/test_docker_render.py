@@ -103,7 +103,10 @@ def test_pottery_renders_in_the_image_as_on_the_local_executor(
     scene = json.loads((output / "frames" / "scene.json").read_text())  # written by the worker in the container
     assert (scene["width"], scene["height"], scene["frame_start"], scene["frame_end"]) == (108, 135, 1, 2)
     # The same frames from the worker as the local executor runs it (`python -m kiln.render`, same
-    # threads): equal pixels (the PNG files differ only in their metadata).
+    # threads): the same pixels (the PNG files differ only in their metadata), but for a last-bit
+    # rounding of the image's C library against the host's: on an AMD EPYC host one pixel of
+    # 14,580 differed by one level (PSNR 94.5 dB). Any real difference (samples, resolution, colour
+    # management) changes thousands of pixels and drops the PSNR below 50 dB.
     local = tmp_path / "local"
     run = run_worker("render", "-i", str(pottery), "-o", str(local), "-f", "2", "--frame-end", "2", *TINY)
     assert run.returncode == 0, run.stderr
@@ -111,7 +114,9 @@ def test_pottery_renders_in_the_image_as_on_the_local_executor(
         in_image, on_host = read_png(frame), read_png(local / "frames" / frame.name)
         assert in_image.shape == (135, 108, 3)  # Pottery's 1080x1350 at 10 %
         differing = int(np.count_nonzero(np.any(in_image != on_host, axis=2)))
-        assert differing == 0, f"{frame.name}: {differing} pixels differ, PSNR {psnr(in_image, on_host):.1f} dB"
+        largest = int(np.max(np.abs(in_image.astype(np.int16) - on_host.astype(np.int16))))
+        report = f"{frame.name}: {differing} pixels differ, by up to {largest}, PSNR {psnr(in_image, on_host):.1f} dB"
+        assert differing <= 10 and largest <= 2, report
 
 
 def _render_container(engine: DockerDaemon, pottery: Path, output: Path, frames: int) -> Any:
