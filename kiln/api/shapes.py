@@ -315,12 +315,8 @@ def serialize_output(operation: str, result: Mapping[str, Any] | None, service: 
     shape = operation_model(operation, service).output_shape
     if shape is None or not result:
         return {}
-    pruned = _prune(result, shape)
+    pruned = _pruner(shape)(result)
     return pruned if isinstance(pruned, dict) else {}
-
-
-def _prune(value: Any, shape: Shape) -> Any:
-    return _pruner(shape)(value)
 
 
 _Pruner = Callable[[Any], Any]

@@ -123,7 +123,7 @@ class StartAhead:
     def _ended(self, event: AttemptExited) -> None:
         task_id = event.attempt_id
         began = self._began.pop(task_id, None)
-        slot = self._slots.get(task_id)
+        slot = self._slots.pop(task_id, None)  # None for an attempt that ended while queued
         if began is None and slot is not None and event.started_at is not None:
             began = (slot.parent_id, event.started_at)  # its `AttemptRunning` was not sent (it ended first)
         if began is not None and not event.terminated:
@@ -137,7 +137,6 @@ class StartAhead:
         if queued_in is not None:  # ended while queued (terminated): it leaves its chain
             queued_in.followers.remove(task_id)
             return
-        slot = self._slots.pop(task_id, None)
         if slot is None or not slot.followers:
             return
         successor = slot.followers.popleft()  # the first follower now holds the place

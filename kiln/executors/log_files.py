@@ -6,7 +6,7 @@ journal, allocating an inode skips every inode deleted in the last minutes, read
 for each, and after a burst of deletions (a retention purge, a test run) that cost ~0.8 ms of CPU
 per file where it is normally ~0.03 ms (docs/performance.md, "Array overhead"). A job that printed
 nothing leaves an empty file, and an empty stream reads the same whether its file exists or not
-(kiln/logs/events.py): such a file is renamed aside (`.kiln-free-<pid>-<token>.log` in the same
+(kiln/logs/events.py): such a file is renamed aside (`.kiln-free-<pid>-<n>.log` in the same
 directory) and linked into place as the next attempt's log in that directory.
 
 Only empty, 0600, single-link regular files of this process's user move; a log with any byte in it
