@@ -214,7 +214,9 @@ class Scheduler:
         exits: list[progress.Exit] = []
         # Started and ended within this batch: the exit's writes record the start too (one write each).
         ending = {event.attempt_id for event in events if isinstance(event, AttemptExited)}
+        counted: list[AttemptEvent] = []  # the events as the metrics count them (see below)
         for event in events:
+            counted.append(event)
             attempt = attempts.get(event.attempt_id)
             job = None if attempt is None else jobs.get(attempt.job_id)
             if attempt is None or job is None or not attempt.active:
@@ -228,8 +230,14 @@ class Scheduler:
                     running.append(Move(job.id, event.at_ms))
             elif isinstance(event, AttemptExited):
                 self._signalled.discard(event.attempt_id)
+                if event.started and attempt.started_at is None and event.started_at is not None:
+                    # Its `AttemptRunning` never came (the supervisor folds it into an exit that
+                    # follows within its batch, and a server that was down missed it): the exit
+                    # stands for it, in the metrics as in the records.
+                    attempt.started_at = event.started_at
+                    counted.insert(-1, AttemptRunning(event.attempt_id, event.started_at))
                 exits.append(progress.Exit(job, attempt, event, specs[job.id].get("retryStrategy")))
-        self.metrics.record_events(events, {task_id: a.started_at for task_id, a in attempts.items()})
+        self.metrics.record_events(counted, {task_id: a.started_at for task_id, a in attempts.items()})
         repo.attempts.update_each(started)
         lifecycle.running(repo, running)
         decided = progress.record_exits(repo, exits)

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+from kiln.executors.base import AttemptEvent, AttemptExited, AttemptRunning
+from kiln.observability.metrics import SchedulerMetrics
+from kiln.store.repository import Repository
 
 from .harness import engine
 
@@ -354,3 +359,38 @@ def test_attempt_timeout_fails_the_job_without_retry(tmp_path: Path) -> None:
     attempt = job["attempts"][0]
     # About the 1 s allowed (startedAt is stamped a moment after the timeout clock starts).
     assert 900 <= attempt["stoppedAt"] - attempt["startedAt"] < 10_000
+
+
+def _sample(metric: Any, name: str, **labels: str) -> float:
+    """A metric's sample value, as /metrics would show it."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_an_exit_that_carries_its_start_records_and_counts_the_start(tmp_path: Path) -> None:
+    """The attempt supervisor folds a fast child's `AttemptRunning` into its exit (`started_at`),
+    and a server that was down misses it: the job and the metrics still show that it started."""
+    with engine(tmp_path / "data") as eng:
+        metrics = eng.scheduler.metrics = SchedulerMetrics()  # its own, as the server gives it
+        eng.queue()
+        job_id = eng.submit(eng.definition("quick", "true"))
+        eng.run_until([job_id], {"STARTING"})  # placed and launched; its events not applied yet
+        events: list[AttemptEvent] = []
+
+        def ended() -> bool:
+            events.extend(eng.executor.poll())
+            return any(isinstance(event, AttemptExited) for event in events)
+
+        _wait_for(ended, "the attempt's exit")
+        [running] = [event for event in events if isinstance(event, AttemptRunning)]
+        [exit_event] = [event for event in events if isinstance(event, AttemptExited)]
+        with eng.service.db.begin() as connection:
+            eng.scheduler.apply_events(Repository(connection), [replace(exit_event, started_at=running.at_ms)])
+        job = eng.job(job_id)
+        assert (job["status"], job["startedAt"]) == ("SUCCEEDED", running.at_ms)
+        assert _sample(metrics.attempts_started, "kiln_attempts_started_total") == 1
+        count = _sample(metrics.attempt_duration, "kiln_attempt_duration_seconds_count", outcome="succeeded")
+        assert count == 1
